@@ -1,0 +1,141 @@
+"""Reverse-mode autodiff: the ``Function`` base class, graph walking and ``no_grad``.
+
+A ``Function`` subclass writes ``forward`` and ``backward`` side by side.  Both
+receive and return *storage* (backend arrays), never Tensors: ``forward(*args)``
+gets the storage of every Tensor argument and the other arguments unchanged;
+``backward(grad)`` returns one gradient (or None) per positional argument.
+``self.be`` is the backend of the inputs, ``self.needs_grad`` says which
+positional inputs need a gradient, and ``self.save(...)`` keeps what backward
+needs (released after backward).
+"""
+
+import contextlib
+import threading
+
+_state = threading.local()
+
+
+def is_grad_enabled():
+    """True unless inside ``no_grad()``."""
+    return getattr(_state, "enabled", True)
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Context manager that disables graph recording (as ``torch.no_grad``)."""
+    previous = is_grad_enabled()
+    _state.enabled = False
+    try:
+        yield
+    finally:
+        _state.enabled = previous
+
+
+@contextlib.contextmanager
+def enable_grad():
+    """Context manager that re-enables graph recording inside ``no_grad``."""
+    previous = is_grad_enabled()
+    _state.enabled = True
+    try:
+        yield
+    finally:
+        _state.enabled = previous
+
+
+class Function:
+    """Base of every differentiable op; call ``MyOp.apply(*args, **kwargs)``."""
+
+    __slots__ = ("be", "needs_grad", "parents", "saved", "__dict__")
+
+    def forward(self, *args, **kwargs):
+        """Compute the output storage from input storage."""
+        raise NotImplementedError
+
+    def backward(self, grad):
+        """Return a tuple with one gradient storage (or None) per positional input."""
+        raise NotImplementedError
+
+    def save(self, *values):
+        """Keep ``values`` for backward."""
+        self.saved = values
+
+    @classmethod
+    def apply(cls, *args, **kwargs):
+        """Run forward on ``args`` and record the node when a gradient is needed."""
+        from .tensor import Tensor, _common_device
+
+        device = _common_device(args, cls.__name__)
+        from . import backend as backend_registry
+
+        fn = cls()
+        fn.be = backend_registry.get(device)
+        fn.saved = ()
+        raw = [a.data if isinstance(a, Tensor) else a for a in args]
+        record = is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args)
+        if record:
+            fn.needs_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+        out = fn.forward(*raw, **kwargs)
+        result = Tensor._make(out, device, record)
+        if record:
+            fn.parents = tuple(a if isinstance(a, Tensor) else None for a in args)
+            result._ctx = fn
+        return result
+
+
+def _topological_order(root):
+    """Nodes reachable from ``root`` (Tensors with a ``_ctx``), outputs first, without recursion."""
+    order = []
+    visited = set()
+    stack = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        ctx = node._ctx
+        if ctx is not None:
+            for parent in ctx.parents:
+                if parent is not None and parent.requires_grad and id(parent) not in visited:
+                    stack.append((parent, False))
+    order.reverse()
+    return order
+
+
+def run_backward(root, grad, retain_graph=False):
+    """Propagate ``grad`` (storage) from ``root`` to every leaf that requires a gradient."""
+    grads = {id(root): grad}
+    for node in _topological_order(root):
+        g = grads.pop(id(node), None)
+        if g is None:
+            continue
+        ctx = node._ctx
+        if ctx is None:
+            if node._graph_freed:
+                raise RuntimeError(
+                    "trying to backward through the graph a second time; the graph is freed "
+                    "after backward() unless backward(retain_graph=True) is used")
+            node._accumulate_grad(g)
+            continue
+        if node._retains_grad:
+            node._accumulate_grad(g)
+        with no_grad():
+            parent_grads = ctx.backward(g)
+        if not isinstance(parent_grads, tuple):
+            parent_grads = (parent_grads,)
+        for parent, pg in zip(ctx.parents, parent_grads):
+            if parent is None or pg is None or not parent.requires_grad:
+                continue
+            key = id(parent)
+            if key in grads:
+                grads[key] = ctx.be.binary("add", grads[key], pg)
+            else:
+                grads[key] = pg
+        if not retain_graph:
+            ctx.saved = ()
+            ctx.parents = ()
+            node._ctx = None
+            node._graph_freed = True

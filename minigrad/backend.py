@@ -1,0 +1,226 @@
+"""The kernel interface every device implements, and the device registry.
+
+An op (``minigrad/ops``) knows the math and calls these methods on the backend
+of its inputs; a backend knows one device and nothing of autodiff.  Every
+method takes and returns *storage* objects of the backend's device (a
+``numpy.ndarray`` for "cpu", a ``numba.cuda`` device array for "cuda"); plain
+Python numbers and tuples are passed for hyper-parameters.  Methods return new
+storage unless their name ends in ``_`` (those update their first argument in
+place and return nothing).
+
+Shapes are NCHW for images, ``(C_out, C_in, KH, KW)`` for conv weights.
+Tuples ``stride``, ``padding``, ``dilation``, ``kernel`` are ``(h, w)`` pairs.
+"""
+
+_REGISTRY = {}
+_FACTORIES = {}
+
+
+class Backend:
+    """Abstract kernel set for one device.  Subclasses implement every method."""
+
+    name = "abstract"
+
+    # --- storage -------------------------------------------------------
+    def from_numpy(self, array):
+        """Copy a NumPy array into this device's storage."""
+        raise NotImplementedError
+
+    def to_numpy(self, x):
+        """Copy storage back to a NumPy array (a new array the caller owns)."""
+        raise NotImplementedError
+
+    def full(self, shape, value, dtype):
+        """New storage of ``shape`` filled with ``value``."""
+        raise NotImplementedError
+
+    def astype(self, x, dtype):
+        """Copy of ``x`` converted to ``dtype``."""
+        raise NotImplementedError
+
+    def copy_(self, dst, src):
+        """Copy ``src`` into ``dst`` (same shape) in place."""
+        raise NotImplementedError
+
+    def fill_(self, x, value):
+        """Set every element of ``x`` to ``value`` in place."""
+        raise NotImplementedError
+
+    # --- elementwise ---------------------------------------------------
+    def unary(self, op, x):
+        """Elementwise ``op`` in {"neg","exp","log","sqrt","relu","sigmoid","tanh","abs","sign"}."""
+        raise NotImplementedError
+
+    def binary(self, op, a, b):
+        """Broadcasting elementwise ``op`` in {"add","sub","mul","div","pow","maximum","minimum",
+        "eq","ne","lt","le","gt","ge"}; comparisons return the dtype of ``a`` holding 0/1."""
+        raise NotImplementedError
+
+    def scalar(self, op, x, s, reverse=False):
+        """``op(x, s)`` (or ``op(s, x)`` when ``reverse``) for a Python scalar ``s``."""
+        raise NotImplementedError
+
+    def where(self, cond, a, b):
+        """Broadcasting select: ``a`` where ``cond`` is non-zero, else ``b``."""
+        raise NotImplementedError
+
+    def activation_grad(self, op, y, gy):
+        """Gradient of an activation from its *output* ``y``: ``op`` in {"relu","sigmoid","tanh"}."""
+        raise NotImplementedError
+
+    # --- reductions ----------------------------------------------------
+    def sum(self, x, axes, keepdims):
+        """Sum over ``axes`` (a tuple of non-negative ints)."""
+        raise NotImplementedError
+
+    def max(self, x, axes, keepdims):
+        """Maximum over ``axes``."""
+        raise NotImplementedError
+
+    def sum_to_shape(self, x, shape):
+        """Sum a broadcast result back to ``shape`` (the reverse of broadcasting)."""
+        raise NotImplementedError
+
+    # --- shape ---------------------------------------------------------
+    def reshape(self, x, shape):
+        """``x`` with a new shape (copies when ``x`` is not contiguous)."""
+        raise NotImplementedError
+
+    def transpose(self, x, axes):
+        """Axes permuted as ``numpy.transpose``."""
+        raise NotImplementedError
+
+    def broadcast_to(self, x, shape):
+        """``x`` broadcast to ``shape`` (may be a read-only view)."""
+        raise NotImplementedError
+
+    def getitem(self, x, index):
+        """Basic indexing (ints, slices, None, Ellipsis) and integer-array indexing."""
+        raise NotImplementedError
+
+    def index_add(self, shape, index, g):
+        """Zeros of ``shape`` with ``g`` added at ``index`` (the backward of ``getitem``)."""
+        raise NotImplementedError
+
+    def pad(self, x, pads, value):
+        """Constant padding; ``pads`` is one ``(before, after)`` pair per axis."""
+        raise NotImplementedError
+
+    def concatenate(self, xs, axis):
+        """Join storages along ``axis``."""
+        raise NotImplementedError
+
+    # --- linear algebra ------------------------------------------------
+    def matmul(self, a, b):
+        """``a @ b`` for 2-D or batched (broadcasting batch dimensions) operands."""
+        raise NotImplementedError
+
+    def linear(self, x, w, b):
+        """``x @ w.T + b`` for ``x`` (N, in), ``w`` (out, in), ``b`` (out,) or None."""
+        raise NotImplementedError
+
+    # --- convolution and pooling ----------------------------------------
+    def conv2d(self, x, w, b, stride, padding, dilation):
+        """Cross-correlation of ``x`` (N,C,H,W) with ``w`` (K,C,R,S) plus bias ``b`` (K,) or None."""
+        raise NotImplementedError
+
+    def conv2d_backward(self, x, w, gy, stride, padding, dilation, need_x, need_w, need_b):
+        """Gradients ``(gx, gw, gb)`` of conv2d; entries not needed are None."""
+        raise NotImplementedError
+
+    def max_pool2d(self, x, kernel, stride, padding):
+        """Max pooling; returns ``(y, argmax)`` where ``argmax`` is what the backward needs."""
+        raise NotImplementedError
+
+    def max_pool2d_backward(self, gy, argmax, x_shape):
+        """Gradient of max pooling with respect to its input of shape ``x_shape``."""
+        raise NotImplementedError
+
+    def avg_pool2d(self, x, kernel, stride, padding, count_include_pad):
+        """Average pooling (PyTorch semantics for ``count_include_pad``)."""
+        raise NotImplementedError
+
+    def avg_pool2d_backward(self, gy, x_shape, kernel, stride, padding, count_include_pad):
+        """Gradient of average pooling."""
+        raise NotImplementedError
+
+    # --- fused layers ---------------------------------------------------
+    def log_softmax(self, x, axis):
+        """Numerically stable log-softmax along ``axis``."""
+        raise NotImplementedError
+
+    def log_softmax_backward(self, y, gy, axis):
+        """Gradient of log-softmax from its output ``y``: ``gy - exp(y) * sum(gy)``."""
+        raise NotImplementedError
+
+    def softmax_cross_entropy(self, logits, labels, label_smoothing):
+        """Per-sample loss of logits (N, C) against int64 labels (N,); returns ``(loss, probs)``."""
+        raise NotImplementedError
+
+    def softmax_cross_entropy_backward(self, probs, labels, label_smoothing, gloss):
+        """Gradient w.r.t. logits given per-sample loss gradient ``gloss`` (N,)."""
+        raise NotImplementedError
+
+    def batch_norm_train(self, x, gamma, beta, eps):
+        """Batch norm over all axes but 1; returns ``(y, mean, var, invstd)`` (``var`` biased)."""
+        raise NotImplementedError
+
+    def batch_norm_eval(self, x, mean, var, gamma, beta, eps):
+        """Batch norm with given statistics."""
+        raise NotImplementedError
+
+    def batch_norm_backward(self, gy, x, gamma, mean, invstd):
+        """Gradients ``(gx, ggamma, gbeta)`` of training-mode batch norm."""
+        raise NotImplementedError
+
+    def lrn(self, x, size, alpha, beta, k):
+        """Local response norm across channels (PyTorch's formula); returns ``(y, scale)``."""
+        raise NotImplementedError
+
+    def lrn_backward(self, x, y, scale, gy, size, alpha, beta, k):
+        """Gradient of local response norm."""
+        raise NotImplementedError
+
+    def dropout_mask(self, shape, p, seed, dtype):
+        """Inverted-dropout mask: ``0`` with probability ``p``, else ``1/(1-p)``; deterministic in ``seed``."""
+        raise NotImplementedError
+
+    # --- optimizers (in place) -----------------------------------------
+    def sgd_step_(self, p, g, buf, lr, momentum, dampening, nesterov, weight_decay, first):
+        """One PyTorch SGD update of ``p`` (and momentum buffer ``buf`` unless None)."""
+        raise NotImplementedError
+
+    def adam_step_(self, p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled):
+        """One PyTorch Adam (or AdamW when ``decoupled``) update of ``p``, ``m``, ``v``."""
+        raise NotImplementedError
+
+    def sum_of_squares(self, x):
+        """Sum of squares of all elements, as a Python float."""
+        raise NotImplementedError
+
+    def all_finite(self, x):
+        """True when no element is NaN or infinite."""
+        raise NotImplementedError
+
+
+def register(name, factory):
+    """Register a backend factory (called lazily on first use) under device ``name``."""
+    _FACTORIES[name] = factory
+
+
+def get(name):
+    """Return the backend for device ``name``, creating it on first use."""
+    backend = _REGISTRY.get(name)
+    if backend is not None:
+        return backend
+    if name not in _FACTORIES:
+        known = ", ".join(sorted(_FACTORIES)) or "none"
+        raise ValueError(f"unknown device {name!r}; known devices: {known}")
+    backend = _FACTORIES[name]()
+    _REGISTRY[name] = backend
+    return backend
+
+
+def devices():
+    """Names of the registered devices."""
+    return sorted(_FACTORIES)

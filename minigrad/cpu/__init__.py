@@ -1,0 +1,12 @@
+"""The CPU backend: NumPy storage, Numba-jitted kernels; registered as device "cpu"."""
+
+from .. import backend as _backend
+
+
+def _make_cpu_backend():
+    from .backend import CPUBackend
+
+    return CPUBackend()
+
+
+_backend.register("cpu", _make_cpu_backend)

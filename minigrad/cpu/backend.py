@@ -1,0 +1,256 @@
+"""``CPUBackend``: the backend interface on NumPy arrays.
+
+Elementwise arithmetic uses NumPy (already one optimal pass); conv, pooling,
+GEMM, softmax, norms, losses and optimizer updates call Numba kernels in the
+sibling modules.  Kernels receive contiguous arrays (``_c`` makes them so).
+"""
+
+import numpy as np
+import scipy.special
+
+from ..backend import Backend
+from . import kernels
+
+
+def _c(x):
+    return np.ascontiguousarray(x)
+
+
+_BINARY = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.true_divide,
+    "pow": np.power, "maximum": np.maximum, "minimum": np.minimum,
+}
+_COMPARE = {
+    "eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal,
+    "gt": np.greater, "ge": np.greater_equal,
+}
+_UNARY = {
+    "neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt,
+    "sigmoid": scipy.special.expit, "tanh": np.tanh, "abs": np.abs, "sign": np.sign,
+}
+_ACT_GRAD = {"relu": kernels.relu_grad, "sigmoid": kernels.sigmoid_grad, "tanh": kernels.tanh_grad}
+
+
+def _result_dtype(a):
+    return a.dtype if a.dtype.kind == "f" else np.dtype(np.float32)
+
+
+class CPUBackend(Backend):
+    """Kernels for device "cpu"."""
+
+    name = "cpu"
+
+    # --- storage -------------------------------------------------------
+    def from_numpy(self, array):
+        return np.asarray(array)
+
+    def to_numpy(self, x):
+        return np.asarray(x)
+
+    def full(self, shape, value, dtype):
+        return np.full(shape, value, dtype=dtype)
+
+    def astype(self, x, dtype):
+        return np.array(x, dtype=dtype, copy=True)
+
+    def copy_(self, dst, src):
+        np.copyto(dst, src)
+
+    def fill_(self, x, value):
+        x.fill(value)
+
+    # --- elementwise ---------------------------------------------------
+    def unary(self, op, x):
+        if op == "relu":
+            return np.maximum(x, np.zeros((), x.dtype))
+        with np.errstate(all="ignore"):
+            return _UNARY[op](x)
+
+    def binary(self, op, a, b):
+        if op in _COMPARE:
+            return _COMPARE[op](a, b).astype(a.dtype if a.dtype.kind != "b" else np.float32)
+        with np.errstate(all="ignore"):
+            return _BINARY[op](a, b)
+
+    def scalar(self, op, x, s, reverse=False):
+        if op in _COMPARE:
+            return _COMPARE[op](x, s).astype(x.dtype if x.dtype.kind != "b" else np.float32)
+        fn = _BINARY[op]
+        with np.errstate(all="ignore"):
+            out = fn(s, x) if reverse else fn(x, s)
+        return np.asarray(out, dtype=np.result_type(x.dtype, out.dtype) if x.dtype.kind == "f" else out.dtype)
+
+    def where(self, cond, a, b):
+        return np.where(cond != 0, a, b)
+
+    def activation_grad(self, op, y, gy):
+        y, gy = _c(y), _c(np.broadcast_to(gy, y.shape)).astype(y.dtype, copy=False)
+        out = np.empty_like(y)
+        _ACT_GRAD[op](y.reshape(-1), gy.reshape(-1), out.reshape(-1))
+        return out
+
+    # --- reductions ----------------------------------------------------
+    def sum(self, x, axes, keepdims):
+        return np.asarray(np.sum(x, axis=axes, keepdims=keepdims))
+
+    def max(self, x, axes, keepdims):
+        return np.asarray(np.max(x, axis=axes, keepdims=keepdims))
+
+    def sum_to_shape(self, x, shape):
+        lead = x.ndim - len(shape)
+        axes = tuple(range(lead)) + tuple(
+            lead + i for i, n in enumerate(shape) if n == 1 and x.shape[lead + i] != 1)
+        out = np.sum(x, axis=axes, keepdims=True) if axes else x
+        return np.asarray(out).reshape(shape)
+
+    # --- shape ---------------------------------------------------------
+    def reshape(self, x, shape):
+        return np.reshape(x, shape)
+
+    def transpose(self, x, axes):
+        return np.transpose(x, axes)
+
+    def broadcast_to(self, x, shape):
+        return np.broadcast_to(x, shape)
+
+    def getitem(self, x, index):
+        return np.asarray(x[index])
+
+    def index_add(self, shape, index, g):
+        out = np.zeros(shape, dtype=g.dtype)
+        items = index if isinstance(index, tuple) else (index,)
+        if any(isinstance(i, np.ndarray) for i in items):
+            np.add.at(out, index, g)
+        else:
+            out[index] = g
+        return out
+
+    def pad(self, x, pads, value):
+        return np.pad(x, pads, mode="constant", constant_values=value)
+
+    def concatenate(self, xs, axis):
+        return np.concatenate(xs, axis=axis)
+
+    # --- linear algebra ------------------------------------------------
+    def matmul(self, a, b):
+        if a.ndim == 2 and b.ndim == 2:
+            return kernels.gemm(_c(a), _c(b))
+        batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        a3 = _c(np.broadcast_to(a, batch + a.shape[-2:])).reshape(-1, *a.shape[-2:])
+        b3 = _c(np.broadcast_to(b, batch + b.shape[-2:])).reshape(-1, *b.shape[-2:])
+        dtype = np.result_type(a.dtype, b.dtype)
+        a3, b3 = a3.astype(dtype, copy=False), b3.astype(dtype, copy=False)
+        out = np.empty((a3.shape[0], a.shape[-2], b.shape[-1]), dtype=dtype)
+        kernels.batched_gemm(a3, b3, out)
+        return out.reshape(batch + out.shape[-2:])
+
+    def linear(self, x, w, b):
+        x = _c(x)
+        wt = w.T if w.flags.c_contiguous else _c(w).T
+        bias = b if b is not None else np.empty(0, dtype=x.dtype)
+        return kernels.linear_forward(x, wt, bias, b is not None)
+
+    # --- convolution and pooling ----------------------------------------
+    def conv2d(self, x, w, b, stride, padding, dilation):
+        from . import conv
+
+        return conv.conv2d(x, w, b, stride, padding, dilation)
+
+    def conv2d_backward(self, x, w, gy, stride, padding, dilation, need_x, need_w, need_b):
+        from . import conv
+
+        return conv.conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b)
+
+    def max_pool2d(self, x, kernel, stride, padding):
+        from . import pool
+
+        return pool.max_pool2d(x, kernel, stride, padding)
+
+    def max_pool2d_backward(self, gy, argmax, x_shape):
+        from . import pool
+
+        return pool.max_pool2d_backward(gy, argmax, x_shape)
+
+    def avg_pool2d(self, x, kernel, stride, padding, count_include_pad):
+        from . import pool
+
+        return pool.avg_pool2d(x, kernel, stride, padding, count_include_pad)
+
+    def avg_pool2d_backward(self, gy, x_shape, kernel, stride, padding, count_include_pad):
+        from . import pool
+
+        return pool.avg_pool2d_backward(gy, x_shape, kernel, stride, padding, count_include_pad)
+
+    # --- fused layers ---------------------------------------------------
+    def log_softmax(self, x, axis):
+        moved = _c(np.moveaxis(x, axis, -1))
+        flat = moved.reshape(-1, moved.shape[-1])
+        out = np.empty_like(flat)
+        kernels.log_softmax_rows(flat, out)
+        return np.moveaxis(out.reshape(moved.shape), -1, axis)
+
+    def log_softmax_backward(self, y, gy, axis):
+        ym = _c(np.moveaxis(y, axis, -1))
+        gm = _c(np.moveaxis(gy, axis, -1)).astype(ym.dtype, copy=False)
+        out = np.empty_like(ym)
+        kernels.log_softmax_rows_backward(ym.reshape(-1, ym.shape[-1]), gm.reshape(-1, ym.shape[-1]),
+                                          out.reshape(-1, ym.shape[-1]))
+        return np.moveaxis(out, -1, axis)
+
+    def softmax_cross_entropy(self, logits, labels, label_smoothing):
+        from . import loss
+
+        return loss.softmax_cross_entropy(logits, labels, label_smoothing)
+
+    def softmax_cross_entropy_backward(self, probs, labels, label_smoothing, gloss):
+        from . import loss
+
+        return loss.softmax_cross_entropy_backward(probs, labels, label_smoothing, gloss)
+
+    def batch_norm_train(self, x, gamma, beta, eps):
+        from . import norm
+
+        return norm.batch_norm_train(x, gamma, beta, eps)
+
+    def batch_norm_eval(self, x, mean, var, gamma, beta, eps):
+        from . import norm
+
+        return norm.batch_norm_eval(x, mean, var, gamma, beta, eps)
+
+    def batch_norm_backward(self, gy, x, gamma, mean, invstd):
+        from . import norm
+
+        return norm.batch_norm_backward(gy, x, gamma, mean, invstd)
+
+    def lrn(self, x, size, alpha, beta, k):
+        from . import norm
+
+        return norm.lrn(x, size, alpha, beta, k)
+
+    def lrn_backward(self, x, y, scale, gy, size, alpha, beta, k):
+        from . import norm
+
+        return norm.lrn_backward(x, y, scale, gy, size, alpha, beta, k)
+
+    def dropout_mask(self, shape, p, seed, dtype):
+        from . import random
+
+        return random.dropout_mask(shape, p, seed, dtype)
+
+    # --- optimizers ------------------------------------------------------
+    def sgd_step_(self, p, g, buf, lr, momentum, dampening, nesterov, weight_decay, first):
+        from . import optim
+
+        optim.sgd_step_(p, g, buf, lr, momentum, dampening, nesterov, weight_decay, first)
+
+    def adam_step_(self, p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled):
+        from . import optim
+
+        optim.adam_step_(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled)
+
+    def sum_of_squares(self, x):
+        flat = x.reshape(-1)
+        return float(np.dot(flat, flat)) if x.flags.c_contiguous else float(np.sum(np.square(x)))
+
+    def all_finite(self, x):
+        return bool(np.isfinite(x).all())

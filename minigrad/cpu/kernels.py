@@ -1,0 +1,78 @@
+"""Small fused Numba kernels for the CPU backend: activation gradients, log-softmax, GEMM calls."""
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def relu_grad(y, g, out):
+    """out = g where y > 0 else 0 (flat contiguous arrays)."""
+    for i in prange(y.size):
+        out[i] = g[i] if y[i] > 0 else 0.0
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def sigmoid_grad(y, g, out):
+    """out = g * y * (1 - y)."""
+    for i in prange(y.size):
+        out[i] = g[i] * y[i] * (1.0 - y[i])
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def tanh_grad(y, g, out):
+    """out = g * (1 - y * y)."""
+    for i in prange(y.size):
+        out[i] = g[i] * (1.0 - y[i] * y[i])
+
+
+@njit(cache=True, parallel=True)
+def log_softmax_rows(x, out):
+    """Row-wise stable log-softmax of a contiguous 2-D array."""
+    rows, cols = x.shape
+    for r in prange(rows):
+        m = x[r, 0]
+        for c in range(1, cols):
+            if x[r, c] > m:
+                m = x[r, c]
+        s = 0.0
+        for c in range(cols):
+            s += np.exp(x[r, c] - m)
+        lse = m + np.log(s)
+        for c in range(cols):
+            out[r, c] = x[r, c] - lse
+
+
+@njit(cache=True, parallel=True)
+def log_softmax_rows_backward(y, g, out):
+    """Row-wise gradient of log-softmax from its output: g - exp(y) * sum(g)."""
+    rows, cols = y.shape
+    for r in prange(rows):
+        s = 0.0
+        for c in range(cols):
+            s += g[r, c]
+        for c in range(cols):
+            out[r, c] = g[r, c] - np.exp(y[r, c]) * s
+
+
+@njit(cache=True)
+def gemm(a, b):
+    """a @ b for contiguous 2-D operands through BLAS."""
+    return np.dot(a, b)
+
+
+@njit(cache=True)
+def batched_gemm(a, b, out):
+    """out[i] = a[i] @ b[i] for contiguous 3-D operands."""
+    for i in range(a.shape[0]):
+        out[i] = np.dot(a[i], b[i])
+
+
+@njit(cache=True, parallel=True)
+def linear_forward(x, wt, bias, has_bias):
+    """x @ wt (+ bias broadcast over rows)."""
+    out = np.dot(x, wt)
+    if has_bias:
+        for i in prange(out.shape[0]):
+            for j in range(out.shape[1]):
+                out[i, j] += bias[j]
+    return out

@@ -1,0 +1,200 @@
+"""CPU max/avg pooling kernels (NCHW), PyTorch semantics with ceil_mode=False.
+
+Each kernel is a ``parallel=True`` Numba loop over the ``N*C`` image planes;
+a plane's output (or input gradient) is owned by one iteration, so the
+backward scatter needs no atomics.  ``max_pool2d`` returns, as its "argmax",
+the int32 flat index ``ih*W + iw`` of the chosen element inside its input
+plane (padding acts as -inf and is never chosen; NaN propagates, as in PyTorch).
+"""
+
+import numpy as np
+from numba import njit, prange
+
+
+def _as_float(x):
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64 if x.dtype.itemsize > 4 else np.float32)
+    return np.ascontiguousarray(x)
+
+
+def _out(H, k, s, p):
+    return (H + 2 * p - k) // s + 1
+
+
+@njit(parallel=True, cache=True)
+def _max_fwd(x, kh, kw, sh, sw, ph, pw, y, am):
+    NC = x.shape[0]
+    H = x.shape[1]
+    W = x.shape[2]
+    OH = y.shape[1]
+    OW = y.shape[2]
+    for t in prange(NC):
+        for oh in range(OH):
+            h0 = oh * sh - ph
+            hs = max(h0, 0)
+            he = min(h0 + kh, H)
+            for ow in range(OW):
+                w0 = ow * sw - pw
+                ws = max(w0, 0)
+                we = min(w0 + kw, W)
+                best = -np.inf
+                bi = hs * W + ws
+                found = False
+                for ih in range(hs, he):
+                    for iw in range(ws, we):
+                        v = x[t, ih, iw]
+                        if not found:
+                            best = v
+                            bi = ih * W + iw
+                            found = True
+                            if v != v:
+                                break
+                        elif v > best or v != v:
+                            best = v
+                            bi = ih * W + iw
+                            if v != v:
+                                break
+                    if found and best != best:
+                        break
+                y[t, oh, ow] = best
+                am[t, oh, ow] = bi
+
+
+@njit(parallel=True, cache=True)
+def _max_bwd(gy, am, gx):
+    NC = gy.shape[0]
+    OH = gy.shape[1]
+    OW = gy.shape[2]
+    HW = gx.shape[1]
+    for t in prange(NC):
+        for i in range(HW):
+            gx[t, i] = 0
+        for oh in range(OH):
+            for ow in range(OW):
+                gx[t, am[t, oh, ow]] += gy[t, oh, ow]
+
+
+@njit(cache=True)
+def _avg_div(h0, w0, kh, kw, H, W, ph, pw, include_pad):
+    if include_pad:
+        # window clipped to the padded input (never exceeds it with ceil_mode=False)
+        he = min(h0 + kh, H + ph)
+        we = min(w0 + kw, W + pw)
+        return (he - h0) * (we - w0)
+    hs = max(h0, 0)
+    ws = max(w0, 0)
+    he = min(h0 + kh, H)
+    we = min(w0 + kw, W)
+    return (he - hs) * (we - ws)
+
+
+@njit(parallel=True, cache=True)
+def _avg_fwd(x, kh, kw, sh, sw, ph, pw, include_pad, y):
+    NC = x.shape[0]
+    H = x.shape[1]
+    W = x.shape[2]
+    OH = y.shape[1]
+    OW = y.shape[2]
+    for t in prange(NC):
+        for oh in range(OH):
+            h0 = oh * sh - ph
+            hs = max(h0, 0)
+            he = min(h0 + kh, H)
+            for ow in range(OW):
+                w0 = ow * sw - pw
+                ws = max(w0, 0)
+                we = min(w0 + kw, W)
+                acc = 0.0
+                for ih in range(hs, he):
+                    for iw in range(ws, we):
+                        acc += x[t, ih, iw]
+                d = _avg_div(h0, w0, kh, kw, H, W, ph, pw, include_pad)
+                y[t, oh, ow] = acc / d if d > 0 else 0.0
+
+
+@njit(parallel=True, cache=True)
+def _avg_bwd(gy, kh, kw, sh, sw, ph, pw, include_pad, gx):
+    NC = gy.shape[0]
+    OH = gy.shape[1]
+    OW = gy.shape[2]
+    H = gx.shape[1]
+    W = gx.shape[2]
+    for t in prange(NC):
+        for ih in range(H):
+            for iw in range(W):
+                gx[t, ih, iw] = 0
+        for oh in range(OH):
+            h0 = oh * sh - ph
+            hs = max(h0, 0)
+            he = min(h0 + kh, H)
+            for ow in range(OW):
+                w0 = ow * sw - pw
+                ws = max(w0, 0)
+                we = min(w0 + kw, W)
+                d = _avg_div(h0, w0, kh, kw, H, W, ph, pw, include_pad)
+                if d <= 0:
+                    continue
+                g = gy[t, oh, ow] / d
+                for ih in range(hs, he):
+                    for iw in range(ws, we):
+                        gx[t, ih, iw] += g
+
+
+def max_pool2d(x, kernel, stride, padding):
+    """Max pooling of x (N,C,H,W); returns (y, argmax) with argmax int32 (N,C,OH,OW)."""
+    x = _as_float(x)
+    N, C, H, W = x.shape
+    kh, kw = int(kernel[0]), int(kernel[1])
+    sh, sw = int(stride[0]), int(stride[1])
+    ph, pw = int(padding[0]), int(padding[1])
+    OH, OW = _out(H, kh, sh, ph), _out(W, kw, sw, pw)
+    y = np.empty((N, C, OH, OW), dtype=x.dtype)
+    am = np.empty((N, C, OH, OW), dtype=np.int32)
+    if y.size:
+        _max_fwd(x.reshape(N * C, H, W), kh, kw, sh, sw, ph, pw,
+                 y.reshape(N * C, OH, OW), am.reshape(N * C, OH, OW))
+    return y, am
+
+
+def max_pool2d_backward(gy, argmax, x_shape):
+    """Gradient of max pooling w.r.t. its input of shape x_shape."""
+    gy = _as_float(gy)
+    am = np.ascontiguousarray(argmax, dtype=np.int32)
+    N, C, H, W = (int(s) for s in x_shape)
+    OH, OW = gy.shape[2], gy.shape[3]
+    gx = np.zeros((N, C, H, W), dtype=gy.dtype)
+    if gx.size and gy.size:
+        _max_bwd(gy.reshape(N * C, OH, OW), am.reshape(N * C, OH, OW),
+                 gx.reshape(N * C, H * W))
+    return gx
+
+
+def avg_pool2d(x, kernel, stride, padding, count_include_pad):
+    """Average pooling of x (N,C,H,W), PyTorch semantics (ceil_mode=False)."""
+    x = _as_float(x)
+    N, C, H, W = x.shape
+    kh, kw = int(kernel[0]), int(kernel[1])
+    sh, sw = int(stride[0]), int(stride[1])
+    ph, pw = int(padding[0]), int(padding[1])
+    OH, OW = _out(H, kh, sh, ph), _out(W, kw, sw, pw)
+    y = np.empty((N, C, OH, OW), dtype=x.dtype)
+    if y.size:
+        _avg_fwd(x.reshape(N * C, H, W), kh, kw, sh, sw, ph, pw,
+                 bool(count_include_pad), y.reshape(N * C, OH, OW))
+    return y
+
+
+def avg_pool2d_backward(gy, x_shape, kernel, stride, padding, count_include_pad):
+    """Gradient of average pooling w.r.t. its input of shape x_shape."""
+    gy = _as_float(gy)
+    N, C, H, W = (int(s) for s in x_shape)
+    OH, OW = gy.shape[2], gy.shape[3]
+    kh, kw = int(kernel[0]), int(kernel[1])
+    sh, sw = int(stride[0]), int(stride[1])
+    ph, pw = int(padding[0]), int(padding[1])
+    gx = np.zeros((N, C, H, W), dtype=gy.dtype)
+    if gx.size and gy.size:
+        _avg_bwd(gy.reshape(N * C, OH, OW), kh, kw, sh, sw, ph, pw,
+                 bool(count_include_pad), gx.reshape(N * C, H, W))
+    return gx

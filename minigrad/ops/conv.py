@@ -1,0 +1,90 @@
+"""2-D convolution (cross-correlation, NCHW, groups=1) with stride, padding and dilation."""
+
+from ..autograd import Function
+
+
+def pair(value, what):
+    """``value`` as an ``(h, w)`` pair of ints."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{what} must be an int or a pair, got {value!r}")
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def conv_output_size(size, kernel, stride, padding, dilation):
+    """Output length of a convolution along one axis."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def same_padding(kernel, stride, dilation, what="conv2d"):
+    """Symmetric padding for ``padding="same"`` (stride 1 only, as PyTorch)."""
+    if stride != (1, 1):
+        raise ValueError(f"{what}: padding='same' is not supported for strided convolutions (stride={stride})")
+    total = [d * (k - 1) for k, d in zip(kernel, dilation)]
+    if any(t % 2 for t in total):
+        raise ValueError(
+            f"{what}: padding='same' with kernel {kernel} and dilation {dilation} needs asymmetric "
+            f"padding, which minigrad does not support; pad explicitly with pad()")
+    return tuple(t // 2 for t in total)
+
+
+def resolve_padding(padding, kernel, stride, dilation, what="conv2d"):
+    """Integer/pair padding, or the pair that ``"same"``/``"valid"`` stands for."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0)
+        if padding == "same":
+            return same_padding(kernel, stride, dilation, what)
+        raise ValueError(f"{what}: padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+    return pair(padding, "padding")
+
+
+class Conv2d(Function):
+    """y = conv(x, w) + b; backward through the backend's fused conv gradient kernel."""
+
+    def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+        self.conf = (stride, padding, dilation)
+        self.save(x, w)
+        return self.be.conv2d(x, w, b, stride, padding, dilation)
+
+    def backward(self, g):
+        x, w = self.saved
+        need = self.needs_grad
+        gx, gw, gb = self.be.conv2d_backward(
+            x, w, g, *self.conf, need[0], need[1], len(need) > 2 and need[2])
+        return gx, gw, gb
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D cross-correlation as ``torch.nn.functional.conv2d`` (``groups=1`` only)."""
+    if groups != 1:
+        raise ValueError(f"conv2d: only groups=1 is supported, got groups={groups}")
+    if x.ndim != 4:
+        raise ValueError(f"conv2d: input must be 4-D (N, C, H, W), got shape {x.shape}")
+    if weight.ndim != 4:
+        raise ValueError(f"conv2d: weight must be 4-D (out, in, kH, kW), got shape {weight.shape}")
+    if x.dtype.kind != "f":
+        raise TypeError(f"conv2d: input must be floating point, got {x.dtype}; convert with .float()")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"conv2d: input dtype {x.dtype} differs from weight dtype {weight.dtype}")
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"conv2d: input {x.shape} has {x.shape[1]} channels but weight {weight.shape} "
+            f"expects {weight.shape[1]}")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"conv2d: bias shape {bias.shape} != ({weight.shape[0]},)")
+    kernel = weight.shape[2:]
+    stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
+    if min(stride) < 1 or min(dilation) < 1:
+        raise ValueError(f"conv2d: stride {stride} and dilation {dilation} must be positive")
+    padding = resolve_padding(padding, kernel, stride, dilation)
+    if min(padding) < 0:
+        raise ValueError(f"conv2d: padding {padding} must be non-negative")
+    for axis, size, k, p, d in zip("HW", x.shape[2:], kernel, padding, dilation):
+        if d * (k - 1) + 1 > size + 2 * p:
+            raise ValueError(
+                f"conv2d: kernel {tuple(kernel)} (dilation {dilation}) is larger than the padded "
+                f"input {x.shape[2] + 2 * padding[0]}x{x.shape[3] + 2 * padding[1]} of input {x.shape}")
+    args = (x, weight) if bias is None else (x, weight, bias)
+    return Conv2d.apply(*args, stride=stride, padding=padding, dilation=dilation)

@@ -1,0 +1,35 @@
+"""Numerically stable ``log_softmax`` and ``softmax`` along an axis."""
+
+from ..autograd import Function
+from .elementwise import exp
+
+
+class LogSoftmax(Function):
+    """log(softmax(x)) computed as x - max - log(sum(exp(x - max)))."""
+
+    def forward(self, x, axis):
+        self.axis = axis
+        y = self.be.log_softmax(x, axis)
+        self.save(y)
+        return y
+
+    def backward(self, g):
+        (y,) = self.saved
+        return (self.be.log_softmax_backward(y, g, self.axis),)
+
+
+def log_softmax(x, dim=-1, *, axis=None):
+    """Log-softmax along ``dim`` (``axis`` is accepted too)."""
+    if axis is not None:
+        dim = axis
+    if x.ndim == 0:
+        raise ValueError("log_softmax needs at least one dimension")
+    return LogSoftmax.apply(x, axis=dim % x.ndim)
+
+
+def softmax(x, dim=-1, *, axis=None):
+    """Softmax along ``dim``: exp(log_softmax(x))."""
+    return exp(log_softmax(x, dim, axis=axis))
+
+
+TENSOR_METHODS = {"log_softmax": log_softmax, "softmax": softmax}
