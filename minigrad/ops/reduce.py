@@ -1,5 +1,7 @@
 """Reductions over axes: sum, mean, max (and min, var) with ``keepdims``."""
 
+import builtins
+
 import numpy as np
 
 from ..autograd import Function
@@ -14,7 +16,7 @@ def normalize_axes(axis, ndim, what="axis"):
     out = []
     for a in axis:
         a = int(a)
-        if not -ndim <= a < max(ndim, 1):
+        if not -ndim <= a < builtins.max(ndim, 1):
             raise ValueError(f"{what} {a} is out of range for a tensor with {ndim} dimensions")
         out.append(a % ndim if ndim else 0)
     if len(set(out)) != len(out):

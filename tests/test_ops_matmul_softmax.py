@@ -1,0 +1,76 @@
+"""matmul, linear and (log-)softmax against NumPy float64 references."""
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import minigrad as mg
+from gradcheck import check_grad
+
+dims = st.integers(1, 5)
+
+
+@given(m=dims, k=dims, n=dims, batch=st.sampled_from([(), (2,), (2, 1), (1, 3)]),
+       bbatch=st.sampled_from([(), (2,), (3,)]), seed=st.integers(0, 50))
+def test_matmul_batched_broadcast(m, k, n, batch, bbatch, seed):
+    try:
+        np.broadcast_shapes(batch, bbatch)
+    except ValueError:
+        return
+    rng = np.random.default_rng(seed)
+    a, b = rng.standard_normal(batch + (m, k)), rng.standard_normal(bbatch + (k, n))
+    np.testing.assert_allclose((mg.tensor(a) @ mg.tensor(b)).numpy(), a @ b, rtol=1e-10)
+    (ga, gb), w = check_grad(lambda x, y: x @ y, [a, b], seed)
+    if not batch and not bbatch:
+        np.testing.assert_allclose(ga, w @ b.T, rtol=1e-9)
+        np.testing.assert_allclose(gb, a.T @ w, rtol=1e-9)
+
+
+def test_matmul_vectors_and_noncontiguous():
+    rng = np.random.default_rng(1)
+    a, b, v = rng.standard_normal((4, 3)), rng.standard_normal((5, 3)), rng.standard_normal(3)
+    np.testing.assert_allclose((mg.tensor(a) @ mg.tensor(b).T).numpy(), a @ b.T)
+    check_grad(lambda x, y: x @ y.T, [a, b])
+    check_grad(lambda x, y: x @ y, [a, v])
+    check_grad(lambda x, y: x @ y, [v, a.T])
+    check_grad(lambda x, y: x @ y, [a[::2, ::-1], b[:3, :2]])
+
+
+def test_matmul_shape_error_names_shapes():
+    with pytest.raises(ValueError, match=r"\(2, 3\) and \(4, 5\)"):
+        mg.zeros(2, 3) @ mg.zeros(4, 5)
+
+
+def test_linear():
+    rng = np.random.default_rng(2)
+    x, w, b = rng.standard_normal((4, 3)), rng.standard_normal((5, 3)), rng.standard_normal(5)
+    np.testing.assert_allclose(mg.linear(mg.tensor(x), mg.tensor(w), mg.tensor(b)).numpy(), x @ w.T + b)
+    (gx, gw, gb), g = check_grad(mg.linear, [x, w, b])
+    np.testing.assert_allclose(gb, g.sum(0), rtol=1e-10)
+    check_grad(mg.linear, [rng.standard_normal((2, 2, 3)), w])
+    with pytest.raises(ValueError, match="3 features"):
+        mg.linear(mg.zeros(2, 3), mg.zeros(5, 4))
+
+
+def _log_softmax(x, axis):
+    m = x.max(axis, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis, keepdims=True))
+
+
+@given(shape=st.sampled_from([(3,), (2, 5), (2, 3, 4)]), seed=st.integers(0, 50), data=st.data())
+def test_log_softmax_softmax(shape, seed, data):
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    x = np.random.default_rng(seed).standard_normal(shape) * 3
+    np.testing.assert_allclose(mg.log_softmax(mg.tensor(x), axis).numpy(), _log_softmax(x, axis), rtol=1e-10)
+    np.testing.assert_allclose(mg.softmax(mg.tensor(x), axis).numpy(), np.exp(_log_softmax(x, axis)), rtol=1e-10)
+    (g,), w = check_grad(lambda t: mg.log_softmax(t, axis), [x], seed)
+    p = np.exp(_log_softmax(x, axis))
+    np.testing.assert_allclose(g, w - p * w.sum(axis, keepdims=True), rtol=1e-8, atol=1e-12)
+    check_grad(lambda t: mg.softmax(t, axis), [x], seed)
+
+
+def test_log_softmax_is_stable_for_huge_logits():
+    x = mg.tensor([[1000.0, 0.0, -1000.0]])
+    out = mg.log_softmax(x, 1).numpy()
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out[0, 0], 0.0, atol=1e-6)

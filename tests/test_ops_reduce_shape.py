@@ -1,0 +1,104 @@
+"""Reductions and shape ops: forward vs NumPy float64, gradients vs central differences."""
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+from hypothesis.extra import numpy as hnp
+
+import minigrad as mg
+from gradcheck import check_grad
+
+shapes = hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=4)
+
+
+@st.composite
+def shape_and_axes(draw):
+    shape = draw(shapes)
+    axes = draw(st.none() | st.lists(st.integers(0, len(shape) - 1), unique=True, min_size=1))
+    return shape, (None if axes is None else tuple(axes)), draw(st.booleans())
+
+
+@given(sak=shape_and_axes(), seed=st.integers(0, 50))
+def test_sum_mean(sak, seed):
+    shape, axes, keep = sak
+    x = np.random.default_rng(seed).standard_normal(shape)
+    np.testing.assert_allclose(mg.tensor(x).sum(axes, keep).numpy(), x.sum(axes, keepdims=keep), rtol=1e-12)
+    np.testing.assert_allclose(mg.tensor(x).mean(axes, keep).numpy(), x.mean(axes, keepdims=keep), rtol=1e-12)
+    (g,), w = check_grad(lambda t: t.sum(axes, keep), [x], seed)
+    np.testing.assert_allclose(g, np.broadcast_to(w.reshape(np.sum(x, axes, keepdims=True).shape), shape))
+    check_grad(lambda t: t.mean(axes, keep), [x], seed)
+
+
+@given(sak=shape_and_axes(), seed=st.integers(0, 50))
+def test_max(sak, seed):
+    shape, axes, keep = sak
+    x = np.random.default_rng(seed).permutation(np.prod(shape)).reshape(shape).astype(float)
+    np.testing.assert_allclose(mg.tensor(x).max(axes, keep).numpy(), x.max(axes, keepdims=keep))
+    check_grad(lambda t: t.max(axes, keep), [x], seed)
+    np.testing.assert_allclose(mg.tensor(x).min(axes, keep).numpy(), x.min(axes, keepdims=keep))
+
+
+def test_torch_style_dim_keepdim_and_errors():
+    x = np.arange(6.0).reshape(2, 3)
+    np.testing.assert_allclose(mg.tensor(x).sum(dim=1, keepdim=True).numpy(), x.sum(1, keepdims=True))
+    with pytest.raises(ValueError, match="out of range"):
+        mg.tensor(x).sum(2)
+    np.testing.assert_allclose(mg.tensor(x).var(1).numpy(), x.var(1, ddof=1))
+
+
+@given(shape=shapes, seed=st.integers(0, 50))
+def test_reshape_flatten_transpose(shape, seed):
+    x = np.random.default_rng(seed).standard_normal(shape)
+    t = mg.tensor(x)
+    np.testing.assert_array_equal(t.reshape(-1).numpy(), x.reshape(-1))
+    np.testing.assert_array_equal(t.flatten().numpy(), x.reshape(-1))
+    if len(shape) >= 2:
+        np.testing.assert_array_equal(mg.flatten(t, 1).numpy(), x.reshape(x.shape[0], -1))
+    perm = tuple(np.random.default_rng(seed).permutation(len(shape)))
+    np.testing.assert_array_equal(t.permute(*perm).numpy(), x.transpose(perm))
+    check_grad(lambda a: a.permute(perm) * a.permute(perm), [x], seed)
+    check_grad(lambda a: a.reshape(-1)[::2] if a.numel() > 1 else a.reshape(-1), [x], seed)
+    if len(shape) >= 2:
+        np.testing.assert_array_equal(t.transpose(0, -1).numpy(), np.swapaxes(x, 0, -1))
+
+
+def test_reshape_errors_name_shapes():
+    with pytest.raises(ValueError, match=r"\(2, 3\)"):
+        mg.zeros(2, 3).reshape(4, 2)
+    with pytest.raises(ValueError, match="only one dimension"):
+        mg.zeros(2, 3).reshape(-1, -1)
+
+
+INDEXES = [np.s_[1], np.s_[:, 1:3], np.s_[::2, ::-1], np.s_[..., 0], np.s_[None, 1:, 2],
+           np.s_[np.array([0, 2, 2])], np.s_[-1, :]]
+
+
+@pytest.mark.parametrize("index", INDEXES, ids=[str(i) for i in range(len(INDEXES))])
+def test_getitem(index):
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    np.testing.assert_array_equal(mg.tensor(x)[index].numpy(), x[index])
+    check_grad(lambda t: t[index], [x])
+
+
+def test_getitem_out_of_range():
+    with pytest.raises(IndexError, match=r"\(3, 4\)"):
+        mg.zeros(3, 4)[5]
+
+
+@given(shape=hnp.array_shapes(min_dims=1, max_dims=3, max_side=3), seed=st.integers(0, 50),
+       data=st.data())
+def test_pad(shape, seed, data):
+    x = np.random.default_rng(seed).standard_normal(shape)
+    pads = tuple((data.draw(st.integers(0, 2)), data.draw(st.integers(0, 2))) for _ in shape)
+    np.testing.assert_array_equal(mg.pad(mg.tensor(x), pads, 1.5).numpy(),
+                                  np.pad(x, pads, constant_values=1.5))
+    check_grad(lambda t: mg.pad(t, pads), [x], seed)
+
+
+def test_concatenate_stack():
+    a, b = np.ones((2, 3)), np.arange(6.0).reshape(2, 3)
+    np.testing.assert_array_equal(mg.cat([mg.tensor(a), mg.tensor(b)], 1).numpy(), np.concatenate([a, b], 1))
+    check_grad(lambda x, y: mg.concatenate([x, y, x], axis=0), [a, b])
+    check_grad(lambda x, y: mg.stack([x, y], 1), [a, b])
+    with pytest.raises(ValueError, match=r"\(2, 3\), \(3, 3\)"):
+        mg.cat([mg.tensor(a), mg.zeros(3, 3)], 1)
