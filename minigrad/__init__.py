@@ -9,7 +9,8 @@
 import numpy as np
 
 from . import cpu as _cpu  # noqa: F401  (registers device "cpu")
-from .autograd import Function, enable_grad, is_grad_enabled, no_grad
+from .autograd import (AnomalyError, Function, detect_anomaly, enable_grad, is_grad_enabled,
+                       no_grad)
 from .backend import devices
 from .random import get_rng_state, manual_seed, set_rng_state
 from .tensor import (Tensor, bool_, float32, float64, int32, int64, tensor, uint8,

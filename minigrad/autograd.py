@@ -31,6 +31,36 @@ def no_grad():
         _state.enabled = previous
 
 
+def is_anomaly_enabled():
+    """True inside ``detect_anomaly()``."""
+    return getattr(_state, "anomaly", False)
+
+
+@contextlib.contextmanager
+def detect_anomaly():
+    """Check every op's output and every gradient for NaN/Inf and name the op that made one.
+
+    Like ``torch.autograd.detect_anomaly``: slower (one extra pass per tensor), for debugging.
+    """
+    previous = is_anomaly_enabled()
+    _state.anomaly = True
+    try:
+        yield
+    finally:
+        _state.anomaly = previous
+
+
+class AnomalyError(RuntimeError):
+    """Raised in ``detect_anomaly()`` mode when an op produces a NaN or Inf."""
+
+
+def _check_finite(be, value, what):
+    if value is not None and getattr(value, "dtype", None) is not None and \
+            value.dtype.kind == "f" and not be.all_finite(value):
+        raise AnomalyError(f"{what} produced a non-finite value (NaN or Inf) in a tensor of shape "
+                           f"{tuple(value.shape)}")
+
+
 @contextlib.contextmanager
 def enable_grad():
     """Context manager that re-enables graph recording inside ``no_grad``."""
@@ -75,6 +105,8 @@ class Function:
         if record:
             fn.needs_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         out = fn.forward(*raw, **kwargs)
+        if is_anomaly_enabled():
+            _check_finite(fn.be, out, f"forward of {cls.__name__}")
         result = Tensor._make(out, device, record)
         if record:
             fn.parents = tuple(a if isinstance(a, Tensor) else None for a in args)
@@ -126,6 +158,9 @@ def run_backward(root, grad, retain_graph=False):
             parent_grads = ctx.backward(g)
         if not isinstance(parent_grads, tuple):
             parent_grads = (parent_grads,)
+        if is_anomaly_enabled():
+            for i, pg in enumerate(parent_grads):
+                _check_finite(ctx.be, pg, f"backward of {type(ctx).__name__} (gradient of input {i})")
         for parent, pg in zip(ctx.parents, parent_grads):
             if parent is None or pg is None or not parent.requires_grad:
                 continue

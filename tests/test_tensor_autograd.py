@@ -139,3 +139,15 @@ def test_dtype_conversion_and_repr():
     (b * 2).sum().backward()
     assert a.grad.dtype == mg.float32
     assert "requires_grad=True" in repr(a)
+
+
+def test_detect_anomaly_names_the_op():
+    x = mg.tensor([1.0, 0.0], requires_grad=True)
+    with mg.detect_anomaly():
+        with pytest.raises(mg.AnomalyError, match="forward of Unary"):
+            mg.log(x - 1.0)
+        y = mg.sqrt(x)  # finite forward, infinite gradient at 0
+        with pytest.raises(mg.AnomalyError, match="backward of Unary"):
+            y.sum().backward()
+    z = mg.log(x)  # outside anomaly mode nothing is checked
+    assert not np.isfinite(z.numpy()).all()

@@ -1,0 +1,131 @@
+"""conv2d and pooling through the public ops: autodiff wiring, gradients, and input errors.
+
+The kernels themselves are tested exhaustively in test_cpu_conv_pool_kernels.py; here the
+reference is a NumPy float64 implementation and central differences through ``mg.conv2d``.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import minigrad as mg
+from gradcheck import check_grad
+
+
+def ref_conv2d(x, w, b, stride, padding, dilation):
+    n, c, h, wd = x.shape
+    k, _, r, s = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    oh = (h + 2 * padding[0] - dilation[0] * (r - 1) - 1) // stride[0] + 1
+    ow = (wd + 2 * padding[1] - dilation[1] * (s - 1) - 1) // stride[1] + 1
+    out = np.zeros((n, k, oh, ow))
+    for i in range(r):
+        for j in range(s):
+            patch = xp[:, :, i * dilation[0]: i * dilation[0] + stride[0] * (oh - 1) + 1: stride[0],
+                       j * dilation[1]: j * dilation[1] + stride[1] * (ow - 1) + 1: stride[1]]
+            out += np.einsum("nchw,kc->nkhw", patch, w[:, :, i, j])
+    return out + (0 if b is None else b[None, :, None, None])
+
+
+def ref_pool(x, k, s, p, mode):
+    fill = -np.inf if mode == "max" else 0.0
+    xp = np.pad(x, ((0, 0), (0, 0), (p[0],) * 2, (p[1],) * 2), constant_values=fill)
+    oh = (x.shape[2] + 2 * p[0] - k[0]) // s[0] + 1
+    ow = (x.shape[3] + 2 * p[1] - k[1]) // s[1] + 1
+    windows = np.stack([xp[:, :, i:i + s[0] * (oh - 1) + 1:s[0], j:j + s[1] * (ow - 1) + 1:s[1]]
+                        for i in range(k[0]) for j in range(k[1])])
+    return windows.max(0) if mode == "max" else windows.mean(0)
+
+
+@given(n=st.integers(1, 2), c=st.integers(1, 3), k=st.integers(1, 3), size=st.integers(3, 7),
+       ks=st.integers(1, 3), stride=st.integers(1, 2), padding=st.integers(0, 2),
+       dilation=st.integers(1, 2), bias=st.booleans(), seed=st.integers(0, 50))
+def test_conv2d_forward_and_gradients(n, c, k, size, ks, stride, padding, dilation, bias, seed):
+    if dilation * (ks - 1) + 1 > size + 2 * padding:
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, size, size + 1))
+    w = rng.standard_normal((k, c, ks, ks))
+    b = rng.standard_normal(k)
+    conf = dict(stride=stride, padding=padding, dilation=dilation)
+    args = [x, w, b] if bias else [x, w]
+    out = mg.conv2d(*[mg.tensor(a) for a in args], **conf).numpy()
+    ref = ref_conv2d(x, w, b if bias else None, (stride,) * 2, (padding,) * 2, (dilation,) * 2)
+    np.testing.assert_allclose(out, ref, rtol=1e-9, atol=1e-9)
+    check_grad(lambda *t: mg.conv2d(*t, **conf), args, seed, atol=1e-5, rtol=1e-4)
+
+
+def test_conv2d_non_contiguous_input_and_float32():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 3, 2, 6)).transpose(2, 1, 3, 0)  # (2, 3, 6, 5) view
+    w = rng.standard_normal((4, 3, 3, 3))
+    ref = ref_conv2d(x, w, None, (1, 1), (1, 1), (1, 1))
+    np.testing.assert_allclose(mg.conv2d(mg.tensor(x), mg.tensor(w), padding=1).numpy(), ref, rtol=1e-9)
+    check_grad(lambda a, b: mg.conv2d(a, b, padding=1), [x, w], atol=1e-5, rtol=1e-4)
+    out32 = mg.conv2d(mg.tensor(x.astype(np.float32)), mg.tensor(w.astype(np.float32)), padding=1)
+    assert out32.dtype == mg.float32
+    np.testing.assert_allclose(out32.numpy(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_conv2d_padding_same_and_valid():
+    x = mg.randn(1, 2, 7, 7)
+    w = mg.randn(3, 2, 3, 3)
+    assert mg.conv2d(x, w, padding="same").shape == (1, 3, 7, 7)
+    assert mg.conv2d(x, w, padding="valid").shape == (1, 3, 5, 5)
+    assert mg.conv2d(x, mg.randn(3, 2, 5, 5), padding="same", dilation=2).shape == (1, 3, 7, 7)
+    with pytest.raises(ValueError, match="not supported for strided"):
+        mg.conv2d(x, w, padding="same", stride=2)
+
+
+def test_conv2d_errors_name_shapes():
+    with pytest.raises(ValueError, match=r"\(1, 3, 8, 8\) has 3 channels.*\(4, 2, 3, 3\)"):
+        mg.conv2d(mg.zeros(1, 3, 8, 8), mg.zeros(4, 2, 3, 3))
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        mg.conv2d(mg.zeros(1, 1, 2, 2), mg.zeros(1, 1, 5, 5), padding=1)
+    with pytest.raises(ValueError, match="4-D"):
+        mg.conv2d(mg.zeros(3, 8, 8), mg.zeros(4, 3, 3, 3))
+    with pytest.raises(TypeError, match="floating point"):
+        mg.conv2d(mg.tensor(np.zeros((1, 1, 4, 4), dtype=np.int64)), mg.zeros(1, 1, 3, 3))
+    with pytest.raises(ValueError, match="groups=1"):
+        mg.conv2d(mg.zeros(1, 2, 4, 4), mg.zeros(2, 1, 3, 3), groups=2)
+
+
+@pytest.mark.parametrize("mode", ["max", "avg"])
+@given(k=st.integers(1, 3), stride=st.integers(1, 3), padding=st.integers(0, 1), size=st.integers(3, 6),
+       seed=st.integers(0, 50))
+def test_pooling(mode, k, stride, padding, size, seed):
+    if padding > k // 2:
+        return
+    x = np.random.default_rng(seed).permutation(2 * 2 * size * (size + 1)).reshape(2, 2, size, size + 1) / 7.0
+    fn = mg.max_pool2d if mode == "max" else mg.avg_pool2d
+    out = fn(mg.tensor(x), k, stride, padding)
+    if mode == "max" or padding == 0:
+        np.testing.assert_allclose(out.numpy(), ref_pool(x, (k, k), (stride, stride), (padding, padding), mode),
+                                   rtol=1e-12)
+    check_grad(lambda t: fn(t, k, stride, padding), [x], seed)
+
+
+def test_avg_pool_count_include_pad():
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    incl = mg.avg_pool2d(mg.tensor(x), 3, 1, 1).numpy()
+    excl = mg.avg_pool2d(mg.tensor(x), 3, 1, 1, count_include_pad=False).numpy()
+    assert incl[0, 0, 0, 0] == pytest.approx((0 + 1 + 4 + 5) / 9)
+    assert excl[0, 0, 0, 0] == pytest.approx((0 + 1 + 4 + 5) / 4)
+    check_grad(lambda t: mg.avg_pool2d(t, 3, 1, 1, count_include_pad=False), [x])
+
+
+def test_adaptive_avg_pool():
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 6))
+    np.testing.assert_allclose(mg.adaptive_avg_pool2d(mg.tensor(x), 1).numpy(), x.mean((2, 3), keepdims=True))
+    np.testing.assert_allclose(mg.adaptive_avg_pool2d(mg.tensor(x), (2, 3)).numpy(),
+                               x.reshape(2, 3, 2, 2, 3, 2).mean((3, 5)))
+    check_grad(lambda t: mg.adaptive_avg_pool2d(t, 1), [x])
+    with pytest.raises(ValueError, match="must divide"):
+        mg.adaptive_avg_pool2d(mg.tensor(x), 5)
+
+
+def test_pool_errors():
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        mg.max_pool2d(mg.zeros(1, 1, 2, 2), 3)
+    with pytest.raises(ValueError, match="half the kernel"):
+        mg.max_pool2d(mg.zeros(1, 1, 8, 8), 2, padding=2)
