@@ -143,6 +143,7 @@ def download_file(urls: Iterable[str], dest: str | os.PathLike,
     if not urls:
         raise DownloadError(f"no URL to download {dest.name} from (empty mirror list)")
     for url in urls:
+        stale = part.exists()  # a partial file left by an earlier run: maybe from other bytes
         resumes = 0
         ok = False
         while True:
@@ -166,8 +167,18 @@ def download_file(urls: Iterable[str], dest: str | os.PathLike,
         if not ok:
             continue
         if check is not None and not check(part):
-            failures.append(f"{url}: checksum mismatch (corrupt download deleted)")
             part.unlink(missing_ok=True)
+            if stale:  # the old partial bytes may be the culprit: once more from scratch
+                try:
+                    _fetch_once(url, part, timeout, progress, dest.name, chunk_size)
+                    if check(part):
+                        os.replace(part, dest)
+                        return dest
+                except (_Incomplete, urllib.error.URLError, OSError,
+                        http.client.HTTPException, ValueError):
+                    pass
+                part.unlink(missing_ok=True)
+            failures.append(f"{url}: checksum mismatch (corrupt download deleted)")
             continue
         os.replace(part, dest)
         return dest
