@@ -1,0 +1,378 @@
+"""Side-by-side CPU benchmarks: minigrad against PyTorch, same shapes, same threads, one run.
+
+    python cli.py bench                     # everything, table to stdout
+    python -m benchmarks.run_all --only lenet,resnet32 --repeat 5 --json out.json
+
+Each workload is timed as the median of ``--repeat`` runs after warm-up.  PyTorch is used
+only when importable (``pip install torch==2.13.0``; benchmark-only, never a dependency).
+The OpenBLAS core type in the environment is printed: OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE
+as set on these machines halve sgemm speed, and a benchmark may unset both in its own
+command (say so when recording numbers).
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import minigrad as mg  # noqa: E402
+import minigrad.nn as nn  # noqa: E402
+import minigrad.nn.functional as F  # noqa: E402
+import minigrad.optim as optim  # noqa: E402
+
+try:
+    import torch
+except ImportError:  # pragma: no cover - torch is optional
+    torch = None
+
+THREADS = 2
+RESNET_CONV_SHAPES = [  # (C_in, C_out, H, kernel, stride) of ResNet-18 with the CIFAR stem
+    (3, 64, 32, 3, 1), (64, 64, 32, 3, 1), (64, 128, 32, 3, 2), (128, 128, 16, 3, 1),
+    (64, 128, 32, 1, 2), (128, 256, 16, 3, 2), (256, 256, 8, 3, 1), (128, 256, 16, 1, 2),
+    (256, 512, 8, 3, 2), (512, 512, 4, 3, 1), (256, 512, 8, 1, 2),
+]
+
+
+def timeit(fn, repeat, warmup=2):
+    """Median seconds of ``fn()`` over ``repeat`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _labels(n, classes=10, seed=0):
+    return np.random.default_rng(seed).integers(0, classes, n)
+
+
+# --- workloads: each returns a dict of measurements ----------------------------------
+
+def sgemm_rate(repeat):
+    """NumPy float32 GEMM 2048^3 in GFLOP/s: the machine's BLAS ceiling in this run."""
+    a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
+    t = timeit(lambda: a @ a, repeat)
+    return 2 * 2048 ** 3 / t / 1e9
+
+
+def train_step_pair(name, mg_model, torch_model, shape, classes, repeat):
+    """One SGD-momentum train step (forward, loss, backward, update) in both frameworks."""
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    y = _labels(shape[0], classes)
+    opt = optim.SGD(mg_model.parameters(), lr=0.01, momentum=0.9)
+    xm, ym = mg.tensor(x), mg.tensor(y)
+
+    def mg_step():
+        loss = F.cross_entropy(mg_model(xm), ym)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    row = {"workload": name, "minigrad_s": timeit(mg_step, repeat), "images": shape[0]}
+    if torch is not None and torch_model is not None:
+        topt = torch.optim.SGD(torch_model.parameters(), lr=0.01, momentum=0.9)
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+        def torch_step():
+            loss = torch.nn.functional.cross_entropy(torch_model(xt), yt)
+            topt.zero_grad()
+            loss.backward()
+            topt.step()
+
+        row["torch_s"] = timeit(torch_step, repeat)
+    return row
+
+
+def bench_lenet(repeat):
+    import zoo
+
+    tm = None
+    if torch is not None:
+        from benchmarks.torch_models import TorchLeNet5
+        tm = TorchLeNet5()
+    row = train_step_pair("LeNet-5 train step, batch 128", zoo.lenet5(), tm, (128, 1, 28, 28), 10,
+                          max(repeat, 20))
+    row["flops"] = 3 * 2 * 416_520 * 128
+    return [row]
+
+
+def bench_resnet(batch, repeat):
+    import zoo
+
+    tm = None
+    if torch is not None:
+        from benchmarks.torch_models import TorchResNet18Cifar
+        tm = TorchResNet18Cifar()
+    row = train_step_pair(f"ResNet-18 CIFAR train step, batch {batch}", zoo.resnet18(num_classes=10, stem="cifar"),
+                          tm, (batch, 3, 32, 32), 10, repeat)
+    row["flops"] = 3 * 2 * 0.5554e9 * batch  # forward multiply-adds counted by hand, x2 FLOPs, x3 for the step
+    return [row]
+
+
+def bench_convs(batch, repeat):
+    """conv2d forward + both backward passes on each ResNet-18 (CIFAR stem) layer shape."""
+    rows = []
+    for cin, cout, h, k, s in RESNET_CONV_SHAPES:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((batch, cin, h, h)).astype(np.float32)
+        w = (rng.standard_normal((cout, cin, k, k)) * 0.05).astype(np.float32)
+        p = k // 2
+        oh = (h + 2 * p - k) // s + 1
+        flops = 3 * 2 * batch * cout * cin * k * k * oh * oh
+        xm, wm = mg.tensor(x, requires_grad=True), mg.tensor(w, requires_grad=True)
+
+        def mg_run():
+            out = mg.conv2d(xm, wm, stride=s, padding=p)
+            out.backward(mg.ones(out.shape))
+
+        row = {"workload": f"conv {cin}->{cout} {h}x{h} k{k} s{s} fwd+bwd, batch {batch}",
+               "minigrad_s": timeit(mg_run, repeat), "flops": flops}
+        if torch is not None:
+            xt = torch.from_numpy(x).requires_grad_()
+            wt = torch.from_numpy(w).requires_grad_()
+
+            def torch_run():
+                out = torch.nn.functional.conv2d(xt, wt, stride=s, padding=p)
+                out.backward(torch.ones_like(out))
+
+            row["torch_s"] = timeit(torch_run, repeat)
+        rows.append(row)
+    return rows
+
+
+def bench_matmul(repeat):
+    rows = []
+    for n in (1024, 2048):
+        rng = np.random.default_rng(0)
+        a, b = (rng.standard_normal((n, n)).astype(np.float32) for _ in range(2))
+        am, bm = mg.tensor(a), mg.tensor(b)
+        row = {"workload": f"matmul {n}x{n}x{n}", "minigrad_s": timeit(lambda: am @ bm, repeat),
+               "flops": 2 * n ** 3}
+        if torch is not None:
+            at, bt = torch.from_numpy(a), torch.from_numpy(b)
+            row["torch_s"] = timeit(lambda: at @ bt, repeat)
+        rows.append(row)
+    return rows
+
+
+def bench_bn_xent(repeat):
+    rows = []
+    x = np.random.default_rng(0).standard_normal((32, 64, 32, 32)).astype(np.float32)
+    bn = nn.BatchNorm2d(64)
+    xm = mg.tensor(x, requires_grad=True)
+
+    def mg_bn():
+        out = bn(xm)
+        out.backward(mg.ones(out.shape))
+
+    row = {"workload": "BatchNorm2d fwd+bwd 32x64x32x32", "minigrad_s": timeit(mg_bn, repeat),
+           "bytes": 5 * x.nbytes}
+    if torch is not None:
+        tbn = torch.nn.BatchNorm2d(64)
+        xt = torch.from_numpy(x).requires_grad_()
+
+        def torch_bn():
+            out = tbn(xt)
+            out.backward(torch.ones_like(out))
+
+        row["torch_s"] = timeit(torch_bn, repeat)
+    rows.append(row)
+
+    logits = np.random.default_rng(1).standard_normal((1024, 1000)).astype(np.float32)
+    y = _labels(1024, 1000)
+    lm, ym = mg.tensor(logits, requires_grad=True), mg.tensor(y)
+    row = {"workload": "softmax cross-entropy fwd+bwd 1024x1000",
+           "minigrad_s": timeit(lambda: F.cross_entropy(lm, ym).backward(), repeat)}
+    if torch is not None:
+        lt, yt = torch.from_numpy(logits).requires_grad_(), torch.from_numpy(y)
+        row["torch_s"] = timeit(lambda: torch.nn.functional.cross_entropy(lt, yt).backward(), repeat)
+    rows.append(row)
+    return rows
+
+
+def bench_optimizers(repeat):
+    """SGD (momentum) and Adam steps over ResNet-18's 11.2M parameters (gradients preset)."""
+    import zoo
+
+    rows = []
+    model = zoo.resnet18(num_classes=10, stem="cifar")
+    params = list(model.parameters())
+    for p in params:
+        p.grad = mg.tensor(np.full(p.shape, 1e-3, dtype=np.float32))
+    tparams = None
+    if torch is not None:
+        tparams = [torch.zeros(p.shape, requires_grad=True) for p in params]
+        for t in tparams:
+            t.grad = torch.full(t.shape, 1e-3)
+    for name, make, tmake in (
+            ("SGD momentum step, ResNet-18 params", lambda: optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4),
+             lambda: torch.optim.SGD(tparams, lr=0.01, momentum=0.9, weight_decay=5e-4, foreach=True)),
+            ("Adam step, ResNet-18 params", lambda: optim.Adam(params, lr=1e-3),
+             lambda: torch.optim.Adam(tparams, lr=1e-3, foreach=True))):
+        opt = make()
+        row = {"workload": name, "minigrad_s": timeit(opt.step, repeat),
+               "bytes": sum(p.numel() for p in params) * 4 * 4}
+        if torch is not None:
+            topt = tmake()
+            row["torch_s"] = timeit(topt.step, repeat)
+        rows.append(row)
+    return rows
+
+
+def _subprocess(code, env=None):
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+PEAK_CODE = r"""
+import json, resource, sys, numpy as np
+sys.path.insert(0, '.')
+fw = sys.argv[-1] if False else {fw!r}
+x = np.random.default_rng(0).standard_normal(({batch}, 3, 32, 32)).astype(np.float32)
+y = np.random.default_rng(0).integers(0, 10, {batch})
+if fw == 'minigrad':
+    import minigrad as mg, minigrad.nn.functional as F, minigrad.optim as optim, zoo
+    model = zoo.resnet18(num_classes=10, stem='cifar'); opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    xm, ym = mg.tensor(x), mg.tensor(y)
+    def step():
+        loss = F.cross_entropy(model(xm), ym); opt.zero_grad(); loss.backward(); opt.step()
+else:
+    import torch; torch.set_num_threads({threads})
+    from benchmarks.torch_models import TorchResNet18Cifar
+    model = TorchResNet18Cifar(); opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(xt), yt); opt.zero_grad(); loss.backward(); opt.step()
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for _ in range(3):
+    step()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({{"base_mb": base / 1024, "peak_mb": peak / 1024}}))
+"""
+
+
+def bench_memory(batch):
+    """Peak resident memory of three ResNet-18 train steps, each framework in its own process."""
+    row = {"workload": f"peak RSS, ResNet-18 CIFAR step batch {batch} (MB; growth over baseline)"}
+    m = _subprocess(PEAK_CODE.format(fw="minigrad", batch=batch, threads=THREADS))
+    row["minigrad_mb"], row["minigrad_growth_mb"] = m["peak_mb"], m["peak_mb"] - m["base_mb"]
+    if torch is not None:
+        t = _subprocess(PEAK_CODE.format(fw="torch", batch=batch, threads=THREADS))
+        row["torch_mb"], row["torch_growth_mb"] = t["peak_mb"], t["peak_mb"] - t["base_mb"]
+    return [row]
+
+
+START_CODE = r"""
+import time, json, sys
+t0 = float(sys.argv[1])
+sys.path.insert(0, '.')
+import numpy as np, minigrad as mg, minigrad.nn.functional as F, minigrad.optim as optim, zoo
+model = zoo.lenet5(); opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+x = mg.tensor(np.zeros((128, 1, 28, 28), np.float32)); y = mg.tensor(np.zeros(128, np.int64))
+loss = F.cross_entropy(model(x), y); opt.zero_grad(); loss.backward(); opt.step()
+print(json.dumps({"seconds": time.time() - t0}))
+"""
+
+
+def bench_startup():
+    """Seconds from process start to the end of the first LeNet train step, warm Numba cache."""
+    def run():
+        t0 = time.time()
+        out = subprocess.run([sys.executable, "-c", START_CODE, str(t0)], capture_output=True,
+                             text=True, cwd=ROOT, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+
+    run()  # fills the cache if it is cold
+    return [{"workload": "process start to first LeNet step (warm cache), s", "minigrad_s": min(run(), run())}]
+
+
+WORKLOADS = {
+    "lenet": lambda r: bench_lenet(r),
+    "resnet32": lambda r: bench_resnet(32, r),
+    "resnet128": lambda r: bench_resnet(128, max(2, r // 2)),
+    "conv": lambda r: bench_convs(32, r),
+    "matmul": lambda r: bench_matmul(r),
+    "bn_xent": lambda r: bench_bn_xent(r),
+    "optim": lambda r: bench_optimizers(r),
+    "memory": lambda r: bench_memory(32),
+    "startup": lambda r: bench_startup(),
+}
+
+
+def format_table(rows, sgemm):
+    """Markdown table of the rows with ratios and GFLOP/s."""
+    lines = ["| workload | minigrad | PyTorch | speed ratio (PyTorch time / minigrad time) | minigrad GFLOP/s | % of sgemm |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "minigrad_mb" in r:
+            ratio = f"{r['minigrad_mb'] / r['torch_mb']:.2f}x memory" if "torch_mb" in r else ""
+            tm = f"{r['torch_mb']:.0f} MB (+{r['torch_growth_mb']:.0f})" if "torch_mb" in r else "-"
+            lines.append(f"| {r['workload']} | {r['minigrad_mb']:.0f} MB (+{r['minigrad_growth_mb']:.0f}) | {tm} | {ratio} | | |")
+            continue
+        ms, ts = r["minigrad_s"], r.get("torch_s")
+        gf = f"{r['flops'] / ms / 1e9:.0f}" if "flops" in r else ""
+        pct = f"{100 * r['flops'] / ms / 1e9 / sgemm:.0f}%" if "flops" in r else ""
+        unit = "s" if ms > 0.5 else "ms"
+        scale = 1 if unit == "s" else 1e3
+        ratio = f"{ts / ms:.2f}x" if ts else ""
+        tcol = f"{ts * scale:.2f} {unit}" if ts else "-"
+        lines.append(f"| {r['workload']} | {ms * scale:.2f} {unit} | {tcol} | {ratio} | {gf} | {pct} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    """Run the selected workloads and print the table (and optionally write JSON)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated: " + ",".join(WORKLOADS))
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even when installed")
+    args = parser.parse_args(argv)
+    global torch
+    if args.no_torch:
+        torch = None
+    import numba
+
+    numba.set_num_threads(THREADS)
+    if torch is not None:
+        torch.set_num_threads(THREADS)
+    mg.manual_seed(0)
+    if torch is not None:
+        torch.manual_seed(0)
+    core = os.environ.get("OPENBLAS_CORETYPE", "unset")
+    l2 = os.environ.get("OPENBLAS_L2_SIZE", "unset")
+    sgemm = sgemm_rate(args.repeat)
+    print(f"threads {THREADS}; OPENBLAS_CORETYPE={core} OPENBLAS_L2_SIZE={l2}; "
+          f"NumPy sgemm 2048^3: {sgemm:.0f} GFLOP/s; torch: {torch.__version__ if torch else 'not installed'}")
+    rows = []
+    for name in args.only.split(","):
+        name = name.strip()
+        if name not in WORKLOADS:
+            parser.error(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
+        new = WORKLOADS[name](args.repeat)
+        rows.extend(new)
+        for r in new:
+            print("  done:", r["workload"], flush=True)
+    print(format_table(rows, sgemm))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"sgemm_gflops": sgemm, "openblas_coretype": core, "rows": rows}, fh, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
