@@ -1,0 +1,209 @@
+"""CPU kernels for batch normalisation and local response normalisation.
+
+Every kernel views its input as ``(N, C, L)`` (``L`` = product of the spatial
+dimensions, 1 for ``(N, C)`` input), runs one ``parallel=True`` Numba loop and
+accumulates sums in float64 whatever the storage dtype (float32 or float64).
+"""
+
+import numpy as np
+from numba import njit, prange
+
+# reassociation (vectorised reductions), contraction and fast pow; NaN/inf semantics kept
+_FM = {"reassoc", "contract", "nsz", "arcp", "afn"}
+
+
+def _float(x):
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float32)
+    return np.ascontiguousarray(x)
+
+
+def _ncl(x):
+    n, c = x.shape[0], x.shape[1]
+    return x.reshape(n, c, -1)
+
+
+def _vec(v, c, dtype, fill):
+    if v is None:
+        return np.full(c, fill, dtype=dtype)
+    return np.ascontiguousarray(np.asarray(v, dtype=dtype).reshape(c))
+
+
+# --- batch norm --------------------------------------------------------------
+
+@njit(cache=True, parallel=True, fastmath=_FM)
+def _bn_train(x, gamma, beta, eps, y, mean_out, var_out, invstd_out):
+    n, c, l = x.shape
+    m = n * l
+    for ch in prange(c):
+        s = 0.0
+        for i in range(n):
+            for j in range(l):
+                s += x[i, ch, j]
+        mu = s / m
+        ss = 0.0
+        for i in range(n):
+            for j in range(l):
+                d = x[i, ch, j] - mu
+                ss += d * d
+        var = ss / m
+        inv = 1.0 / np.sqrt(var + eps)
+        scale = gamma[ch] * inv
+        shift = beta[ch] - mu * scale
+        for i in range(n):
+            for j in range(l):
+                y[i, ch, j] = x[i, ch, j] * scale + shift
+        mean_out[ch] = mu
+        var_out[ch] = var
+        invstd_out[ch] = inv
+
+
+@njit(cache=True, parallel=True, fastmath=_FM)
+def _bn_eval(x, mean, var, gamma, beta, eps, y):
+    n, c, l = x.shape
+    for ch in prange(c):
+        inv = 1.0 / np.sqrt(np.float64(var[ch]) + eps)
+        scale = gamma[ch] * inv
+        shift = beta[ch] - mean[ch] * scale
+        for i in range(n):
+            for j in range(l):
+                y[i, ch, j] = x[i, ch, j] * scale + shift
+
+
+@njit(cache=True, parallel=True, fastmath=_FM)
+def _bn_backward(gy, x, gamma, mean, invstd, gx, ggamma, gbeta):
+    n, c, l = x.shape
+    m = n * l
+    for ch in prange(c):
+        mu = np.float64(mean[ch])
+        inv = np.float64(invstd[ch])
+        sg = 0.0
+        sgx = 0.0
+        for i in range(n):
+            for j in range(l):
+                g = np.float64(gy[i, ch, j])
+                sg += g
+                sgx += g * (x[i, ch, j] - mu)
+        sgxhat = sgx * inv
+        ggamma[ch] = sgxhat
+        gbeta[ch] = sg
+        k = gamma[ch] * inv / m
+        mean_g = sg
+        coef = sgxhat * inv
+        for i in range(n):
+            for j in range(l):
+                gx[i, ch, j] = k * (m * gy[i, ch, j] - mean_g - (x[i, ch, j] - mu) * coef)
+
+
+def batch_norm_train(x, gamma, beta, eps):
+    """Training-mode batch norm over all axes but 1; returns ``(y, mean, var, invstd)`` (biased var)."""
+    x = _float(x)
+    c = x.shape[1]
+    g = _vec(gamma, c, x.dtype, 1.0)
+    b = _vec(beta, c, x.dtype, 0.0)
+    y = np.empty_like(x)
+    mean = np.empty(c, x.dtype)
+    var = np.empty(c, x.dtype)
+    invstd = np.empty(c, x.dtype)
+    _bn_train(_ncl(x), g, b, float(eps), _ncl(y), mean, var, invstd)
+    return y, mean, var, invstd
+
+
+def batch_norm_eval(x, mean, var, gamma, beta, eps):
+    """Batch norm with the given per-channel statistics (inference mode)."""
+    x = _float(x)
+    c = x.shape[1]
+    y = np.empty_like(x)
+    _bn_eval(_ncl(x), _vec(mean, c, x.dtype, 0.0), _vec(var, c, x.dtype, 1.0),
+             _vec(gamma, c, x.dtype, 1.0), _vec(beta, c, x.dtype, 0.0), float(eps), _ncl(y))
+    return y
+
+
+def batch_norm_backward(gy, x, gamma, mean, invstd):
+    """Gradients ``(gx, ggamma, gbeta)`` of training-mode batch norm, one pass per channel."""
+    x = _float(x)
+    gy = np.ascontiguousarray(np.asarray(gy, dtype=x.dtype))
+    c = x.shape[1]
+    gx = np.empty_like(x)
+    ggamma = np.empty(c, x.dtype)
+    gbeta = np.empty(c, x.dtype)
+    _bn_backward(_ncl(gy), _ncl(x), _vec(gamma, c, x.dtype, 1.0), _vec(mean, c, x.dtype, 0.0),
+                 _vec(invstd, c, x.dtype, 1.0), _ncl(gx), ggamma, gbeta)
+    return gx, ggamma, gbeta
+
+
+# --- local response norm -----------------------------------------------------
+
+@njit(cache=True, fastmath=_FM, inline="always")
+def _pow_neg(s, beta):
+    """``s ** -beta``; AlexNet's beta = 0.75 through square roots (much cheaper than pow)."""
+    if beta == 0.75:
+        r = np.sqrt(s)
+        return 1.0 / (r * np.sqrt(r))
+    return s ** (-beta)
+
+
+@njit(cache=True, parallel=True, fastmath=_FM)
+def _lrn(x, size, alpha, beta, k, y, scale):
+    n, c, l = x.shape
+    lo = size // 2
+    hi = (size - 1) // 2
+    a = alpha / size
+    for i in prange(n):
+        acc = np.zeros(l, np.float64)
+        for ch in range(c):
+            acc[:] = 0.0
+            for cc in range(max(0, ch - lo), min(c, ch + hi + 1)):
+                for j in range(l):
+                    v = np.float64(x[i, cc, j])
+                    acc[j] += v * v
+            for j in range(l):
+                s = k + a * acc[j]
+                scale[i, ch, j] = s
+                y[i, ch, j] = x[i, ch, j] * _pow_neg(s, beta)
+
+
+@njit(cache=True, parallel=True, fastmath=_FM)
+def _lrn_backward(x, y, scale, gy, size, alpha, beta, k, gx):
+    n, c, l = x.shape
+    lo = size // 2
+    hi = (size - 1) // 2
+    coef = 2.0 * alpha * beta / size
+    for i in prange(n):
+        r = np.empty((c, l), np.float64)
+        for o in range(c):
+            for j in range(l):
+                r[o, j] = np.float64(gy[i, o, j]) * y[i, o, j] / scale[i, o, j]
+        acc = np.zeros(l, np.float64)
+        for ch in range(c):
+            # output channels o whose window contains ch: ch - hi <= o <= ch + lo
+            acc[:] = 0.0
+            for o in range(max(0, ch - hi), min(c, ch + lo + 1)):
+                for j in range(l):
+                    acc[j] += r[o, j]
+            for j in range(l):
+                s = np.float64(scale[i, ch, j])
+                gx[i, ch, j] = gy[i, ch, j] * _pow_neg(s, beta) - coef * x[i, ch, j] * acc[j]
+
+
+def lrn(x, size, alpha, beta, k):
+    """Local response norm across channels (PyTorch's formula); returns ``(y, scale)``."""
+    x = _float(x)
+    y = np.empty_like(x)
+    scale = np.empty_like(x)
+    _lrn(_ncl(x), int(size), float(alpha), float(beta), float(k), _ncl(y), _ncl(scale))
+    return y, scale
+
+
+def lrn_backward(x, y, scale, gy, size, alpha, beta, k):
+    """Gradient of local response norm with respect to its input."""
+    x = _float(x)
+    dt = x.dtype
+    y = np.ascontiguousarray(np.asarray(y, dtype=dt))
+    scale = np.ascontiguousarray(np.asarray(scale, dtype=dt))
+    gy = np.ascontiguousarray(np.asarray(gy, dtype=dt))
+    gx = np.empty_like(x)
+    _lrn_backward(_ncl(x), _ncl(y), _ncl(scale), _ncl(gy), int(size), float(alpha), float(beta),
+                  float(k), _ncl(gx))
+    return gx

@@ -1,0 +1,477 @@
+"""The layers: Linear, Conv2d, pooling, BatchNorm, Dropout, LRN, activations, containers, losses."""
+
+import math
+from collections import OrderedDict
+
+import numpy as np
+
+from ..ops.conv import pair, resolve_padding
+from ..tensor import Tensor
+from . import functional as F
+from . import init
+from .module import Module, Parameter
+
+
+def _empty(*shape):
+    return Parameter(np.zeros(shape, dtype=np.float32))
+
+
+# --- containers ----------------------------------------------------------------
+
+class Sequential(Module):
+    """Modules applied in order; indexable (int or slice), ``len``, iterable, ``append``.
+
+    ``Sequential(m0, m1, ...)`` names children "0", "1", ...; ``Sequential(OrderedDict)`` keeps the keys.
+    """
+
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], (OrderedDict, dict)):
+            for name, m in modules[0].items():
+                self.add_module(name, m)
+        else:
+            for i, m in enumerate(modules):
+                self.add_module(str(i), m)
+
+    def _index(self, idx):
+        n = len(self._modules)
+        if not -n <= idx < n:
+            raise IndexError(f"index {idx} is out of range for {type(self).__name__} of length {n}")
+        return idx % n
+
+    def __getitem__(self, idx):
+        items = list(self._modules.items())
+        if isinstance(idx, slice):
+            return type(self)(OrderedDict(items[idx]))
+        return items[self._index(int(idx))][1]
+
+    def __setitem__(self, idx, module):
+        key = list(self._modules)[self._index(int(idx))]
+        self.add_module(key, module)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def append(self, module):
+        """Add ``module`` at the end; returns ``self``."""
+        self.add_module(str(len(self)), module)
+        return self
+
+    def forward(self, x):
+        """Apply each module in turn."""
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+
+class ModuleList(Module):
+    """A list of modules registered as children (named "0", "1", ...)."""
+
+    def __init__(self, modules=()):
+        super().__init__()
+        for m in modules:
+            self.append(m)
+
+    def __getitem__(self, idx):
+        items = list(self._modules.values())
+        if isinstance(idx, slice):
+            return ModuleList(items[idx])
+        return items[idx]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def append(self, module):
+        """Add ``module`` at the end; returns ``self``."""
+        self.add_module(str(len(self)), module)
+        return self
+
+    def extend(self, modules):
+        """Append every module of ``modules``."""
+        for m in modules:
+            self.append(m)
+        return self
+
+
+class Identity(Module):
+    """Returns its input."""
+
+    def forward(self, x):
+        """``x`` unchanged."""
+        return x
+
+
+# --- linear and convolution -------------------------------------------------------
+
+class Linear(Module):
+    """``y = x @ weight.T + bias``; weight (out, in) kaiming-uniform(a=sqrt(5)), bias U(+-1/sqrt(in))."""
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.weight = _empty(self.out_features, self.in_features)
+        if bias:
+            self.bias = _empty(self.out_features)
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """PyTorch's default initialisation."""
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.in_features
+            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x):
+        """Affine map of the last dimension."""
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        """``in_features=..., out_features=..., bias=...``"""
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Conv2d(Module):
+    """2-D convolution (NCHW, groups=1); PyTorch's arguments and default initialisation.
+
+    ``padding`` is an int, a pair, ``"same"`` (stride 1) or ``"valid"``.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 bias=True, groups=1):
+        super().__init__()
+        if groups != 1:
+            raise ValueError(f"Conv2d: only groups=1 is supported, got {groups}")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride, "stride")
+        self.dilation = pair(dilation, "dilation")
+        if isinstance(padding, str):
+            resolve_padding(padding, self.kernel_size, self.stride, self.dilation, "Conv2d")
+            self.padding = padding
+        else:
+            self.padding = pair(padding, "padding")
+        self.weight = _empty(self.out_channels, self.in_channels, *self.kernel_size)
+        if bias:
+            self.bias = _empty(self.out_channels)
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """PyTorch's default initialisation."""
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
+            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x):
+        """Cross-correlation of ``x`` with the weight, plus bias."""
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+    def extra_repr(self):
+        """PyTorch's Conv2d description."""
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding!r}" if isinstance(self.padding, str) else f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
+
+
+# --- pooling ---------------------------------------------------------------------
+
+class MaxPool2d(Module):
+    """2-D max pooling (``stride`` defaults to ``kernel_size``)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = kernel_size if stride is None else stride
+        self.padding = padding
+
+    def forward(self, x):
+        """Max over each window."""
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+    def extra_repr(self):
+        """Kernel, stride and padding."""
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class AvgPool2d(Module):
+    """2-D average pooling (``stride`` defaults to ``kernel_size``)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = kernel_size if stride is None else stride
+        self.padding = padding
+        self.count_include_pad = count_include_pad
+
+    def forward(self, x):
+        """Mean over each window."""
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.count_include_pad)
+
+    def extra_repr(self):
+        """Kernel, stride and padding."""
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class AdaptiveAvgPool2d(Module):
+    """Average pooling to ``output_size`` (1x1, or sizes dividing the input)."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, x):
+        """Pool to the output size."""
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+    def extra_repr(self):
+        """The output size."""
+        return f"output_size={self.output_size}"
+
+
+# --- normalisation and regularisation --------------------------------------------
+
+class _BatchNorm(Module):
+    """Shared BatchNorm logic: affine weight/bias, running statistics, ``num_batches_tracked``."""
+
+    _ndims = ()
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True):
+        super().__init__()
+        self.num_features = int(num_features)
+        self.eps, self.momentum = eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        if affine:
+            self.weight = Parameter(np.ones(self.num_features, dtype=np.float32))
+            self.bias = Parameter(np.zeros(self.num_features, dtype=np.float32))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            self.register_buffer("running_mean", Tensor(np.zeros(self.num_features, dtype=np.float32)))
+            self.register_buffer("running_var", Tensor(np.ones(self.num_features, dtype=np.float32)))
+            self.register_buffer("num_batches_tracked", Tensor(np.array(0, dtype=np.int64)))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+
+    def reset_running_stats(self):
+        """Running mean 0, running variance 1, batch count 0."""
+        if self.track_running_stats:
+            init.zeros_(self.running_mean)
+            init.ones_(self.running_var)
+            self.num_batches_tracked.fill_(0)
+
+    def reset_parameters(self):
+        """Reset running statistics; weight 1, bias 0."""
+        self.reset_running_stats()
+        if self.affine:
+            init.ones_(self.weight)
+            init.zeros_(self.bias)
+
+    def forward(self, x):
+        """Normalise with batch statistics (training) or running statistics (eval)."""
+        if x.ndim not in self._ndims:
+            raise ValueError(f"{type(self).__name__}: expected {' or '.join(f'{d}-D' for d in self._ndims)} "
+                             f"input, got shape {x.shape}")
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"{type(self).__name__}({self.num_features}): input {x.shape} has "
+                             f"{x.shape[1]} channels")
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            nbt = self.num_batches_tracked
+            nbt.data = nbt.be.scalar("add", nbt.data, 1)
+            if self.momentum is None:
+                factor = 1.0 / float(nbt.item())
+        use_batch = self.training or not self.track_running_stats
+        track = self.training and self.track_running_stats
+        return F.batch_norm(x, self.running_mean if track or not use_batch else None,
+                            self.running_var if track or not use_batch else None,
+                            self.weight, self.bias, use_batch, factor, self.eps)
+
+    def extra_repr(self):
+        """PyTorch's BatchNorm description."""
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats}")
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch norm over (N, C) or (N, C, L) input."""
+
+    _ndims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch norm over (N, C, H, W) input, per channel."""
+
+    _ndims = (4,)
+
+
+class Dropout(Module):
+    """Inverted dropout with probability ``p`` in training mode; identity in eval mode."""
+
+    def __init__(self, p=0.5, inplace=False):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability has to be between 0 and 1, got {p}")
+        self.p = p
+
+    def forward(self, x):
+        """Drop and rescale (training) or pass through (eval)."""
+        return F.dropout(x, self.p, self.training)
+
+    def extra_repr(self):
+        """The probability."""
+        return f"p={self.p}, inplace=False"
+
+
+class LocalResponseNorm(Module):
+    """AlexNet's local response normalisation across channels (PyTorch's formula)."""
+
+    def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0):
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def forward(self, x):
+        """``x_c * (k + alpha/size * sum of x^2 over the channel window) ** -beta``."""
+        return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+
+    def extra_repr(self):
+        """Size, alpha, beta, k."""
+        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
+# --- activations and reshaping -----------------------------------------------------
+
+class ReLU(Module):
+    """max(x, 0)."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, x):
+        """Rectify."""
+        return F.relu(x)
+
+    def extra_repr(self):
+        """``inplace=True`` when requested (computed out of place anyway)."""
+        return "inplace=True" if self.inplace else ""
+
+
+class Sigmoid(Module):
+    """Logistic function."""
+
+    def forward(self, x):
+        """1 / (1 + exp(-x))."""
+        return F.sigmoid(x)
+
+
+class Tanh(Module):
+    """Hyperbolic tangent."""
+
+    def forward(self, x):
+        """tanh(x)."""
+        return F.tanh(x)
+
+
+class Softmax(Module):
+    """Softmax along ``dim``."""
+
+    def __init__(self, dim=-1):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        """Softmax."""
+        return F.softmax(x, self.dim)
+
+    def extra_repr(self):
+        """The dimension."""
+        return f"dim={self.dim}"
+
+
+class LogSoftmax(Softmax):
+    """Log-softmax along ``dim``."""
+
+    def forward(self, x):
+        """Log-softmax."""
+        return F.log_softmax(x, self.dim)
+
+
+class Flatten(Module):
+    """Flatten dimensions ``start_dim..end_dim`` (default: all but the batch dimension)."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def forward(self, x):
+        """Flattened view."""
+        return F.flatten(x, self.start_dim, self.end_dim)
+
+    def extra_repr(self):
+        """Start and end dims."""
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+# --- losses ------------------------------------------------------------------------
+
+class CrossEntropyLoss(Module):
+    """Softmax cross-entropy of logits (N, C) and class indices (N,), with reduction and label smoothing."""
+
+    def __init__(self, reduction="mean", label_smoothing=0.0):
+        super().__init__()
+        self.reduction, self.label_smoothing = reduction, label_smoothing
+
+    def forward(self, input, target):  # noqa: A002
+        """The loss."""
+        return F.cross_entropy(input, target, reduction=self.reduction, label_smoothing=self.label_smoothing)
+
+    def extra_repr(self):
+        """Reduction and smoothing when not default."""
+        s = f"reduction={self.reduction!r}" if self.reduction != "mean" else ""
+        if self.label_smoothing:
+            s += (", " if s else "") + f"label_smoothing={self.label_smoothing}"
+        return s
+
+
+class NLLLoss(Module):
+    """Negative log-likelihood of log-probabilities."""
+
+    def __init__(self, reduction="mean"):
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, input, target):  # noqa: A002
+        """The loss."""
+        return F.nll_loss(input, target, reduction=self.reduction)
+
+
+class MSELoss(Module):
+    """Mean squared error."""
+
+    def __init__(self, reduction="mean"):
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, input, target):  # noqa: A002
+        """The loss."""
+        return F.mse_loss(input, target, reduction=self.reduction)

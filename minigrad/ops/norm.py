@@ -1,0 +1,149 @@
+"""Batch normalisation and local response normalisation as differentiable ops.
+
+Training-mode batch norm is one fused backend kernel forward and one backward
+(``batch_norm_train`` / ``batch_norm_backward``); eval mode uses
+``batch_norm_eval`` and a per-channel scale for its gradient.  Running-statistic
+updates happen outside the graph, in place, through backend elementwise calls.
+"""
+
+from ..autograd import Function
+
+
+def _channel_shape(ndim, c):
+    return (1, c) + (1,) * (ndim - 2)
+
+
+class BatchNormTrain(Function):
+    """Batch norm with batch statistics; ``stats`` (a dict) receives the batch ``mean`` and biased ``var``."""
+
+    def forward(self, x, gamma=None, beta=None, eps=1e-5, stats=None):
+        """Output storage from input storage."""
+        be = self.be
+        c = x.shape[1]
+        if gamma is None:
+            gamma = be.full((c,), 1.0, x.dtype)
+        if beta is None:
+            beta = be.full((c,), 0.0, x.dtype)
+        y, mean, var, invstd = be.batch_norm_train(x, gamma, beta, eps)
+        if stats is not None:
+            stats["mean"], stats["var"] = mean, var
+        self.save(x, gamma, mean, invstd)
+        return y
+
+    def backward(self, g):
+        """Gradients for the positional inputs."""
+        x, gamma, mean, invstd = self.saved
+        gx, ggamma, gbeta = self.be.batch_norm_backward(g, x, gamma, mean, invstd)
+        need = self.needs_grad
+        return (gx if need[0] else None,
+                ggamma if len(need) > 1 and need[1] else None,
+                gbeta if len(need) > 2 and need[2] else None)
+
+
+class BatchNormEval(Function):
+    """Batch norm with given statistics: ``(x - mean) / sqrt(var + eps) * gamma + beta``."""
+
+    def forward(self, x, mean, var, gamma=None, beta=None, eps=1e-5):
+        """Output storage from input storage."""
+        be = self.be
+        c = x.shape[1]
+        if gamma is None:
+            gamma = be.full((c,), 1.0, x.dtype)
+        if beta is None:
+            beta = be.full((c,), 0.0, x.dtype)
+        self.eps = eps
+        self.save(x, mean, var, gamma)
+        return be.batch_norm_eval(x, mean, var, gamma, beta, eps)
+
+    def backward(self, g):
+        """Gradients for the positional inputs."""
+        x, mean, var, gamma = self.saved
+        be = self.be
+        cs = _channel_shape(len(x.shape), x.shape[1])
+        invstd = be.scalar("pow", be.scalar("add", be.astype(var, x.dtype), self.eps), -0.5)
+        need = self.needs_grad
+        gx = ggamma = gbeta = None
+        if need[0]:
+            gx = be.binary("mul", g, be.reshape(be.binary("mul", be.astype(gamma, x.dtype), invstd), cs))
+        axes = (0,) + tuple(range(2, len(x.shape)))
+        if len(need) > 3 and need[3]:
+            xhat = be.binary("mul", be.binary("sub", x, be.reshape(be.astype(mean, x.dtype), cs)),
+                             be.reshape(invstd, cs))
+            ggamma = be.sum(be.binary("mul", g, xhat), axes, False)
+        if len(need) > 4 and need[4]:
+            gbeta = be.sum(g, axes, False)
+        return gx, None, None, ggamma, gbeta
+
+
+class LocalResponseNorm(Function):
+    """``y_c = x_c * (k + alpha/n * sum_{c' in window(c)} x_{c'}^2) ** -beta`` across channels."""
+
+    def forward(self, x, size, alpha, beta, k):
+        """Output storage from input storage."""
+        self.conf = (size, alpha, beta, k)
+        y, scale = self.be.lrn(x, size, alpha, beta, k)
+        self.save(x, y, scale)
+        return y
+
+    def backward(self, g):
+        """Gradients for the positional inputs."""
+        x, y, scale = self.saved
+        return (self.be.lrn_backward(x, y, scale, g, *self.conf),)
+
+
+def _update_running_(be, running, batch, momentum, factor=1.0):
+    """running = (1 - momentum) * running + momentum * factor * batch, in place."""
+    batch = be.astype(batch, running.dtype)
+    if factor != 1.0:
+        batch = be.scalar("mul", batch, factor)
+    new = be.binary("add", be.scalar("mul", running, 1.0 - momentum), be.scalar("mul", batch, momentum))
+    be.copy_(running, new)
+
+
+def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5):
+    """Batch normalisation as ``torch.nn.functional.batch_norm``.
+
+    In training mode the batch statistics normalise ``x`` and, when given, the
+    running buffers are updated in place: ``running_mean`` with the batch mean and
+    ``running_var`` with the *unbiased* batch variance, both with factor ``momentum``.
+    In eval mode the running statistics are used.
+    """
+    if x.ndim < 2:
+        raise ValueError(f"batch_norm: input must have at least 2 dimensions (N, C, ...), got {x.shape}")
+    if x.dtype.kind != "f":
+        raise TypeError(f"batch_norm: input must be floating point, got {x.dtype}")
+    c = x.shape[1]
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        if t is not None and tuple(t.shape) != (c,):
+            raise ValueError(f"batch_norm: {name} shape {tuple(t.shape)} != ({c},) for input {x.shape}")
+    if training:
+        count = x.numel() // c
+        if count <= 1:
+            raise ValueError(
+                f"batch_norm: expected more than 1 value per channel when training, got input {x.shape}")
+        stats = {}
+        args = [x, weight, bias]
+        y = BatchNormTrain.apply(*args, eps=eps, stats=stats)
+        if running_mean is not None or running_var is not None:
+            be = x.be
+            m = 0.0 if momentum is None else momentum
+            if running_mean is not None:
+                _update_running_(be, running_mean.data, stats["mean"], m)
+            if running_var is not None:
+                _update_running_(be, running_var.data, stats["var"], m, count / (count - 1))
+        return y
+    if running_mean is None or running_var is None:
+        raise ValueError("batch_norm: eval mode needs running_mean and running_var")
+    return BatchNormEval.apply(x, running_mean.detach(), running_var.detach(), weight, bias, eps=eps)
+
+
+def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):
+    """Local response normalisation across channels (as ``torch.nn.functional.local_response_norm``)."""
+    if x.ndim < 3:
+        raise ValueError(f"local_response_norm: input must have at least 3 dimensions, got {x.shape}")
+    if int(size) < 1:
+        raise ValueError(f"local_response_norm: size must be positive, got {size}")
+    return LocalResponseNorm.apply(x, size=int(size), alpha=float(alpha), beta=float(beta), k=float(k))
+
