@@ -99,8 +99,9 @@ def load(path, device="cpu"):
     return _load(path)
 
 
-def summary(model, input_shape, **kwargs):
-    """Per-layer table of a model's output shapes, parameters, FLOPs and activation memory."""
-    from .summary import summary as _summary
+# Imported last: it needs the names above.  Binding the function after the import keeps
+# ``mg.summary`` the function although ``minigrad.summary`` is also a submodule.
+from . import summary as _summary_module  # noqa: E402
 
-    return _summary(model, input_shape, **kwargs)
+summary = _summary_module.summary
+layer_grad_norms = _summary_module.layer_grad_norms
