@@ -74,7 +74,8 @@ class CPUBackend(Backend):
 
     def scalar(self, op, x, s, reverse=False):
         if op in _COMPARE:
-            return _COMPARE[op](x, s).astype(x.dtype if x.dtype.kind != "b" else np.float32)
+            out = _COMPARE[op](s, x) if reverse else _COMPARE[op](x, s)
+            return out.astype(x.dtype if x.dtype.kind != "b" else np.float32)
         fn = _BINARY[op]
         with np.errstate(all="ignore"):
             out = fn(s, x) if reverse else fn(x, s)

@@ -1,0 +1,78 @@
+"""minigrad's CUDA backend: ``numba.cuda`` kernels registered as device ``"cuda"``.
+
+Importing this package is cheap and never fails for want of a GPU: ``numba.cuda``
+is imported only when the backend is first requested (``Tensor(..., device="cuda")``
+or ``x.to("cuda")``).  Without a usable GPU the factory raises one clear
+``RuntimeError``; setting ``NUMBA_ENABLE_CUDASIM=1`` runs every kernel under
+Numba's CUDA simulator instead (slow, for tests on small shapes).
+
+    import minigrad_cuda
+    minigrad_cuda.is_available()        # True with a GPU or the simulator
+    minigrad_cuda.unavailable_reason()  # None, or why not
+"""
+
+import os
+
+from minigrad import backend as _registry
+
+__all__ = ["is_available", "unavailable_reason", "is_simulator", "get_backend"]
+
+_MESSAGE = ("CUDA device requested but no usable GPU was found ({reason}); run with --device cpu, "
+            "or set NUMBA_ENABLE_CUDASIM=1 to use Numba's CUDA simulator")
+
+
+def is_simulator():
+    """True when Numba's CUDA simulator is enabled (``NUMBA_ENABLE_CUDASIM=1``)."""
+    try:
+        from numba.core import config
+
+        return bool(config.ENABLE_CUDASIM)
+    except Exception:  # pragma: no cover - numba missing
+        return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def unavailable_reason():
+    """``None`` when device "cuda" can be used, else a short reason why not (never raises)."""
+    try:
+        from numba import cuda
+    except Exception as err:  # pragma: no cover - numba is a dependency
+        return f"numba.cuda cannot be imported: {err}"
+    if is_simulator():
+        return None
+    try:
+        if cuda.is_available():
+            if len(cuda.gpus) == 0:
+                return "the CUDA driver reports no devices"
+            return None
+    except Exception as err:
+        return f"{type(err).__name__}: {err}".strip().splitlines()[0]
+    try:
+        err = cuda.cuda_error()
+    except Exception:  # pragma: no cover
+        err = None
+    if err is not None:
+        text = " ".join(str(err).split())
+        return text.split(". ")[0].rstrip(".") or type(err).__name__
+    return "numba.cuda.is_available() returned False"
+
+
+def is_available():
+    """True when device "cuda" can be used (a GPU, or the simulator); never raises."""
+    return unavailable_reason() is None
+
+
+def _factory():
+    reason = unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(_MESSAGE.format(reason=reason))
+    from .backend import CUDABackend
+
+    return CUDABackend()
+
+
+def get_backend():
+    """The ``CUDABackend`` instance (created on first use; raises ``RuntimeError`` without a GPU)."""
+    return _registry.get("cuda")
+
+
+_registry.register("cuda", _factory)

@@ -1,0 +1,100 @@
+"""Ops through ``minigrad.Tensor`` with ``requires_grad`` on device "cuda", against the same on "cpu"."""
+
+import numpy as np
+import pytest
+
+import minigrad as mg
+import minigrad_cuda
+
+RNG = np.random.default_rng(1)
+
+
+def pair(*shape, scale=1.0):
+    """The same random float32 data as a CPU and a CUDA leaf tensor requiring gradients."""
+    data = (RNG.standard_normal(shape) * scale).astype(np.float32)
+    return (mg.tensor(data, requires_grad=True),
+            mg.tensor(data, requires_grad=True, device="cuda"))
+
+
+def check(cpu_out, cuda_out, leaves, tol=1e-4):
+    """Forward values and every leaf gradient agree between the devices."""
+    assert cuda_out.device == "cuda"
+    np.testing.assert_allclose(cuda_out.numpy(), cpu_out.numpy(), rtol=tol, atol=tol)
+    for c, g in leaves:
+        assert g.grad is not None and g.grad.device == "cuda"
+        np.testing.assert_allclose(g.grad.numpy(), c.grad.numpy(), rtol=tol, atol=tol)
+
+
+def test_to_and_from_device():
+    x = mg.tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+    y = x.to("cuda")
+    assert y.device == "cuda" and y.shape == (2, 3) and y.dtype == np.float32
+    back = y.to("cpu")
+    assert back.device == "cpu"
+    np.testing.assert_array_equal(back.numpy(), x.numpy())
+    assert "device='cuda'" in repr(y)
+
+
+def test_gradient_flows_across_to():
+    xc = mg.tensor(np.ones((2, 2), np.float32), requires_grad=True)
+    y = (xc.to("cuda") * 3.0).sum()
+    y.backward()
+    np.testing.assert_allclose(xc.grad.numpy(), np.full((2, 2), 3.0))
+
+
+def test_mlp_forward_backward():
+    (xc, xg), (wc, wg), (bc, bg), (vc, vg) = pair(6, 5), pair(4, 5), pair(4), pair(4, 3)
+    outs = []
+    for x, w, b, v in ((xc, wc, bc, vc), (xg, wg, bg, vg)):
+        h = mg.linear(x, w, b).relu()
+        z = mg.log_softmax(h @ v, dim=1)
+        outs.append((z * z).mean() + h.sigmoid().sum() * 0.1 + (h.tanh() ** 2).sum() * 0.01)
+    for o in outs:
+        o.backward()
+    check(outs[0], outs[1], [(xc, xg), (wc, wg), (bc, bg), (vc, vg)])
+
+
+def test_broadcasting_elementwise_and_reductions():
+    (ac, ag), (bc, bg) = pair(3, 1, 4), pair(2, 4)
+    outs = []
+    for a, b in ((ac, ag), (bc, bg)) and ((ac, bc), (ag, bg)):
+        y = (a * b - b / (a * a + 1.0)).exp() + mg.maximum(a, b) - mg.minimum(a, b * 2.0)
+        outs.append(y.max(axis=2).sum() + y.sum(axis=(0, 1)).mean() + mg.where(a > 0, a, b).sum())
+    for o in outs:
+        o.backward()
+    check(outs[0], outs[1], [(ac, ag), (bc, bg)])
+
+
+def test_shape_ops():
+    (xc, xg) = pair(2, 3, 4)
+    outs = []
+    for x in (xc, xg):
+        y = x.permute(2, 0, 1).reshape(4, 6)[1:, ::2]
+        z = mg.cat([y, y * 2.0], dim=1)
+        p = mg.pad(x, ((0, 0), (1, 1), (0, 2)), 0.5)
+        outs.append((z * z).sum() + p.sum() + x[:, [0, 2, 2]].sum() + x.transpose(0, 2).flatten()[3])
+    for o in outs:
+        o.backward()
+    check(outs[0], outs[1], [(xc, xg)])
+
+
+def test_conv_pool_stack():
+    (xc, xg), (wc, wg), (bc, bg) = pair(2, 3, 8, 8), pair(4, 3, 3, 3, scale=0.3), pair(4)
+    outs = []
+    for x, w, b in ((xc, wc, bc), (xg, wg, bg)):
+        y = mg.conv2d(x, w, b, stride=1, padding=1).relu()
+        y = mg.max_pool2d(y, 2)
+        y = mg.avg_pool2d(y, 2, stride=1, padding=1)
+        outs.append((y * y).sum())
+    for o in outs:
+        o.backward()
+    check(outs[0], outs[1], [(xc, xg), (wc, wg), (bc, bg)], tol=2e-4)
+
+
+def test_unavailable_message(monkeypatch):
+    monkeypatch.setattr(minigrad_cuda, "unavailable_reason", lambda: "no driver")
+    with pytest.raises(RuntimeError) as err:
+        minigrad_cuda._factory()
+    msg = str(err.value)
+    assert "\n" not in msg and "no usable GPU" in msg and "--device cpu" in msg
+    assert "NUMBA_ENABLE_CUDASIM=1" in msg
