@@ -20,6 +20,7 @@ import numpy as np
 # Exit code for bad usage / unusable device (click's own usage errors use 2 as well).
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_NONFINITE = 3
 
 DATASETS = ("mnist", "cifar10", "synthetic")
 SCHEDULES = ("none", "step", "cosine", "onecycle")
@@ -222,7 +223,9 @@ def build_run(config, echo=click.echo):
                       scheduler_interval=interval, out_dir=config["out"], config=config,
                       device=config["device"], limit=config.get("limit"),
                       log_grad_norms=config.get("log_grad_norms", 0),
-                      progress=config.get("progress", True), echo=echo)
+                      progress=config.get("progress", True), echo=echo,
+                      clip_grad_norm=config.get("clip_grad_norm"),
+                      detect_anomaly=config.get("detect_anomaly", False))
     return trainer
 
 
@@ -270,11 +273,15 @@ _TRAIN_OPTIONS = ("dataset", "epochs", "batch_size", "lr", "optimizer", "momentu
 @click.option("--plot", is_flag=True, help="Write OUT/curves.png at the end.")
 @click.option("--log-grad-norms", type=click.IntRange(min=0), default=0, show_default=True,
               help="Every N steps log per-layer gradient L2 norms to metrics.jsonl (0: off).")
+@click.option("--clip-grad-norm", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Clip the global gradient L2 norm to this value before each step.")
+@click.option("--detect-anomaly", is_flag=True,
+              help="Check every op for NaN/Inf and name the op that made one (slow).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.pass_context
 def train(ctx, model, device, dataset, epochs, batch_size, lr, optimizer, momentum,
           weight_decay, schedule, warmup_epochs, seed, data_dir, out, resume, limit, plot,
-          log_grad_norms, no_progress):
+          log_grad_norms, clip_grad_norm, detect_anomaly, no_progress):
     """Train MODEL (see `models`), writing metrics.jsonl and checkpoints to --out.
 
     Every option left out takes the model's default (lenet: MNIST, Adam 3e-3 one-cycle,
@@ -284,7 +291,7 @@ def train(ctx, model, device, dataset, epochs, batch_size, lr, optimizer, moment
     --no-progress leave the result unchanged; other changes, --epochs included, do not).
     """
     from zoo.registry import get_spec
-    from zoo.trainer import load_checkpoint
+    from zoo.trainer import NonFiniteError, load_checkpoint
 
     given = {p: ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE
              for p in ctx.params}
@@ -297,7 +304,7 @@ def train(ctx, model, device, dataset, epochs, batch_size, lr, optimizer, moment
         config = dict(state["config"])
         if given["model"] and _model_name(model) != config["model"]:
             _fail(f"checkpoint {resume} is a {config['model']} run, not {model}")
-        for name in _TRAIN_OPTIONS + ("seed", "limit", "log_grad_norms"):
+        for name in _TRAIN_OPTIONS + ("seed", "limit", "log_grad_norms", "clip_grad_norm"):
             if given.get(name) and ctx.params[name] != config.get(name):
                 click.echo(f"note: --{name.replace('_', '-')} {ctx.params[name]} overrides the "
                            f"checkpoint's {config.get(name)}", err=True)
@@ -314,8 +321,10 @@ def train(ctx, model, device, dataset, epochs, batch_size, lr, optimizer, moment
                 config[name] = ctx.params[name]
         config.update(model=spec.name, model_kwargs=None, seed=seed, device=device,
                       data_dir=data_dir, out=out or os.path.join("runs", spec.name),
-                      limit=limit, plot=plot, log_grad_norms=log_grad_norms)
+                      limit=limit, plot=plot, log_grad_norms=log_grad_norms,
+                      clip_grad_norm=clip_grad_norm)
     config["progress"] = not no_progress
+    config["detect_anomaly"] = detect_anomaly
     if config.get("data_dir") is None:
         config["data_dir"] = default_data_dir(config["dataset"])
     _check_device(config["device"])
@@ -340,6 +349,10 @@ def train(ctx, model, device, dataset, epochs, batch_size, lr, optimizer, moment
     t0 = time.perf_counter()
     try:
         trainer.fit(config["epochs"])
+    except NonFiniteError as e:
+        last = trainer.path("last.safetensors")
+        where = f"; the last good checkpoint is {last}" if last and os.path.exists(last) else ""
+        _fail(f"training stopped: {e}{where}", code=EXIT_NONFINITE)
     except KeyboardInterrupt:  # a second Ctrl-C: no new checkpoint
         last = trainer.path("last.safetensors")
         where = f"; the last checkpoint is {last}" if last and os.path.exists(last) else ""
@@ -579,5 +592,10 @@ def gradflow(ctx, model):
         sys.exit(result)
 
 
+def main(argv=None):
+    """Entry point of the ``minigrad`` console script and ``python cli.py``."""
+    cli.main(args=argv, prog_name="cli.py")
+
+
 if __name__ == "__main__":
-    cli()
+    main()

@@ -12,6 +12,7 @@ every checkpoint. A run resumed from any checkpoint (end of epoch, or mid-epoch 
 SIGINT) therefore ends with bit-identical parameters to an uninterrupted run.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -113,13 +114,17 @@ class Trainer:
       to ``metrics.jsonl`` (read-only: results are unchanged).
     * ``out_dir``: where ``metrics.jsonl``, ``last.safetensors``, ``best.safetensors`` (best
       test accuracy) and ``curves.png`` go; None writes nothing.
+    * ``clip_grad_norm``: clip the global gradient L2 norm to this value before each step.
+    * ``detect_anomaly``: run every step under ``mg.detect_anomaly()`` (slow) so a NaN/Inf
+      names the op that made it.
     * ``config``: JSON-able run description stored in every checkpoint (the CLI stores the
       model name and constructor arguments, dataset and hyper-parameters there).
     """
 
     def __init__(self, model, optimizer, train_loader, test_loader=None, scheduler=None,
                  scheduler_interval="step", out_dir=None, config=None, device="cpu",
-                 limit=None, log_grad_norms=0, progress=True, echo=print, keep_best=True):
+                 limit=None, log_grad_norms=0, progress=True, echo=print, keep_best=True,
+                 clip_grad_norm=None, detect_anomaly=False):
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"scheduler_interval must be 'step' or 'epoch', "
                              f"got {scheduler_interval!r}")
@@ -137,6 +142,8 @@ class Trainer:
         self.progress = progress
         self.echo = echo
         self.keep_best = keep_best
+        self.clip_grad_norm = clip_grad_norm
+        self.detect_anomaly = detect_anomaly
         self.loss_fn = mg.nn.CrossEntropyLoss()
         # position: next epoch to run and how many of its batches are already done
         self.epoch = 0
@@ -256,11 +263,33 @@ class Trainer:
                 "norms": dict(norms)}
 
     def train_step(self, images, labels, epoch=0):
-        """One optimizer step on a batch; returns ``(loss, correct)`` as Python numbers."""
+        """One optimizer step on a batch; returns ``(loss, correct)`` as Python numbers.
+
+        Raises :class:`NonFiniteError` (before the parameters change) when the loss or a
+        gradient is NaN or infinite, naming the step and the layer at fault.
+        """
         self.optimizer.zero_grad()
-        logits = self.model(images)
-        loss = self.loss_fn(logits, labels)
-        loss.backward()
+        step = self.global_step + 1
+        with (mg.detect_anomaly() if self.detect_anomaly else contextlib.nullcontext()):
+            try:
+                logits = self.model(images)
+                loss = self.loss_fn(logits, labels)
+                loss_value = float(loss.item())
+                if not math.isfinite(loss_value):
+                    raise NonFiniteError(
+                        f"step {step} (epoch {epoch + 1}): loss is {loss_value}; "
+                        f"{find_nonfinite_forward(self.model, images)}")
+                loss.backward()
+            except mg.AnomalyError as err:
+                raise NonFiniteError(f"step {step} (epoch {epoch + 1}): {err}") from None
+        bad = first_nonfinite_grad(self.model)
+        if bad is not None:
+            raise NonFiniteError(
+                f"step {step} (epoch {epoch + 1}): the gradient of layer {bad!r} went non-finite "
+                f"first (loss {loss_value:.6g}); lower the learning rate, clip gradients "
+                f"(--clip-grad-norm) or rerun with --detect-anomaly to name the op")
+        if self.clip_grad_norm:
+            mg.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
         self.global_step += 1
         if self.log_grad_norms and self.global_step % self.log_grad_norms == 0:
             self._log(self._grad_norm_record(epoch))
@@ -269,7 +298,7 @@ class Trainer:
             self.scheduler.step()
         pred = np.argmax(logits.numpy(), axis=1)
         correct = int(np.sum(pred == labels.numpy()))
-        return float(loss.item()), correct
+        return loss_value, correct
 
     def evaluate(self, loader=None, confusion=False, progress=False, desc="eval"):
         """Mean loss and accuracy over ``loader`` (default: the test loader), in eval mode and
@@ -407,6 +436,46 @@ class Trainer:
     def plot(self, path=None):
         """Draw loss and accuracy curves from ``metrics.jsonl`` to ``curves.png``."""
         return plot_metrics(self.metrics_path, path or self.path("curves.png"))
+
+
+class NonFiniteError(RuntimeError):
+    """Training met a NaN or infinite loss or gradient; the message names step and layer."""
+
+
+def _layer_of(param_name):
+    return param_name.rsplit(".", 1)[0] if "." in param_name else param_name
+
+
+def first_nonfinite_grad(model):
+    """Name of the first layer, in backward (reverse definition) order, whose gradient holds a
+    NaN or Inf; None when every gradient is finite."""
+    for name, p in reversed(list(model.named_parameters())):
+        if p.grad is not None and not p.be.all_finite(p.grad.data):
+            return _layer_of(name)
+    return None
+
+
+def find_nonfinite_forward(model, images):
+    """Describe where a forward pass first produces a NaN/Inf: the input batch or a layer."""
+    if not images.be.all_finite(images.data):
+        bad = int(np.sum(~np.isfinite(images.numpy())))
+        return f"the input batch {images.shape} holds {bad} NaN/Inf values (check the data)"
+    found = []
+
+    def hook(module, inputs, output, name):
+        if not found and isinstance(output, mg.Tensor) and output.dtype.kind == "f" \
+                and not output.be.all_finite(output.data):
+            found.append(f"layer {name!r} ({type(module).__name__}) is the first to output NaN/Inf")
+
+    handles = [m.register_forward_hook(lambda mod, i, o, n=name: hook(mod, i, o, n))
+               for name, m in model.named_modules() if name and not list(m.children())]
+    try:
+        with mg.no_grad():
+            model(images)
+    finally:
+        for h in handles:
+            h.remove()
+    return found[0] if found else "every layer output was finite (the loss itself overflowed)"
 
 
 def _progress_bar(total, desc, enabled, initial=0):
