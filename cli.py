@@ -76,6 +76,9 @@ def build_data(dataset, data_dir, batch_size, seed, device, train=True, augment=
     """Train (or test) dataset and DataLoader for a run."""
     from minigrad.data import DataLoader, DatasetNotFoundError, get_dataset, train_augmentation
 
+    import logging
+
+    logging.getLogger("minigrad.data").setLevel(logging.ERROR)  # the CLI prints its own note
     kwargs = {"seed": seed} if dataset == "synthetic" else {}
     try:
         ds = get_dataset(dataset, root=data_dir, train=train, **kwargs)
