@@ -101,36 +101,31 @@ class Pow(_Binary):
         return ga, gb
 
 
-class Maximum(_Binary):
-    """Elementwise maximum; ties send half the gradient to each side (as PyTorch)."""
+class _Extremum(_Binary):
+    """Elementwise maximum/minimum; ties send half the gradient to each side (as PyTorch)."""
 
-    op = "maximum"
+    wins = None  # comparison that selects ``a``
 
     def grads(self, g):
         a, b = self.saved
         be = self.be
-        gt = be.binary("gt", a, b)
         eq = be.scalar("mul", be.binary("eq", a, b), 0.5)
-        wa = be.binary("add", gt, eq)
+        wa = be.binary("add", be.binary(self.wins, a, b), eq)
         ga = be.binary("mul", g, wa) if self.needs_grad[0] else None
         gb = be.binary("mul", g, be.scalar("sub", wa, 1.0, reverse=True)) if self.needs_grad[1] else None
         return ga, gb
 
 
-class Minimum(_Binary):
-    """Elementwise minimum; ties split the gradient."""
+class Maximum(_Extremum):
+    """Elementwise maximum."""
 
-    op = "minimum"
+    op, wins = "maximum", "gt"
 
-    def grads(self, g):
-        a, b = self.saved
-        be = self.be
-        lt = be.binary("lt", a, b)
-        eq = be.scalar("mul", be.binary("eq", a, b), 0.5)
-        wa = be.binary("add", lt, eq)
-        ga = be.binary("mul", g, wa) if self.needs_grad[0] else None
-        gb = be.binary("mul", g, be.scalar("sub", wa, 1.0, reverse=True)) if self.needs_grad[1] else None
-        return ga, gb
+
+class Minimum(_Extremum):
+    """Elementwise minimum."""
+
+    op, wins = "minimum", "lt"
 
 
 class Scalar(Function):
