@@ -70,7 +70,7 @@ def run_bench(args):
     from minigrad.cpu import conv
 
     if args.chunk_bytes:
-        conv._COL_BYTES = args.chunk_bytes
+        conv._CHUNK_BYTES = args.chunk_bytes   # the "chunked" path only
     print("OPENBLAS_CORETYPE=%r OPENBLAS_L2_SIZE=%r" % (
         os.environ.get("OPENBLAS_CORETYPE"), os.environ.get("OPENBLAS_L2_SIZE")))
     print("load average at start: %.2f %.2f %.2f (other processes share the 2 cores)"

@@ -61,6 +61,46 @@ def _labels(n, classes=10, seed=0):
 
 # --- workloads: each returns a dict of measurements ----------------------------------
 
+def blas_core_types():
+    """The kernel set ("core type") OpenBLAS actually picked, for NumPy's and SciPy's copies
+    (SciPy's is the one Numba's np.dot and minigrad.cpu.blas call)."""
+    import ctypes
+    import glob
+
+    out = {}
+    for label, mod, names in (("numpy", np, ("scipy_openblas_get_corename64_", "openblas_get_corename64_",
+                                               "openblas_get_corename")),
+                              ("scipy", None, ("scipy_openblas_get_corename", "openblas_get_corename"))):
+        try:
+            if mod is None:
+                import scipy as mod
+            base = os.path.dirname(os.path.dirname(mod.__file__))
+            libs = glob.glob(os.path.join(base, mod.__name__ + ".libs", "*openblas*"))
+        except Exception:  # noqa: BLE001 - informational only
+            libs = []
+        for lib in libs:
+            try:
+                handle = ctypes.CDLL(lib)
+            except OSError:
+                continue
+            for name in names:
+                fn = getattr(handle, name, None)
+                if fn is not None:
+                    fn.restype = ctypes.c_char_p
+                    out[label] = fn().decode()
+                    break
+    return out
+
+
+def loadavg():
+    """1-minute load average (others' processes make timings meaningless above ~1.5)."""
+    try:
+        with open("/proc/loadavg") as fh:
+            return float(fh.read().split()[0])
+    except OSError:
+        return float("nan")
+
+
 def sgemm_rate(repeat):
     """NumPy float32 GEMM 2048^3 in GFLOP/s: the machine's BLAS ceiling in this run."""
     a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
@@ -257,10 +297,19 @@ else:
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     def step():
         loss = torch.nn.functional.cross_entropy(model(xt), yt); opt.zero_grad(); loss.backward(); opt.step()
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def _status_kb(key):
+    # VmHWM/VmRSS of this process's own address space.  (ru_maxrss is NOT usable here: Linux
+    # carries the parent's high-water mark across fork+exec, so every child reported the
+    # benchmark driver's own peak.)
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return float(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = _status_kb("VmHWM")
 for _ in range(3):
     step()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = _status_kb("VmHWM")
 print(json.dumps({{"base_mb": base / 1024, "peak_mb": peak / 1024}}))
 """
 
@@ -288,6 +337,25 @@ print(json.dumps({"seconds": time.time() - t0}))
 """
 
 
+def bench_coldstart():
+    """Seconds from process start to the end of the first LeNet train step with an EMPTY
+    Numba cache (every kernel compiled), then again with the cache just filled."""
+    import tempfile
+
+    def run(cache_dir):
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+        t0 = time.time()
+        out = subprocess.run([sys.executable, "-c", START_CODE, str(t0)], capture_output=True,
+                             text=True, cwd=ROOT, env=env, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+
+    with tempfile.TemporaryDirectory() as d:
+        cold = run(d)
+        warm = run(d)
+    return [{"workload": "process start to first LeNet step, EMPTY Numba cache, s", "minigrad_s": cold},
+            {"workload": "  same, cache just filled by that run, s", "minigrad_s": warm}]
+
+
 def bench_startup():
     """Seconds from process start to the end of the first LeNet train step, warm Numba cache."""
     def run():
@@ -310,7 +378,9 @@ WORKLOADS = {
     "optim": lambda r: bench_optimizers(r),
     "memory": lambda r: bench_memory(32),
     "startup": lambda r: bench_startup(),
+    "coldstart": lambda r: bench_coldstart(),
 }
+DEFAULT = [name for name in WORKLOADS if name != "coldstart"]   # coldstart compiles for ~a minute
 
 
 def format_table(rows, sgemm):
@@ -337,7 +407,8 @@ def format_table(rows, sgemm):
 def main(argv=None):
     """Run the selected workloads and print the table (and optionally write JSON)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated: " + ",".join(WORKLOADS))
+    parser.add_argument("--only", default=",".join(DEFAULT),
+                        help="comma-separated: " + ",".join(WORKLOADS) + " (default: all but coldstart)")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even when installed")
@@ -356,8 +427,12 @@ def main(argv=None):
     core = os.environ.get("OPENBLAS_CORETYPE", "unset")
     l2 = os.environ.get("OPENBLAS_L2_SIZE", "unset")
     sgemm = sgemm_rate(args.repeat)
-    print(f"threads {THREADS}; OPENBLAS_CORETYPE={core} OPENBLAS_L2_SIZE={l2}; "
-          f"NumPy sgemm 2048^3: {sgemm:.0f} GFLOP/s; torch: {torch.__version__ if torch else 'not installed'}")
+    cores = blas_core_types()
+    load0 = loadavg()
+    print(f"threads {THREADS}; OPENBLAS_CORETYPE={core} OPENBLAS_L2_SIZE={l2}; OpenBLAS core type in use: "
+          + ", ".join(f"{k} {v}" for k, v in cores.items())
+          + f"; NumPy sgemm 2048^3: {sgemm:.0f} GFLOP/s; torch: {torch.__version__ if torch else 'not installed'}; "
+          f"load average at start {load0:.2f}", flush=True)
     rows = []
     for name in args.only.split(","):
         name = name.strip()
@@ -367,10 +442,16 @@ def main(argv=None):
         rows.extend(new)
         for r in new:
             print("  done:", r["workload"], flush=True)
+    sgemm_end = sgemm_rate(args.repeat)
+    load1 = loadavg()
     print(format_table(rows, sgemm))
+    print(f"sgemm at the end of the run: {sgemm_end:.0f} GFLOP/s; load average at the end {load1:.2f}"
+          + ("  (LOADED MACHINE: numbers not representative)" if max(load0, load1) > 1.5 else ""))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"sgemm_gflops": sgemm, "openblas_coretype": core, "rows": rows}, fh, indent=1)
+            json.dump({"sgemm_gflops": sgemm, "sgemm_gflops_end": sgemm_end, "openblas_coretype": core,
+                       "openblas_l2_size": l2, "openblas_core_in_use": cores, "load_start": load0,
+                       "load_end": load1, "rows": rows}, fh, indent=1)
     return rows
 
 

@@ -92,26 +92,59 @@ class Function:
     @classmethod
     def apply(cls, *args, **kwargs):
         """Run forward on ``args`` and record the node when a gradient is needed."""
-        from .tensor import Tensor, _common_device
-
-        device = _common_device(args, cls.__name__)
-        from . import backend as backend_registry
-
+        # Hot path (called for every op): module lookups are cached in globals and the
+        # argument scan is one loop.
+        tensor_cls = _TENSOR[0]
+        if tensor_cls is None:
+            tensor_cls = _bind_tensor()
+        device = None
+        record = False
+        raw = []
+        for a in args:
+            if isinstance(a, tensor_cls):
+                if device is None:
+                    device = a.device
+                elif a.device != device:
+                    _TENSOR[1](args, cls.__name__)   # raises the device-mismatch error
+                if a.requires_grad:
+                    record = True
+                raw.append(a.data)
+            else:
+                raw.append(a)
+        if device is None:
+            device = "cpu"
         fn = cls()
-        fn.be = backend_registry.get(device)
+        be = _BACKENDS.get(device)   # the registry's own dict of created backends
+        if be is None:
+            be = _TENSOR[2](device)
+        fn.be = be
         fn.saved = ()
-        raw = [a.data if isinstance(a, Tensor) else a for a in args]
-        record = is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args)
+        if record and not getattr(_state, "enabled", True):
+            record = False
         if record:
-            fn.needs_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+            fn.needs_grad = tuple(isinstance(a, tensor_cls) and a.requires_grad for a in args)
         out = fn.forward(*raw, **kwargs)
-        if is_anomaly_enabled():
-            _check_finite(fn.be, out, f"forward of {cls.__name__}")
-        result = Tensor._make(out, device, record)
+        if getattr(_state, "anomaly", False):
+            _check_finite(be, out, f"forward of {cls.__name__}")
+        result = tensor_cls._make(out, device, record)
         if record:
-            fn.parents = tuple(a if isinstance(a, Tensor) else None for a in args)
+            fn.parents = tuple(a if isinstance(a, tensor_cls) else None for a in args)
             result._ctx = fn
         return result
+
+
+_TENSOR = [None, None, None]
+_BACKENDS = {}
+
+
+def _bind_tensor():
+    global _BACKENDS
+    from . import backend as backend_registry
+    from .tensor import Tensor, _common_device
+
+    _BACKENDS = backend_registry._REGISTRY
+    _TENSOR[0], _TENSOR[1], _TENSOR[2] = Tensor, _common_device, backend_registry.get
+    return Tensor
 
 
 def _topological_order(root):

@@ -31,6 +31,20 @@ _UNARY = {
 _ACT_GRAD = {"relu": kernels.relu_grad, "sigmoid": kernels.sigmoid_grad, "tanh": kernels.tanh_grad}
 
 
+# GEMMs with fewer multiply-adds than this run on one BLAS thread: waking the BLAS
+# thread pool costs more than it saves (LeNet's fully connected layers are 1-6 M).
+_SMALL_GEMM = 1 << 23
+# ReLU of at least this many elements runs in the (parallel) Numba kernel; NumPy's
+# np.maximum is one thread.
+_RELU_KERNEL_MIN = 1 << 16
+
+
+def _single_blas():
+    from .conv import _single_blas as ctx
+
+    return ctx
+
+
 def _result_dtype(a):
     return a.dtype if a.dtype.kind == "f" else np.dtype(np.float32)
 
@@ -62,6 +76,16 @@ class CPUBackend(Backend):
     # --- elementwise ---------------------------------------------------
     def unary(self, op, x):
         if op == "relu":
+            if x.dtype in (np.float32, np.float64) and x.size >= _RELU_KERNEL_MIN:
+                if x.flags.c_contiguous:
+                    out = np.empty_like(x)
+                    kernels.relu_fwd(x.reshape(-1), out.reshape(-1))
+                    return out
+                if x.ndim == 4 and x.transpose(0, 2, 3, 1).flags.c_contiguous:   # channels-last
+                    xt = x.transpose(0, 2, 3, 1)
+                    out = np.empty(xt.shape, dtype=x.dtype)
+                    kernels.relu_fwd(xt.reshape(-1), out.reshape(-1))
+                    return out.transpose(0, 3, 1, 2)
             return np.maximum(x, np.zeros((), x.dtype))
         with np.errstate(all="ignore"):
             return _UNARY[op](x)
@@ -85,6 +109,14 @@ class CPUBackend(Backend):
         return np.where(cond != 0, a, b)
 
     def activation_grad(self, op, y, gy):
+        if (y.ndim == 4 and not y.flags.c_contiguous and gy.shape == y.shape
+                and y.transpose(0, 2, 3, 1).flags.c_contiguous):
+            # channels-last storage (conv / batch-norm outputs): keep it, no transposing copies
+            yt = y.transpose(0, 2, 3, 1)
+            gt = np.ascontiguousarray(gy.transpose(0, 2, 3, 1), dtype=y.dtype)
+            out = np.empty(yt.shape, dtype=y.dtype)
+            _ACT_GRAD[op](yt.reshape(-1), gt.reshape(-1), out.reshape(-1))
+            return out.transpose(0, 3, 1, 2)
         y, gy = _c(y), _c(np.broadcast_to(gy, y.shape)).astype(y.dtype, copy=False)
         out = np.empty_like(y)
         _ACT_GRAD[op](y.reshape(-1), gy.reshape(-1), out.reshape(-1))
@@ -135,6 +167,9 @@ class CPUBackend(Backend):
     # --- linear algebra ------------------------------------------------
     def matmul(self, a, b):
         if a.ndim == 2 and b.ndim == 2:
+            if a.shape[0] * a.shape[1] * b.shape[1] < _SMALL_GEMM:
+                with _single_blas():
+                    return kernels.gemm(_c(a), _c(b))
             return kernels.gemm(_c(a), _c(b))
         batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
         a3 = _c(np.broadcast_to(a, batch + a.shape[-2:])).reshape(-1, *a.shape[-2:])
@@ -149,6 +184,9 @@ class CPUBackend(Backend):
         x = _c(x)
         wt = w.T if w.flags.c_contiguous else _c(w).T
         bias = b if b is not None else np.empty(0, dtype=x.dtype)
+        if x.shape[0] * x.shape[1] * wt.shape[1] < _SMALL_GEMM:
+            with _single_blas():
+                return kernels.linear_forward(x, wt, bias, b is not None)
         return kernels.linear_forward(x, wt, bias, b is not None)
 
     # --- convolution and pooling ----------------------------------------
@@ -161,6 +199,20 @@ class CPUBackend(Backend):
         from . import conv
 
         return conv.conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b)
+
+    # CPU-only extension used by ops.conv.Conv2d when present: the forward hands back the
+    # GEMM layout of the weights, and the backward reuses it (one transpose less per step).
+    def conv2d_saving(self, x, w, b, stride, padding, dilation):
+        from . import conv
+
+        return conv.conv2d(x, w, b, stride, padding, dilation, return_weights=True)
+
+    def conv2d_backward_saved(self, saved, x, w, gy, stride, padding, dilation, need_x, need_w,
+                              need_b):
+        from . import conv
+
+        return conv.conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
+                                    wf=saved)
 
     def max_pool2d(self, x, kernel, stride, padding):
         from . import pool

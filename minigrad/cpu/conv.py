@@ -1,26 +1,41 @@
-"""CPU conv2d kernels (forward and backward), NCHW in and out, groups=1.
+"""CPU conv2d kernels (forward and backward), groups=1.
 
-How it works (measured choices, see benchmarks/bench_conv.py):
+Layout: inputs and outputs are NCHW-*shaped* NumPy arrays, but the GEMM paths
+return **channels-last storage** (a C-contiguous ``(N, H, W, C)`` buffer seen
+through ``transpose(0, 3, 1, 2)``) and read channels-last input without a
+transposing copy.  Batch norm, ReLU and its gradient and residual adds (NumPy
+keeps the layout) keep that layout, so a ResNet runs channels-last from its
+first convolution to its global pooling with no transpose between layers.
 
-* The input is first copied once into a zero-padded channels-last buffer
-  ``xp`` (N, H+2ph, W+2pw, C).  In that layout the receptive field of one
-  output pixel is R*S runs of C contiguous numbers (R runs of S*C when the
-  horizontal stride and dilation are 1), so an im2col row is a few memcpys.
-* Output pixels of the whole batch (flattened ``n*OH*OW + p``) are cut into
-  *tiles* of ``T`` pixels whose column matrix ``colT`` (T x R*S*C) fits in L2.
-  Images are dealt out in *groups* to the Numba threads (``prange``); each
-  thread im2cols one tile into its own buffer and multiplies it with BLAS
-  (Numba's ``np.dot``) while it is still in cache:
-      forward  out (K x T)    = Wm (K x RSC) @ colT.T      -> scattered to y (+bias)
-      dW       gW  (K x RSC) += gyT (K x T) @ colT         (one accumulator per thread)
-      dX       dcolT (T x RSC) = gyT.T @ Wm                -> col2im into padded NHWC gx
-  A thread owns whole images, so the col2im scatter has no races.
-* A 1x1, stride-1, unpadded convolution needs no im2col: the tile of ``xp``
-  *is* ``colT``, and dX is written straight into the gradient buffer.
-* BLAS is made single-threaded for the duration of a call (the parallelism is
-  over tiles, one per core); many small GEMMs on a multi-threaded OpenBLAS
-  called from several threads at once run several times slower.  The previous
-  thread count is restored afterwards.
+Paths (measurements in BENCHMARKS_perf.md):
+
+* **tiles** (default for C*K > _DIRECT_MAX_CK): the input is copied once into a
+  zero-padded channels-last buffer ``xp`` (N, Hp, Wp, C), where the receptive
+  field of an output pixel is R runs of S*C contiguous numbers.  One Numba
+  parallel region per call; each thread gathers a tile of T output pixels into
+  ``colT`` (T x R*S*C, in L2) and calls single-threaded BLAS
+  (``minigrad.cpu.blas.gemm_rm``, any strides, ``beta``):
+      forward  Y[tile] (T x K) = colT @ W          (rows of the channels-last output)
+      dW       gW (RSC x K)   += colT^T @ GY[tile] (one accumulator per thread)
+      dX       dcolT           = GY[tile] @ W^T     -> col2im into a per-thread padded
+                                                      buffer of the thread's own images
+  One parallel region matters: other processes load these 2-core machines, and
+  every extra barrier (a second region, or multi-threaded BLAS inside) waits for
+  a descheduled thread.  1x1 stride-1 convs skip im2col (the input *is* colT).
+* **direct** (C*K <= _DIRECT_MAX_CK, LeNet's first layer): NCHW loops without GEMM
+  over "extended rows" (a plane as one flat run over the padded width) so the
+  inner loops are long enough for LLVM to vectorise.
+* **chunked** (``_GEMM_PATH = "chunked"``, not the default): whole images per
+  chunk, im2col, then GEMMs split over the threads; fewer, larger GEMMs (faster
+  single-threaded) but several barriers per call, which lose badly under load.
+* **shifted GEMM** (stride 1, used when ``_SHIFT_MAX_WASTE`` allows; off by
+  default): over the padded image the input of tap (r, s) is a plain shifted
+  slice, so the conv is R*S accumulated GEMMs with no column buffer.  Measured
+  slower than the tiles here (GEMMs with inner dimension C, and the padded
+  border computed and thrown away), kept for reference.
+
+BLAS is single-threaded inside a call (``_single_blas``); the previous thread
+count is restored afterwards.
 """
 
 import ctypes
@@ -29,6 +44,9 @@ import threading
 import numba
 import numpy as np
 from numba import njit, prange
+
+from ._jit import pjit
+from .blas import gemm_rm
 
 # Bytes of one tile's column matrix (per thread), forward and backward, and
 # the smallest tile in pixels (the backward's dW GEMM has the tile as its
@@ -95,53 +113,36 @@ class _BlasThreads:
 _single_blas = _BlasThreads()
 
 
+class _dynamic_schedule:
+    """Numba prange loops hand out one iteration at a time while active (load balance
+    on a machine where other processes take turns on the cores)."""
+
+    def __enter__(self):
+        self._prev = numba.set_parallel_chunksize(1)
+        return self
+
+    def __exit__(self, *exc):
+        numba.set_parallel_chunksize(self._prev)
+        return False
+
+
+# Work units per thread the tiles path aims for (dynamic scheduling needs a few)...
+_BALANCE = 2
+# ...unless the weights are bigger than this: then every extra tile re-packs the
+# weight matrix and re-reads/writes a weight-sized dW accumulator, so one tile per
+# thread (measured: ResNet layer4, 9.4 MB of weights, 38 -> 63 ms with 2 tiles/thread).
+_BALANCE_MAX_W = 1 << 20
+
+
 # ---------------------------------------------------------------------------
 # layout kernels
 # ---------------------------------------------------------------------------
-
-@njit(parallel=True, cache=True)
-def _to_padded_nhwc(x, ph, pw, xp):
-    """xp[n, h+ph, w+pw, c] = x[n, c, h, w]; the border of xp is zeroed."""
-    N, C, H, W = x.shape
-    Hp = xp.shape[1]
-    Wp = xp.shape[2]
-    for t in prange(N * Hp):
-        n = t // Hp
-        hp = t - n * Hp
-        h = hp - ph
-        if h < 0 or h >= H:
-            for wq in range(Wp):
-                for c in range(C):
-                    xp[n, hp, wq, c] = 0
-            continue
-        for wq in range(pw):
-            for c in range(C):
-                xp[n, hp, wq, c] = 0
-        for wq in range(pw + W, Wp):
-            for c in range(C):
-                xp[n, hp, wq, c] = 0
-        for c in range(C):
-            for w in range(W):
-                xp[n, hp, w + pw, c] = x[n, c, h, w]
-
-
-@njit(parallel=True, cache=True)
-def _from_padded_nhwc(gxp, ph, pw, gx):
-    """gx[n, c, h, w] = gxp[n, h+ph, w+pw, c]."""
-    N, C, H, W = gx.shape
-    for t in prange(N * H):
-        n = t // H
-        h = t - n * H
-        for c in range(C):
-            for w in range(W):
-                gx[n, c, h, w] = gxp[n, h + ph, w + pw, c]
-
 
 @njit(cache=True)
 def _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT):
     """colT[i, (r*S+s)*C + c] = xp[n, oh*sh + r*dh, ow*sw + s*dw, c] for pixel q0+i."""
     N, Hp, Wp, C = xp.shape
-    xr = xp.reshape((N, Hp, Wp * C))
+    xf = xp.reshape(-1)
     run = S * C
     for i in range(tp):
         q = q0 + i
@@ -149,155 +150,441 @@ def _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT):
         p = q - n * P
         oh = p // OW
         ow = p - oh * OW
-        h0 = oh * sh
-        w0 = ow * sw * C
         for r in range(R):
-            ih = h0 + r * dh
+            row = ((n * Hp + oh * sh + r * dh) * Wp + ow * sw) * C
             if dw == 1:
-                # the S*C numbers of this kernel row are contiguous in xp
-                base = r * run
+                d = colT[i, r * run:(r + 1) * run]
+                src = xf[row:row + run]
                 for j in range(run):
-                    colT[i, base + j] = xr[n, ih, w0 + j]
+                    d[j] = src[j]
             else:
                 for s in range(S):
-                    iw = w0 + s * dw * C
-                    base = (r * S + s) * C
+                    d = colT[i, (r * S + s) * C:(r * S + s + 1) * C]
+                    src = xf[row + s * dw * C:row + s * dw * C + C]
                     for c in range(C):
-                        colT[i, base + c] = xr[n, ih, iw + c]
+                        d[c] = src[c]
 
 
 @njit(cache=True)
-def _col2im_tile(dcolT, q0, tp, P, OW, R, S, sh, sw, dh, dw, gxp):
-    """Adjoint of _im2col_tile: gxp[...] += dcolT[...]."""
+def _col2im_tile(dcolT, q0, tp, P, OW, R, S, sh, sw, dh, dw, gxp, n_base=0):
+    """Adjoint of _im2col_tile: gxp[n - n_base, ...] += dcolT[...]."""
     N, Hp, Wp, C = gxp.shape
-    gr = gxp.reshape((N, Hp, Wp * C))
+    gf = gxp.reshape(-1)
     run = S * C
     for i in range(tp):
         q = q0 + i
         n = q // P
         p = q - n * P
+        n -= n_base
         oh = p // OW
         ow = p - oh * OW
-        h0 = oh * sh
-        w0 = ow * sw * C
         for r in range(R):
-            ih = h0 + r * dh
+            row = ((n * Hp + oh * sh + r * dh) * Wp + ow * sw) * C
             if dw == 1:
-                base = r * run
+                src = dcolT[i, r * run:(r + 1) * run]
+                d = gf[row:row + run]
                 for j in range(run):
-                    gr[n, ih, w0 + j] += dcolT[i, base + j]
+                    d[j] += src[j]
             else:
                 for s in range(S):
-                    iw = w0 + s * dw * C
-                    base = (r * S + s) * C
+                    src = dcolT[i, (r * S + s) * C:(r * S + s + 1) * C]
+                    d = gf[row + s * dw * C:row + s * dw * C + C]
                     for c in range(C):
-                        gr[n, ih, iw + c] += dcolT[i, base + c]
+                        d[c] += src[c]
 
 
 # ---------------------------------------------------------------------------
-# drivers
+# layout helpers
+# ---------------------------------------------------------------------------
+
+@pjit()
+def _pad_cl(xt, ph, pw, xbuf, Hp, Wp):
+    """Padded channels-last copy: xbuf[((n*Hp + h+ph)*Wp + w+pw)*C + c] = xt[n, h, w, c].
+
+    ``xt`` is an (N, H, W, C) view of any strides (fast when channels-last); the
+    border and the slack after the last image are zeroed."""
+    N, H, W, C = xt.shape
+    Q = N * Hp * Wp
+    for t in prange(N * Hp):
+        n = t // Hp
+        hp = t - n * Hp
+        h = hp - ph
+        base = t * Wp * C
+        if h < 0 or h >= H:
+            for j in range(Wp * C):
+                xbuf[base + j] = 0
+            continue
+        for j in range(pw * C):
+            xbuf[base + j] = 0
+        for j in range((pw + W) * C, Wp * C):
+            xbuf[base + j] = 0
+        for w in range(W):
+            o = base + (w + pw) * C
+            for c in range(C):
+                xbuf[o + c] = xt[n, h, w, c]
+    for j in range(Q * C, xbuf.size):
+        xbuf[j] = 0
+
+
+@pjit()
+def _pad_cl_dense(xf, N, H, W, C, ph, pw, xbuf, Hp, Wp):
+    """_pad_cl for a C-contiguous (N, H, W, C) source given flat (slice copies, vectorised)."""
+    Q = N * Hp * Wp
+    for t in prange(N * Hp):
+        n = t // Hp
+        hp = t - n * Hp
+        h = hp - ph
+        base = t * Wp * C
+        if h < 0 or h >= H:
+            z = xbuf[base:base + Wp * C]
+            for j in range(Wp * C):
+                z[j] = 0
+            continue
+        z = xbuf[base:base + pw * C]
+        for j in range(pw * C):
+            z[j] = 0
+        z = xbuf[base + (pw + W) * C:base + Wp * C]
+        for j in range((Wp - pw - W) * C):
+            z[j] = 0
+        d = xbuf[base + pw * C:base + (pw + W) * C]
+        src = xf[(n * H + h) * W * C:(n * H + h + 1) * W * C]
+        for j in range(W * C):
+            d[j] = src[j]
+    for j in range(Q * C, xbuf.size):
+        xbuf[j] = 0
+
+
+@pjit()
+def _pad_cl_from_nchw(x, ph, pw, xbuf, Hp, Wp):
+    """As _pad_cl from an NCHW-contiguous x (reads rows of W, writes with stride C)."""
+    N, C, H, W = x.shape
+    Q = N * Hp * Wp
+    for t in prange(N * Hp):
+        n = t // Hp
+        hp = t - n * Hp
+        h = hp - ph
+        base = t * Wp * C
+        if h < 0 or h >= H:
+            for j in range(Wp * C):
+                xbuf[base + j] = 0
+            continue
+        for j in range(pw * C):
+            xbuf[base + j] = 0
+        for j in range((pw + W) * C, Wp * C):
+            xbuf[base + j] = 0
+        for c in range(C):
+            for w in range(W):
+                xbuf[base + (w + pw) * C + c] = x[n, c, h, w]
+    for j in range(Q * C, xbuf.size):
+        xbuf[j] = 0
+
+
+@pjit()
+def _fill_ext(gt, front, Hp, Wp, gbuf):
+    """Extended channels-last gradient: gbuf[(front + (n*Hp + oh)*Wp + ow)*K + k] = gt[n, oh, ow, k],
+    zeros at every other row (``gt`` is (N, OH, OW, K), any strides)."""
+    N, OH, OW, K = gt.shape
+    Q = N * Hp * Wp
+    for j in range(front * K):
+        gbuf[j] = 0
+    for t in prange(N * Hp):
+        n = t // Hp
+        hp = t - n * Hp
+        base = (front + t * Wp) * K
+        if hp >= OH:
+            for j in range(Wp * K):
+                gbuf[base + j] = 0
+            continue
+        for w in range(OW):
+            o = base + w * K
+            for k in range(K):
+                gbuf[o + k] = gt[n, hp, w, k]
+        for j in range(OW * K, Wp * K):
+            gbuf[base + j] = 0
+    for j in range((front + Q) * K, gbuf.size):
+        gbuf[j] = 0
+
+
+@pjit()
+def _fill_ext_from_nchw(g, front, Hp, Wp, gbuf):
+    """As _fill_ext from an NCHW-contiguous gradient g (N, K, OH, OW)."""
+    N, K, OH, OW = g.shape
+    Q = N * Hp * Wp
+    for j in range(front * K):
+        gbuf[j] = 0
+    for t in prange(N * Hp):
+        n = t // Hp
+        hp = t - n * Hp
+        base = (front + t * Wp) * K
+        if hp >= OH:
+            for j in range(Wp * K):
+                gbuf[base + j] = 0
+            continue
+        for k in range(K):
+            for w in range(OW):
+                gbuf[base + w * K + k] = g[n, k, hp, w]
+        for j in range(OW * K, Wp * K):
+            gbuf[base + j] = 0
+    for j in range((front + Q) * K, gbuf.size):
+        gbuf[j] = 0
+
+
+@pjit()
+def _to_cl(xt, out):
+    """out (N, H, W, C) contiguous = xt (an (N, H, W, C) view of any strides)."""
+    N, H, W, C = xt.shape
+    for t in prange(N * H):
+        n = t // H
+        h = t - n * H
+        for w in range(W):
+            for c in range(C):
+                out[n, h, w, c] = xt[n, h, w, c]
+
+
+@pjit()
+def _to_cl_from_nchw(x, out):
+    N, C, H, W = x.shape
+    for t in prange(N * H):
+        n = t // H
+        h = t - n * H
+        for c in range(C):
+            for w in range(W):
+                out[n, h, w, c] = x[n, c, h, w]
+
+
+@pjit()
+def _kcx_to_xck(w, out):
+    """out[x, c, k] = w[k, c, x] for w (K, C, X) contiguous (weights KCRS -> RSCK)."""
+    K, C, X = w.shape
+    for c in prange(C):
+        for k0 in range(0, K, 16):
+            k1 = min(K, k0 + 16)
+            for x in range(X):
+                for k in range(k0, k1):
+                    out[x, c, k] = w[k, c, x]
+
+
+@pjit()
+def _xck_to_kcx(g, out):
+    """out[k, c, x] = sum_t g[t, x, c, k] (per-thread weight gradients RSCK -> KCRS)."""
+    nt, X, C, K = g.shape
+    for c in prange(C):
+        for k0 in range(0, K, 16):
+            k1 = min(K, k0 + 16)
+            for k in range(k0, k1):
+                for x in range(X):
+                    acc = g[0, x, c, k]
+                    for t in range(1, nt):
+                        acc += g[t, x, c, k]
+                    out[k, c, x] = acc
+
+
+# ---------------------------------------------------------------------------
+# shifted-GEMM path (stride 1)
 # ---------------------------------------------------------------------------
 
 @njit(parallel=True, cache=True)
-def _forward(xp, wm, b, R, S, sh, sw, dh, dw, OH, OW, T, g, direct, nt, y):
-    """y (N, K, P) = conv of padded NHWC xp with wm (K, R*S*C) + b."""
-    N = xp.shape[0]
-    K = wm.shape[0]
-    RSC = wm.shape[1]
-    P = OH * OW
-    ngroups = (N + g - 1) // g
-    colbuf = np.empty((nt, T * RSC), dtype=xp.dtype)
-    outbuf = np.empty((nt, K * T), dtype=xp.dtype)
-    x2 = xp.reshape((-1, xp.shape[3]))   # used only when direct (then RSC == C)
+def _fwd_shift(xbuf, wf, b, has_b, N, Hp, Wp, C, K, R, S, dh, dw, OH, OW, T, nt, yf):
+    """yf: (N, OH, OW, K) flat; wf: (R*S, C, K) flat; xbuf: padded channels-last + slack."""
+    Q = N * Hp * Wp
+    HW = Hp * Wp
+    ntiles = (Q + T - 1) // T
+    accbuf = np.empty((nt, T * K), dtype=xbuf.dtype)
     for t in prange(nt):
-        for gi in range(t, ngroups, nt):
-            qa = gi * g * P
-            qb = min(N, (gi + 1) * g) * P
-            for q0 in range(qa, qb, T):
-                tp = min(T, qb - q0)
-                out = outbuf[t, :K * tp].reshape((K, tp))
-                if direct:
-                    np.dot(wm, x2[q0:q0 + tp].T, out)
-                else:
-                    colT = colbuf[t, :tp * RSC].reshape((tp, RSC))
-                    _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT)
-                    np.dot(wm, colT.T, out)
-                # scatter (K x tp) -> y[n, k, p] with bias
-                i = 0
-                while i < tp:
-                    q = q0 + i
-                    n = q // P
-                    p = q - n * P
-                    m = min(tp - i, P - p)
-                    for k in range(K):
-                        bk = b[k]
-                        for j in range(m):
-                            y[n, k, p + j] = out[k, i + j] + bk
-                    i += m
+        acc = accbuf[t]
+        for ti in range(t, ntiles, nt):
+            q0 = ti * T
+            tp = min(T, Q - q0)
+            for rs in range(R * S):
+                r = rs // S
+                s = rs - r * S
+                off = r * dh * Wp + s * dw
+                gemm_rm(False, False, tp, K, C, 1.0, xbuf[(q0 + off) * C:], C,
+                        wf[rs * C * K:], K, 0.0 if rs == 0 else 1.0, acc, K)
+            for i in range(tp):
+                q = q0 + i
+                n = q // HW
+                rem = q - n * HW
+                hp = rem // Wp
+                wp = rem - hp * Wp
+                if hp < OH and wp < OW:
+                    o = ((n * OH + hp) * OW + wp) * K
+                    a = i * K
+                    if has_b:
+                        for k in range(K):
+                            yf[o + k] = acc[a + k] + b[k]
+                    else:
+                        for k in range(K):
+                            yf[o + k] = acc[a + k]
 
 
 @njit(parallel=True, cache=True)
-def _backward(xp, wm, gy, R, S, sh, sw, dh, dw, OH, OW, T, g, direct, nt,
-              need_x, need_w, gxp, gwacc):
-    """gwacc[t] (K x RSC) per-thread weight-gradient sums; gxp padded NHWC dX."""
+def _bwd_shift(xbuf, wf, gbuf, front, N, Hp, Wp, C, K, R, S, dh, dw, ph, pw, H, W, T, nt,
+               need_x, need_w, gxf, gwacc):
+    """gwacc (nt, R*S*C*K) per-thread dW sums; gxf (N, H, W, C) flat dX."""
+    Q = N * Hp * Wp
+    HW = Hp * Wp
+    ntiles = (Q + T - 1) // T
+    RS = R * S
+    gxbuf = np.empty((nt, T * C), dtype=xbuf.dtype)
+    for t in prange(nt):
+        gacc = gwacc[t]
+        if need_w:
+            for j in range(gacc.size):
+                gacc[j] = 0
+        gxt = gxbuf[t]
+        for ti in range(t, ntiles, nt):
+            q0 = ti * T
+            tp = min(T, Q - q0)
+            if need_w:
+                for rs in range(RS):
+                    r = rs // S
+                    s = rs - r * S
+                    off = r * dh * Wp + s * dw
+                    gemm_rm(True, False, C, K, tp, 1.0, xbuf[(q0 + off) * C:], C,
+                            gbuf[(front + q0) * K:], K, 1.0, gacc[rs * C * K:], K)
+            if need_x:
+                for rs in range(RS):
+                    r = rs // S
+                    s = rs - r * S
+                    off = r * dh * Wp + s * dw
+                    gemm_rm(False, True, tp, C, K, 1.0, gbuf[(front + q0 - off) * K:], K,
+                            wf[rs * C * K:], K, 0.0 if rs == 0 else 1.0, gxt, C)
+                for i in range(tp):
+                    q = q0 + i
+                    n = q // HW
+                    rem = q - n * HW
+                    hp = rem // Wp
+                    wp = rem - hp * Wp
+                    h = hp - ph
+                    w = wp - pw
+                    if h >= 0 and h < H and w >= 0 and w < W:
+                        o = ((n * H + h) * W + w) * C
+                        a = i * C
+                        for c in range(C):
+                            gxf[o + c] = gxt[a + c]
+
+
+# ---------------------------------------------------------------------------
+# im2col-tile path (any stride), "pixels as rows" GEMMs, channels-last output
+# ---------------------------------------------------------------------------
+
+@njit(parallel=True, cache=True)
+def _fwd_cols(xp, wf, b, has_b, R, S, sh, sw, dh, dw, OH, OW, T, direct, nt, yf):
+    """yf (N*OH*OW*K,) channels-last = im2col(xp) @ W (+ b); wf (R*S*C, K) flat.
+
+    Tiles are handed out dynamically (chunk size 1, set by the caller): a thread
+    that shares its core with another process simply takes fewer tiles."""
     N = xp.shape[0]
-    K = wm.shape[0]
-    RSC = wm.shape[1]
+    C = xp.shape[3]
+    K = b.shape[0]
+    RSC = R * S * C
+    P = OH * OW
+    Qo = N * P
+    ntiles = (Qo + T - 1) // T
+    colbuf = np.empty((nt, T * RSC), dtype=xp.dtype)
+    xflat = xp.reshape(-1)
+    for ti in prange(ntiles):
+        t = numba.get_thread_id()
+        q0 = ti * T
+        tp = min(T, Qo - q0)
+        if direct:
+            gemm_rm(False, False, tp, K, RSC, 1.0, xflat[q0 * C:], C, wf, K, 0.0,
+                    yf[q0 * K:], K)
+        else:
+            colT = colbuf[t, :tp * RSC].reshape((tp, RSC))
+            _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT)
+            gemm_rm(False, False, tp, K, RSC, 1.0, colbuf[t], RSC, wf, K, 0.0,
+                    yf[q0 * K:], K)
+        if has_b:
+            for i in range(tp):
+                o = (q0 + i) * K
+                for k in range(K):
+                    yf[o + k] += b[k]
+
+
+@njit(parallel=True, cache=True)
+def _bwd_cols(xp, wf, gyf, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, g, direct, nt,
+              need_x, need_w, gx4, gwacc):
+    """gwacc (nt, RSC*K), zeroed by the caller: per-thread dW sums; gx4 (N, H, W, C) dX.
+
+    Work unit: a group of g whole images (handed out dynamically).  Its dX is
+    scattered into the running thread's own padded buffer and the interior copied
+    out, so no two threads touch the same image."""
+    N = xp.shape[0]
+    C = xp.shape[3]
+    Hp = xp.shape[1]
+    Wp = xp.shape[2]
+    H = Hp - 2 * ph
+    W = Wp - 2 * pw
+    RSC = R * S * C
     P = OH * OW
     ngroups = (N + g - 1) // g
     colbuf = np.empty((nt, T * RSC), dtype=xp.dtype)
     dcolbuf = np.empty((nt, T * RSC), dtype=xp.dtype)
-    gybuf = np.empty((nt, K * T), dtype=xp.dtype)
-    gwtmp = np.empty((nt, K, RSC), dtype=xp.dtype)
-    x2 = xp.reshape((-1, xp.shape[3]))
-    gx2 = gxp.reshape((-1, gxp.shape[3]))
+    gpad = g if (need_x and not direct) else 0
+    gxpbuf = np.empty((nt, gpad, Hp, Wp, C), dtype=xp.dtype)
+    xflat = xp.reshape(-1)
+    gxflat = gx4.reshape(-1)
+    for gi in prange(ngroups):
+        t = numba.get_thread_id()
+        gacc = gwacc[t]
+        gxp = gxpbuf[t]
+        gxpf = gxp.reshape(-1)
+        n_a = gi * g
+        n_b = min(N, (gi + 1) * g)
+        if gpad:
+            for j in range(gxpf.size):
+                gxpf[j] = 0
+        for q0 in range(n_a * P, n_b * P, T):
+            tp = min(T, n_b * P - q0)
+            gyt = gyf[q0 * K:]
+            if need_w:
+                if direct:
+                    gemm_rm(True, False, RSC, K, tp, 1.0, xflat[q0 * C:], C, gyt, K, 1.0,
+                            gacc, K)
+                else:
+                    colT = colbuf[t, :tp * RSC].reshape((tp, RSC))
+                    _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT)
+                    gemm_rm(True, False, RSC, K, tp, 1.0, colbuf[t], RSC, gyt, K, 1.0,
+                            gacc, K)
+            if need_x:
+                if direct:
+                    gemm_rm(False, True, tp, RSC, K, 1.0, gyt, K, wf, K, 0.0,
+                            gxflat[q0 * C:], C)
+                else:
+                    gemm_rm(False, True, tp, RSC, K, 1.0, gyt, K, wf, K, 0.0,
+                            dcolbuf[t], RSC)
+                    dcolT = dcolbuf[t, :tp * RSC].reshape((tp, RSC))
+                    _col2im_tile(dcolT, q0, tp, P, OW, R, S, sh, sw, dh, dw, gxp, n_a)
+        if gpad:
+            for n in range(n_a, n_b):
+                for h in range(H):
+                    src = gxpf[(((n - n_a) * Hp + h + ph) * Wp + pw) * C:
+                               (((n - n_a) * Hp + h + ph) * Wp + pw + W) * C]
+                    dst = gxflat[((n * H + h) * W) * C:((n * H + h + 1) * W) * C]
+                    for j in range(W * C):
+                        dst[j] = src[j]
+
+
+@pjit()
+def _sum_rows(a, rows, cols, out, nt):
+    """out[j] = sum_i a[i*cols + j] (column sums of a row-major matrix, float64 accumulation)."""
+    part = np.zeros((nt, cols), np.float64)
+    chunk = (rows + nt - 1) // nt
     for t in prange(nt):
-        first = True
-        for gi in range(t, ngroups, nt):
-            n_a = gi * g
-            n_b = min(N, (gi + 1) * g)
-            if need_x and not direct:
-                for n in range(n_a, n_b):
-                    gxp[n] = 0
-            qa = n_a * P
-            qb = n_b * P
-            for q0 in range(qa, qb, T):
-                tp = min(T, qb - q0)
-                gyt = gybuf[t, :K * tp].reshape((K, tp))
-                i = 0
-                while i < tp:
-                    q = q0 + i
-                    n = q // P
-                    p = q - n * P
-                    m = min(tp - i, P - p)
-                    for k in range(K):
-                        for j in range(m):
-                            gyt[k, i + j] = gy[n, k, p + j]
-                    i += m
-                if need_w:
-                    if direct:
-                        colT = x2[q0:q0 + tp]
-                    else:
-                        colT = colbuf[t, :tp * RSC].reshape((tp, RSC))
-                        _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT)
-                    if first:
-                        np.dot(gyt, colT, gwacc[t])
-                        first = False
-                    else:
-                        np.dot(gyt, colT, gwtmp[t])
-                        gwacc[t] += gwtmp[t]
-                if need_x:
-                    if direct:
-                        np.dot(gyt.T, wm, gx2[q0:q0 + tp])
-                    else:
-                        dcolT = dcolbuf[t, :tp * RSC].reshape((tp, RSC))
-                        np.dot(gyt.T, wm, dcolT)
-                        _col2im_tile(dcolT, q0, tp, P, OW, R, S, sh, sw, dh, dw, gxp)
-        if first:
-            gwacc[t] = 0
+        for i in range(t * chunk, min(rows, (t + 1) * chunk)):
+            base = i * cols
+            for j in range(cols):
+                part[t, j] += a[base + j]
+    for j in range(cols):
+        s = 0.0
+        for t in range(nt):
+            s += part[t, j]
+        out[j] = s
 
 
-@njit(parallel=True, cache=True)
+@pjit()
 def _bias_grad(gy, gb):
     """gb[k] = sum_{n,p} gy[n, k, p] (accumulated in float64)."""
     N, K, P = gy.shape
@@ -315,7 +602,7 @@ def _bias_grad(gy, gb):
 # costs more than the arithmetic.  Planes are NCHW, zero-padded.
 # ---------------------------------------------------------------------------
 
-@njit(parallel=True, cache=True)
+@pjit()
 def _pad_nchw(x, ph, pw, xp):
     N, C, H, W = x.shape
     Hp = xp.shape[2]
@@ -415,18 +702,376 @@ def _direct_gx(w, gy, sh, sw, dh, dw, ph, pw, gxp, gx):
                 gx[n, c, h, wq] = gxp[n, c, h + ph, wq + pw]
 
 
+# Extended-row forms of the direct kernels (stride 1): a plane is processed as
+# one flat run of L = (OH-1)*Wp + OW positions of the padded width, so the inner
+# loops are long and contiguous (they vectorise; rows of 10-28 pixels do not,
+# LLVM's vector loop wants more iterations than that).  Positions with
+# ow >= OW are garbage and are never copied out.
+
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
+def _direct_fwd_ext(xp, w, b, dh, dw, nt, y):
+    N, C, Hp, Wp = xp.shape
+    K, _, R, S = w.shape
+    OH = y.shape[2]
+    OW = y.shape[3]
+    L = (OH - 1) * Wp + OW
+    xf = xp.reshape((N, C, Hp * Wp))
+    accs = np.empty((nt, L), dtype=xp.dtype)   # one row per thread: no malloc per task
+    for t in prange(N * K):
+        n = t // K
+        k = t - n * K
+        acc = accs[numba.get_thread_id()]
+        bk = b[k]
+        for j in range(L):
+            acc[j] = bk
+        for c in range(C):
+            xc = xf[n, c]
+            for r in range(R):
+                for s in range(S):
+                    wv = w[k, c, r, s]
+                    off = r * dh * Wp + s * dw
+                    xs = xc[off:off + L]
+                    for j in range(L):
+                        acc[j] += wv * xs[j]
+        for oh in range(OH):
+            for ow in range(OW):
+                y[n, k, oh, ow] = acc[oh * Wp + ow]
+
+
+@pjit()
+def _gy_ext(gy, Wp, gext):
+    """gext[n, k, oh*Wp + ow] = gy[n, k, oh, ow], zero in the garbage columns."""
+    N, K, OH, OW = gy.shape
+    for t in prange(N * K):
+        n = t // K
+        k = t - n * K
+        for oh in range(OH):
+            base = oh * Wp
+            for ow in range(OW):
+                gext[n, k, base + ow] = gy[n, k, oh, ow]
+            if oh < OH - 1:
+                for ow in range(OW, Wp):
+                    gext[n, k, base + ow] = 0
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
+def _direct_gw_ext(xp, gext, dh, dw, zero, gw):
+    N, C, Hp, Wp = xp.shape
+    K, _, R, S = gw.shape
+    L = gext.shape[2]
+    xf = xp.reshape((N, C, Hp * Wp))
+    for t in prange(K * C):
+        k = t // C
+        c = t - k * C
+        acc = np.zeros(R * S, dtype=np.float64)
+        for n in range(N):          # image outermost: its two planes stay in L1 for all taps
+            g = gext[n, k]
+            xc = xf[n, c]
+            for r in range(R):
+                for s in range(S):
+                    off = r * dh * Wp + s * dw
+                    xs = xc[off:off + L]
+                    d = zero[0]          # per-image dot product in the storage dtype (vectorises)
+                    for j in range(L):
+                        d += g[j] * xs[j]
+                    acc[r * S + s] += d
+        for r in range(R):
+            for s in range(S):
+                gw[k, c, r, s] = acc[r * S + s]
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
+def _direct_gx_ext(w, gext, dh, dw, ph, pw, Hp, Wp, gx):
+    N, C, H, W = gx.shape
+    K, _, R, S = w.shape
+    L = gext.shape[2]
+    for t in prange(N * C):
+        n = t // C
+        c = t - n * C
+        acc = np.zeros(Hp * Wp, dtype=gx.dtype)
+        for k in range(K):
+            g = gext[n, k]
+            for r in range(R):
+                for s in range(S):
+                    wv = w[k, c, r, s]
+                    off = r * dh * Wp + s * dw
+                    a = acc[off:off + L]
+                    for j in range(L):
+                        a[j] += wv * g[j]
+        for h in range(H):
+            for wq in range(W):
+                gx[n, c, h, wq] = acc[(h + ph) * Wp + wq + pw]
+
+
 # Use the direct path when C*K is at most this.  Measured (bench_conv.py,
 # LeNet batch 128): the direct forward beats im2col+GEMM for LeNet's conv1
 # (C*K = 6) but is several times slower for conv2 (C*K = 96, 10x10 planes),
 # and the direct backward lost on both, so by default it is forward-only
 # and for tiny C*K.  Tests force each path on all shapes.
 _DIRECT_MAX_CK = 8
-_DIRECT_MAX_CK_BWD = 0
+_DIRECT_MAX_CK_BWD = 8
+
+
+# ---------------------------------------------------------------------------
+# chunked im2col path: whole images per chunk, one multi-threaded BLAS call per
+# GEMM (the chunk's column matrix is a few MiB, so the BLAS runs at full speed
+# on both cores and the column matrix is still in the large L2/L3 when read)
+# ---------------------------------------------------------------------------
+
+@njit(parallel=True, cache=True)
+def _im2col_rows(xp, q0, nq, OH, OW, R, S, sh, sw, dh, dw, col):
+    """col[i, (r*S+s)*C + c] = xp[n, oh*sh + r*dh, ow*sw + s*dw, c] for output pixel q0+i.
+
+    (Copies go through 1-D slice views: Numba then drops the negative-index checks and
+    the loops vectorise, 2-3x faster than indexing the 3-D array.)"""
+    N, Hp, Wp, C = xp.shape
+    xf = xp.reshape(-1)
+    P = OH * OW
+    run = S * C
+    RSC = R * S * C
+    for i in prange(nq):
+        q = q0 + i
+        n = q // P
+        p = q - n * P
+        oh = p // OW
+        ow = p - oh * OW
+        base_i = i * RSC
+        for r in range(R):
+            row = ((n * Hp + oh * sh + r * dh) * Wp + ow * sw) * C
+            if dw == 1:
+                d = col[base_i + r * run:base_i + (r + 1) * run]
+                src = xf[row:row + run]
+                for j in range(run):
+                    d[j] = src[j]
+            else:
+                for s in range(S):
+                    d = col[base_i + (r * S + s) * C:base_i + (r * S + s + 1) * C]
+                    src = xf[row + s * dw * C:row + s * dw * C + C]
+                    for c in range(C):
+                        d[c] = src[c]
+
+
+@njit(parallel=True, cache=True)
+def _col2im_gather(dcol, n0, n1, H, W, C, OH, OW, R, S, sh, sw, ph, pw, dh, dw, gxf):
+    """gxf (N, H, W, C) flat: gx[n, h, w, c] = sum of dcol entries that read input (h, w).
+
+    dcol holds rows for the output pixels of images n0..n1-1 (row (n-n0)*OH*OW + p).
+    A gather, so every (n, h) row is written by one iteration (no races)."""
+    P = OH * OW
+    RSC = R * S * C
+    for t in prange((n1 - n0) * H):
+        nl = t // H
+        h = t - nl * H
+        hp = h + ph
+        for w in range(W):
+            wp = w + pw
+            o = (((n0 + nl) * H + h) * W + w) * C
+            out = gxf[o:o + C]
+            for c in range(C):
+                out[c] = 0
+            for r in range(R):
+                a = hp - r * dh
+                if a < 0:
+                    break
+                if a % sh != 0:
+                    continue
+                oh = a // sh
+                if oh >= OH:
+                    continue
+                for s in range(S):
+                    b = wp - s * dw
+                    if b < 0:
+                        break
+                    if b % sw != 0:
+                        continue
+                    ow = b // sw
+                    if ow >= OW:
+                        continue
+                    src0 = (nl * P + oh * OW + ow) * RSC + (r * S + s) * C
+                    src = dcol[src0:src0 + C]
+                    for c in range(C):
+                        out[c] += src[c]
+
+
+@pjit()
+def _fill_bias(yf, q0, q1, b):
+    K = b.shape[0]
+    for q in prange(q0, q1):
+        o = q * K
+        for k in range(K):
+            yf[o + k] = b[k]
+
+
+@njit(cache=True)
+def _gemm(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc):
+    """One (multi-threaded) BLAS call on 1-D views, row-major (see blas.gemm_rm)."""
+    gemm_rm(transa, transb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc)
+
+
+@njit(parallel=True, cache=True)
+def _gemm_rows_par(transb, m, n, k, a, lda, b, ldb, beta, c, ldc, nt):
+    """C (m x n) = A (m x k) @ op(B) + beta*C with the rows of A and C split over nt
+    Numba threads, each calling single-threaded BLAS (no second thread pool)."""
+    chunk = (m + nt - 1) // nt
+    for t in prange(nt):
+        r0 = t * chunk
+        r1 = min(m, r0 + chunk)
+        if r1 > r0:
+            gemm_rm(False, transb, r1 - r0, n, k, 1.0, a[r0 * lda:], lda, b, ldb, beta,
+                    c[r0 * ldc:], ldc)
+
+
+@njit(parallel=True, cache=True)
+def _gemm_tn_par(m, n, k, a, lda, b, ldb, first, acc, nt):
+    """acc[t] (m x n) (+)= A[rows_t]^T @ B[rows_t]: the shared dimension k (pixels) is
+    split over nt threads, each accumulating into its own acc[t] (summed by the caller)."""
+    chunk = (k + nt - 1) // nt
+    for t in prange(nt):
+        k0 = t * chunk
+        k1 = min(k, k0 + chunk)
+        at = acc[t]
+        if k1 > k0:
+            gemm_rm(True, False, m, n, k1 - k0, 1.0, a[k0 * lda:], lda, b[k0 * ldb:], ldb,
+                    0.0 if first else 1.0, at, n)
+        elif first:
+            for j in range(at.size):
+                at[j] = 0
+
+
+@njit(parallel=True, cache=True)
+def _gemm_tn_cols_par(col, gyf, gwf, RSC, K, NP, nt):
+    """gW (RSC x K) = col^T (RSC x NP) @ GY (NP x K), the output columns split over the
+    threads (no per-thread weight-sized accumulators to zero, read back and add)."""
+    chunk = (K + nt - 1) // nt
+    for t in prange(nt):
+        k0 = t * chunk
+        k1 = min(K, k0 + chunk)
+        if k1 > k0:
+            gemm_rm(True, False, RSC, k1 - k0, NP, 1.0, col, RSC, gyf[k0:], K, 0.0, gwf[k0:], K)
+
+
+_scratch_local = threading.local()
+
+
+def _scratch(n, dt):
+    """A reusable flat work buffer of at least n elements (one per thread and dtype).
+
+    The column matrices are several MiB; a fresh np.empty each call costs page faults."""
+    bufs = getattr(_scratch_local, "bufs", None)
+    if bufs is None:
+        bufs = _scratch_local.bufs = {}
+    buf = bufs.get(dt)
+    if buf is None or buf.size < n:
+        buf = bufs[dt] = np.empty(max(n, 1), dtype=dt)
+    return buf[:n]
+
+
+def _chunk_images(N, P, RSC, itemsize):
+    g = _CHUNK_BYTES // max(1, P * RSC * itemsize)
+    return int(max(1, min(N, g)))
+
+
+def _mm(transb, m, n, k, a, lda, b, ldb, beta, c, ldc):
+    """C = A @ op(B) + beta*C on both cores: one multi-threaded BLAS call, or (the
+    default, _CHUNK_SPLIT) rows split over the Numba threads with single-threaded BLAS."""
+    if _CHUNK_SPLIT:
+        with _single_blas:
+            _gemm_rows_par(transb, m, n, k, a, lda, b, ldb, beta, c, ldc, numba.get_num_threads())
+    else:
+        _gemm(False, transb, m, n, k, a, lda, b, ldb, beta, c, ldc)
+
+
+def _mm_tn(m, n, k, a, lda, b, ldb, first, acc):
+    """acc (+)= A^T @ B, A (k x m), B (k x n); acc is (nt, m*n) when split, else (1, m*n)."""
+    if _CHUNK_SPLIT:
+        with _single_blas:
+            _gemm_tn_par(m, n, k, a, lda, b, ldb, first, acc, acc.shape[0])
+    else:
+        _gemm(True, False, m, n, k, a, lda, b, ldb, 0.0 if first else 1.0, acc[0], n)
+
+
+def _fwd_chunked(x, wf, b, has_b, N, C, H, W, K, R, S, sh, sw, ph, pw, dh, dw, OH, OW, y4):
+    dt = x.dtype
+    P = OH * OW
+    RSC = R * S * C
+    yf = y4.reshape(-1)
+    direct = R == 1 and S == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
+    if direct:
+        xf = _cl_contig(x).reshape(-1)
+        if has_b:
+            _fill_bias(yf, 0, N * P, b)
+        _mm(False, N * P, K, C, xf, C, wf, K, 1.0 if has_b else 0.0, yf, K)
+        return
+    xp = _padded(x, ph, pw, 0).reshape(N, H + 2 * ph, W + 2 * pw, C)
+    g = _chunk_images(N, P, RSC, dt.itemsize)
+    col = _scratch(g * P * RSC, dt)
+    for n0 in range(0, N, g):
+        n1 = min(N, n0 + g)
+        q0, nq = n0 * P, (n1 - n0) * P
+        _im2col_rows(xp, q0, nq, OH, OW, R, S, sh, sw, dh, dw, col)
+        if has_b:
+            _fill_bias(yf, q0, q0 + nq, b)
+        _mm(False, nq, K, RSC, col, RSC, wf, K, 1.0 if has_b else 0.0, yf[q0 * K:], K)
+
+
+def _bwd_chunked(x, wf, gy, need_x, need_w, N, C, H, W, K, R, S, sh, sw, ph, pw, dh, dw, OH, OW,
+                 gx4):
+    """Returns the flat (R, S, C, K) weight gradient (or None)."""
+    dt = x.dtype
+    P = OH * OW
+    RSC = R * S * C
+    gyf = _cl_contig(gy).reshape(-1)
+    nacc = numba.get_num_threads() if _CHUNK_SPLIT else 1
+    gacc = np.empty((nacc, RSC * K), dtype=dt) if need_w else None
+    direct = R == 1 and S == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
+    if direct:
+        if need_w:
+            xf = _cl_contig(x).reshape(-1)
+            _mm_tn(C, K, N * P, xf, C, gyf, K, True, gacc)
+        if need_x:
+            _mm(True, N * P, C, K, gyf, K, wf, K, 0.0, gx4.reshape(-1), C)
+        return gacc
+    if need_w:
+        xp = _padded(x, ph, pw, 0).reshape(N, H + 2 * ph, W + 2 * pw, C)
+    g = _chunk_images(N, P, RSC, dt.itemsize)
+    col = _scratch(g * P * RSC, dt)
+    gxf = gx4.reshape(-1)
+    first = True
+    for n0 in range(0, N, g):
+        n1 = min(N, n0 + g)
+        q0, nq = n0 * P, (n1 - n0) * P
+        if need_w:
+            _im2col_rows(xp, q0, nq, OH, OW, R, S, sh, sw, dh, dw, col)
+            _mm_tn(RSC, K, nq, col, RSC, gyf[q0 * K:], K, first, gacc)
+            first = False
+        if need_x:
+            _mm(True, nq, RSC, K, gyf[q0 * K:], K, wf, K, 0.0, col, RSC)
+            _col2im_gather(col, n0, n1, H, W, C, OH, OW, R, S, sh, sw, ph, pw, dh, dw, gxf)
+    return gacc
 
 
 # ---------------------------------------------------------------------------
 # public entry points
 # ---------------------------------------------------------------------------
+
+# The shifted path computes one output row per *padded* pixel: it is used for
+# stride-1 convolutions when Hp*Wp / (OH*OW) is at most this (the rest is waste).
+_SHIFT_MAX_WASTE = 0.0
+# Rows per shifted-GEMM tile: the accumulator (T x K) plus the input rows it
+# reads (T x C) should sit in L2.
+_SHIFT_TILE_BYTES = 384 << 10
+_SHIFT_MIN_ROWS = 64
+_SHIFT_MAX_ROWS = 2048
+# Which GEMM path convolutions with many channels take: "tiles" (per-thread tiles,
+# one parallel region; stride-1 convs use the shifted GEMMs when _SHIFT_MAX_WASTE
+# allows) or "chunked" (whole images per chunk, several barriers per call).
+_GEMM_PATH = "tiles"
+# Bytes of the column matrix of one chunk.
+_CHUNK_BYTES = 4 << 20
+# Split each chunk's GEMMs over the Numba threads (single-threaded BLAS each) instead
+# of one multi-threaded BLAS call: one thread pool, no OpenBLAS/OpenMP contention.
+_CHUNK_SPLIT = True
+
 
 def _pairs(stride, padding, dilation):
     return ((int(stride[0]), int(stride[1])), (int(padding[0]), int(padding[1])),
@@ -452,67 +1097,170 @@ def _plan(N, P, RSC, itemsize, nt, backward=False):
     return int(T), int(g)
 
 
-def _prepare(x, w, padding):
-    dt = _float_dtype(x.dtype)
-    x = np.ascontiguousarray(x, dtype=dt)
+def _shift_rows(Q, C, K, itemsize, nt):
+    T = _SHIFT_TILE_BYTES // max(1, (C + K) * itemsize)
+    T = max(_SHIFT_MIN_ROWS, min(_SHIFT_MAX_ROWS, T))
+    T = min(T, -(-Q // nt))               # at least one tile per thread
+    return int(max(1, T))
+
+
+def _use_shift(N, C, H, W, K, R, S, stride, padding, dilation):
+    if stride != (1, 1) or (R == 1 and S == 1 and padding == (0, 0)):
+        return False
+    Hp, Wp = H + 2 * padding[0], W + 2 * padding[1]
+    OH = Hp - dilation[0] * (R - 1)
+    OW = Wp - dilation[1] * (S - 1)
+    return Hp * Wp <= _SHIFT_MAX_WASTE * OH * OW
+
+
+def is_channels_last(x):
+    """True when the NCHW-shaped array ``x`` is stored as a dense (N, H, W, C) buffer."""
+    return x.ndim == 4 and x.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+def _padded(x, ph, pw, slack_rows):
+    """Flat zero-padded channels-last copy of NCHW-shaped x plus slack_rows zero pixels."""
     N, C, H, W = x.shape
-    ph, pw = padding
-    xp = np.empty((N, H + 2 * ph, W + 2 * pw, C), dtype=dt)
-    _to_padded_nhwc(x, ph, pw, xp)
-    K, _, R, S = w.shape
-    wm = np.ascontiguousarray(np.asarray(w, dtype=dt).transpose(0, 2, 3, 1)).reshape(K, R * S * C)
-    return x, xp, wm
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    xbuf = np.empty((N * Hp * Wp + slack_rows) * C, dtype=x.dtype)
+    if x.flags.c_contiguous and not is_channels_last(x):
+        _pad_cl_from_nchw(x, ph, pw, xbuf, Hp, Wp)
+    elif is_channels_last(x):
+        _pad_cl_dense(x.transpose(0, 2, 3, 1).reshape(-1), N, H, W, C, ph, pw, xbuf, Hp, Wp)
+    else:
+        _pad_cl(x.transpose(0, 2, 3, 1), ph, pw, xbuf, Hp, Wp)
+    return xbuf
 
 
-def conv2d(x, w, b, stride, padding, dilation):
-    """Cross-correlation of x (N,C,H,W) with w (K,C,R,S) plus bias b (K,) or None."""
+def _cl_contig(x):
+    """(N, H, W, C) C-contiguous data of NCHW-shaped x (a view when x is channels-last)."""
+    xt = x.transpose(0, 2, 3, 1)
+    if xt.flags.c_contiguous:
+        return xt
+    out = np.empty(xt.shape, dtype=x.dtype)
+    if x.flags.c_contiguous:
+        _to_cl_from_nchw(x, out)
+    else:
+        _to_cl(xt, out)
+    return out
+
+
+def _weights_rsck(w, dt):
+    """Weights as a flat (R, S, C, K) array: row (r, s, c) of the GEMM B matrix.
+
+    (A Numba blocked transpose: NumPy's strided copy of this permutation is 5-10x slower.)"""
+    K, C, R, S = w.shape
+    w = np.ascontiguousarray(w, dtype=dt)
+    out = np.empty(R * S * C * K, dtype=dt)
+    _kcx_to_xck(w.reshape(K, C, R * S), out.reshape(R * S, C, K))
+    return out
+
+
+def _weights_grad_kcrs(gf, K, C, R, S):
+    """Sum of (nt, R*S*C*K) per-thread weight gradients (or one flat one) -> (K, C, R, S)."""
+    out = np.empty((K, C, R, S), dtype=gf.dtype)
+    _xck_to_kcx(gf.reshape(-1, R * S, C, K), out.reshape(K, C, R * S))
+    return out
+
+
+def conv2d(x, w, b, stride, padding, dilation, return_weights=False):
+    """Cross-correlation of x (N,C,H,W) with w (K,C,R,S) plus bias b (K,) or None.
+
+    The result is NCHW-shaped; the GEMM paths return channels-last storage.  With
+    ``return_weights`` the result is ``(y, wf)``: ``wf`` is the GEMM layout of the
+    weights (or None), which ``conv2d_backward(..., wf=wf)`` reuses for dX."""
+    if return_weights:
+        box = []
+        y = _conv2d(x, w, b, stride, padding, dilation, box)
+        return y, (box[0] if box else None)
+    return _conv2d(x, w, b, stride, padding, dilation, None)
+
+
+def _conv2d(x, w, b, stride, padding, dilation, box):
     (sh, sw), (ph, pw), (dh, dw) = _pairs(stride, padding, dilation)
     N, C, H, W = x.shape
     K, _, R, S = w.shape
     OH = (H + 2 * ph - dh * (R - 1) - 1) // sh + 1
     OW = (W + 2 * pw - dw * (S - 1) - 1) // sw + 1
     dt = _float_dtype(x.dtype)
-    y = np.empty((N, K, OH, OW), dtype=dt)
-    if y.size == 0:
-        return y
+    if N * K * OH * OW == 0:
+        return np.empty((N, K, OH, OW), dtype=dt)
     bb = (np.ascontiguousarray(b, dtype=dt) if b is not None else np.zeros(K, dtype=dt))
     if C == 0:
+        y = np.empty((N, K, OH, OW), dtype=dt)
         y[...] = bb[None, :, None, None]
         return y
     if C * K <= _DIRECT_MAX_CK:
+        y = np.empty((N, K, OH, OW), dtype=dt)
         x = np.ascontiguousarray(x, dtype=dt)
         xp = np.empty((N, C, H + 2 * ph, W + 2 * pw), dtype=dt)
         _pad_nchw(x, ph, pw, xp)
-        _direct_fwd(xp, np.ascontiguousarray(w, dtype=dt), bb, sh, sw, dh, dw, y)
+        if sh == 1 and sw == 1:
+            _direct_fwd_ext(xp, np.ascontiguousarray(w, dtype=dt), bb, dh, dw,
+                            numba.get_num_threads(), y)
+        else:
+            _direct_fwd(xp, np.ascontiguousarray(w, dtype=dt), bb, sh, sw, dh, dw, y)
         return y
-    x, xp, wm = _prepare(x, w, (ph, pw))
-    P = OH * OW
+    x = np.asarray(x, dtype=dt)
+    wf = _weights_rsck(w, dt)
+    if box is not None:
+        box.append(wf)
+    has_b = b is not None
+    y4 = np.empty((N, OH, OW, K), dtype=dt)
+    if _GEMM_PATH == "chunked":
+        _fwd_chunked(x, wf, bb, has_b, N, C, H, W, K, R, S, sh, sw, ph, pw, dh, dw, OH, OW, y4)
+        return y4.transpose(0, 3, 1, 2)
     nt = numba.get_num_threads()
-    T, g = _plan(N, P, R * S * C, x.itemsize, nt)
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    if _use_shift(N, C, H, W, K, R, S, (sh, sw), (ph, pw), (dh, dw)):
+        max_off = (R - 1) * dh * Wp + (S - 1) * dw
+        xbuf = _padded(x, ph, pw, max_off + 1)
+        T = _shift_rows(N * Hp * Wp, C, K, x.itemsize, nt)
+        with _single_blas:
+            _fwd_shift(xbuf, wf, bb, has_b, N, Hp, Wp, C, K, R, S, dh, dw, OH, OW, T, nt,
+                       y4.reshape(-1))
+        return y4.transpose(0, 3, 1, 2)
     direct = R == 1 and S == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
-    with _single_blas:
-        _forward(xp, wm, bb, R, S, sh, sw, dh, dw, OH, OW, T, g, direct, nt,
-                 y.reshape(N, K, P))
-    return y
+    if direct:
+        xp = _cl_contig(x)
+    else:
+        xp = _padded(x, ph, pw, 0).reshape(N, Hp, Wp, C)
+    T, _ = _plan(N, OH * OW, R * S * C, x.itemsize, nt)
+    if R * S * C * K * x.itemsize <= _BALANCE_MAX_W:
+        T = max(min(64, N * OH * OW), min(T, -(-(N * OH * OW) // (_BALANCE * nt))))
+    else:
+        T = min(T, -(-(N * OH * OW) // nt))
+    with _single_blas, _dynamic_schedule():
+        _fwd_cols(xp, wf, bb, has_b, R, S, sh, sw, dh, dw, OH, OW, T, direct, nt, y4.reshape(-1))
+    return y4.transpose(0, 3, 1, 2)
 
 
-def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b):
-    """Gradients (gx, gw, gb) of conv2d; entries not needed are None."""
+def _bias_grad_any(gy, dt):
+    N, K, OH, OW = gy.shape
+    gb = np.empty(K, dtype=dt)
+    if gy.size == 0:
+        gb[...] = 0
+    elif is_channels_last(gy):
+        _sum_rows(gy.transpose(0, 2, 3, 1).reshape(-1), N * OH * OW, K, gb, numba.get_num_threads())
+    else:
+        _bias_grad(np.ascontiguousarray(gy).reshape(N, K, OH * OW), gb)
+    return gb
+
+
+def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b, wf=None):
+    """Gradients (gx, gw, gb) of conv2d; entries not needed are None.
+
+    ``wf``: the weight layout returned by ``conv2d(..., return_weights=True)`` (saves
+    one weight-sized transpose per call); computed here when None.
+
+    gx has the layout of the path (channels-last storage on the GEMM paths)."""
     (sh, sw), (ph, pw), (dh, dw) = _pairs(stride, padding, dilation)
     dt = _float_dtype(x.dtype)
     N, C, H, W = x.shape
     K, _, R, S = w.shape
-    gy = np.ascontiguousarray(gy, dtype=dt)
+    gy = np.asarray(gy, dtype=dt)
     OH, OW = gy.shape[2], gy.shape[3]
-    P = OH * OW
-    gy3 = gy.reshape(N, K, P)
-    gb = None
-    if need_b:
-        gb = np.empty(K, dtype=dt)
-        if gy.size:
-            _bias_grad(gy3, gb)
-        else:
-            gb[...] = 0
+    gb = _bias_grad_any(gy, dt) if need_b else None
     gx = gw = None
     if not (need_x or need_w):
         return gx, gw, gb
@@ -522,8 +1270,20 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b)
     if C * K <= _DIRECT_MAX_CK_BWD:
         x = np.ascontiguousarray(x, dtype=dt)
         w = np.ascontiguousarray(w, dtype=dt)
-        gy4 = gy.reshape(N, K, OH, OW)
-        xp = np.empty((N, C, H + 2 * ph, W + 2 * pw), dtype=dt)
+        gy4 = np.ascontiguousarray(gy)
+        Hp, Wp = H + 2 * ph, W + 2 * pw
+        xp = np.empty((N, C, Hp, Wp), dtype=dt)
+        if sh == 1 and sw == 1:
+            gext = np.empty((N, K, (OH - 1) * Wp + OW), dtype=dt)
+            _gy_ext(gy4, Wp, gext)
+            if need_w:
+                _pad_nchw(x, ph, pw, xp)
+                gw = np.empty((K, C, R, S), dtype=dt)
+                _direct_gw_ext(xp, gext, dh, dw, np.zeros(1, dtype=dt), gw)
+            if need_x:
+                gx = np.empty((N, C, H, W), dtype=dt)
+                _direct_gx_ext(w, gext, dh, dw, ph, pw, Hp, Wp, gx)
+            return gx, gw, gb
         if need_w:
             _pad_nchw(x, ph, pw, xp)
             gw = np.empty((K, C, R, S), dtype=dt)
@@ -532,23 +1292,72 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b)
             gx = np.empty((N, C, H, W), dtype=dt)
             _direct_gx(w, gy4, sh, sw, dh, dw, ph, pw, xp, gx)
         return gx, gw, gb
-    x, xp, wm = _prepare(x, w, (ph, pw))
+    x = np.asarray(x, dtype=dt)
+    if wf is None or wf.dtype != dt or wf.size != w.size:
+        wf = _weights_rsck(w, dt) if need_x else np.zeros(R * S * C * K, dtype=dt)
     nt = numba.get_num_threads()
+    Hp, Wp = H + 2 * ph, W + 2 * pw
     RSC = R * S * C
-    T, g = _plan(N, P, RSC, x.itemsize, nt, backward=True)
-    direct = R == 1 and S == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
-    if need_x:
-        gxp = np.empty(xp.shape, dtype=dt)
+    gx4 = np.empty((N, H, W, C) if need_x else (1, 1, 1, C), dtype=dt)
+    if _GEMM_PATH == "chunked":
+        gwf = _bwd_chunked(x, wf, gy, need_x, need_w, N, C, H, W, K, R, S, sh, sw, ph, pw, dh, dw,
+                           OH, OW, gx4)
+        if need_w:
+            gw = _weights_grad_kcrs(gwf, K, C, R, S)
+        if need_x:
+            gx = gx4.transpose(0, 3, 1, 2)
+        return gx, gw, gb
+    gwacc = np.empty((nt, RSC * K) if need_w else (nt, 1), dtype=dt)
+    if _use_shift(N, C, H, W, K, R, S, (sh, sw), (ph, pw), (dh, dw)):
+        max_off = (R - 1) * dh * Wp + (S - 1) * dw
+        xbuf = _padded(x, ph, pw, max_off + 1) if need_w else np.empty(1, dtype=dt)
+        Q = N * Hp * Wp
+        gbuf = np.empty((max_off + Q + 1) * K, dtype=dt)
+        if gy.flags.c_contiguous and not is_channels_last(gy):
+            _fill_ext_from_nchw(gy, max_off, Hp, Wp, gbuf)
+        else:
+            _fill_ext(gy.transpose(0, 2, 3, 1), max_off, Hp, Wp, gbuf)
+        T = _shift_rows(Q, C, K, x.itemsize, nt)
+        with _single_blas:
+            _bwd_shift(xbuf, wf, gbuf, max_off, N, Hp, Wp, C, K, R, S, dh, dw, ph, pw, H, W,
+                       T, nt, bool(need_x), bool(need_w), gx4.reshape(-1), gwacc)
     else:
-        gxp = np.empty((1, 1, 1, RSC), dtype=dt)
-    gwacc = np.empty((nt, K, RSC) if need_w else (nt, 1, 1), dtype=dt)
-    with _single_blas:
-        _backward(xp, wm, gy3, R, S, sh, sw, dh, dw, OH, OW, T, g, direct, nt,
-                  bool(need_x), bool(need_w), gxp, gwacc)
+        direct = R == 1 and S == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
+        if direct:
+            xp = _cl_contig(x) if need_w else np.empty((N, H, W, C), dtype=dt)
+        elif need_w:
+            xp = _padded(x, ph, pw, 0).reshape(N, Hp, Wp, C)
+        else:
+            xp = np.empty((N, Hp, Wp, C), dtype=dt)   # only its shape is used
+        gyf = _cl_contig(gy).reshape(-1)
+        NP = N * OH * OW
+        if (need_w and RSC * K * x.itemsize > _GW_SPLIT_K_MIN_W
+                and NP * RSC * x.itemsize <= _GW_SPLIT_K_MAX_COL):
+            # Deep layers (weights of several MB, few pixels): dW as one GEMM over the
+            # whole batch's column matrix, split by output channel between the threads.
+            col = _scratch(NP * RSC, dt)
+            _im2col_rows(xp, 0, NP, OH, OW, R, S, sh, sw, dh, dw, col)
+            gwf = np.empty(RSC * K, dtype=dt)
+            with _single_blas:
+                _gemm_tn_cols_par(col, gyf, gwf, RSC, K, NP, nt)
+            gw = _weights_grad_kcrs(gwf, K, C, R, S)
+            need_w = False
+        T, g = _plan(N, OH * OW, RSC, x.itemsize, nt, backward=True)
+        if RSC * K * x.itemsize <= _BALANCE_MAX_W:
+            g = min(g, max(1, -(-N // (_BALANCE * nt))))
+        T = min(T, g * OH * OW)
+        gwacc = np.zeros((nt, RSC * K) if need_w else (nt, 1), dtype=dt)
+        with _single_blas, _dynamic_schedule():
+            _bwd_cols(xp, wf, gyf, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, g, direct, nt,
+                      bool(need_x), bool(need_w), gx4, gwacc)
     if need_w:
-        gw = np.ascontiguousarray(
-            gwacc.sum(axis=0).reshape(K, R, S, C).transpose(0, 3, 1, 2))
+        gw = _weights_grad_kcrs(gwacc, K, C, R, S)
     if need_x:
-        gx = np.empty((N, C, H, W), dtype=dt)
-        _from_padded_nhwc(gxp, ph, pw, gx)
+        gx = gx4.transpose(0, 3, 1, 2)
     return gx, gw, gb
+
+
+# dW by output-channel split over the whole batch (see conv2d_backward) when the weight
+# gradient is bigger than this and the batch's column matrix is at most _MAX_COL bytes.
+_GW_SPLIT_K_MIN_W = 4 << 20
+_GW_SPLIT_K_MAX_COL = 32 << 20

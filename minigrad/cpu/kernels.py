@@ -3,29 +3,39 @@
 import numpy as np
 from numba import njit, prange
 
+from ._jit import pjit
 
-@njit(cache=True, parallel=True, fastmath=True)
+
+@pjit()
+def relu_fwd(x, out):
+    """out = max(x, 0) with NaN kept (as np.maximum); flat contiguous arrays."""
+    for i in prange(x.size):
+        v = x[i]
+        out[i] = v if (v > 0 or v != v) else 0.0
+
+
+@pjit(fastmath=True)
 def relu_grad(y, g, out):
     """out = g where y > 0 else 0 (flat contiguous arrays)."""
     for i in prange(y.size):
         out[i] = g[i] if y[i] > 0 else 0.0
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@pjit(fastmath=True)
 def sigmoid_grad(y, g, out):
     """out = g * y * (1 - y)."""
     for i in prange(y.size):
         out[i] = g[i] * y[i] * (1.0 - y[i])
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@pjit(fastmath=True)
 def tanh_grad(y, g, out):
     """out = g * (1 - y * y)."""
     for i in prange(y.size):
         out[i] = g[i] * (1.0 - y[i] * y[i])
 
 
-@njit(cache=True, parallel=True)
+@pjit()
 def log_softmax_rows(x, out):
     """Row-wise stable log-softmax of a contiguous 2-D array."""
     rows, cols = x.shape
@@ -42,7 +52,7 @@ def log_softmax_rows(x, out):
             out[r, c] = x[r, c] - lse
 
 
-@njit(cache=True, parallel=True)
+@pjit()
 def log_softmax_rows_backward(y, g, out):
     """Row-wise gradient of log-softmax from its output: g - exp(y) * sum(g)."""
     rows, cols = y.shape
@@ -67,7 +77,7 @@ def batched_gemm(a, b, out):
         out[i] = np.dot(a[i], b[i])
 
 
-@njit(cache=True, parallel=True)
+@pjit()
 def linear_forward(x, wt, bias, has_bias):
     """x @ wt (+ bias broadcast over rows)."""
     out = np.dot(x, wt)

@@ -1,10 +1,12 @@
 """CPU kernels for the fused softmax cross-entropy (one pass forward, one backward)."""
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from ._jit import pjit
 
 
-@njit(cache=True, parallel=True)
+@pjit()
 def _sce(x, labels, eps, loss, probs):
     n, c = x.shape
     for i in prange(n):
@@ -29,7 +31,7 @@ def _sce(x, labels, eps, loss, probs):
         loss[i] = (1.0 - eps) * nll + eps * smooth
 
 
-@njit(cache=True, parallel=True)
+@pjit()
 def _sce_backward(probs, labels, eps, gloss, gx):
     n, c = probs.shape
     off = eps / c

@@ -5,6 +5,7 @@ dimensions, 1 for ``(N, C)`` input), runs one ``parallel=True`` Numba loop and
 accumulates sums in float64 whatever the storage dtype (float32 or float64).
 """
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -28,6 +29,118 @@ def _vec(v, c, dtype, fill):
     if v is None:
         return np.full(c, fill, dtype=dtype)
     return np.ascontiguousarray(np.asarray(v, dtype=dtype).reshape(c))
+
+
+# --- batch norm on channels-last storage --------------------------------------
+# x is viewed as a dense (M, C) matrix (M = N*H*W); each thread reduces a block
+# of rows into its own row of partial sums (float64), then the sums are combined.
+
+@njit(cache=True, parallel=True, fastmath=_FM)
+def _bn_train_cl(x, gamma, beta, eps, y, mean_out, var_out, invstd_out, nt):
+    m, c = x.shape
+    chunk = (m + nt - 1) // nt
+    part = np.zeros((nt, c), np.float64)
+    for t in prange(nt):
+        for i in range(t * chunk, min(m, (t + 1) * chunk)):
+            for ch in range(c):
+                part[t, ch] += x[i, ch]
+    mu = np.zeros(c, np.float64)
+    for t in range(nt):
+        for ch in range(c):
+            mu[ch] += part[t, ch]
+    for ch in range(c):
+        mu[ch] /= m
+    part[:, :] = 0.0
+    for t in prange(nt):
+        for i in range(t * chunk, min(m, (t + 1) * chunk)):
+            for ch in range(c):
+                d = x[i, ch] - mu[ch]
+                part[t, ch] += d * d
+    scale = np.empty(c, x.dtype)
+    shift = np.empty(c, x.dtype)
+    for ch in range(c):
+        ss = 0.0
+        for t in range(nt):
+            ss += part[t, ch]
+        var = ss / m
+        inv = 1.0 / np.sqrt(var + eps)
+        scale[ch] = gamma[ch] * inv
+        shift[ch] = beta[ch] - mu[ch] * gamma[ch] * inv
+        mean_out[ch] = mu[ch]
+        var_out[ch] = var
+        invstd_out[ch] = inv
+    for t in prange(nt):
+        for i in range(t * chunk, min(m, (t + 1) * chunk)):
+            for ch in range(c):
+                y[i, ch] = x[i, ch] * scale[ch] + shift[ch]
+
+
+@njit(cache=True, parallel=True, fastmath=_FM)
+def _bn_eval_cl(x, mean, var, gamma, beta, eps, y):
+    m, c = x.shape
+    scale = np.empty(c, x.dtype)
+    shift = np.empty(c, x.dtype)
+    for ch in range(c):
+        inv = 1.0 / np.sqrt(np.float64(var[ch]) + eps)
+        scale[ch] = gamma[ch] * inv
+        shift[ch] = beta[ch] - mean[ch] * gamma[ch] * inv
+    for i in prange(m):
+        for ch in range(c):
+            y[i, ch] = x[i, ch] * scale[ch] + shift[ch]
+
+
+@njit(cache=True, parallel=True, fastmath=_FM)
+def _bn_backward_cl(gy, x, gamma, mean, invstd, gx, ggamma, gbeta, nt):
+    m, c = x.shape
+    chunk = (m + nt - 1) // nt
+    psg = np.zeros((nt, c), np.float64)
+    psgx = np.zeros((nt, c), np.float64)
+    mu = np.empty(c, x.dtype)
+    for ch in range(c):
+        mu[ch] = mean[ch]
+    for t in prange(nt):
+        for i in range(t * chunk, min(m, (t + 1) * chunk)):
+            for ch in range(c):
+                g = gy[i, ch]
+                psg[t, ch] += g
+                psgx[t, ch] += g * (x[i, ch] - mu[ch])
+    a = np.empty(c, x.dtype)      # gx = a*gy + b*(x - mu) + d
+    bcoef = np.empty(c, x.dtype)
+    d = np.empty(c, x.dtype)
+    for ch in range(c):
+        sg = 0.0
+        sgx = 0.0
+        for t in range(nt):
+            sg += psg[t, ch]
+            sgx += psgx[t, ch]
+        inv = np.float64(invstd[ch])
+        sgxhat = sgx * inv
+        ggamma[ch] = sgxhat
+        gbeta[ch] = sg
+        k = gamma[ch] * inv / m
+        a[ch] = k * m
+        bcoef[ch] = -k * sgxhat * inv
+        d[ch] = -k * sg
+    for t in prange(nt):
+        for i in range(t * chunk, min(m, (t + 1) * chunk)):
+            for ch in range(c):
+                gx[i, ch] = a[ch] * gy[i, ch] + bcoef[ch] * (x[i, ch] - mu[ch]) + d[ch]
+
+
+def _is_cl(x):
+    """Channels-last dense 4-D storage that is not also plain NCHW-contiguous."""
+    return (x.ndim == 4 and not x.flags.c_contiguous
+            and x.transpose(0, 2, 3, 1).flags.c_contiguous)
+
+
+def _cl2(x):
+    n, c, h, w = x.shape
+    return x.transpose(0, 2, 3, 1).reshape(n * h * w, c)
+
+
+def _new_cl(shape, dtype):
+    n, c, h, w = shape
+    return np.empty((n, h, w, c), dtype=dtype).transpose(0, 3, 1, 2)
 
 
 # --- batch norm --------------------------------------------------------------
@@ -98,8 +211,17 @@ def _bn_backward(gy, x, gamma, mean, invstd, gx, ggamma, gbeta):
 
 def batch_norm_train(x, gamma, beta, eps):
     """Training-mode batch norm over all axes but 1; returns ``(y, mean, var, invstd)`` (biased var)."""
-    x = _float(x)
+    x = np.asarray(x)
     c = x.shape[1]
+    if _is_cl(x) and x.dtype in (np.float32, np.float64) and x.size:
+        y = _new_cl(x.shape, x.dtype)
+        mean = np.empty(c, x.dtype)
+        var = np.empty(c, x.dtype)
+        invstd = np.empty(c, x.dtype)
+        _bn_train_cl(_cl2(x), _vec(gamma, c, x.dtype, 1.0), _vec(beta, c, x.dtype, 0.0), float(eps),
+                     _cl2(y), mean, var, invstd, numba.get_num_threads())
+        return y, mean, var, invstd
+    x = _float(x)
     g = _vec(gamma, c, x.dtype, 1.0)
     b = _vec(beta, c, x.dtype, 0.0)
     y = np.empty_like(x)
@@ -112,8 +234,14 @@ def batch_norm_train(x, gamma, beta, eps):
 
 def batch_norm_eval(x, mean, var, gamma, beta, eps):
     """Batch norm with the given per-channel statistics (inference mode)."""
-    x = _float(x)
+    x = np.asarray(x)
     c = x.shape[1]
+    if _is_cl(x) and x.dtype in (np.float32, np.float64) and x.size:
+        y = _new_cl(x.shape, x.dtype)
+        _bn_eval_cl(_cl2(x), _vec(mean, c, x.dtype, 0.0), _vec(var, c, x.dtype, 1.0),
+                    _vec(gamma, c, x.dtype, 1.0), _vec(beta, c, x.dtype, 0.0), float(eps), _cl2(y))
+        return y
+    x = _float(x)
     y = np.empty_like(x)
     _bn_eval(_ncl(x), _vec(mean, c, x.dtype, 0.0), _vec(var, c, x.dtype, 1.0),
              _vec(gamma, c, x.dtype, 1.0), _vec(beta, c, x.dtype, 0.0), float(eps), _ncl(y))
@@ -122,9 +250,21 @@ def batch_norm_eval(x, mean, var, gamma, beta, eps):
 
 def batch_norm_backward(gy, x, gamma, mean, invstd):
     """Gradients ``(gx, ggamma, gbeta)`` of training-mode batch norm, one pass per channel."""
+    x = np.asarray(x)
+    c = x.shape[1]
+    if _is_cl(x) and x.dtype in (np.float32, np.float64) and x.size:
+        gy = np.asarray(gy, dtype=x.dtype)
+        if not _is_cl(gy):
+            gy = np.ascontiguousarray(gy.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        gx = _new_cl(x.shape, x.dtype)
+        ggamma = np.empty(c, x.dtype)
+        gbeta = np.empty(c, x.dtype)
+        _bn_backward_cl(_cl2(gy), _cl2(x), _vec(gamma, c, x.dtype, 1.0), _vec(mean, c, x.dtype, 0.0),
+                        _vec(invstd, c, x.dtype, 1.0), _cl2(gx), ggamma, gbeta,
+                        numba.get_num_threads())
+        return gx, ggamma, gbeta
     x = _float(x)
     gy = np.ascontiguousarray(np.asarray(gy, dtype=x.dtype))
-    c = x.shape[1]
     gx = np.empty_like(x)
     ggamma = np.empty(c, x.dtype)
     gbeta = np.empty(c, x.dtype)

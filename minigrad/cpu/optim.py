@@ -3,10 +3,12 @@
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from ._jit import pjit
 
 
-@njit(cache=True, parallel=True)
+@pjit()
 def _sgd(p, g, buf, lr, momentum, dampening, nesterov, weight_decay, first, use_buf):
     for i in prange(p.size):
         d = g[i] + weight_decay * p[i] if weight_decay != 0.0 else np.float64(g[i])
@@ -23,7 +25,7 @@ def _sgd(p, g, buf, lr, momentum, dampening, nesterov, weight_decay, first, use_
         p[i] = p[i] - lr * d
 
 
-@njit(cache=True, parallel=True)
+@pjit()
 def _adam(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step_size, bc2_sqrt):
     for i in prange(p.size):
         pi = np.float64(p[i])

@@ -46,11 +46,22 @@ class Conv2d(Function):
     def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
         self.conf = (stride, padding, dilation)
         self.save(x, w)
+        self.wprep = None
+        need = getattr(self, "needs_grad", None)
+        saving = getattr(self.be, "conv2d_saving", None)
+        if saving is not None and need is not None and need[0]:
+            # a backend may hand back a prepared weight layout for the backward (CPU: the
+            # GEMM layout, one weight-sized transpose less per step)
+            y, self.wprep = saving(x, w, b, stride, padding, dilation)
+            return y
         return self.be.conv2d(x, w, b, stride, padding, dilation)
 
     def backward(self, g):
         x, w = self.saved
         need = self.needs_grad
+        if self.wprep is not None:
+            return self.be.conv2d_backward_saved(
+                self.wprep, x, w, g, *self.conf, need[0], need[1], len(need) > 2 and need[2])
         gx, gw, gb = self.be.conv2d_backward(
             x, w, g, *self.conf, need[0], need[1], len(need) > 2 and need[2])
         return gx, gw, gb

@@ -80,7 +80,8 @@ def mean(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     count = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
     if count == 0:
         raise ValueError(f"mean over an empty selection of a tensor of shape {x.shape}")
-    return Sum.apply(x, axes=axes, keepdims=keepdims) * (1.0 / count)
+    # Scaling before summing keeps the mean finite where the float32 sum would overflow.
+    return Sum.apply(x * (1.0 / count), axes=axes, keepdims=keepdims)
 
 
 def max(x, axis=None, keepdims=False, *, dim=None, keepdim=None):  # noqa: A001

@@ -1,0 +1,107 @@
+"""BLAS ``gemm`` with ``beta`` and leading dimensions, callable from Numba ``njit`` code.
+
+Numba's ``np.dot`` always overwrites its output and needs contiguous operands; the
+convolution kernels need ``C += A @ B`` on strided row blocks (shifted views of a
+padded channels-last image).  SciPy ships the Fortran BLAS through
+``scipy.linalg.cython_blas``; its ``sgemm``/``dgemm`` entry points are registered
+with LLVM under private names (``llvmlite.binding.add_symbol``) and declared as
+Numba external functions, so jitted code calls them directly and the functions
+that use them stay cacheable (the address is resolved when the code is linked,
+in every process, not baked into the cache).
+
+``gemm_rm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)`` is the
+*row-major* interface: ``C[m, n] = alpha * op(A) @ op(B) + beta * C`` where the
+arrays are 1-D views whose first element is the top-left of each matrix and
+``lda``/``ldb``/``ldc`` are row strides in elements.
+"""
+
+import ctypes
+
+import llvmlite.binding as _llvm
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+_SYMBOLS = {"sgemm": "minigrad_cblas_sgemm", "dgemm": "minigrad_cblas_dgemm"}
+
+
+def _register():
+    import scipy.linalg.cython_blas as cb
+
+    get_ptr = ctypes.pythonapi.PyCapsule_GetPointer
+    get_ptr.restype = ctypes.c_void_p
+    get_ptr.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    get_name = ctypes.pythonapi.PyCapsule_GetName
+    get_name.restype = ctypes.c_char_p
+    get_name.argtypes = [ctypes.py_object]
+    for name, sym in _SYMBOLS.items():
+        cap = cb.__pyx_capi__[name]
+        addr = get_ptr(cap, get_name(cap))
+        _llvm.add_symbol(sym, addr)
+
+
+_register()
+
+_P = types.voidptr
+_sig = types.void(_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P)
+_sgemm = types.ExternalFunction(_SYMBOLS["sgemm"], _sig)
+_dgemm = types.ExternalFunction(_SYMBOLS["dgemm"], _sig)
+
+
+def gemm_rm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """Row-major GEMM on 1-D array views (see the module docstring); jitted code only."""
+    raise NotImplementedError("gemm_rm is callable from njit code only")
+
+
+def _make_impl(fn, dt):
+    def impl(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        # Row-major C (m x n) = op(A) op(B)  <=>  column-major C^T (n x m) = op(B)^T op(A)^T,
+        # so Fortran gets (B, A) swapped with m and n swapped.
+        ch = np.empty(2, np.uint8)
+        ch[0] = 84 if transb else 78   # 'T' / 'N'
+        ch[1] = 84 if transa else 78
+        iv = np.empty(6, np.int32)
+        iv[0] = n
+        iv[1] = m
+        iv[2] = k
+        iv[3] = ldb
+        iv[4] = lda
+        iv[5] = ldc
+        sv = np.empty(2, dt)
+        sv[0] = alpha
+        sv[1] = beta
+        fn(ch[0:1].ctypes, ch[1:2].ctypes, iv[0:1].ctypes, iv[1:2].ctypes, iv[2:3].ctypes,
+           sv[0:1].ctypes, b.ctypes, iv[3:4].ctypes, a.ctypes, iv[4:5].ctypes,
+           sv[1:2].ctypes, c.ctypes, iv[5:6].ctypes)
+    return impl
+
+
+@overload(gemm_rm, jit_options={"cache": True})
+def _gemm_rm_overload(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    if not isinstance(c, types.Array):
+        return None
+    if c.dtype == types.float32:
+        return _make_impl(_sgemm, np.float32)
+    if c.dtype == types.float64:
+        return _make_impl(_dgemm, np.float64)
+    return None
+
+
+@njit(cache=True)
+def _selftest(a, b, c):
+    m, k = a.shape
+    n = b.shape[1]
+    gemm_rm(False, False, m, n, k, 1.0, a.reshape(-1), k, b.reshape(-1), n, 1.0, c.reshape(-1), n)
+
+
+def selftest():
+    """Check C += A @ B against NumPy for both dtypes (used by the tests)."""
+    rng = np.random.default_rng(0)
+    for dt in (np.float32, np.float64):
+        a = rng.standard_normal((5, 3)).astype(dt)
+        b = rng.standard_normal((3, 4)).astype(dt)
+        c = rng.standard_normal((5, 4)).astype(dt)
+        ref = c + a @ b
+        _selftest(a, b, c)
+        assert np.allclose(c, ref, rtol=1e-5, atol=1e-5), (c, ref)
+    return True

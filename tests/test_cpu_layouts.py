@@ -1,0 +1,107 @@
+"""CPU kernels on channels-last storage and every conv GEMM path (tiles, chunked, shifted).
+
+The GEMM conv paths return channels-last storage (an (N, H, W, C) buffer seen as NCHW)
+and batch norm / activation gradients keep it; these tests check the values against the
+NCHW references for float32 and float64 and for both input layouts.
+"""
+
+import numpy as np
+import pytest
+
+from minigrad.cpu import conv, norm
+from minigrad.cpu.backend import CPUBackend
+from test_cpu_conv_pool_kernels import ref_conv, ref_conv_grads
+
+
+def cl(a):
+    """Same values, channels-last storage."""
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+def tol(dt):
+    return dict(rtol=1e-4, atol=1e-4) if dt == np.float32 else dict(rtol=1e-10, atol=1e-10)
+
+
+CASES = [  # N, C, H, W, K, R, S, stride, padding, dilation
+    (2, 3, 7, 6, 4, 3, 3, (1, 1), (1, 1), (1, 1)),
+    (2, 5, 9, 8, 7, 3, 2, (1, 1), (1, 0), (2, 1)),
+    (3, 4, 7, 7, 5, 3, 3, (2, 2), (1, 1), (1, 1)),
+    (3, 4, 6, 6, 5, 1, 1, (1, 1), (0, 0), (1, 1)),
+    (3, 4, 7, 7, 5, 1, 1, (2, 2), (0, 0), (1, 1)),
+    (2, 3, 8, 9, 4, 3, 3, (2, 1), (1, 1), (1, 2)),
+]
+
+
+@pytest.mark.parametrize("path,waste,split", [("tiles", 0.0, False), ("tiles", 100.0, False),
+                                              ("chunked", 0.0, False), ("tiles", 0.0, True)])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+def test_conv_paths(path, waste, split, case, dtype, layout, monkeypatch):
+    monkeypatch.setattr(conv, "_GEMM_PATH", path)
+    monkeypatch.setattr(conv, "_SHIFT_MAX_WASTE", waste)
+    if split:   # dW by output-channel split over the whole batch (deep layers)
+        monkeypatch.setattr(conv, "_GW_SPLIT_K_MIN_W", 0)
+    monkeypatch.setattr(conv, "_DIRECT_MAX_CK", 0)
+    monkeypatch.setattr(conv, "_DIRECT_MAX_CK_BWD", 0)
+    N, C, H, W, K, R, S, st, pd, dl = case
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((K, C, R, S)).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype)
+    xv = cl(x) if layout == "cl" else x
+    y = conv.conv2d(xv, w, b, st, pd, dl)
+    yr = ref_conv(x, w, b, st, pd, dl)
+    np.testing.assert_allclose(y, yr, **tol(dtype))
+    G = rng.standard_normal(yr.shape).astype(dtype)
+    Gv = cl(G) if layout == "cl" else G
+    gxr, gwr, gbr = ref_conv_grads(x, w, G, st, pd, dl)
+    for need_x, need_w in ((True, True), (True, False), (False, True)):
+        gx, gw, gb = conv.conv2d_backward(xv, w, Gv, st, pd, dl, need_x, need_w, True)
+        np.testing.assert_allclose(gb, gbr, **tol(dtype))
+        if need_x:
+            np.testing.assert_allclose(gx, gxr, **tol(dtype))
+        else:
+            assert gx is None
+        if need_w:
+            np.testing.assert_allclose(gw, gwr, **tol(dtype))
+            assert gw.flags.c_contiguous
+        else:
+            assert gw is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_norm_channels_last_matches_nchw(dtype):
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((4, 5, 3, 6)) * 3 + 1).astype(dtype)
+    g, b = rng.standard_normal(5).astype(dtype), rng.standard_normal(5).astype(dtype)
+    gy = rng.standard_normal(x.shape).astype(dtype)
+    ref = norm.batch_norm_train(x, g, b, 1e-5)
+    out = norm.batch_norm_train(cl(x), g, b, 1e-5)
+    assert norm._is_cl(out[0])
+    for a, r in zip(out, ref):
+        np.testing.assert_allclose(a, r, **tol(dtype))
+    rb = norm.batch_norm_backward(gy, x, g, ref[1], ref[3])
+    for gyv in (gy, cl(gy)):
+        ob = norm.batch_norm_backward(gyv, cl(x), g, ref[1], ref[3])
+        for a, r in zip(ob, rb):
+            np.testing.assert_allclose(a, r, **tol(dtype))
+    np.testing.assert_allclose(norm.batch_norm_eval(cl(x), ref[1], ref[2], g, b, 1e-5),
+                               norm.batch_norm_eval(x, ref[1], ref[2], g, b, 1e-5), **tol(dtype))
+
+
+@pytest.mark.parametrize("op", ["relu", "sigmoid", "tanh"])
+def test_activation_grad_channels_last(op):
+    rng = np.random.default_rng(2)
+    y = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    be = CPUBackend()
+    ref = be.activation_grad(op, y, gy)
+    for gyv in (gy, cl(gy)):
+        np.testing.assert_allclose(be.activation_grad(op, cl(y), gyv), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_blas_gemm_binding():
+    from minigrad.cpu import blas
+
+    assert blas.selftest()
