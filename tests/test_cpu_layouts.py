@@ -105,3 +105,48 @@ def test_blas_gemm_binding():
     from minigrad.cpu import blas
 
     assert blas.selftest()
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 6), (3, 16, 10, 10), (1, 2, 7, 9)])
+def test_max_pool_2x2_channels_last_matches_nchw(shape):
+    from minigrad.cpu import pool
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[rng.integers(0, x.size, max(1, x.size // 15))] = np.nan    # first-NaN selection
+    flat[rng.integers(0, x.size, max(1, x.size // 8))] = 0.25       # ties: first maximum
+    y, am = pool.max_pool2d(x, (2, 2), (2, 2), (0, 0))
+    y_cl, am_cl = pool.max_pool2d(cl(x), (2, 2), (2, 2), (0, 0))
+    np.testing.assert_array_equal(y_cl, y)
+    np.testing.assert_array_equal(am_cl, am)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    gx = pool.max_pool2d_backward(gy, am, shape)
+    np.testing.assert_array_equal(pool.max_pool2d_backward(cl(gy), am, shape), gx)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("shape,scale", [((64, 1000), 1.0), ((33, 10), 40.0), ((3, 5), 1.0)])
+def test_softmax_cross_entropy_float32_kernel(shape, scale, eps):
+    from minigrad.cpu import loss
+
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal(shape) * scale).astype(np.float32)
+    y = rng.integers(0, shape[1], shape[0])
+    l32, p32 = loss.softmax_cross_entropy(x, y, eps)
+    l64, p64 = loss.softmax_cross_entropy(x.astype(np.float64), y, eps)
+    assert l32.dtype == np.float32 and p32.dtype == np.float32
+    np.testing.assert_allclose(l32, l64, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(p32, p64, rtol=2e-5, atol=1e-9)
+    xn = x.copy()
+    xn[1, 2] = np.nan
+    ln, pn = loss.softmax_cross_entropy(xn, y, eps)
+    assert np.isnan(ln[1]) and np.isnan(pn[1]).all() and np.isfinite(ln[0])
+
+
+def test_parallel_add_matches_numpy():
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal(1 << 17).astype(np.float32)
+    b = rng.standard_normal(1 << 17).astype(np.float32)
+    b[7] = np.nan
+    np.testing.assert_array_equal(CPUBackend().binary("add", a, b), a + b)

@@ -14,11 +14,31 @@ def relu_fwd(x, out):
         out[i] = v if (v > 0 or v != v) else 0.0
 
 
+@pjit()
+def add_flat(a, b, out):
+    """out = a + b (flat contiguous arrays of one dtype)."""
+    for i in prange(a.size):
+        out[i] = a[i] + b[i]
+
+
 @pjit(fastmath=True)
 def relu_grad(y, g, out):
     """out = g where y > 0 else 0 (flat contiguous arrays)."""
     for i in prange(y.size):
         out[i] = g[i] if y[i] > 0 else 0.0
+
+
+@pjit()
+def relu_grad_cl_nchw(yt, g, out):
+    """out[n,h,w,c] = g[n,c,h,w] where yt[n,h,w,c] > 0 else 0: yt and out dense
+    channels-last (N, H, W, C), g any strides (N, C, H, W); no transposing copy of g."""
+    N, H, W, C = yt.shape
+    for t in prange(N * H):
+        n = t // H
+        h = t - n * H
+        for w in range(W):
+            for c in range(C):
+                out[n, h, w, c] = g[n, c, h, w] if yt[n, h, w, c] > 0 else 0.0
 
 
 @pjit(fastmath=True)

@@ -1,7 +1,8 @@
 """CPU kernels for the fused softmax cross-entropy (one pass forward, one backward)."""
 
 import numpy as np
-from numba import prange
+import numba
+from numba import njit, prange
 
 from ._jit import pjit
 
@@ -31,6 +32,85 @@ def _sce(x, labels, eps, loss, probs):
         loss[i] = (1.0 - eps) * nll + eps * smooth
 
 
+# float32 exp without libm: exp(d) = 2^n * e^r, n = round(d / ln2), r = d - n*ln2 (two-part
+# ln2), e^r by its degree-7 Taylor polynomial (|r| <= ln2/2: truncation error < 6e-9
+# relative), 2^n assembled in the exponent bits of a float32.  Plain arithmetic, so LLVM
+# vectorises it; Numba's np.exp is one scalar libm call per element (no SVML here).
+# d = x - max <= 0; d below -87 gives 2^-126 * e^r (<= 1.2e-38) instead of 0 or a
+# subnormal: the clamp keeps the exponent bits valid.
+_LOG2E = 1.4426950408889634
+_LN2_HI = 0.693145751953125
+_LN2_LO = 1.4286068203094172e-06
+
+
+@njit(cache=True, fastmath={"contract", "nsz", "arcp"}, inline="always")
+def _exp_row_f32(xr, m, out, ibits):
+    """out[j] * ibits[j].view(float32) = exp(xr[j] - m) for a float32 row (vectorised):
+    out gets e^r, ibits the bits of 2^n."""
+    c = xr.size
+    for j in range(c):
+        d = np.float32(xr[j] - m)
+        if d < np.float32(-87.0):
+            d = np.float32(-87.0)
+        # round(d / ln2) for d <= 0 without a floor call: truncation of a positive value
+        ni = -np.int32(np.float32(0.5) - d * np.float32(_LOG2E))
+        nf = np.float32(ni)
+        r = d - nf * np.float32(_LN2_HI)
+        r = r - nf * np.float32(_LN2_LO)
+        p = np.float32(1.0 / 5040.0)
+        p = p * r + np.float32(1.0 / 720.0)
+        p = p * r + np.float32(1.0 / 120.0)
+        p = p * r + np.float32(1.0 / 24.0)
+        p = p * r + np.float32(1.0 / 6.0)
+        p = p * r + np.float32(0.5)
+        p = p * r + np.float32(1.0)
+        p = p * r + np.float32(1.0)
+        out[j] = p
+        ibits[j] = (ni + np.int32(127)) << np.int32(23)
+
+
+@njit(cache=True, fastmath={"nnan", "reassoc"}, inline="always")
+def _row_max(xr):
+    """Row maximum, vectorised (``nnan``: a strict NaN-aware max reduction is a scalar
+    loop bound by its latency).  A NaN in the row makes the row's loss and
+    probabilities NaN whatever this returns: the exp pass below is NaN-aware."""
+    m = xr[0]
+    for j in range(1, xr.size):
+        v = xr[j]
+        m = v if v > m else m
+    return m
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
+def _sce_f32(x, labels, eps, nt, loss, probs):
+    """``_sce`` for float32 logits with the vectorised exp; rows split in nt blocks."""
+    n, c = x.shape
+    chunk = (n + nt - 1) // nt
+    for t in prange(nt):
+        ibits = np.empty(c, dtype=np.int32)
+        for i in range(t * chunk, min(n, (t + 1) * chunk)):
+            xr = x[i]
+            m = _row_max(xr)
+            sx = 0.0
+            for j in range(c):
+                sx += xr[j]
+            pr = probs[i]
+            _exp_row_f32(xr, m, pr, ibits)
+            scale = ibits.view(np.float32)
+            s = 0.0
+            for j in range(c):             # float64 sum; reassoc lets it vectorise
+                e = pr[j] * scale[j]
+                pr[j] = e
+                s += e
+            inv = np.float32(1.0 / s)
+            for j in range(c):
+                pr[j] = pr[j] * inv
+            lse = np.float64(m) + np.log(s)
+            nll = lse - x[i, labels[i]]
+            smooth = lse - sx / c
+            loss[i] = (1.0 - eps) * nll + eps * smooth
+
+
 @pjit()
 def _sce_backward(probs, labels, eps, gloss, gx):
     n, c = probs.shape
@@ -54,7 +134,11 @@ def softmax_cross_entropy(logits, labels, label_smoothing):
     y = np.ascontiguousarray(labels, dtype=np.int64)
     loss = np.empty(x.shape[0], x.dtype)
     probs = np.empty_like(x)
-    _sce(x, y, float(label_smoothing), loss, probs)
+    if x.dtype == np.float32 and x.shape[1] > 0:
+        nt = min(numba.get_num_threads(), max(1, x.size >> 15))
+        _sce_f32(x, y, float(label_smoothing), nt, loss, probs)
+    else:
+        _sce(x, y, float(label_smoothing), loss, probs)
     return loss, probs
 
 

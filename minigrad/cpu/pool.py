@@ -13,10 +13,14 @@ from numba import njit, prange
 from ._jit import pjit
 
 
-def _as_float(x):
+def _as_float(x, keep_cl=False):
+    """Float32/64 C-contiguous array; with keep_cl a dense channels-last 4-D array is
+    returned as it is (no transposing copy)."""
     x = np.asarray(x)
     if x.dtype not in (np.float32, np.float64):
         x = x.astype(np.float64 if x.dtype.itemsize > 4 else np.float32)
+    if keep_cl and x.ndim == 4 and x.transpose(0, 2, 3, 1).flags.c_contiguous:
+        return x
     return np.ascontiguousarray(x)
 
 
@@ -150,6 +154,67 @@ def _max_fwd_2x2(x, y, am):
 
 
 @pjit()
+def _max_fwd_2x2_cl(xt, y, am):
+    """_max_fwd_2x2 on channels-last storage: xt is the dense (N, H, W, C) buffer, y and
+    am are NCHW.  Same selection (first maximum, first NaN) and the same argmax values."""
+    N, H, W, C = xt.shape
+    OH = y.shape[2]
+    OW = y.shape[3]
+    for t in prange(N * OH):
+        n = t // OH
+        oh = t - n * OH
+        h = 2 * oh
+        for ow in range(OW):
+            w = 2 * ow
+            base = h * W + w
+            for ch in range(C):
+                best = xt[n, h, w, ch]
+                bi = 0
+                if best == best:
+                    b = xt[n, h, w + 1, ch]
+                    if b != b:
+                        best = b
+                        bi = 1
+                    else:
+                        if b > best:
+                            best = b
+                            bi = 1
+                        c = xt[n, h + 1, w, ch]
+                        if c != c:
+                            best = c
+                            bi = W
+                        else:
+                            if c > best:
+                                best = c
+                                bi = W
+                            d = xt[n, h + 1, w + 1, ch]
+                            if d != d or d > best:
+                                best = d
+                                bi = W + 1
+                y[n, ch, oh, ow] = best
+                am[n, ch, oh, ow] = base + bi
+
+
+@pjit(size_arg=1)
+def _max_bwd_4d(gy4, am, gx):
+    """_max_bwd reading gy as an (N, C, OH, OW) array of any strides (no copy of a
+    channels-last gradient)."""
+    N = gy4.shape[0]
+    C = gy4.shape[1]
+    OH = gy4.shape[2]
+    OW = gy4.shape[3]
+    HW = gx.shape[1]
+    for t in prange(N * C):
+        n = t // C
+        ch = t - n * C
+        for i in range(HW):
+            gx[t, i] = 0
+        for oh in range(OH):
+            for ow in range(OW):
+                gx[t, am[t, oh, ow]] += gy4[n, ch, oh, ow]
+
+
+@pjit()
 def _max_bwd(gy, am, gx):
     NC = gy.shape[0]
     OH = gy.shape[1]
@@ -231,7 +296,7 @@ def _avg_bwd(gy, kh, kw, sh, sw, ph, pw, include_pad, gx):
 
 def max_pool2d(x, kernel, stride, padding):
     """Max pooling of x (N,C,H,W); returns (y, argmax) with argmax int32 (N,C,OH,OW)."""
-    x = _as_float(x)
+    x = _as_float(x, keep_cl=(tuple(kernel), tuple(stride), tuple(padding)) == ((2, 2), (2, 2), (0, 0)))
     N, C, H, W = x.shape
     kh, kw = int(kernel[0]), int(kernel[1])
     sh, sw = int(stride[0]), int(stride[1])
@@ -240,7 +305,10 @@ def max_pool2d(x, kernel, stride, padding):
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
     am = np.empty((N, C, OH, OW), dtype=np.int32)
     if y.size:
-        if (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0):
+        if ((kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0) and not x.flags.c_contiguous
+                and x.transpose(0, 2, 3, 1).flags.c_contiguous):
+            _max_fwd_2x2_cl(x.transpose(0, 2, 3, 1), y, am)
+        elif (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0):
             _max_fwd_2x2(x.reshape(N * C, H, W), y.reshape(N * C, OH, OW), am.reshape(N * C, OH, OW))
         elif ph == 0 and pw == 0:
             _max_fwd_nopad(x.reshape(N * C, H, W), kh, kw, sh, sw,
@@ -253,14 +321,17 @@ def max_pool2d(x, kernel, stride, padding):
 
 def max_pool2d_backward(gy, argmax, x_shape):
     """Gradient of max pooling w.r.t. its input of shape x_shape."""
-    gy = _as_float(gy)
+    gy = _as_float(gy, keep_cl=True)
     am = np.ascontiguousarray(argmax, dtype=np.int32)
     N, C, H, W = (int(s) for s in x_shape)
     OH, OW = gy.shape[2], gy.shape[3]
     gx = np.zeros((N, C, H, W), dtype=gy.dtype)
     if gx.size and gy.size:
-        _max_bwd(gy.reshape(N * C, OH, OW), am.reshape(N * C, OH, OW),
-                 gx.reshape(N * C, H * W))
+        if gy.flags.c_contiguous:
+            _max_bwd(gy.reshape(N * C, OH, OW), am.reshape(N * C, OH, OW),
+                     gx.reshape(N * C, H * W))
+        else:
+            _max_bwd_4d(gy, am.reshape(N * C, OH, OW), gx.reshape(N * C, H * W))
     return gx
 
 
