@@ -412,9 +412,11 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even when installed")
+    parser.add_argument("--against", choices=("torch", "none"), default="torch",
+                        help="reference framework (default torch when installed; none = --no-torch)")
     args = parser.parse_args(argv)
     global torch
-    if args.no_torch:
+    if args.no_torch or args.against == "none":
         torch = None
     import numba
 
