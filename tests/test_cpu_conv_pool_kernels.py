@@ -14,6 +14,9 @@ from hypothesis import strategies as st
 
 from minigrad.cpu import conv, pool
 
+import reference
+from gradcheck import numeric_grad
+
 HSET = settings(max_examples=40, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -27,46 +30,8 @@ def conv_out(H, W, R, S, stride, padding, dilation):
             (W + 2 * padding[1] - dilation[1] * (S - 1) - 1) // stride[1] + 1)
 
 
-def ref_conv(x, w, b, stride, padding, dilation):
-    x = np.asarray(x, np.float64)
-    w = np.asarray(w, np.float64)
-    N, C, H, W = x.shape
-    K, _, R, S = w.shape
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    OH, OW = conv_out(H, W, R, S, stride, padding, dilation)
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    y = np.zeros((N, K, OH, OW))
-    for r in range(R):
-        for s in range(S):
-            patch = xp[:, :, r * dh: r * dh + sh * (OH - 1) + 1: sh,
-                       s * dw: s * dw + sw * (OW - 1) + 1: sw]
-            y += np.einsum("nchw,kc->nkhw", patch, w[:, :, r, s])
-    if b is not None:
-        y += np.asarray(b, np.float64)[None, :, None, None]
-    return y
-
-
-def ref_conv_grads(x, w, G, stride, padding, dilation):
-    """Analytic gradients of sum(conv(x, w) * G) w.r.t. x, w (adjoint of ref_conv)."""
-    x = np.asarray(x, np.float64)
-    w = np.asarray(w, np.float64)
-    G = np.asarray(G, np.float64)
-    N, C, H, W = x.shape
-    K, _, R, S = w.shape
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    OH, OW = G.shape[2:]
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    gxp = np.zeros_like(xp)
-    gw = np.zeros_like(w)
-    for r in range(R):
-        for s in range(S):
-            sl = (slice(None), slice(None),
-                  slice(r * dh, r * dh + sh * (OH - 1) + 1, sh),
-                  slice(s * dw, s * dw + sw * (OW - 1) + 1, sw))
-            gw[:, :, r, s] = np.einsum("nchw,nkhw->kc", xp[sl], G)
-            gxp[sl] += np.einsum("nkhw,kc->nchw", G, w[:, :, r, s])
-    gx = gxp[:, :, ph: ph + H, pw: pw + W]
-    return gx, gw, G.sum(axis=(0, 2, 3))
+ref_conv = reference.conv2d
+ref_conv_grads = reference.conv2d_grads
 
 
 def ref_max_pool(x, kernel, stride, padding):
@@ -113,18 +78,8 @@ def ref_avg_pool(x, kernel, stride, padding, include_pad):
 
 
 def numgrad(f, a, eps=1e-6):
-    g = np.zeros_like(a)
-    it = np.nditer(a, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = a[i]
-        a[i] = old + eps
-        fp = f()
-        a[i] = old - eps
-        fm = f()
-        a[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
+    """Central differences of the scalar ``f()`` with respect to ``a`` (perturbed in place)."""
+    return numeric_grad(lambda *_: f(), [a], 0, eps)
 
 
 def maybe_noncontig(a, how):

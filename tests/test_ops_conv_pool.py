@@ -9,32 +9,14 @@ import pytest
 from hypothesis import given, strategies as st
 
 import minigrad as mg
+import reference
 from gradcheck import check_grad
 
 
-def ref_conv2d(x, w, b, stride, padding, dilation):
-    n, c, h, wd = x.shape
-    k, _, r, s = w.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
-    oh = (h + 2 * padding[0] - dilation[0] * (r - 1) - 1) // stride[0] + 1
-    ow = (wd + 2 * padding[1] - dilation[1] * (s - 1) - 1) // stride[1] + 1
-    out = np.zeros((n, k, oh, ow))
-    for i in range(r):
-        for j in range(s):
-            patch = xp[:, :, i * dilation[0]: i * dilation[0] + stride[0] * (oh - 1) + 1: stride[0],
-                       j * dilation[1]: j * dilation[1] + stride[1] * (ow - 1) + 1: stride[1]]
-            out += np.einsum("nchw,kc->nkhw", patch, w[:, :, i, j])
-    return out + (0 if b is None else b[None, :, None, None])
-
-
 def ref_pool(x, k, s, p, mode):
-    fill = -np.inf if mode == "max" else 0.0
-    xp = np.pad(x, ((0, 0), (0, 0), (p[0],) * 2, (p[1],) * 2), constant_values=fill)
-    oh = (x.shape[2] + 2 * p[0] - k[0]) // s[0] + 1
-    ow = (x.shape[3] + 2 * p[1] - k[1]) // s[1] + 1
-    windows = np.stack([xp[:, :, i:i + s[0] * (oh - 1) + 1:s[0], j:j + s[1] * (ow - 1) + 1:s[1]]
-                        for i in range(k[0]) for j in range(k[1])])
-    return windows.max(0) if mode == "max" else windows.mean(0)
+    fn = reference.max_pool2d if mode == "max" else reference.avg_pool2d
+    args = (x, k, s, p) if mode == "max" else (x, k, s, p, True)
+    return fn(*args)[0]
 
 
 @given(n=st.integers(1, 2), c=st.integers(1, 3), k=st.integers(1, 3), size=st.integers(3, 7),
@@ -50,7 +32,7 @@ def test_conv2d_forward_and_gradients(n, c, k, size, ks, stride, padding, dilati
     conf = dict(stride=stride, padding=padding, dilation=dilation)
     args = [x, w, b] if bias else [x, w]
     out = mg.conv2d(*[mg.tensor(a) for a in args], **conf).numpy()
-    ref = ref_conv2d(x, w, b if bias else None, (stride,) * 2, (padding,) * 2, (dilation,) * 2)
+    ref = reference.conv2d(x, w, b if bias else None, (stride,) * 2, (padding,) * 2, (dilation,) * 2)
     np.testing.assert_allclose(out, ref, rtol=1e-9, atol=1e-9)
     check_grad(lambda *t: mg.conv2d(*t, **conf), args, seed, atol=1e-5, rtol=1e-4)
 
@@ -59,7 +41,7 @@ def test_conv2d_non_contiguous_input_and_float32():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5, 3, 2, 6)).transpose(2, 1, 3, 0)  # (2, 3, 6, 5) view
     w = rng.standard_normal((4, 3, 3, 3))
-    ref = ref_conv2d(x, w, None, (1, 1), (1, 1), (1, 1))
+    ref = reference.conv2d(x, w, None, (1, 1), (1, 1), (1, 1))
     np.testing.assert_allclose(mg.conv2d(mg.tensor(x), mg.tensor(w), padding=1).numpy(), ref, rtol=1e-9)
     check_grad(lambda a, b: mg.conv2d(a, b, padding=1), [x, w], atol=1e-5, rtol=1e-4)
     out32 = mg.conv2d(mg.tensor(x.astype(np.float32)), mg.tensor(w.astype(np.float32)), padding=1)

@@ -1,4 +1,4 @@
-"""NumPy float64 reference implementations used by the CUDA backend tests."""
+"""NumPy float64 reference implementations shared by the CPU and CUDA tests."""
 
 import numpy as np
 
