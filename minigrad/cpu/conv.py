@@ -9,6 +9,10 @@ first convolution to its global pooling with no transpose between layers.
 
 Paths (measurements in BENCHMARKS_perf.md):
 
+* **Winograd** (3x3, stride 1, undilated, >= 16 channels in and out; see
+  ``minigrad/cpu/winograd.py``): F(2x2, 3x3), 2.25x fewer multiply-adds than the
+  GEMM paths, the same channels-last storage.  ResNet-18's 3x3 stride-1 layers take it.
+
 * **tiles** (default for C*K > _DIRECT_MAX_CK): the input is copied once into a
   zero-padded channels-last buffer ``xp`` (N, Hp, Wp, C), where the receptive
   field of an output pixel is R runs of S*C contiguous numbers.  One Numba
@@ -45,6 +49,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from . import winograd
 from ._jit import pjit
 from .blas import gemm_rm
 
@@ -1097,6 +1102,10 @@ _SHIFT_MAX_WASTE = 0.0
 _SHIFT_TILE_BYTES = 384 << 10
 _SHIFT_MIN_ROWS = 64
 _SHIFT_MAX_ROWS = 2048
+# 3x3 stride-1 convolutions with at least winograd.MIN_CHANNELS channels use the
+# Winograd F(2x2, 3x3) path (minigrad/cpu/winograd.py): 2.25x fewer multiply-adds.
+USE_WINOGRAD = True
+
 # Which GEMM path convolutions with many channels take: "tiles" (per-thread tiles,
 # one parallel region; stride-1 convs use the shifted GEMMs when _SHIFT_MAX_WASTE
 # allows) or "chunked" (whole images per chunk, several barriers per call).
@@ -1236,6 +1245,14 @@ def _conv2d(x, w, b, stride, padding, dilation, box):
             _direct_fwd(xp, np.ascontiguousarray(w, dtype=dt), bb, sh, sw, dh, dw, y)
         return y
     x = np.asarray(x, dtype=dt)
+    if USE_WINOGRAD and winograd.applicable(N, C, K, R, S, OH, OW, (sh, sw), (dh, dw)):
+        U = winograd.transform_weights(w, dt)
+        if box is not None:
+            box.append(U)
+        y4 = np.empty((N, OH, OW, K), dtype=dt)
+        with _single_blas, _dynamic_schedule():
+            winograd.forward(_cl_contig(x), U, bb, ph, pw, OH, OW, y4)
+        return y4.transpose(0, 3, 1, 2)
     wf = _weights_rsck(w, dt)
     if box is not None:
         box.append(wf)
@@ -1327,6 +1344,13 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
             _direct_gx(w, gy4, sh, sw, dh, dw, ph, pw, xp, gx)
         return gx, gw, gb
     x = np.asarray(x, dtype=dt)
+    if USE_WINOGRAD and winograd.applicable(N, C, K, R, S, OH, OW, (sh, sw), (dh, dw)):
+        U = wf if (wf is not None and wf.dtype == dt and wf.shape == (16, K, C)) else \
+            winograd.transform_weights(w, dt)
+        gx4 = np.empty((N, H, W, C) if need_x else (1, 1, 1, C), dtype=dt)
+        with _single_blas, _dynamic_schedule():
+            gw = winograd.backward(_cl_contig(x), _cl_contig(gy), U, ph, pw, need_x, need_w, gx4)
+        return (gx4.transpose(0, 3, 1, 2) if need_x else None), gw, gb
     if wf is None or wf.dtype != dt or wf.size != w.size:
         wf = _weights_rsck(w, dt) if need_x else np.zeros(R * S * C * K, dtype=dt)
     nt = numba.get_num_threads()

@@ -1,0 +1,190 @@
+"""Winograd F(2x2, 3x3) conv path (minigrad/cpu/winograd.py) against the float64 reference.
+
+The path only runs for 3x3 / stride 1 / undilated layers with enough channels and tiles;
+the tests lower those thresholds so that small shapes (odd sizes, every padding, border
+tiles, batches of one) take it, and check that they did.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import minigrad as mg
+from minigrad.cpu import conv, winograd
+
+import reference
+from gradcheck import numeric_grad
+
+
+@pytest.fixture
+def force_winograd(monkeypatch):
+    """Every 3x3 stride-1 conv with >= 2 channels takes the Winograd path; counts the calls."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 2)
+    monkeypatch.setattr(winograd, "MIN_TILES", 1)
+    monkeypatch.setattr(conv, "USE_WINOGRAD", True)
+    calls = {"forward": 0, "backward": 0}
+    fwd, bwd = winograd.forward, winograd.backward
+
+    def counting_fwd(*a):
+        calls["forward"] += 1
+        return fwd(*a)
+
+    def counting_bwd(*a):
+        calls["backward"] += 1
+        return bwd(*a)
+    monkeypatch.setattr(winograd, "forward", counting_fwd)
+    monkeypatch.setattr(winograd, "backward", counting_bwd)
+    return calls
+
+
+def _layouts(a, how):
+    """The same values as NCHW ``a`` in another storage: 0 NCHW, 1 channels-last, 2 strided."""
+    if how == 1:
+        return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    if how == 2:
+        big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+        big[..., ::2] = a
+        return big[..., ::2]
+    return a
+
+
+def _tol(dtype, scale=1.0):
+    if dtype == np.float32:
+        return dict(rtol=1e-4, atol=1e-4 * scale)
+    return dict(rtol=1e-10, atol=1e-10 * scale)
+
+
+@st.composite
+def wino_case(draw):
+    ph = draw(st.integers(0, 2))
+    pw = draw(st.integers(0, 2))
+    H = draw(st.integers(max(1, 3 - 2 * ph), 11))
+    W = draw(st.integers(max(1, 3 - 2 * pw), 11))
+    return dict(N=draw(st.integers(1, 4)), C=draw(st.integers(3, 19)),
+                K=draw(st.integers(3, 21)), H=H, W=W, pad=(ph, pw),
+                dtype=draw(st.sampled_from([np.float32, np.float64])),
+                bias=draw(st.booleans()), layout=draw(st.integers(0, 2)),
+                whole=draw(st.booleans()),
+                seed=draw(st.integers(0, 2 ** 31 - 1)))
+
+
+# the fixture's counters are compared before/after each example, so sharing it is fine
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=wino_case())
+def test_winograd_matches_reference(force_winograd, case):
+    """Both variants: blocks of tiles per thread, and the whole batch at once."""
+    saved = winograd.WHOLE_BATCH_RATIO
+    winograd.WHOLE_BATCH_RATIO = 0.0 if case["whole"] else 1e30
+    try:
+        _check_case(force_winograd, case)
+    finally:
+        winograd.WHOLE_BATCH_RATIO = saved
+
+
+def _check_case(force_winograd, case):
+    rng = np.random.default_rng(case["seed"])
+    N, C, K, H, W, dt = case["N"], case["C"], case["K"], case["H"], case["W"], case["dtype"]
+    x = rng.standard_normal((N, C, H, W)).astype(dt)
+    w = (rng.standard_normal((K, C, 3, 3)) / np.sqrt(9 * C)).astype(dt)
+    b = rng.standard_normal(K).astype(dt) if case["bias"] else None
+    args = ((1, 1), case["pad"], (1, 1))
+    xv = _layouts(x, case["layout"])
+    before = dict(force_winograd)
+    y, saved = conv.conv2d(xv, w, b, *args, return_weights=True)
+    assert force_winograd["forward"] == before["forward"] + 1
+    yr = reference.conv2d(x, w, b, *args)
+    assert y.shape == yr.shape and y.dtype == dt
+    np.testing.assert_allclose(y, yr, **_tol(dt))
+
+    gy = rng.standard_normal(yr.shape).astype(dt)
+    gxr, gwr, gbr = reference.conv2d_grads(x, w, gy, *args)
+    gyv = _layouts(gy, (case["layout"] + 1) % 3)
+    scale = np.sqrt(N * H * W)
+    for need_x, need_w, wf in ((True, True, saved), (True, False, None), (False, True, None)):
+        gx, gw, gb = conv.conv2d_backward(xv, w, gyv, *args, need_x, need_w, case["bias"],
+                                          wf=wf)
+        if need_x:
+            assert gx.shape == x.shape
+            np.testing.assert_allclose(gx, gxr, **_tol(dt))
+        else:
+            assert gx is None
+        if need_w:
+            assert gw.shape == w.shape
+            np.testing.assert_allclose(gw, gwr, **_tol(dt, scale))
+        else:
+            assert gw is None
+        if case["bias"]:
+            np.testing.assert_allclose(gb, gbr, **_tol(dt, scale))
+    assert force_winograd["backward"] == before["backward"] + 3
+
+
+def test_winograd_central_differences(force_winograd):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 5, 4))
+    w = rng.standard_normal((4, 3, 3, 3))
+    b = rng.standard_normal(4)
+    args = ((1, 1), (1, 0), (1, 1))
+    G = rng.standard_normal(conv.conv2d(x, w, b, *args).shape)
+
+    def loss(*_):
+        return float((conv.conv2d(x, w, b, *args) * G).sum())
+    gx, gw, gb = conv.conv2d_backward(x, w, G, *args, True, True, True)
+    np.testing.assert_allclose(gx, numeric_grad(loss, [x], 0), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(gw, numeric_grad(loss, [w], 0), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(gb, numeric_grad(loss, [b], 0), rtol=1e-6, atol=1e-7)
+    assert force_winograd["forward"] > 0 and force_winograd["backward"] == 1
+
+
+def test_winograd_through_autograd(force_winograd):
+    """The Tensor op (which hands the transformed weights from forward to backward)."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 8, 6, 7)).astype(np.float32)
+    w = (rng.standard_normal((16, 8, 3, 3)) * 0.2).astype(np.float32)
+    xt = mg.Tensor(x, requires_grad=True)
+    wt = mg.Tensor(w, requires_grad=True)
+    y = mg.conv2d(xt, wt, padding=1)
+    G = rng.standard_normal(y.shape).astype(np.float32)
+    (y * mg.Tensor(G)).sum().backward()
+    gxr, gwr, _ = reference.conv2d_grads(x, w, G, (1, 1), (1, 1), (1, 1))
+    np.testing.assert_allclose(y.numpy(), reference.conv2d(x, w, None, (1, 1), (1, 1), (1, 1)),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(xt.grad.numpy(), gxr, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(wt.grad.numpy(), gwr, rtol=1e-4, atol=1e-3)
+    assert force_winograd == {"forward": 1, "backward": 1}
+
+
+def test_winograd_float32_error_close_to_im2col(monkeypatch):
+    """On a ResNet-like layer at the default thresholds the Winograd path is taken and its
+    float32 error stays within 4x that of the im2col path (same inputs)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((8, 32, 16, 16)).astype(np.float32)
+    w = (rng.standard_normal((32, 32, 3, 3)) / np.sqrt(288)).astype(np.float32)
+    gy = rng.standard_normal((8, 32, 16, 16)).astype(np.float32)
+    args = ((1, 1), (1, 1), (1, 1))
+    assert winograd.applicable(8, 32, 32, 3, 3, 16, 16, (1, 1), (1, 1))
+    yr = reference.conv2d(x, w, None, *args)
+    gxr, gwr, _ = reference.conv2d_grads(x, w, gy, *args)
+    errs = {}
+    for use in (True, False):
+        monkeypatch.setattr(conv, "USE_WINOGRAD", use)
+        y = conv.conv2d(x, w, None, *args)
+        gx, gw, _ = conv.conv2d_backward(x, w, gy, *args, True, True, False)
+        errs[use] = [np.abs(a - r).max() / np.abs(r).max()
+                     for a, r in ((y, yr), (gx, gxr), (gw, gwr))]
+    for e_wino, e_gemm in zip(errs[True], errs[False]):
+        assert e_wino < 1e-5
+        assert e_wino <= 4 * e_gemm + 1e-7
+
+
+@pytest.mark.parametrize("N,C,K,H,R,stride,dil", [
+    (64, 16, 16, 8, 3, 2, 1),     # stride 2
+    (64, 16, 16, 8, 3, 1, 2),     # dilation
+    (64, 16, 16, 8, 5, 1, 1),     # 5x5
+    (64, 8, 16, 8, 3, 1, 1),      # too few channels
+    (1, 16, 16, 4, 3, 1, 1),      # too few tiles (4 < MIN_TILES)
+])
+def test_winograd_not_applicable(N, C, K, H, R, stride, dil):
+    OH = (H + 2 - dil * (R - 1) - 1) // stride + 1
+    assert not winograd.applicable(N, C, K, R, R, OH, OH, (stride, stride), (dil, dil))
+    assert winograd.applicable(64, 16, 16, 3, 3, 8, 8, (1, 1), (1, 1))
