@@ -120,6 +120,12 @@ class CPUBackend(Backend):
                 and y.transpose(0, 2, 3, 1).flags.c_contiguous):
             # channels-last storage (conv / batch-norm outputs): keep it, no transposing copies
             yt = y.transpose(0, 2, 3, 1)
+            gyt = gy.transpose(0, 2, 3, 1)
+            if gy.dtype == y.dtype and gyt.flags.c_contiguous:
+                # both channels-last: one flat pass, no strided reads
+                out = np.empty(yt.shape, dtype=y.dtype)
+                _ACT_GRAD[op](yt.reshape(-1), gyt.reshape(-1), out.reshape(-1))
+                return out.transpose(0, 3, 1, 2)
             if op == "relu" and gy.dtype == y.dtype:
                 out = np.empty(yt.shape, dtype=y.dtype)
                 kernels.relu_grad_cl_nchw(yt, gy, out)
