@@ -371,7 +371,7 @@ def bench_startup():
 WORKLOADS = {
     "lenet": lambda r: bench_lenet(r),
     "resnet32": lambda r: bench_resnet(32, r),
-    "resnet128": lambda r: bench_resnet(128, max(2, r // 2)),
+    "resnet128": lambda r: bench_resnet(128, max(3, r // 2)),
     "conv": lambda r: bench_convs(32, r),
     "matmul": lambda r: bench_matmul(r),
     "bn_xent": lambda r: bench_bn_xent(r),

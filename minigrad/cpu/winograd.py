@@ -23,6 +23,8 @@ halves, so its float32 error stays within a few ulp of a direct convolution's
 (tested against a float64 reference).
 """
 
+import threading
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -230,7 +232,7 @@ def _output_block(m, moff, ms, K, b, yf, OH, OW, tpi, tw, t0, tb, sbuf):
 
 
 @njit(parallel=True, cache=True)
-def _fwd(x, U, b, ph, pw, OH, OW, TB, nt, y):
+def _fwd(x, U, b, ph, pw, OH, OW, TB, nt, y, vbuf, mbuf):
     """y (N, OH, OW, K) = Winograd conv of x (N, H, W, C) with U (16, K, C), plus b (K,)."""
     N, H, W, C = x.shape
     K = U.shape[1]
@@ -238,8 +240,6 @@ def _fwd(x, U, b, ph, pw, OH, OW, TB, nt, y):
     tpi = ((OH + 1) // 2) * tw
     ntiles = N * tpi
     nblocks = (ntiles + TB - 1) // TB
-    vbuf = np.empty((nt, 16 * TB * C), dtype=x.dtype)
-    mbuf = np.empty((nt, 16 * TB * K), dtype=x.dtype)
     pbuf = np.empty((nt, 16 * C), dtype=x.dtype)
     tbuf = np.empty((nt, 16 * C), dtype=x.dtype)
     sbuf = np.empty((nt, 8 * K), dtype=x.dtype)
@@ -346,7 +346,7 @@ def _crop(gxp, n_a, n_b, H, W, C, Hq, Wq, ph, pw, gxf):
 
 
 @njit(parallel=True, cache=True)
-def _bwd(x, gy, U, ph, pw, g, TB, nt, need_x, need_w, gx, duacc):
+def _bwd(x, gy, U, ph, pw, g, TB, nt, need_x, need_w, gx, duacc, vbuf, mbuf, dvbuf, gxpbuf):
     """Gradients of _fwd: gx (N, H, W, C) and per-thread duacc (nt, 16*C*K) += dU
     (zeroed by the caller).  Work unit: g whole images, so that the overlapping dX
     tiles of an image are summed by one thread in its own padded buffer."""
@@ -360,14 +360,10 @@ def _bwd(x, gy, U, ph, pw, g, TB, nt, need_x, need_w, gx, duacc):
     Hq = 2 * th + 2
     Wq = 2 * tw + 2
     ngroups = (N + g - 1) // g
-    vbuf = np.empty((nt, 16 * TB * C if need_w else 1), dtype=x.dtype)
-    mbuf = np.empty((nt, 16 * TB * K), dtype=x.dtype)
-    dvbuf = np.empty((nt, 16 * TB * C if need_x else 1), dtype=x.dtype)
     pbuf = np.empty((nt, 16 * C), dtype=x.dtype)
     qbuf = np.empty((nt, 4 * K), dtype=x.dtype)
     rbuf = np.empty((nt, 6 * K), dtype=x.dtype)
     tbuf = np.empty((nt, 16 * C), dtype=x.dtype)
-    gxpbuf = np.empty((nt, g * Hq * Wq * C if need_x else 1), dtype=x.dtype)
     xf = x.reshape(-1)
     gf = gy.reshape(-1)
     Uf = U.reshape(-1)
@@ -381,7 +377,7 @@ def _bwd(x, gy, U, ph, pw, g, TB, nt, need_x, need_w, gx, duacc):
 
 
 @njit(parallel=True, cache=True)
-def _fwd_whole(x, U, b, ph, pw, OH, OW, nt, y):
+def _fwd_whole(x, U, b, ph, pw, OH, OW, nt, y, V, M):
     """_fwd for few tiles: transform all tiles, then one GEMM per position with the 16
     positions split between the threads (each reads its U[pos] once), then the output
     transform.  Three parallel regions; for deep layers whose U is bigger than V and M."""
@@ -390,8 +386,6 @@ def _fwd_whole(x, U, b, ph, pw, OH, OW, nt, y):
     tw = (OW + 1) // 2
     tpi = ((OH + 1) // 2) * tw
     Q = N * tpi
-    V = np.empty(16 * Q * C, dtype=x.dtype)
-    M = np.empty(16 * Q * K, dtype=x.dtype)
     pbuf = np.empty((nt, 16 * C), dtype=x.dtype)
     tbuf = np.empty((nt, 16 * C), dtype=x.dtype)
     sbuf = np.empty((nt, 8 * K), dtype=x.dtype)
@@ -417,7 +411,7 @@ def _fwd_whole(x, U, b, ph, pw, OH, OW, nt, y):
 
 
 @njit(parallel=True, cache=True)
-def _bwd_whole(x, gy, U, ph, pw, nt, need_x, need_w, gx, du):
+def _bwd_whole(x, gy, U, ph, pw, nt, need_x, need_w, gx, du, V, M, gxpbuf):
     """_bwd for few tiles (see _fwd_whole): du (16*C*K) = dU (no per-thread sums)."""
     N, H, W, C = x.shape
     OH = gy.shape[1]
@@ -429,13 +423,10 @@ def _bwd_whole(x, gy, U, ph, pw, nt, need_x, need_w, gx, du):
     Hq = 2 * th + 2
     Wq = 2 * tw + 2
     Q = N * tpi
-    V = np.empty(16 * Q * C, dtype=x.dtype)
-    M = np.empty(16 * Q * K, dtype=x.dtype)
     pbuf = np.empty((nt, 16 * C), dtype=x.dtype)
     qbuf = np.empty((nt, 4 * K), dtype=x.dtype)
     rbuf = np.empty((nt, 6 * K), dtype=x.dtype)
     tbuf = np.empty((nt, 16 * C), dtype=x.dtype)
-    gxpbuf = np.empty((nt, Hq * Wq * C if need_x else 1), dtype=x.dtype)
     xf = x.reshape(-1)
     gf = gy.reshape(-1)
     Uf = U.reshape(-1)
@@ -584,17 +575,38 @@ def _whole(ntiles, C, K):
     return WHOLE_BATCH_RATIO * ntiles * (C + K) <= C * K
 
 
+class _Scratch(threading.local):
+    """Reusable work buffers, one set per calling thread: the transformed tiles of a
+    layer are several MB, and a fresh allocation of that size costs more in page faults
+    (~0.2 ms per MB here) than the transforms that fill it."""
+
+    def get(self, name, n, dt):
+        bufs = self.__dict__.setdefault("bufs", {})
+        key = (name, np.dtype(dt).str)
+        buf = bufs.get(key)
+        if buf is None or buf.size < n:
+            buf = bufs[key] = np.empty(max(1, n), dtype=dt)
+        return buf[:max(1, n)]
+
+
+_scratch = _Scratch()
+
+
 def forward(xcl, U, b, ph, pw, OH, OW, y4):
     """y4 (N, OH, OW, K) from channels-last contiguous xcl (N, H, W, C)."""
     nt = numba.get_num_threads()
     N = xcl.shape[0]
     K, C = U.shape[1], U.shape[2]
+    dt = xcl.dtype
     ntiles = N * ((OH + 1) // 2) * ((OW + 1) // 2)
     if _whole(ntiles, C, K):
-        _fwd_whole(xcl, U, b, ph, pw, OH, OW, nt, y4)
+        _fwd_whole(xcl, U, b, ph, pw, OH, OW, nt, y4, _scratch.get("v", 16 * ntiles * C, dt),
+                   _scratch.get("m", 16 * ntiles * K, dt))
         return
     TB = _tile_count(ntiles, C, K, xcl.itemsize, nt)
-    _fwd(xcl, U, b, ph, pw, OH, OW, TB, nt, y4)
+    _fwd(xcl, U, b, ph, pw, OH, OW, TB, nt, y4,
+         _scratch.get("v", nt * 16 * TB * C, dt).reshape(nt, -1),
+         _scratch.get("m", nt * 16 * TB * K, dt).reshape(nt, -1))
 
 
 def backward(xcl, gycl, U, ph, pw, need_x, need_w, gx4):
@@ -603,18 +615,30 @@ def backward(xcl, gycl, U, ph, pw, need_x, need_w, gx4):
     N, H, W, C = xcl.shape
     OH, OW = gycl.shape[1], gycl.shape[2]
     K = U.shape[1]
-    tpi = ((OH + 1) // 2) * ((OW + 1) // 2)
+    dt = xcl.dtype
+    th, tw = (OH + 1) // 2, (OW + 1) // 2
+    tpi = th * tw
+    Hq, Wq = 2 * th + 2, 2 * tw + 2
+    need_x, need_w = bool(need_x), bool(need_w)
     if _whole(N * tpi, C, K):
-        du = np.empty((1, 16 * C * K) if need_w else (1, 1), dtype=xcl.dtype)
-        _bwd_whole(xcl, gycl, U, ph, pw, nt, bool(need_x), bool(need_w), gx4, du.reshape(-1))
+        Q = N * tpi
+        du = _scratch.get("du", 16 * C * K if need_w else 1, dt).reshape(1, -1)
+        _bwd_whole(xcl, gycl, U, ph, pw, nt, need_x, need_w, gx4, du.reshape(-1),
+                   _scratch.get("v", 16 * Q * C, dt), _scratch.get("m", 16 * Q * K, dt),
+                   _scratch.get("gxp", nt * Hq * Wq * C if need_x else nt, dt).reshape(nt, -1))
     else:
         TB = _tile_count(N * tpi, C, K, xcl.itemsize, nt)
         g = max(1, min(-(-TB // tpi), -(-N // (2 * nt))))   # whole images per work unit
         TB = min(TB, g * tpi)
-        du = np.zeros((nt, 16 * C * K) if need_w else (nt, 1), dtype=xcl.dtype)
-        _bwd(xcl, gycl, U, ph, pw, g, TB, nt, bool(need_x), bool(need_w), gx4, du)
+        du = _scratch.get("du", nt * 16 * C * K if need_w else nt, dt).reshape(nt, -1)
+        du.fill(0)
+        _bwd(xcl, gycl, U, ph, pw, g, TB, nt, need_x, need_w, gx4, du,
+             _scratch.get("v", nt * 16 * TB * C if need_w else nt, dt).reshape(nt, -1),
+             _scratch.get("m", nt * 16 * TB * K, dt).reshape(nt, -1),
+             _scratch.get("dv", nt * 16 * TB * C if need_x else nt, dt).reshape(nt, -1),
+             _scratch.get("gxp", nt * g * Hq * Wq * C if need_x else nt, dt).reshape(nt, -1))
     if not need_w:
         return None
-    gw = np.empty((K, C, 3, 3), dtype=xcl.dtype)
+    gw = np.empty((K, C, 3, 3), dtype=dt)
     _weights_grad(du, gw)
     return gw
