@@ -534,8 +534,11 @@ MIN_CHANNELS = 16
 # weight matrices cost more to make than the GEMMs save; at 8 tiles, ResNet-18's
 # layer4 at batch 2, both paths take the same time: benchmarks/bench_winograd.py).
 MIN_TILES = 8
-# The whole-batch kernels run when tiles * (C + K) * WHOLE_BATCH_RATIO <= C * K.
-WHOLE_BATCH_RATIO = 0.2
+# The whole-batch kernels run when tiles * (C + K) * WHOLE_BATCH_RATIO <= C * K, i.e. for
+# C = K when there are at most 16*C tiles (benchmarks/bench_winograd.py, f+b, batch 32:
+# 128->128 at 16x16, 2048 tiles, whole 16.9 ms / blocked 18.3; 64->64 at 32x32, 8192
+# tiles, whole 25.6 / blocked 19.2; 512->512 at 4x4, whole 16.7 / blocked 31.1).
+WHOLE_BATCH_RATIO = 1 / 32
 # Bytes of one thread's transformed tiles (V and M of a block) the tile count aims at.
 _BLOCK_BYTES = 1 << 20
 _MIN_TB = 128
