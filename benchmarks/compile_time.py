@@ -4,7 +4,7 @@
 
 The workload calls every CPU backend kernel family once in float32 (the training dtype):
 elementwise and activation gradients, reductions, matmul/linear, conv2d forward and
-backward on the LeNet and ResNet-18 paths (direct, tiled, 1x1, strided), max/avg pooling,
+backward on the LeNet and ResNet-18 paths (direct, tiled, 1x1, strided, both Winograd variants), max/avg pooling,
 log-softmax, softmax cross-entropy, BatchNorm (train, eval, backward, NCHW and
 channels-last), LRN, dropout, SGD/Adam/AdamW updates.  The first process gets an empty
 ``NUMBA_CACHE_DIR``; the second reuses it.
@@ -32,6 +32,9 @@ step(lenet, mg.tensor(rng.standard_normal((128, 1, 28, 28)).astype(np.float32)),
 res = zoo.resnet18(num_classes=10, stem="cifar")
 step(res, mg.tensor(rng.standard_normal((4, 3, 32, 32)).astype(np.float32)),
      mg.tensor(rng.integers(0, 10, 4)), optim.Adam(res.parameters()))
+# batch 16: layer1 has 4096 Winograd tiles and takes the blocked variant (batch 4: whole-batch)
+step(res, mg.tensor(rng.standard_normal((16, 3, 32, 32)).astype(np.float32)),
+     mg.tensor(rng.integers(0, 10, 16)), optim.Adam(res.parameters()))
 alex = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.LocalResponseNorm(5),
                      nn.AvgPool2d(2), nn.Flatten(), nn.Dropout(0.5), nn.Linear(8 * 16 * 16, 10),
                      nn.BatchNorm1d(10), nn.Sigmoid())
