@@ -92,8 +92,13 @@ def _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, tb, v, voff, vs, patch, tbuf)
         h0 = 2 * ty - ph
         w0 = 2 * (rem - ty * tw) - pw
         if h0 >= 0 and w0 >= 0 and h0 + 4 <= H and w0 + 4 <= W:
-            _in_tf(xf, ((n * H + h0) * W + w0) * C, W * C, C, v, voff + i * C, vs, tbuf)
+            src = xf
+            base = ((n * H + h0) * W + w0) * C
+            rs = W * C
         else:
+            src = patch
+            base = 0
+            rs = 4 * C
             for a in range(4):
                 for b in range(4):
                     h = h0 + a
@@ -106,7 +111,7 @@ def _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, tb, v, voff, vs, patch, tbuf)
                     else:
                         for c in range(C):
                             patch[o + c] = 0.0
-            _in_tf(patch, 0, 4 * C, C, v, voff + i * C, vs, tbuf)
+        _in_tf(src, base, rs, C, v, voff + i * C, vs, tbuf)
 
 
 @njit(cache=True)
@@ -158,8 +163,13 @@ def _grad_out_block(gf, OH, OW, K, tpi, tw, t0, tb, m, moff, ms, patch, rbuf):
         ow = 2 * (rem - ty * tw)
         s = ((n * OH + oh) * OW + ow) * K
         if oh + 1 < OH and ow + 1 < OW:
-            _gout_tf(gf, s, OW * K, K, m, moff + i * K, ms, rbuf)
+            arr = gf
+            base = s
+            rs = OW * K
         else:
+            arr = patch
+            base = 0
+            rs = 2 * K
             for u in range(2):
                 for v in range(2):
                     o = (u * 2 + v) * K
@@ -170,7 +180,7 @@ def _grad_out_block(gf, OH, OW, K, tpi, tw, t0, tb, m, moff, ms, patch, rbuf):
                     else:
                         for k in range(K):
                             patch[o + k] = 0.0
-            _gout_tf(patch, 0, 2 * K, K, m, moff + i * K, ms, rbuf)
+        _gout_tf(arr, base, rs, K, m, moff + i * K, ms, rbuf)
 
 
 @njit(cache=True)
