@@ -150,3 +150,17 @@ def test_parallel_add_matches_numpy():
     b = rng.standard_normal(1 << 17).astype(np.float32)
     b[7] = np.nan
     np.testing.assert_array_equal(CPUBackend().binary("add", a, b), a + b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_add_channels_last_large(dtype):
+    """Residual adds on channels-last storage: the parallel kernel, same values, layout kept."""
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((3, 16, 40, 40)).astype(dtype)     # 76,800 elements: kernel path
+    b = rng.standard_normal(a.shape).astype(dtype)
+    be = CPUBackend()
+    out = be.binary("add", cl(a), cl(b))
+    np.testing.assert_array_equal(out, a + b)
+    assert out.dtype == dtype and out.transpose(0, 2, 3, 1).flags.c_contiguous
+    mixed = be.binary("add", cl(a), b)          # one NCHW operand: NumPy's add, same values
+    np.testing.assert_array_equal(mixed, a + b)

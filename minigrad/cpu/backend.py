@@ -98,6 +98,16 @@ class CPUBackend(Backend):
             out = np.empty_like(a)
             kernels.add_flat(a.reshape(-1), b.reshape(-1), out.reshape(-1))
             return out
+        if (op == "add" and a.ndim == 4 and a.size >= _RELU_KERNEL_MIN and a.shape == b.shape
+                and a.dtype == b.dtype and a.dtype in (np.float32, np.float64)
+                and a.transpose(0, 2, 3, 1).flags.c_contiguous
+                and b.transpose(0, 2, 3, 1).flags.c_contiguous):
+            # both channels-last (residual adds and their gradients in a ResNet): same, on
+            # the storage order, and the result stays channels-last
+            at, bt = a.transpose(0, 2, 3, 1), b.transpose(0, 2, 3, 1)
+            out = np.empty(at.shape, dtype=a.dtype)
+            kernels.add_flat(at.reshape(-1), bt.reshape(-1), out.reshape(-1))
+            return out.transpose(0, 3, 1, 2)
         if op in _COMPARE:
             return _COMPARE[op](a, b).astype(a.dtype if a.dtype.kind != "b" else np.float32)
         with np.errstate(all="ignore"):
