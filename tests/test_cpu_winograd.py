@@ -5,6 +5,10 @@ the tests lower those thresholds so that small shapes (odd sizes, every padding,
 tiles, batches of one) take it, and check that they did.
 """
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -188,3 +192,14 @@ def test_winograd_not_applicable(N, C, K, H, R, stride, dil):
     OH = (H + 2 - dil * (R - 1) - 1) // stride + 1
     assert not winograd.applicable(N, C, K, R, R, OH, OH, (stride, stride), (dil, dil))
     assert winograd.applicable(64, 16, 16, 3, 3, 8, 8, (1, 1), (1, 1))
+
+
+def test_winograd_switch_from_environment():
+    """MINIGRAD_WINOGRAD=0 turns the path off for a new process; the default is on."""
+    code = "from minigrad.cpu import conv; print(conv.USE_WINOGRAD)"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for value, expect in (("0", "False"), ("1", "True")):
+        env = dict(os.environ, MINIGRAD_WINOGRAD=value, PYTHONPATH=root)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        assert out == expect

@@ -43,6 +43,7 @@ count is restored afterwards.
 """
 
 import ctypes
+import os
 import threading
 
 import numba
@@ -1104,7 +1105,9 @@ _SHIFT_MIN_ROWS = 64
 _SHIFT_MAX_ROWS = 2048
 # 3x3 stride-1 convolutions with at least winograd.MIN_CHANNELS channels use the
 # Winograd F(2x2, 3x3) path (minigrad/cpu/winograd.py): 2.25x fewer multiply-adds.
-USE_WINOGRAD = True
+# MINIGRAD_WINOGRAD=0 in the environment turns it off (im2col for every layer: a shorter
+# first-run compile, and the rounding of the GEMM path).
+USE_WINOGRAD = os.environ.get("MINIGRAD_WINOGRAD", "1") != "0"
 
 # Which GEMM path convolutions with many channels take: "tiles" (per-thread tiles,
 # one parallel region; stride-1 convs use the shifted GEMMs when _SHIFT_MAX_WASTE
