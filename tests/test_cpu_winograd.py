@@ -203,3 +203,25 @@ def test_winograd_switch_from_environment():
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                              text=True, check=True).stdout.strip()
         assert out == expect
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_winograd_non_finite_input_never_hidden(force_winograd, monkeypatch, bad):
+    """An Inf/NaN input must make every output it reaches non-finite (as with the im2col
+    path); Winograd may spread it to the rest of the 2x2 tile, never hide it."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 4, 9, 9)).astype(np.float32)
+    w = (rng.standard_normal((5, 4, 3, 3)) * 0.3).astype(np.float32)
+    x[1, 2, 4, 6] = bad
+    x[0, 0, 0, 0] = bad
+    args = ((1, 1), (1, 1), (1, 1))
+    monkeypatch.setattr(conv, "USE_WINOGRAD", False)
+    y_ref = conv.conv2d(x, w, None, *args)
+    monkeypatch.setattr(conv, "USE_WINOGRAD", True)
+    y = conv.conv2d(x, w, None, *args)
+    assert force_winograd["forward"] >= 1
+    bad_ref = ~np.isfinite(y_ref)
+    assert bad_ref.any()
+    assert (~np.isfinite(y))[bad_ref].all()
+    ok = np.isfinite(y)
+    np.testing.assert_allclose(y[ok], y_ref[ok], rtol=1e-4, atol=1e-4)

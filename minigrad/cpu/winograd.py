@@ -21,6 +21,12 @@ blocks of tiles, one Numba parallel region per call, single-threaded BLAS per
 thread (the same scheme as the im2col tiles path).  F(2x2, 3x3) only adds and
 halves, so its float32 error stays within a few ulp of a direct convolution's
 (tested against a float64 reference).
+
+Non-finite input: an Inf or NaN anywhere in a 4x4 input patch makes the whole 2x2
+output tile non-finite (usually NaN), where a direct convolution limits it to the
+outputs whose 3x3 window holds it (and may give +-Inf).  It is never hidden, so the
+Trainer's non-finite checks still fire at the same layer.  Set MINIGRAD_WINOGRAD=0
+(see ``minigrad.cpu.conv``) for the direct pattern.
 """
 
 import threading
