@@ -401,7 +401,7 @@ def format_table(rows, sgemm):
         ratio = f"{ts / ms:.2f}x" if ts else ""
         tcol = f"{ts * scale:.2f} {unit}" if ts else "-"
         lines.append(f"| {r['workload']} | {ms * scale:.2f} {unit} | {tcol} | {ratio} | {gf} | {pct} |")
-    if any("flops" in r for r in rows):
+    if any("flops" in r and ("conv" in r["workload"] or "ResNet" in r["workload"]) for r in rows):
         lines.append("")
         lines.append("GFLOP/s and % of sgemm count the FLOPs of a direct convolution. 3x3 stride-1 "
                      "layers with >= 16 channels run Winograd F(2x2, 3x3) (2.25x fewer multiply-adds; "
