@@ -16,9 +16,13 @@ of the (float-rounded) Winograd forward and needs no other transform matrices:
 
 Layout: activations are channels-last (N, H, W, C) so that every transform is a
 loop over contiguous channels that LLVM vectorises; the output is channels-last
-storage like the other GEMM paths of ``minigrad.cpu.conv``.  Work is split into
-blocks of tiles, one Numba parallel region per call, single-threaded BLAS per
-thread (the same scheme as the im2col tiles path).  F(2x2, 3x3) only adds and
+storage like the other GEMM paths of ``minigrad.cpu.conv``.  U is stored (16, K, C)
+(contiguous to build) and the GEMMs take it transposed.  Two variants, with single-
+threaded BLAS per thread as in the im2col tiles path: *blocked* (blocks of tiles handed
+out to the threads, one parallel region per call) for many tiles, and *whole-batch*
+(all tiles transformed, then the 16 GEMMs split between the threads by position so that
+U is read once, then the output transform: three regions) for the deep layers, where
+there are few tiles and U is large.  F(2x2, 3x3) only adds and
 halves, so its float32 error stays within a few ulp of a direct convolution's
 (tested against a float64 reference).
 
