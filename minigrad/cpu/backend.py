@@ -45,6 +45,28 @@ def _single_blas():
     return ctx
 
 
+_CHANNELS_LAST = (0, 2, 3, 1)
+
+
+def _storage_order(x):
+    """Axes that make x's storage C-contiguous: the identity for a C-contiguous array,
+    (0, 2, 3, 1) for channels-last 4-D storage (conv / batch-norm outputs), else None."""
+    if x.flags.c_contiguous:
+        return tuple(range(x.ndim))
+    if x.ndim == 4 and x.transpose(_CHANNELS_LAST).flags.c_contiguous:
+        return _CHANNELS_LAST
+    return None
+
+
+def _flat_map(kernel, order, *arrays):
+    """``kernel(*flat inputs, flat out)`` over arrays stored in one order (``order`` from
+    _storage_order): one pass in memory order, and the result keeps that storage."""
+    views = [a.transpose(order) for a in arrays]
+    out = np.empty(views[0].shape, dtype=arrays[0].dtype)
+    kernel(*[v.reshape(-1) for v in views], out.reshape(-1))
+    return out.transpose(np.argsort(order))
+
+
 def _result_dtype(a):
     return a.dtype if a.dtype.kind == "f" else np.dtype(np.float32)
 
@@ -77,37 +99,21 @@ class CPUBackend(Backend):
     def unary(self, op, x):
         if op == "relu":
             if x.dtype in (np.float32, np.float64) and x.size >= _RELU_KERNEL_MIN:
-                if x.flags.c_contiguous:
-                    out = np.empty_like(x)
-                    kernels.relu_fwd(x.reshape(-1), out.reshape(-1))
-                    return out
-                if x.ndim == 4 and x.transpose(0, 2, 3, 1).flags.c_contiguous:   # channels-last
-                    xt = x.transpose(0, 2, 3, 1)
-                    out = np.empty(xt.shape, dtype=x.dtype)
-                    kernels.relu_fwd(xt.reshape(-1), out.reshape(-1))
-                    return out.transpose(0, 3, 1, 2)
+                order = _storage_order(x)
+                if order is not None:
+                    return _flat_map(kernels.relu_fwd, order, x)
             return np.maximum(x, np.zeros((), x.dtype))
         with np.errstate(all="ignore"):
             return _UNARY[op](x)
 
     def binary(self, op, a, b):
         if (op == "add" and a.size >= _RELU_KERNEL_MIN and a.shape == b.shape
-                and a.dtype == b.dtype and a.dtype in (np.float32, np.float64)
-                and a.flags.c_contiguous and b.flags.c_contiguous):
-            # gradient accumulation and residual adds: both cores (np.add is one thread)
-            out = np.empty_like(a)
-            kernels.add_flat(a.reshape(-1), b.reshape(-1), out.reshape(-1))
-            return out
-        if (op == "add" and a.ndim == 4 and a.size >= _RELU_KERNEL_MIN and a.shape == b.shape
-                and a.dtype == b.dtype and a.dtype in (np.float32, np.float64)
-                and a.transpose(0, 2, 3, 1).flags.c_contiguous
-                and b.transpose(0, 2, 3, 1).flags.c_contiguous):
-            # both channels-last (residual adds and their gradients in a ResNet): same, on
-            # the storage order, and the result stays channels-last
-            at, bt = a.transpose(0, 2, 3, 1), b.transpose(0, 2, 3, 1)
-            out = np.empty(at.shape, dtype=a.dtype)
-            kernels.add_flat(at.reshape(-1), bt.reshape(-1), out.reshape(-1))
-            return out.transpose(0, 3, 1, 2)
+                and a.dtype == b.dtype and a.dtype in (np.float32, np.float64)):
+            # gradient accumulation and residual adds: both cores (np.add is one thread),
+            # when both operands share a dense storage order (NCHW or channels-last)
+            order = _storage_order(a)
+            if order is not None and order == _storage_order(b):
+                return _flat_map(kernels.add_flat, order, a, b)
         if op in _COMPARE:
             return _COMPARE[op](a, b).astype(a.dtype if a.dtype.kind != "b" else np.float32)
         with np.errstate(all="ignore"):
@@ -126,16 +132,14 @@ class CPUBackend(Backend):
         return np.where(cond != 0, a, b)
 
     def activation_grad(self, op, y, gy):
+        if gy.shape == y.shape and gy.dtype == y.dtype:
+            order = _storage_order(y)
+            if order is not None and order == _storage_order(gy):
+                return _flat_map(_ACT_GRAD[op], order, y, gy)
         if (y.ndim == 4 and not y.flags.c_contiguous and gy.shape == y.shape
                 and y.transpose(0, 2, 3, 1).flags.c_contiguous):
-            # channels-last storage (conv / batch-norm outputs): keep it, no transposing copies
+            # channels-last y, gy in another layout: keep y's storage, no copy of y
             yt = y.transpose(0, 2, 3, 1)
-            gyt = gy.transpose(0, 2, 3, 1)
-            if gy.dtype == y.dtype and gyt.flags.c_contiguous:
-                # both channels-last: one flat pass, no strided reads
-                out = np.empty(yt.shape, dtype=y.dtype)
-                _ACT_GRAD[op](yt.reshape(-1), gyt.reshape(-1), out.reshape(-1))
-                return out.transpose(0, 3, 1, 2)
             if op == "relu" and gy.dtype == y.dtype:
                 out = np.empty(yt.shape, dtype=y.dtype)
                 kernels.relu_grad_cl_nchw(yt, gy, out)
