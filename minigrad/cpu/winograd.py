@@ -92,15 +92,22 @@ def _in_tf(src, base, rs, C, v, vbase, vstride, tbuf):
 
 
 @njit(cache=True)
+def _tile_origin(tile, tpi, tw):
+    """(image, top output row, left output column) of tile number ``tile``: tiles run
+    image by image, row by row, tw per row and tpi per image."""
+    n = tile // tpi
+    rem = tile - n * tpi
+    ty = rem // tw
+    return n, 2 * ty, 2 * (rem - ty * tw)
+
+
+@njit(cache=True)
 def _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, tb, v, voff, vs, patch, tbuf):
     """Input transform of tiles t0 .. t0+tb-1: row i of matrix pos at v[pos*vs + voff + i*C]."""
     for i in range(tb):
-        tile = t0 + i
-        n = tile // tpi
-        rem = tile - n * tpi
-        ty = rem // tw
-        h0 = 2 * ty - ph
-        w0 = 2 * (rem - ty * tw) - pw
+        n, oh, ow = _tile_origin(t0 + i, tpi, tw)
+        h0 = oh - ph
+        w0 = ow - pw
         if h0 >= 0 and w0 >= 0 and h0 + 4 <= H and w0 + 4 <= W:
             src = xf
             base = ((n * H + h0) * W + w0) * C
@@ -165,12 +172,7 @@ def _grad_out_block(gf, OH, OW, K, tpi, tw, t0, tb, m, moff, ms, patch, rbuf):
     """A dY A^T for the 2x2 output-gradient tile of tiles t0 .. t0+tb-1 (zero beyond the
     output's edge): row i of matrix pos at m[pos*ms + moff + i*K]."""
     for i in range(tb):
-        tile = t0 + i
-        n = tile // tpi
-        rem = tile - n * tpi
-        ty = rem // tw
-        oh = 2 * ty
-        ow = 2 * (rem - ty * tw)
+        n, oh, ow = _tile_origin(t0 + i, tpi, tw)
         s = ((n * OH + oh) * OW + ow) * K
         if oh + 1 < OH and ow + 1 < OW:
             arr = gf
@@ -241,12 +243,7 @@ def _output_block(m, moff, ms, K, b, yf, OH, OW, tpi, tw, t0, tb, sbuf):
     """Output transform (plus bias) of tiles t0 .. t0+tb-1 whose M rows are
     m[pos*ms + moff + i*K], into the channels-last output yf."""
     for i in range(tb):
-        tile = t0 + i
-        n = tile // tpi
-        rem = tile - n * tpi
-        ty = rem // tw
-        oh = 2 * ty
-        ow = 2 * (rem - ty * tw)
+        n, oh, ow = _tile_origin(t0 + i, tpi, tw)
         _out_tf(m, moff + i * K, ms, K, b, yf, ((n * OH + oh) * OW + ow) * K, OW * K,
                 ow + 1 < OW, oh + 1 < OH, sbuf)
 
@@ -345,13 +342,10 @@ def _scatter_block(dv, voff, vs, C, gxp, n_a, Hq, Wq, tpi, tw, t0, tb, fbuf):
     """Adds B dV B^T of tiles t0 .. t0+tb-1 (dV rows at dv[pos*vs + voff + i*C]) into the
     padded dX buffer gxp (images from n_a, (Hq, Wq, C) each, offset by the padding)."""
     for i in range(tb):
-        tile = t0 + i
-        n = tile // tpi
-        rem = tile - n * tpi
-        ty = rem // tw
-        # the patch's top-left in the padded buffer: (2ty - ph) + ph, (2tx - pw) + pw
-        _scatter_tf(dv, voff + i * C, vs, C, gxp,
-                    (((n - n_a) * Hq + 2 * ty) * Wq + 2 * (rem - ty * tw)) * C, Wq * C, fbuf)
+        n, oh, ow = _tile_origin(t0 + i, tpi, tw)
+        # the patch's top-left in the padded buffer: (oh - ph) + ph, (ow - pw) + pw
+        _scatter_tf(dv, voff + i * C, vs, C, gxp, (((n - n_a) * Hq + oh) * Wq + ow) * C, Wq * C,
+                    fbuf)
 
 
 @njit(cache=True)
