@@ -65,6 +65,10 @@ def _factory():
     reason = unavailable_reason()
     if reason is not None:
         raise RuntimeError(_MESSAGE.format(reason=reason))
+    from numba.core import config
+
+    # Small tensors legitimately launch small grids; Numba would warn on every such launch.
+    config.CUDA_LOW_OCCUPANCY_WARNINGS = False
     from .backend import CUDABackend
 
     return CUDABackend()
