@@ -79,6 +79,7 @@ class CUDABackend(Backend):
 
             self._pool = numba_pool()
         self._dummies = {}
+        self._k_tables = {}
 
     # --- helpers ---------------------------------------------------------
     def empty(self, shape, dtype):
@@ -462,14 +463,27 @@ class CUDABackend(Backend):
         return x if np.dtype(x.dtype) == dtype else self.astype(x, dtype)
 
     def _gemm(self, kind, A, B, C, bias, M, N, K, P, nz=1, kz=0, kchunk=None,
-              a_kfast=True, b_nfast=True):
+              a_kfast=True, b_nfast=True, batch=0):
         if kchunk is None:
             kchunk = K
-        kern = gm.gemm_kernel(kind, np.dtype(C.dtype).str, bool(a_kfast), bool(b_nfast))
-        grid, block = gm.launch_geometry(M, N, nz)
+        tile = gm.tile_for(M, N)
+        kern = gm.gemm_kernel(kind, np.dtype(C.dtype).str, bool(a_kfast), bool(b_nfast), tile)
+        grid, block = gm.launch_geometry(M, N, nz, tile)
+        table = self._dummy(np.int64) if kind == "matmul" else self._k_table(kind, P, batch)
         kern[grid, block, self.stream](self._flat(A), self._flat(B), self._flat(C),
-                                       self._flat(bias), int(M), int(N), int(K), int(kz),
+                                       self._flat(bias), table, int(M), int(N), int(K), int(kz),
                                        int(kchunk), int(nz), P)
+
+    def _k_table(self, kind, P, batch):
+        """The device copy of ``gemm.k_table`` for this convolution (cached per shape)."""
+        key = (kind, P[:14], batch if kind == "conv_bwd_weight" else 0)
+        table = self._k_tables.get(key)
+        if table is None:
+            if len(self._k_tables) >= 256:
+                self._k_tables.clear()
+            table = self.from_numpy(gm.k_table(kind, P, batch).reshape(-1))
+            self._k_tables[key] = table
+        return table
 
     def _split_k(self, M, N, K):
         s = gm.choose_split(M, N, K)
@@ -598,10 +612,10 @@ class CUDABackend(Backend):
                     if splits > 1:
                         part = self.empty((splits, K, C * R * S), dtype)
                         self._gemm("conv_bwd_weight", gy, x, part, dummy, K, C * R * S, Kd, P,
-                                   nz=splits, kz=chunk, kchunk=chunk)
+                                   nz=splits, kz=chunk, kchunk=chunk, batch=N)
                         gw = self.sum(part, (0,), False).reshape(w.shape)
                     else:
-                        self._gemm("conv_bwd_weight", gy, x, gw, dummy, K, C * R * S, Kd, P)
+                        self._gemm("conv_bwd_weight", gy, x, gw, dummy, K, C * R * S, Kd, P, batch=N)
         if need_b:
             gb = self.sum(gy, (0, 2, 3), False)
         return gx, gw, gb

@@ -2,18 +2,30 @@
 
 One kernel skeleton computes ``C[z] (M x N) = A[z] (M x K) @ B[z] (K x N)``: a block
 owns a ``BM x BN`` tile of C, the K range is walked in ``BK`` steps through shared
-memory (A stored k-major so the inner loop reads rows of both tiles), and each of the
-``(BM/TM) x (BN/TN)`` threads keeps a ``TM x TN`` accumulator tile in registers.
-Threads own rows ``ty + i*TY`` and columns ``tx + j*TX`` (strided), so shared loads are
-broadcast / conflict-free and the stores of a warp are coalesced.
+memory (both tiles stored k-major, padded against bank conflicts), and each of the
+16 x 16 threads keeps a ``TM x TN`` accumulator tile in registers.  A thread owns rows
+and columns in runs of four (rows ``ty*4 .. ty*4+3``, then the same 64 further on), so
+its shared-memory reads come in runs of four consecutive floats and a warp's stores
+cover whole segments.
+While a tile is multiplied, the next one's global values are already loaded into
+registers (software pipelining).
 
-What A, B and C *are* is given by three device functions, so the same skeleton is:
+Every operand element is found the same way, which is what keeps the inner loop free
+of integer division: the element (line ``i``, reduction index ``k``) of an operand sits
+at ``X[line_off(i) + k_off(k)]`` and exists (is not padding) when
+``0 <= line_h(i) + k_h(k) < HB`` and ``0 <= line_w(i) + k_w(k) < WB``.  A thread loads
+the same lines for the whole K loop, so it decomposes them once (``line_*`` functions,
+before the loop); the ``k`` terms of the convolutions come from a small int64 table
+built on the host (``k_table``), one row ``(a_off, b_off, b_h, b_w)`` per ``k``.
+
+What A, B and C *are* is given by device functions per kind, so the same skeleton is:
 
 * ``matmul``  - strided (possibly transposed, possibly batch-broadcast) operands;
 * ``conv_fwd``  - implicit im2col: B[(c,r,s), (n,oh,ow)] is read straight from the
   NCHW input, C is written NCHW, bias fused into the store;
 * ``conv_bwd_data``  - gx = W^T (x) gy as an implicit GEMM over (k,r,s), reading gy
   at the output position each input pixel came from (no col2im scatter, no atomics);
+  the only kind whose loads divide (by the stride, and only when it is not 1);
 * ``conv_bwd_weight`` - gw = gy (x) im2col(x)^T with the long N*OH*OW reduction split
   over ``gridDim.z`` into partial tiles ("split-K") that a reduction then sums.
 
@@ -27,26 +39,45 @@ from numba import cuda, from_dtype
 
 from ._common import SIM, dmin
 
-if SIM:  # each simulated thread is a Python thread: small tiles, same code path
-    BM, BN, BK, TM, TN = 16, 16, 8, 2, 2
-else:
-    BM, BN, BK, TM, TN = 64, 64, 16, 4, 4
-TY, TX = BM // TM, BN // TN
-NTHREADS = TX * TY
-assert (BM * BK) % NTHREADS == 0 and (BK * BN) % NTHREADS == 0
+#: Threads per block along x and y (the block is always THREADS_1D x THREADS_1D).
+THREADS_1D = 4 if SIM else 16
+NTHREADS = THREADS_1D * THREADS_1D
+#: K step through shared memory.
+BK = 8
+#: Shared-memory row padding (floats) that spreads k-major stores over the banks.
+PAD = 0 if SIM else 4
 
 
-# --- operand access: matmul ------------------------------------------------------
+def tile_for(M, N):
+    """``(BM, BN, TM, TN)``: 8x8 register tiles where the output is large, 4x4 where not."""
+    if SIM:
+        return 8, 8, 2, 2
+    tm = 8 if M >= 128 else 4
+    tn = 8 if N >= 128 else 4
+    return tm * THREADS_1D, tn * THREADS_1D, tm, tn
+
+
+# --- matmul ------------------------------------------------------------------------
 # P = (a_bs, a_sm, a_sk, b_bs, b_sk, b_sn, c_bs, has_bias)
 
 @cuda.jit(device=True, inline=True)
-def _mm_load_a(A, P, z, m, k, zero):
-    return A[z * P[0] + m * P[1] + k * P[2]]
+def _mm_line_a(P, z, m):
+    return z * P[0] + m * P[1], 0, 0
 
 
 @cuda.jit(device=True, inline=True)
-def _mm_load_b(B, P, z, k, n, zero):
-    return B[z * P[3] + k * P[4] + n * P[5]]
+def _mm_line_b(P, z, n):
+    return z * P[3] + n * P[5], 0, 0
+
+
+@cuda.jit(device=True, inline=True)
+def _mm_load_a(A, P, T, s0, s1, s2, k, zero):
+    return A[s0 + k * P[2]]
+
+
+@cuda.jit(device=True, inline=True)
+def _mm_load_b(B, P, T, s0, s1, s2, k, zero):
+    return B[s0 + k * P[4]]
 
 
 @cuda.jit(device=True, inline=True)
@@ -56,40 +87,51 @@ def _mm_store(C, bias, P, z, m, n, M, N, v):
     C[z * P[6] + m * N + n] = v
 
 
-# --- operand access: convolution ---------------------------------------------------
+# --- convolution ----------------------------------------------------------------------
 # P = (C, H, W, R, S, OH, OW, sh, sw, ph, pw, dh, dw, K, has_bias)
 
+
 @cuda.jit(device=True, inline=True)
-def _im2col(X, P, crs, npix, zero):
-    """x[n, c, oh*sh - ph + r*dh, ow*sw - pw + s*dw] for row (c,r,s), column (n,oh,ow); 0 in padding."""
-    C = P[0]
-    H = P[1]
-    W = P[2]
-    RS = P[3] * P[4]
-    OHW = P[5] * P[6]
-    c = crs // RS
-    rs = crs - c * RS
-    r = rs // P[4]
-    s = rs - r * P[4]
-    img = npix // OHW
-    p = npix - img * OHW
-    oh = p // P[6]
-    ow = p - oh * P[6]
-    ih = oh * P[7] - P[9] + r * P[11]
-    iw = ow * P[8] - P[10] + s * P[12]
+def _window(X, T, s0, s1, s2, k, H, W, zero):
+    """X[s0 + T[k].off] when row s1 + T[k].h and column s2 + T[k].w lie inside H x W."""
+    ih = s1 + T[4 * k + 2]
+    iw = s2 + T[4 * k + 3]
     if ih >= 0 and ih < H and iw >= 0 and iw < W:
-        return X[((img * C + c) * H + ih) * W + iw]
+        return X[s0 + T[4 * k + 1]]
     return zero
 
 
 @cuda.jit(device=True, inline=True)
-def _cf_load_a(Wt, P, z, m, k, zero):
-    return Wt[m * (P[0] * P[3] * P[4]) + k]
+def _pixel_line(P, npix, C):
+    """(offset, top row, left column) of output pixel (img, oh, ow)'s window in x (C channels)."""
+    OHW = P[5] * P[6]
+    img = npix // OHW
+    p = npix - img * OHW
+    oh = p // P[6]
+    ow = p - oh * P[6]
+    ih0 = oh * P[7] - P[9]
+    iw0 = ow * P[8] - P[10]
+    return (img * C * P[1] + ih0) * P[2] + iw0, ih0, iw0
 
 
 @cuda.jit(device=True, inline=True)
-def _cf_load_b(X, P, z, k, n, zero):
-    return _im2col(X, P, k, n, zero)
+def _weight_line(P, z, m):
+    return m * (P[0] * P[3] * P[4]), 0, 0
+
+
+@cuda.jit(device=True, inline=True)
+def _table_load_a(A, P, T, s0, s1, s2, k, zero):
+    return A[s0 + T[4 * k]]
+
+
+@cuda.jit(device=True, inline=True)
+def _cf_line_b(P, z, n):
+    return _pixel_line(P, n, P[0])
+
+
+@cuda.jit(device=True, inline=True)
+def _im2col_load_b(X, P, T, s0, s1, s2, k, zero):
+    return _window(X, T, s0, s1, s2, k, P[1], P[2], zero)
 
 
 @cuda.jit(device=True, inline=True)
@@ -103,34 +145,40 @@ def _cf_store(Y, bias, P, z, m, n, M, N, v):
 
 
 @cuda.jit(device=True, inline=True)
-def _cd_load_a(Wt, P, z, m, k, zero):
-    RS = P[3] * P[4]
-    ko = k // RS
-    rs = k - ko * RS
-    return Wt[(ko * P[0] + m) * RS + rs]
+def _cd_line_a(P, z, m):
+    return m * (P[3] * P[4]), 0, 0
 
 
 @cuda.jit(device=True, inline=True)
-def _cd_load_b(GY, P, z, k, n, zero):
-    RS = P[3] * P[4]
-    ko = k // RS
-    rs = k - ko * RS
-    r = rs // P[4]
-    s = rs - r * P[4]
+def _cd_line_b(P, z, n):
+    """Input pixel (img, h, w): gy's image offset and the padded row / column h+ph, w+pw."""
     HW = P[1] * P[2]
     img = n // HW
     hw = n - img * HW
     h = hw // P[2]
-    w = hw - h * P[2]
-    th = h + P[9] - r * P[11]
-    tw = w + P[10] - s * P[12]
+    return img * P[13] * P[5] * P[6], h + P[9], hw - h * P[2] + P[10]
+
+
+@cuda.jit(device=True, inline=True)
+def _cd_load_b(GY, P, T, s0, s1, s2, k, zero):
+    """gy[img, ko, oh, ow] with oh*sh = h + ph - r*dh (0 where that is no output position)."""
+    th = s1 - T[4 * k + 2]
+    tw = s2 - T[4 * k + 3]
     if th < 0 or tw < 0:
         return zero
-    oh = th // P[7]
-    ow = tw // P[8]
-    if oh * P[7] != th or ow * P[8] != tw or oh >= P[5] or ow >= P[6]:
+    oh = th
+    ow = tw
+    if P[7] != 1:
+        oh = th // P[7]
+        if oh * P[7] != th:
+            return zero
+    if P[8] != 1:
+        ow = tw // P[8]
+        if ow * P[8] != tw:
+            return zero
+    if oh >= P[5] or ow >= P[6]:
         return zero
-    return GY[((img * P[13] + ko) * P[5] + oh) * P[6] + ow]
+    return GY[s0 + T[4 * k + 1] + oh * P[6] + ow]
 
 
 @cuda.jit(device=True, inline=True)
@@ -142,16 +190,19 @@ def _cd_store(GX, bias, P, z, m, n, M, N, v):
 
 
 @cuda.jit(device=True, inline=True)
-def _cw_load_a(GY, P, z, m, k, zero):
-    OHW = P[5] * P[6]
-    img = k // OHW
-    p = k - img * OHW
-    return GY[(img * P[13] + m) * OHW + p]
+def _cw_line_a(P, z, m):
+    return m * (P[5] * P[6]), 0, 0
 
 
 @cuda.jit(device=True, inline=True)
-def _cw_load_b(X, P, z, k, n, zero):
-    return _im2col(X, P, n, k, zero)
+def _cw_line_b(P, z, n):
+    """Weight column (c, r, s): its offset and (row, column) shift inside a window."""
+    RS = P[3] * P[4]
+    c = n // RS
+    rs = n - c * RS
+    r = rs // P[4]
+    s = rs - r * P[4]
+    return (c * P[1] + r * P[11]) * P[2] + s * P[12], r * P[11], s * P[12]
 
 
 @cuda.jit(device=True, inline=True)
@@ -159,37 +210,72 @@ def _cw_store(GW, bias, P, z, m, n, M, N, v):
     GW[(z * M + m) * N + n] = v
 
 
-_KINDS = {
-    "matmul": (_mm_load_a, _mm_load_b, _mm_store),
-    "conv_fwd": (_cf_load_a, _cf_load_b, _cf_store),
-    "conv_bwd_data": (_cd_load_a, _cd_load_b, _cd_store),
-    "conv_bwd_weight": (_cw_load_a, _cw_load_b, _cw_store),
+_KINDS = {  # line_a, load_a, line_b, load_b, store
+    "matmul": (_mm_line_a, _mm_load_a, _mm_line_b, _mm_load_b, _mm_store),
+    "conv_fwd": (_weight_line, _table_load_a, _cf_line_b, _im2col_load_b, _cf_store),
+    "conv_bwd_data": (_cd_line_a, _table_load_a, _cd_line_b, _cd_load_b, _cd_store),
+    "conv_bwd_weight": (_cw_line_a, _table_load_a, _cw_line_b, _im2col_load_b, _cw_store),
 }
 
 
-@functools.lru_cache(maxsize=None)
-def gemm_kernel(kind, dtype, a_kfast=True, b_nfast=True):
-    """The tiled GEMM kernel for operand kind ``kind`` and element type ``dtype``.
+def k_table(kind, P, N):
+    """int64 ``(K, 4)`` rows ``(a_off, b_off, b_h, b_w)`` of a convolution GEMM's k terms.
 
+    ``P`` is the convolution parameter tuple and ``N`` the batch size; see the module
+    docstring for how a load combines a row with the thread's line state.
+    """
+    C, H, W, R, S, OH, OW, sh, sw, ph, pw, dh, dw, K = (int(v) for v in P[:14])
+    if kind == "conv_fwd":  # k = (c, r, s): A = w[m, k], B = x window of pixel n
+        c, r, s = np.meshgrid(np.arange(C), np.arange(R), np.arange(S), indexing="ij")
+        return np.stack([np.arange(C * R * S).reshape(C, R, S), (c * H + r * dh) * W + s * dw,
+                         r * dh, s * dw], -1).reshape(-1, 4).astype(np.int64)
+    if kind == "conv_bwd_data":  # k = (ko, r, s): A = w[ko, m, r, s], B = gy[img, ko, oh, ow]
+        ko, r, s = np.meshgrid(np.arange(K), np.arange(R), np.arange(S), indexing="ij")
+        return np.stack([ko * C * R * S + r * S + s, ko * OH * OW, r * dh, s * dw],
+                        -1).reshape(-1, 4).astype(np.int64)
+    if kind == "conv_bwd_weight":  # k = (img, oh, ow): A = gy[img, m, oh, ow], B = x window
+        img, oh, ow = np.meshgrid(np.arange(N), np.arange(OH), np.arange(OW), indexing="ij")
+        ih0, iw0 = oh * sh - ph, ow * sw - pw
+        return np.stack([img * K * OH * OW + oh * OW + ow, (img * C * H + ih0) * W + iw0, ih0, iw0],
+                        -1).reshape(-1, 4).astype(np.int64)
+    raise ValueError(f"k_table: no table for GEMM kind {kind!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def gemm_kernel(kind, dtype, a_kfast=True, b_nfast=True, tile=None):
+    """The tiled GEMM kernel for operand kind ``kind``, element type ``dtype`` and ``tile``.
+
+    ``tile`` is ``(BM, BN, TM, TN)`` from ``tile_for`` (default: the 8x8 one).
     ``a_kfast`` / ``b_nfast`` choose which tile dimension consecutive threads load,
     so global reads are coalesced whether an operand is stored row- or column-major.
-    Launch with ``grid=(ceil(N/BN), ceil(M/BM), nz)`` and ``block=(TX, TY)``; arguments
-    ``(A, B, C, bias, M, N, K, kz, kchunk, nz, P)``.
+    Launch with ``launch_geometry``; arguments
+    ``(A, B, C, bias, T, M, N, K, kz, kchunk, nz, P)`` (``T``: the ``k_table``, flat).
     """
-    load_a, load_b, store = _KINDS[kind]
+    line_a, load_a, line_b, load_b, store = _KINDS[kind]
+    BM, BN, TM, TN = tile or tile_for(1 << 20, 1 << 20)
+    TX = TY = THREADS_1D
     np_dtype = np.dtype(dtype)
     nbt = from_dtype(np_dtype)
     zero = np_dtype.type(0)
     a_loads = (BM * BK) // NTHREADS
     b_loads = (BK * BN) // NTHREADS
+    assert a_loads * NTHREADS == BM * BK and b_loads * NTHREADS == BK * BN
+    a_row, b_row = BM + PAD, BN + PAD
+    VM, VN = min(4, TM), min(4, TN)  # run length of a thread's rows / columns
 
     @cuda.jit
-    def kernel(A, B, C, bias, M, N, K, kz, kchunk, nz, P):
-        As = cuda.shared.array((BK, BM), nbt)
-        Bs = cuda.shared.array((BK, BN), nbt)
+    def kernel(A, B, C, bias, T, M, N, K, kz, kchunk, nz, P):
+        As = cuda.shared.array((BK, a_row), nbt)
+        Bs = cuda.shared.array((BK, b_row), nbt)
         acc = cuda.local.array((TM, TN), nbt)
         ra = cuda.local.array(TM, nbt)
         rb = cuda.local.array(TN, nbt)
+        pa = cuda.local.array(a_loads, nbt)  # next tile's values, loaded ahead
+        pb = cuda.local.array(b_loads, nbt)
+        la = cuda.local.array((a_loads, 3), np.int64)  # each loaded line's decomposition
+        lb = cuda.local.array((b_loads, 3), np.int64)
+        oka = cuda.local.array(a_loads, np.bool_)
+        okb = cuda.local.array(b_loads, np.bool_)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
         tid = ty * TX + tx
@@ -198,68 +284,101 @@ def gemm_kernel(kind, dtype, a_kfast=True, b_nfast=True):
         for z in range(cuda.blockIdx.z, nz, cuda.gridDim.z):
             kbeg = z * kz
             kend = dmin(K, kbeg + kchunk)
+            for l in range(a_loads):
+                e = tid + l * NTHREADS
+                m = m0 + (e // BK if a_kfast else e % BM)
+                oka[l] = m < M
+                s0, s1, s2 = line_a(P, z, dmin(m, M - 1))
+                la[l, 0] = s0
+                la[l, 1] = s1
+                la[l, 2] = s2
+            for l in range(b_loads):
+                e = tid + l * NTHREADS
+                n = n0 + (e % BN if b_nfast else e // BK)
+                okb[l] = n < N
+                s0, s1, s2 = line_b(P, z, dmin(n, N - 1))
+                lb[l, 0] = s0
+                lb[l, 1] = s1
+                lb[l, 2] = s2
             for i in range(TM):
                 for j in range(TN):
                     acc[i, j] = zero
+            # prefetch the first tile
+            for l in range(a_loads):
+                e = tid + l * NTHREADS
+                k = kbeg + (e % BK if a_kfast else e // BM)
+                v = zero
+                if oka[l] and k < kend:
+                    v = load_a(A, P, T, la[l, 0], la[l, 1], la[l, 2], k, zero)
+                pa[l] = v
+            for l in range(b_loads):
+                e = tid + l * NTHREADS
+                k = kbeg + (e // BN if b_nfast else e % BK)
+                v = zero
+                if okb[l] and k < kend:
+                    v = load_b(B, P, T, lb[l, 0], lb[l, 1], lb[l, 2], k, zero)
+                pb[l] = v
             for k0 in range(kbeg, kend, BK):
                 for l in range(a_loads):
                     e = tid + l * NTHREADS
                     if a_kfast:
-                        kk = e % BK
-                        mm = e // BK
+                        As[e % BK, e // BK] = pa[l]
                     else:
-                        mm = e % BM
-                        kk = e // BM
-                    m = m0 + mm
-                    k = k0 + kk
-                    v = zero
-                    if m < M and k < kend:
-                        v = load_a(A, P, z, m, k, zero)
-                    As[kk, mm] = v
+                        As[e // BM, e % BM] = pa[l]
                 for l in range(b_loads):
                     e = tid + l * NTHREADS
                     if b_nfast:
-                        nn = e % BN
-                        kk = e // BN
+                        Bs[e // BN, e % BN] = pb[l]
                     else:
-                        kk = e % BK
-                        nn = e // BK
-                    n = n0 + nn
-                    k = k0 + kk
-                    v = zero
-                    if n < N and k < kend:
-                        v = load_b(B, P, z, k, n, zero)
-                    Bs[kk, nn] = v
+                        Bs[e % BK, e // BK] = pb[l]
                 cuda.syncthreads()
+                k1 = k0 + BK
+                if k1 < kend:  # load the next tile while this one is multiplied
+                    for l in range(a_loads):
+                        e = tid + l * NTHREADS
+                        k = k1 + (e % BK if a_kfast else e // BM)
+                        v = zero
+                        if oka[l] and k < kend:
+                            v = load_a(A, P, T, la[l, 0], la[l, 1], la[l, 2], k, zero)
+                        pa[l] = v
+                    for l in range(b_loads):
+                        e = tid + l * NTHREADS
+                        k = k1 + (e // BN if b_nfast else e % BK)
+                        v = zero
+                        if okb[l] and k < kend:
+                            v = load_b(B, P, T, lb[l, 0], lb[l, 1], lb[l, 2], k, zero)
+                        pb[l] = v
                 for kk in range(BK):
                     for i in range(TM):
-                        ra[i] = As[kk, ty + i * TY]
+                        ra[i] = As[kk, (i // VM) * (TY * VM) + ty * VM + i % VM]
                     for j in range(TN):
-                        rb[j] = Bs[kk, tx + j * TX]
+                        rb[j] = Bs[kk, (j // VN) * (TX * VN) + tx * VN + j % VN]
                     for i in range(TM):
                         for j in range(TN):
                             acc[i, j] += ra[i] * rb[j]
                 cuda.syncthreads()
             for i in range(TM):
-                m = m0 + ty + i * TY
+                m = m0 + (i // VM) * (TY * VM) + ty * VM + i % VM
                 if m < M:
                     for j in range(TN):
-                        n = n0 + tx + j * TX
+                        n = n0 + (j // VN) * (TX * VN) + tx * VN + j % VN
                         if n < N:
                             store(C, bias, P, z, m, n, M, N, acc[i, j])
 
     return kernel
 
 
-def launch_geometry(M, N, nz):
+def launch_geometry(M, N, nz, tile):
     """``(grid, block)`` for a GEMM of ``M x N`` outputs over ``nz`` batches/splits."""
-    return ((N + BN - 1) // BN, (M + BM - 1) // BM, max(1, min(nz, 65535))), (TX, TY)
+    BM, BN = tile[0], tile[1]
+    return ((N + BN - 1) // BN, (M + BM - 1) // BM, max(1, min(nz, 65535))), (THREADS_1D, THREADS_1D)
 
 
 def choose_split(M, N, K, target_blocks=None):
     """Number of K-splits that gives about ``target_blocks`` blocks (1 when tiles suffice)."""
     if target_blocks is None:
         target_blocks = 4 if SIM else 264
+    BM, BN = tile_for(M, N)[:2]
     tiles = ((N + BN - 1) // BN) * ((M + BM - 1) // BM)
     if tiles >= target_blocks or K <= 8 * BK:
         return 1
@@ -267,4 +386,5 @@ def choose_split(M, N, K, target_blocks=None):
     return max(1, min(want, K // (4 * BK), 1024))
 
 
-__all__ = ["gemm_kernel", "launch_geometry", "choose_split", "BM", "BN", "BK", "TM", "TN"]
+__all__ = ["gemm_kernel", "k_table", "tile_for", "launch_geometry", "choose_split", "BK",
+           "THREADS_1D"]

@@ -80,8 +80,10 @@ def cases():
     for kind, plen in (("matmul", 8), ("conv_fwd", 15), ("conv_bwd_data", 15), ("conv_bwd_weight", 15)):
         for dt, T in (("<f4", A), ("<f8", D)):
             for kf in (True, False):
-                out.append((f"gemm {kind} {dt} {kf}", gm.gemm_kernel(kind, dt, kf, True),
-                            (T, T, T, T, i64, i64, i64, i64, i64, i64, tup(plen))))
+                tiles = ((128, 128, 8, 8), (64, 128, 4, 8), (64, 64, 4, 4)) if dt == "<f4" and kf else ((128, 128, 8, 8),)
+                for tile in tiles:
+                    out.append((f"gemm {kind} {dt} {kf} {tile}", gm.gemm_kernel(kind, dt, kf, True, tile),
+                                (T, T, T, T, I64, i64, i64, i64, i64, i64, i64, tup(plen))))
     out.append(("max_pool_fwd", nk.max_pool_fwd, (A, A, I32, i64) + (i64,) * 10))
     out.append(("max_pool_bwd", nk.max_pool_bwd, (A, I32, A, i64, i64, i64)))
     out.append(("avg_pool_fwd", nk.avg_pool_fwd, (A, A, i64) + (i64,) * 10 + (b1, f32)))

@@ -156,24 +156,46 @@ def _train(model, device, x, y, steps):
     return losses, model.state_dict()
 
 
-@pytest.mark.parametrize("name,shape,tol", [("lenet5", (64, 1, 28, 28), 1e-4),
-                                            ("resnet18", (8, 3, 32, 32), 2e-3)])
-def test_train_steps_agree_with_cpu(name, shape, tol):
-    """Three train steps of a zoo model give the same losses and parameters on both devices.
+def test_lenet_train_steps_agree_with_cpu():
+    """Three LeNet-5 train steps give the same losses and parameters on both devices."""
+    import zoo
 
-    ResNet-18's tolerance is looser: BatchNorm over 8 images amplifies float32 rounding
-    (up to ~2% in single gradients at initialisation on the CPU alone, see
-    benchmarks/winograd_accuracy.py); over whole parameter sets it stays below 2e-3.
+    x, y = rand(64, 1, 28, 28), RNG.integers(0, 10, 64)
+    mg.manual_seed(0)
+    cpu_losses, cpu_params = _train(zoo.lenet5(), "cpu", x, y, 3)
+    mg.manual_seed(0)
+    gpu_losses, gpu_params = _train(zoo.lenet5(), "cuda", x, y, 3)
+    np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=1e-4)
+    assert cpu_params.keys() == gpu_params.keys()
+    for k in cpu_params:
+        assert rel_err(gpu_params[k], cpu_params[k]) < 1e-4, k
+
+
+def test_resnet18_train_steps_as_accurate_as_cpu():
+    """Two ResNet-18 train steps in float32 on the GPU are as close to float64 as the CPU's.
+
+    BatchNorm over 8 images amplifies float32 rounding (up to ~2% in single gradients at
+    initialisation, see benchmarks/winograd_accuracy.py), so the two float32 devices can
+    differ by about 1% in a parameter (seen on an H100: conv1.weight, 1.0e-2) although
+    both are right to float32 accuracy.  Each is therefore held to a float64 run of the
+    same steps: the GPU's error may be at most 3x the CPU's (plus 1e-6).
     """
     import zoo
 
-    kwargs = {"stem": "cifar", "num_classes": 10} if name == "resnet18" else {}
-    x, y = rand(*shape), RNG.integers(0, 10, shape[0])
-    mg.manual_seed(0)
-    cpu_losses, cpu_params = _train(getattr(zoo, name)(**kwargs), "cpu", x, y, 3)
-    mg.manual_seed(0)
-    gpu_losses, gpu_params = _train(getattr(zoo, name)(**kwargs), "cuda", x, y, 3)
-    np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=tol)
-    assert cpu_params.keys() == gpu_params.keys()
-    for k in cpu_params:
-        assert rel_err(gpu_params[k], cpu_params[k]) < tol, k
+    x, y = rand(8, 3, 32, 32), RNG.integers(0, 10, 8)
+    runs = {}
+    for label, device, dtype in (("ref", "cpu", np.float64), ("cpu", "cpu", np.float32),
+                                 ("gpu", "cuda", np.float32)):
+        mg.manual_seed(0)
+        model = zoo.resnet18(num_classes=10, stem="cifar")
+        if dtype == np.float64:
+            model.double()
+        runs[label] = _train(model, device, x.astype(dtype), y, 2)
+    ref_losses, ref_params = runs["ref"]
+    for (losses, params), other in ((runs["gpu"], runs["cpu"]), ):
+        loss_err = np.abs(np.subtract(losses, ref_losses))
+        cpu_loss_err = np.abs(np.subtract(other[0], ref_losses))
+        assert (loss_err <= 3 * cpu_loss_err + 1e-6 * np.abs(ref_losses)).all(), (losses, other[0])
+        for k in ref_params:
+            gpu_err, cpu_err = rel_err(params[k], ref_params[k]), rel_err(other[1][k], ref_params[k])
+            assert gpu_err <= 3 * cpu_err + 1e-6, (k, gpu_err, cpu_err)
