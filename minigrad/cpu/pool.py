@@ -325,8 +325,10 @@ def max_pool2d_backward(gy, argmax, x_shape):
     am = np.ascontiguousarray(argmax, dtype=np.int32)
     N, C, H, W = (int(s) for s in x_shape)
     OH, OW = gy.shape[2], gy.shape[3]
-    gx = np.zeros((N, C, H, W), dtype=gy.dtype)
-    if gx.size and gy.size:
+    gx = np.empty((N, C, H, W), dtype=gy.dtype)  # both kernels zero each plane first
+    if gx.size and not gy.size:
+        gx[...] = 0
+    elif gx.size:
         if gy.flags.c_contiguous:
             _max_bwd(gy.reshape(N * C, OH, OW), am.reshape(N * C, OH, OW),
                      gx.reshape(N * C, H * W))
@@ -358,8 +360,10 @@ def avg_pool2d_backward(gy, x_shape, kernel, stride, padding, count_include_pad)
     kh, kw = int(kernel[0]), int(kernel[1])
     sh, sw = int(stride[0]), int(stride[1])
     ph, pw = int(padding[0]), int(padding[1])
-    gx = np.zeros((N, C, H, W), dtype=gy.dtype)
-    if gx.size and gy.size:
+    gx = np.empty((N, C, H, W), dtype=gy.dtype)  # _avg_bwd zeroes each plane first
+    if gx.size and not gy.size:
+        gx[...] = 0
+    elif gx.size:
         _avg_bwd(gy.reshape(N * C, OH, OW), kh, kw, sh, sw, ph, pw,
                  bool(count_include_pad), gx.reshape(N * C, H, W))
     return gx
