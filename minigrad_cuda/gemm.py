@@ -50,7 +50,7 @@ PAD = 0 if SIM else 4
 #: numba-cuda (not Numba's older built-in CUDA target, nor the simulator) can align shared
 #: arrays; 16-byte alignment lets NVVM merge a thread's run of four reads into one
 #: ld.shared.v4 (checked in the PTX: 4 vector loads per 64 FMAs instead of 16 scalar ones).
-ALIGN_SHARED = "alignment" in inspect.signature(cuda.shared.array).parameters
+ALIGN_SHARED = not SIM and "alignment" in inspect.signature(cuda.shared.array).parameters
 
 
 def tile_for(M, N):
