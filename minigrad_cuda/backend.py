@@ -469,14 +469,15 @@ class CUDABackend(Backend):
         tile = gm.tile_for(M, N)
         kern = gm.gemm_kernel(kind, np.dtype(C.dtype).str, bool(a_kfast), bool(b_nfast), tile)
         grid, block = gm.launch_geometry(M, N, nz, tile)
-        table = self._dummy(np.int64) if kind == "matmul" else self._k_table(kind, P, batch)
+        table = (self._dummy(np.int64) if kind == "matmul" or K == 0
+                 else self._k_table(kind, P, batch))
         kern[grid, block, self.stream](self._flat(A), self._flat(B), self._flat(C),
                                        self._flat(bias), table, int(M), int(N), int(K), int(kz),
                                        int(kchunk), int(nz), P)
 
     def _k_table(self, kind, P, batch):
         """The device copy of ``gemm.k_table`` for this convolution (cached per shape)."""
-        key = (kind, P[:14], batch if kind == "conv_bwd_weight" else 0)
+        key = (kind, P[:14] + P[15:], batch if kind == "conv_bwd_weight" else 0)
         table = self._k_tables.get(key)
         if table is None:
             if len(self._k_tables) >= 256:
@@ -586,6 +587,17 @@ class CUDABackend(Backend):
         self._gemm("conv_fwd", w, x, y, bias, K, N * OH * OW, C * R * S, P)
         return y
 
+    def _conv_bwd_data(self, w, gy, gx, dummy, N, C, H, W, K, R, S, P):
+        """gx by one implicit GEMM per stride phase (see ``gemm.k_table``)."""
+        sh, sw, ph, pw, dh, dw = P[7], P[8], P[9], P[10], P[11], P[12]
+        for h0 in range(min(sh, H)):
+            nr = sum((h0 + ph - r * dh) % sh == 0 for r in range(R))
+            for w0 in range(min(sw, W)):
+                ns = sum((w0 + pw - s * dw) % sw == 0 for s in range(S))
+                HA, WA = ceil_div(H - h0, sh), ceil_div(W - w0, sw)
+                Pp = P[:14] + (0, h0, w0, HA, WA)
+                self._gemm("conv_bwd_data", w, gy, gx, dummy, C, N * HA * WA, K * nr * ns, Pp)
+
     def conv2d_backward(self, x, w, gy, stride, padding, dilation, need_x, need_w, need_b):
         """``(gx, gw, gb)``: implicit GEMMs for data and weight (split-K) gradients."""
         x, w, gy = self._c(x), self._c(w), self._c(gy)
@@ -600,7 +612,7 @@ class CUDABackend(Backend):
                 if K * R * S * OH * OW == 0:
                     self.fill_(gx, 0)
                 else:
-                    self._gemm("conv_bwd_data", w, gy, gx, dummy, C, N * H * W, K * R * S, P)
+                    self._conv_bwd_data(w, gy, gx, dummy, N, C, H, W, K, R, S, P)
         if need_w:
             gw = self.empty(w.shape, dtype)
             if _prod(gw.shape):

@@ -25,7 +25,8 @@ What A, B and C *are* is given by device functions per kind, so the same skeleto
   NCHW input, C is written NCHW, bias fused into the store;
 * ``conv_bwd_data``  - gx = W^T (x) gy as an implicit GEMM over (k,r,s), reading gy
   at the output position each input pixel came from (no col2im scatter, no atomics);
-  the only kind whose loads divide (by the stride, and only when it is not 1);
+  one GEMM per stride phase (sh*sw of them), each over only the taps that reach its
+  pixels, so a strided layer multiplies no zeros and its loads do not divide;
 * ``conv_bwd_weight`` - gw = gy (x) im2col(x)^T with the long N*OH*OW reduction split
   over ``gridDim.z`` into partial tiles ("split-K") that a reduction then sums.
 
@@ -86,10 +87,20 @@ def _mm_load_b(B, P, T, s0, s1, s2, k, zero):
 
 
 @cuda.jit(device=True, inline=True)
-def _mm_store(C, bias, P, z, m, n, M, N, v):
+def _mm_col(P, z, n, M, N):
+    return z * P[6] + n, N
+
+
+@cuda.jit(device=True, inline=True)
+def _mm_put(C, bias, P, m, n, col, rstride, v):
     if P[7]:
         v += bias[n]
-    C[z * P[6] + m * N + n] = v
+    C[col + m * rstride] = v
+
+
+@cuda.jit(device=True, inline=True)
+def _plain_put(C, bias, P, m, n, col, rstride, v):
+    C[col + m * rstride] = v
 
 
 # --- convolution ----------------------------------------------------------------------
@@ -140,13 +151,18 @@ def _im2col_load_b(X, P, T, s0, s1, s2, k, zero):
 
 
 @cuda.jit(device=True, inline=True)
-def _cf_store(Y, bias, P, z, m, n, M, N, v):
+def _cf_col(P, z, n, M, N):
+    """Output pixel n = (img, oh, ow): y's offset of (img, 0, oh, ow); channels are OH*OW apart."""
     OHW = P[5] * P[6]
     img = n // OHW
-    p = n - img * OHW
+    return img * (P[13] - 1) * OHW + n, OHW
+
+
+@cuda.jit(device=True, inline=True)
+def _cf_put(Y, bias, P, m, n, col, rstride, v):
     if P[14]:
         v += bias[m]
-    Y[(img * P[13] + m) * OHW + p] = v
+    Y[col + m * rstride] = v
 
 
 @cuda.jit(device=True, inline=True)
@@ -154,44 +170,38 @@ def _cd_line_a(P, z, m):
     return m * (P[3] * P[4]), 0, 0
 
 
+# conv_bwd_data runs once per output phase (h0, w0): the input pixels h = h0 + hi*sh,
+# w = w0 + wi*sw, which receive gradient only from the taps r with
+# (h0 + ph - r*dh) % sh == 0 (and s likewise), at gy row hi + q_r, q_r = (h0+ph-r*dh) // sh.
+# P = (C, H, W, R, S, OH, OW, sh, sw, ph, pw, dh, dw, K, 0, h0, w0, HA, WA), HA x WA pixels.
+
+@cuda.jit(device=True, inline=True)
+def _phase_pixel(P, n):
+    """(img, hi, wi) of column n of a phase GEMM."""
+    HW = P[17] * P[18]
+    img = n // HW
+    p = n - img * HW
+    hi = p // P[18]
+    return img, hi, p - hi * P[18]
+
+
 @cuda.jit(device=True, inline=True)
 def _cd_line_b(P, z, n):
-    """Input pixel (img, h, w): gy's image offset and the padded row / column h+ph, w+pw."""
-    HW = P[1] * P[2]
-    img = n // HW
-    hw = n - img * HW
-    h = hw // P[2]
-    return img * P[13] * P[5] * P[6], h + P[9], hw - h * P[2] + P[10]
+    """Phase pixel (img, hi, wi): gy's offset of (img, 0, hi, wi) and the row / column hi, wi."""
+    img, hi, wi = _phase_pixel(P, n)
+    return img * P[13] * P[5] * P[6] + hi * P[6] + wi, hi, wi
 
 
 @cuda.jit(device=True, inline=True)
 def _cd_load_b(GY, P, T, s0, s1, s2, k, zero):
-    """gy[img, ko, oh, ow] with oh*sh = h + ph - r*dh (0 where that is no output position)."""
-    th = s1 - T[4 * k + 2]
-    tw = s2 - T[4 * k + 3]
-    if th < 0 or tw < 0:
-        return zero
-    oh = th
-    ow = tw
-    if P[7] != 1:
-        oh = th // P[7]
-        if oh * P[7] != th:
-            return zero
-    if P[8] != 1:
-        ow = tw // P[8]
-        if ow * P[8] != tw:
-            return zero
-    if oh >= P[5] or ow >= P[6]:
-        return zero
-    return GY[s0 + T[4 * k + 1] + oh * P[6] + ow]
+    return _window(GY, T, s0, s1, s2, k, P[5], P[6], zero)
 
 
 @cuda.jit(device=True, inline=True)
-def _cd_store(GX, bias, P, z, m, n, M, N, v):
-    HW = P[1] * P[2]
-    img = n // HW
-    hw = n - img * HW
-    GX[(img * P[0] + m) * HW + hw] = v
+def _cd_col(P, z, n, M, N):
+    """gx's offset of (img, 0, h0 + hi*sh, w0 + wi*sw); channels are H*W apart."""
+    img, hi, wi = _phase_pixel(P, n)
+    return (img * P[0] * P[1] + P[15] + hi * P[7]) * P[2] + P[16] + wi * P[8], P[1] * P[2]
 
 
 @cuda.jit(device=True, inline=True)
@@ -211,15 +221,15 @@ def _cw_line_b(P, z, n):
 
 
 @cuda.jit(device=True, inline=True)
-def _cw_store(GW, bias, P, z, m, n, M, N, v):
-    GW[(z * M + m) * N + n] = v
+def _cw_col(P, z, n, M, N):
+    return z * M * N + n, N
 
 
-_KINDS = {  # line_a, load_a, line_b, load_b, store
-    "matmul": (_mm_line_a, _mm_load_a, _mm_line_b, _mm_load_b, _mm_store),
-    "conv_fwd": (_weight_line, _table_load_a, _cf_line_b, _im2col_load_b, _cf_store),
-    "conv_bwd_data": (_cd_line_a, _table_load_a, _cd_line_b, _cd_load_b, _cd_store),
-    "conv_bwd_weight": (_cw_line_a, _table_load_a, _cw_line_b, _im2col_load_b, _cw_store),
+_KINDS = {  # line_a, load_a, line_b, load_b, store column, store
+    "matmul": (_mm_line_a, _mm_load_a, _mm_line_b, _mm_load_b, _mm_col, _mm_put),
+    "conv_fwd": (_weight_line, _table_load_a, _cf_line_b, _im2col_load_b, _cf_col, _cf_put),
+    "conv_bwd_data": (_cd_line_a, _table_load_a, _cd_line_b, _cd_load_b, _cd_col, _plain_put),
+    "conv_bwd_weight": (_cw_line_a, _table_load_a, _cw_line_b, _im2col_load_b, _cw_col, _plain_put),
 }
 
 
@@ -234,9 +244,13 @@ def k_table(kind, P, N):
         c, r, s = np.meshgrid(np.arange(C), np.arange(R), np.arange(S), indexing="ij")
         return np.stack([np.arange(C * R * S).reshape(C, R, S), (c * H + r * dh) * W + s * dw,
                          r * dh, s * dw], -1).reshape(-1, 4).astype(np.int64)
-    if kind == "conv_bwd_data":  # k = (ko, r, s): A = w[ko, m, r, s], B = gy[img, ko, oh, ow]
-        ko, r, s = np.meshgrid(np.arange(K), np.arange(R), np.arange(S), indexing="ij")
-        return np.stack([ko * C * R * S + r * S + s, ko * OH * OW, r * dh, s * dw],
+    if kind == "conv_bwd_data":  # k = (ko, r, s) of phase (h0, w0): A = w[ko, m, r, s], B = gy
+        h0, w0 = int(P[15]), int(P[16])
+        rs = np.array([r for r in range(R) if (h0 + ph - r * dh) % sh == 0], np.int64)
+        ss = np.array([s for s in range(S) if (w0 + pw - s * dw) % sw == 0], np.int64)
+        ko, r, s = np.meshgrid(np.arange(K), rs, ss, indexing="ij")
+        qr, qs = (h0 + ph - r * dh) // sh, (w0 + pw - s * dw) // sw
+        return np.stack([ko * C * R * S + r * S + s, (ko * OH + qr) * OW + qs, qr, qs],
                         -1).reshape(-1, 4).astype(np.int64)
     if kind == "conv_bwd_weight":  # k = (img, oh, ow): A = gy[img, m, oh, ow], B = x window
         img, oh, ow = np.meshgrid(np.arange(N), np.arange(OH), np.arange(OW), indexing="ij")
@@ -256,7 +270,7 @@ def gemm_kernel(kind, dtype, a_kfast=True, b_nfast=True, tile=None):
     Launch with ``launch_geometry``; arguments
     ``(A, B, C, bias, T, M, N, K, kz, kchunk, nz, P)`` (``T``: the ``k_table``, flat).
     """
-    line_a, load_a, line_b, load_b, store = _KINDS[kind]
+    line_a, load_a, line_b, load_b, store_col, put = _KINDS[kind]
     BM, BN, TM, TN = tile or tile_for(1 << 20, 1 << 20)
     TX = TY = THREADS_1D
     np_dtype = np.dtype(dtype)
@@ -366,13 +380,14 @@ def gemm_kernel(kind, dtype, a_kfast=True, b_nfast=True, tile=None):
                         for j in range(TN):
                             acc[i, j] += ra[i] * rb[j]
                 cuda.syncthreads()
-            for i in range(TM):
-                m = m0 + (i // VM) * (TY * VM) + ty * VM + i % VM
-                if m < M:
-                    for j in range(TN):
-                        n = n0 + (j // VN) * (TX * VN) + tx * VN + j % VN
-                        if n < N:
-                            store(C, bias, P, z, m, n, M, N, acc[i, j])
+            for j in range(TN):  # a column's address arithmetic is shared by its TM rows
+                n = n0 + (j // VN) * (TX * VN) + tx * VN + j % VN
+                if n < N:
+                    col, rstride = store_col(P, z, n, M, N)
+                    for i in range(TM):
+                        m = m0 + (i // VM) * (TY * VM) + ty * VM + i % VM
+                        if m < M:
+                            put(C, bias, P, m, n, col, rstride, acc[i, j])
 
     return kernel
 

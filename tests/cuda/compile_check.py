@@ -77,7 +77,7 @@ def cases():
         out.append((f"cols {op}", rd.cols_kernel(op),
                     (A, at, i64, tup(2), tup(2), tup(1), tup(1), i64, i64, t)))
     out.append(("rows sum i64", rd.rows_kernel("sum", i64), (I64, I64, i64, tup(1), tup(1), tup(1), tup(1), i64, i64, i64)))
-    for kind, plen in (("matmul", 8), ("conv_fwd", 15), ("conv_bwd_data", 15), ("conv_bwd_weight", 15)):
+    for kind, plen in (("matmul", 8), ("conv_fwd", 15), ("conv_bwd_data", 19), ("conv_bwd_weight", 15)):
         for dt, T in (("<f4", A), ("<f8", D)):
             for kf in (True, False):
                 tiles = ((128, 128, 8, 8), (64, 128, 4, 8), (64, 64, 4, 4)) if dt == "<f4" and kf else ((128, 128, 8, 8),)

@@ -254,6 +254,8 @@ CONVS = [  # (x shape, w shape, stride, padding, dilation)
     ((1, 2, 8, 7), (3, 2, 3, 2), (2, 1), (1, 0), (1, 2)),
     ((2, 4, 5, 5), (3, 4, 1, 1), (2, 2), (0, 0), (1, 1)),
     ((1, 1, 9, 9), (2, 1, 5, 5), (2, 3), (2, 2), (1, 1)),
+    # stride 2 with dilation 2: the odd stride phases get no taps (dX writes zeros there)
+    ((2, 3, 6, 5), (4, 3, 2, 2), (2, 2), (0, 1), (2, 2)),
 ]
 
 
