@@ -15,7 +15,7 @@ import os
 
 from minigrad import backend as _registry
 
-__all__ = ["is_available", "unavailable_reason", "is_simulator", "get_backend"]
+__all__ = ["is_available", "unavailable_reason", "compiler_problem", "is_simulator", "get_backend"]
 
 _MESSAGE = ("CUDA device requested but no usable GPU was found ({reason}); run with --device cpu, "
             "or set NUMBA_ENABLE_CUDASIM=1 to use Numba's CUDA simulator")
@@ -31,6 +31,26 @@ def is_simulator():
         return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 
 
+def compiler_problem():
+    """``None``, or why Numba's CUDA compiler cannot work with the installed NumPy.
+
+    numba-cuda imports its array typing (``numba.cuda.np.arrayobj``) only when it compiles
+    the first kernel; with NumPy 2.5 that import fails (numba-cuda 0.30 registers
+    ``np.row_stack``, which NumPy 2.5 removed), so every launch would fail with an
+    ``AttributeError`` far from its cause.  Importing it here turns that into a reason.
+    """
+    try:
+        import numba.cuda.np.arrayobj  # noqa: F401
+    except ImportError:  # Numba's older built-in CUDA target has no such module
+        return None
+    except Exception as err:
+        import numpy
+
+        return (f"Numba's CUDA compiler fails with NumPy {numpy.__version__} "
+                f"({type(err).__name__}: {err}); install numpy<2.5")
+    return None
+
+
 def unavailable_reason():
     """``None`` when device "cuda" can be used, else a short reason why not (never raises)."""
     try:
@@ -43,7 +63,7 @@ def unavailable_reason():
         if cuda.is_available():
             if len(cuda.gpus) == 0:
                 return "the CUDA driver reports no devices"
-            return None
+            return compiler_problem()
     except Exception as err:
         return f"{type(err).__name__}: {err}".strip().splitlines()[0]
     try:

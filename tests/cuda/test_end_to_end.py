@@ -1,5 +1,7 @@
 """Ops through ``minigrad.Tensor`` with ``requires_grad`` on device "cuda", against the same on "cpu"."""
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -98,3 +100,24 @@ def test_unavailable_message(monkeypatch):
     msg = str(err.value)
     assert "\n" not in msg and "no usable GPU" in msg and "--device cpu" in msg
     assert "NUMBA_ENABLE_CUDASIM=1" in msg
+
+
+class _BrokenCompilerImport:
+    """Import hook that fails numba-cuda's array typing as NumPy 2.5 does (seen on an H100)."""
+
+    NAMES = ("numba.cuda.np", "numba.cuda.np.arrayobj")
+
+    def find_spec(self, name, path, target=None):
+        if name in self.NAMES:
+            raise AttributeError("module 'numpy' has no attribute 'row_stack'")
+        return None
+
+
+def test_compiler_problem_names_numpy(monkeypatch):
+    """A NumPy the CUDA compiler cannot use is reported as a reason, not at the first launch."""
+    assert minigrad_cuda.compiler_problem() is None
+    for name in _BrokenCompilerImport.NAMES:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_BrokenCompilerImport()] + sys.meta_path)
+    reason = minigrad_cuda.compiler_problem()
+    assert "row_stack" in reason and "NumPy" in reason and "numpy<2.5" in reason
