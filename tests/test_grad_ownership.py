@@ -1,0 +1,133 @@
+"""A leaf's ``.grad`` is its own array: changing it in place (as gradient clipping does)
+changes nothing else.
+
+Every test builds a case where a gradient array is, or could be, shared: passed through
+to two inputs, two views of one array, a view of the upstream gradient, the user's
+``backward(gradient)``, an array the node keeps.  They guard any future change that lets
+a leaf keep a gradient without copying it (tried in session 4: the copy it saves was
+5.9 ms per ResNet-18 step, yet the step did not get faster; BENCHMARKS_perf.md, 39).
+"""
+
+import numpy as np
+
+import minigrad as mg
+from minigrad.autograd import Function
+
+
+def leaf(*shape):
+    return mg.tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32),
+                     requires_grad=True)
+
+
+def test_gradient_is_correct_and_writable():
+    x = leaf(3, 4)
+    (x * 3.0).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), np.full((3, 4), 3.0, np.float32))
+    x.grad.data[...] = 0
+    assert x.grad.numpy().sum() == 0
+
+
+def test_add_of_two_leaves_gives_separate_arrays():
+    a, b = leaf(2, 3), leaf(2, 3)
+    ((a + b) * 2.0).sum().backward()  # add passes its (fresh) upstream gradient to both
+    assert not np.shares_memory(a.grad.data, b.grad.data)
+    a.grad.data *= 5
+    np.testing.assert_array_equal(b.grad.numpy(), np.full((2, 3), 2.0, np.float32))
+
+
+class _TwoViews(Function):
+    """a + b whose backward returns two different view objects of the same gradient."""
+
+    def forward(self, a, b):
+        return a + b
+
+    def backward(self, grad):
+        return grad.reshape(grad.shape), grad.reshape(grad.shape)
+
+
+def test_two_views_of_one_gradient_are_copied():
+    a, b = leaf(2, 3), leaf(2, 3)
+    (_TwoViews.apply(a, b) * 2.0).sum().backward()
+    assert not np.shares_memory(a.grad.data, b.grad.data)
+
+
+def test_same_leaf_twice_accumulates():
+    x = leaf(4)
+    (x + x).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), np.full(4, 2.0, np.float32))
+    y = leaf(4)
+    (y * y).sum().backward()
+    np.testing.assert_allclose(y.grad.numpy(), 2 * y.numpy(), rtol=1e-6)
+
+
+def test_view_of_upstream_gradient_is_copied():
+    x, z = leaf(2, 6), leaf(3, 4)
+    out = x.reshape(3, 4) + z  # reshape's backward returns a view of add's gradient
+    out.backward(mg.tensor(np.ones((3, 4), np.float32)))
+    assert not np.shares_memory(x.grad.data, z.grad.data)
+    x.grad.data[...] = 7
+    np.testing.assert_array_equal(z.grad.numpy(), np.ones((3, 4), np.float32))
+
+
+def test_user_gradient_is_never_kept():
+    x = leaf(5)
+    g = np.arange(5, dtype=np.float32)
+    gt = mg.tensor(g)
+    x.backward(gt)
+    assert not np.shares_memory(x.grad.data, gt.data)
+    gt.data[...] = -1
+    np.testing.assert_array_equal(x.grad.numpy(), np.arange(5, dtype=np.float32))
+
+
+class _ReturnsSaved(Function):
+    """Returns an array it saved as the gradient (as a custom op might)."""
+
+    def forward(self, x):
+        self.k = np.full(x.shape, 2.0, x.dtype)
+        self.save(self.k)
+        return x * 2
+
+    def backward(self, grad):
+        return self.k
+
+
+class _ReturnsAttribute(_ReturnsSaved):
+    def forward(self, x):
+        out = super().forward(x)
+        self.save()
+        return out
+
+
+def test_array_kept_by_the_node_is_copied():
+    for op in (_ReturnsSaved, _ReturnsAttribute):
+        x = leaf(3)
+        node_out = op.apply(x)
+        fn = node_out._ctx
+        k = fn.k
+        node_out.sum().backward()
+        assert not np.shares_memory(x.grad.data, k)
+
+
+def test_retained_graph_keeps_copies():
+    x = leaf(3)
+    y = x * 2.0
+    y.sum().backward(retain_graph=True)
+    first = x.grad.numpy().copy()
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), 2 * first)
+
+
+def test_retained_nonleaf_and_leaf_do_not_share():
+    x = leaf(3)
+    y = x * 2.0
+    y.retain_grad()
+    (y + 0.0).sum().backward()
+    x.grad.data[...] = 100
+    np.testing.assert_array_equal(y.grad.numpy(), np.ones(3, np.float32))
+
+
+def test_dtype_change_still_converts():
+    x = mg.tensor(np.ones(3, np.float64), requires_grad=True)
+    (x.float() * 2.0).sum().backward()
+    assert x.grad.dtype == np.float64
+    np.testing.assert_array_equal(x.grad.numpy(), np.full(3, 2.0))
