@@ -8,7 +8,6 @@ channels-last input, 2 threads, one process.
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -16,19 +15,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from benchmarks.run_all import timeit  # noqa: E402
+
 SHAPES = [  # C, K, H
     (64, 64, 32), (128, 128, 16), (256, 256, 8), (512, 512, 4),
 ]
-
-
-def _median(fn, reps):
-    fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
 
 
 def main(argv=None):
@@ -73,7 +64,7 @@ def main(argv=None):
                 y, wf = fwd()
                 return conv.conv2d_backward(x, w, gy, (1, 1), (1, 1), (1, 1), True, True, False,
                                             wf=wf)
-            res[mode] = (_median(fwd, args.reps), _median(fb, args.reps))
+            res[mode] = (timeit(fwd, args.reps, warmup=1), timeit(fb, args.reps, warmup=1))
         conv.USE_WINOGRAD, winograd.WHOLE_BATCH_RATIO, winograd.MIN_TILES = saved
         tf = tfb = float("nan")
         if torch is not None:
@@ -88,7 +79,7 @@ def main(argv=None):
             def tfb():
                 out = torch.nn.functional.conv2d(xt, wt, padding=1)
                 out.backward(gt)
-            tf, tfb = _median(tfwd, args.reps), _median(tfb, args.reps)
+            tf, tfb = timeit(tfwd, args.reps, warmup=1), timeit(tfb, args.reps, warmup=1)
         ms = 1e3
         print(f"{C:>5}->{K:<5} {H:>3}x{H:<3} | " + " ".join(f"{res[m][0] * ms:10.2f}" for m in modes)
               + f" {tf * ms:9.2f} | " + " ".join(f"{res[m][1] * ms:12.2f}" for m in modes)
