@@ -591,9 +591,9 @@ class CUDABackend(Backend):
         """gx by one implicit GEMM per stride phase (see ``gemm.k_table``)."""
         sh, sw, ph, pw, dh, dw = P[7], P[8], P[9], P[10], P[11], P[12]
         for h0 in range(min(sh, H)):
-            nr = sum((h0 + ph - r * dh) % sh == 0 for r in range(R))
+            nr = len(gm.phase_taps(R, h0, ph, dh, sh))
             for w0 in range(min(sw, W)):
-                ns = sum((w0 + pw - s * dw) % sw == 0 for s in range(S))
+                ns = len(gm.phase_taps(S, w0, pw, dw, sw))
                 HA, WA = ceil_div(H - h0, sh), ceil_div(W - w0, sw)
                 Pp = P[:14] + (0, h0, w0, HA, WA)
                 self._gemm("conv_bwd_data", w, gy, gx, dummy, C, N * HA * WA, K * nr * ns, Pp)

@@ -233,6 +233,12 @@ _KINDS = {  # line_a, load_a, line_b, load_b, store column, store
 }
 
 
+def phase_taps(R, first, pad, dil, stride):
+    """Taps r (of R) that reach the input rows first, first + stride, ...: those with
+    (first + pad - r*dil) divisible by the stride (a conv_bwd_data phase's taps)."""
+    return [r for r in range(R) if (first + pad - r * dil) % stride == 0]
+
+
 def k_table(kind, P, N):
     """int64 ``(K, 4)`` rows ``(a_off, b_off, b_h, b_w)`` of a convolution GEMM's k terms.
 
@@ -246,8 +252,8 @@ def k_table(kind, P, N):
                          r * dh, s * dw], -1).reshape(-1, 4).astype(np.int64)
     if kind == "conv_bwd_data":  # k = (ko, r, s) of phase (h0, w0): A = w[ko, m, r, s], B = gy
         h0, w0 = int(P[15]), int(P[16])
-        rs = np.array([r for r in range(R) if (h0 + ph - r * dh) % sh == 0], np.int64)
-        ss = np.array([s for s in range(S) if (w0 + pw - s * dw) % sw == 0], np.int64)
+        rs = np.array(phase_taps(R, h0, ph, dh, sh), np.int64)
+        ss = np.array(phase_taps(S, w0, pw, dw, sw), np.int64)
         ko, r, s = np.meshgrid(np.arange(K), rs, ss, indexing="ij")
         qr, qs = (h0 + ph - r * dh) // sh, (w0 + pw - s * dw) // sw
         return np.stack([ko * C * R * S + r * S + s, (ko * OH + qr) * OW + qs, qr, qs],
@@ -410,5 +416,5 @@ def choose_split(M, N, K, target_blocks=None):
     return max(1, min(want, K // (4 * BK), 1024))
 
 
-__all__ = ["gemm_kernel", "k_table", "tile_for", "launch_geometry", "choose_split", "BK",
+__all__ = ["gemm_kernel", "k_table", "phase_taps", "tile_for", "launch_geometry", "choose_split", "BK",
            "THREADS_1D"]
