@@ -288,6 +288,24 @@ def gemm_kernel(kind, dtype, a_kfast=True, b_nfast=True, tile=None):
     a_row, b_row = BM + PAD, BN + PAD
     VM, VN = min(4, TM), min(4, TN)  # run length of a thread's rows / columns
 
+    @cuda.jit(device=True, inline=True)
+    def load_tile(A, B, P, T, la, lb, oka, okb, tid, k0, kend, pa, pb):
+        """This thread's share of the A and B tiles at k0 (0 past kend) into pa, pb."""
+        for l in range(a_loads):
+            e = tid + l * NTHREADS
+            k = k0 + (e % BK if a_kfast else e // BM)
+            v = zero
+            if oka[l] and k < kend:
+                v = load_a(A, P, T, la[l, 0], la[l, 1], la[l, 2], k, zero)
+            pa[l] = v
+        for l in range(b_loads):
+            e = tid + l * NTHREADS
+            k = k0 + (e // BN if b_nfast else e % BK)
+            v = zero
+            if okb[l] and k < kend:
+                v = load_b(B, P, T, lb[l, 0], lb[l, 1], lb[l, 2], k, zero)
+            pb[l] = v
+
     @cuda.jit
     def kernel(A, B, C, bias, T, M, N, K, kz, kchunk, nz, P):
         if ALIGN_SHARED:
@@ -332,21 +350,7 @@ def gemm_kernel(kind, dtype, a_kfast=True, b_nfast=True, tile=None):
             for i in range(TM):
                 for j in range(TN):
                     acc[i, j] = zero
-            # prefetch the first tile
-            for l in range(a_loads):
-                e = tid + l * NTHREADS
-                k = kbeg + (e % BK if a_kfast else e // BM)
-                v = zero
-                if oka[l] and k < kend:
-                    v = load_a(A, P, T, la[l, 0], la[l, 1], la[l, 2], k, zero)
-                pa[l] = v
-            for l in range(b_loads):
-                e = tid + l * NTHREADS
-                k = kbeg + (e // BN if b_nfast else e % BK)
-                v = zero
-                if okb[l] and k < kend:
-                    v = load_b(B, P, T, lb[l, 0], lb[l, 1], lb[l, 2], k, zero)
-                pb[l] = v
+            load_tile(A, B, P, T, la, lb, oka, okb, tid, kbeg, kend, pa, pb)
             for k0 in range(kbeg, kend, BK):
                 for l in range(a_loads):
                     e = tid + l * NTHREADS
@@ -363,20 +367,7 @@ def gemm_kernel(kind, dtype, a_kfast=True, b_nfast=True, tile=None):
                 cuda.syncthreads()
                 k1 = k0 + BK
                 if k1 < kend:  # load the next tile while this one is multiplied
-                    for l in range(a_loads):
-                        e = tid + l * NTHREADS
-                        k = k1 + (e % BK if a_kfast else e // BM)
-                        v = zero
-                        if oka[l] and k < kend:
-                            v = load_a(A, P, T, la[l, 0], la[l, 1], la[l, 2], k, zero)
-                        pa[l] = v
-                    for l in range(b_loads):
-                        e = tid + l * NTHREADS
-                        k = k1 + (e // BN if b_nfast else e % BK)
-                        v = zero
-                        if okb[l] and k < kend:
-                            v = load_b(B, P, T, lb[l, 0], lb[l, 1], lb[l, 2], k, zero)
-                        pb[l] = v
+                    load_tile(A, B, P, T, la, lb, oka, okb, tid, k1, kend, pa, pb)
                 for kk in range(BK):
                     for i in range(TM):
                         ra[i] = As[kk, (i // VM) * (TY * VM) + ty * VM + i % VM]
