@@ -3,7 +3,8 @@
     python cli.py bench                     # everything, table to stdout
     python -m benchmarks.run_all --only lenet,resnet32 --repeat 5 --json out.json
 
-Each workload is timed as the median of ``--repeat`` runs after warm-up.  PyTorch is used
+Each workload is timed as the median of ``--repeat`` runs after warm-up, minigrad and
+PyTorch interleaved call by call (``time_pair``) so that both see the same machine.  PyTorch is used
 only when importable (``pip install torch==2.13.0``; benchmark-only, never a dependency).
 The OpenBLAS core type in the environment is printed: OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE
 as set on these machines halve sgemm speed, and a benchmark may unset both in its own
@@ -53,6 +54,34 @@ def timeit(fn, repeat, warmup=2):
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def time_pair(row, mg_fn, torch_fn, repeat, warmup=2):
+    """Time minigrad and PyTorch interleaved: each repetition runs ``mg_fn`` then ``torch_fn``.
+
+    Fills ``row["minigrad_s"]`` and (when ``torch_fn`` is given) ``row["torch_s"]`` with the
+    medians.  Alternating call by call puts both under the same background load and
+    clock speed, so the ratio does not drift with the machine the way two back-to-back
+    blocks of ``repeat`` runs do (seen here: the same LeNet code timed 8.1-11.6 ms in three
+    consecutive runs)."""
+    if torch_fn is None:
+        row["minigrad_s"] = timeit(mg_fn, repeat, warmup)
+        return row
+    for _ in range(warmup):
+        mg_fn()
+        torch_fn()
+    mg_times, torch_times = [], []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        mg_fn()
+        t1 = time.perf_counter()
+        torch_fn()
+        t2 = time.perf_counter()
+        mg_times.append(t1 - t0)
+        torch_times.append(t2 - t1)
+    row["minigrad_s"] = statistics.median(mg_times)
+    row["torch_s"] = statistics.median(torch_times)
+    return row
 
 
 def _labels(n, classes=10, seed=0):
@@ -121,7 +150,7 @@ def train_step_pair(name, mg_model, torch_model, shape, classes, repeat):
         loss.backward()
         opt.step()
 
-    row = {"workload": name, "minigrad_s": timeit(mg_step, repeat), "images": shape[0]}
+    torch_step = None
     if torch is not None and torch_model is not None:
         topt = torch.optim.SGD(torch_model.parameters(), lr=0.01, momentum=0.9)
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
@@ -132,8 +161,7 @@ def train_step_pair(name, mg_model, torch_model, shape, classes, repeat):
             loss.backward()
             topt.step()
 
-        row["torch_s"] = timeit(torch_step, repeat)
-    return row
+    return time_pair({"workload": name, "images": shape[0]}, mg_step, torch_step, repeat)
 
 
 def bench_lenet(repeat):
@@ -178,8 +206,7 @@ def bench_convs(batch, repeat):
             out = mg.conv2d(xm, wm, stride=s, padding=p)
             out.backward(mg.ones(out.shape))
 
-        row = {"workload": f"conv {cin}->{cout} {h}x{h} k{k} s{s} fwd+bwd, batch {batch}",
-               "minigrad_s": timeit(mg_run, repeat), "flops": flops}
+        torch_run = None
         if torch is not None:
             xt = torch.from_numpy(x).requires_grad_()
             wt = torch.from_numpy(w).requires_grad_()
@@ -188,8 +215,8 @@ def bench_convs(batch, repeat):
                 out = torch.nn.functional.conv2d(xt, wt, stride=s, padding=p)
                 out.backward(torch.ones_like(out))
 
-            row["torch_s"] = timeit(torch_run, repeat)
-        rows.append(row)
+        rows.append(time_pair({"workload": f"conv {cin}->{cout} {h}x{h} k{k} s{s} fwd+bwd, batch {batch}",
+                               "flops": flops}, mg_run, torch_run, repeat))
     return rows
 
 
@@ -199,12 +226,12 @@ def bench_matmul(repeat):
         rng = np.random.default_rng(0)
         a, b = (rng.standard_normal((n, n)).astype(np.float32) for _ in range(2))
         am, bm = mg.tensor(a), mg.tensor(b)
-        row = {"workload": f"matmul {n}x{n}x{n}", "minigrad_s": timeit(lambda: am @ bm, repeat),
-               "flops": 2 * n ** 3}
+        torch_run = None
         if torch is not None:
             at, bt = torch.from_numpy(a), torch.from_numpy(b)
-            row["torch_s"] = timeit(lambda: at @ bt, repeat)
-        rows.append(row)
+            torch_run = lambda: at @ bt  # noqa: E731
+        rows.append(time_pair({"workload": f"matmul {n}x{n}x{n}", "flops": 2 * n ** 3},
+                              lambda: am @ bm, torch_run, repeat))
     return rows
 
 
@@ -218,8 +245,7 @@ def bench_bn_xent(repeat):
         out = bn(xm)
         out.backward(mg.ones(out.shape))
 
-    row = {"workload": "BatchNorm2d fwd+bwd 32x64x32x32", "minigrad_s": timeit(mg_bn, repeat),
-           "bytes": 5 * x.nbytes}
+    torch_bn = None
     if torch is not None:
         tbn = torch.nn.BatchNorm2d(64)
         xt = torch.from_numpy(x).requires_grad_()
@@ -228,18 +254,18 @@ def bench_bn_xent(repeat):
             out = tbn(xt)
             out.backward(torch.ones_like(out))
 
-        row["torch_s"] = timeit(torch_bn, repeat)
-    rows.append(row)
+    rows.append(time_pair({"workload": "BatchNorm2d fwd+bwd 32x64x32x32", "bytes": 5 * x.nbytes},
+                          mg_bn, torch_bn, repeat))
 
     logits = np.random.default_rng(1).standard_normal((1024, 1000)).astype(np.float32)
     y = _labels(1024, 1000)
     lm, ym = mg.tensor(logits, requires_grad=True), mg.tensor(y)
-    row = {"workload": "softmax cross-entropy fwd+bwd 1024x1000",
-           "minigrad_s": timeit(lambda: F.cross_entropy(lm, ym).backward(), repeat)}
+    torch_xent = None
     if torch is not None:
         lt, yt = torch.from_numpy(logits).requires_grad_(), torch.from_numpy(y)
-        row["torch_s"] = timeit(lambda: torch.nn.functional.cross_entropy(lt, yt).backward(), repeat)
-    rows.append(row)
+        torch_xent = lambda: torch.nn.functional.cross_entropy(lt, yt).backward()  # noqa: E731
+    rows.append(time_pair({"workload": "softmax cross-entropy fwd+bwd 1024x1000"},
+                          lambda: F.cross_entropy(lm, ym).backward(), torch_xent, repeat))
     return rows
 
 
@@ -263,12 +289,9 @@ def bench_optimizers(repeat):
             ("Adam step, ResNet-18 params", lambda: optim.Adam(params, lr=1e-3),
              lambda: torch.optim.Adam(tparams, lr=1e-3, foreach=True))):
         opt = make()
-        row = {"workload": name, "minigrad_s": timeit(opt.step, repeat),
-               "bytes": sum(p.numel() for p in params) * 4 * 4}
-        if torch is not None:
-            topt = tmake()
-            row["torch_s"] = timeit(topt.step, repeat)
-        rows.append(row)
+        topt = tmake() if torch is not None else None
+        rows.append(time_pair({"workload": name, "bytes": sum(p.numel() for p in params) * 4 * 4},
+                              opt.step, topt.step if topt is not None else None, repeat))
     return rows
 
 

@@ -4,8 +4,10 @@ from .. import backend as _backend
 
 
 def _make_cpu_backend():
+    from . import allocator
     from .backend import CPUBackend
 
+    allocator.tune()
     return CPUBackend()
 
 
