@@ -5,15 +5,17 @@ blocks above its mmap threshold (128 KB at start) with a fresh ``mmap``, and it 
 freed memory at the top of the heap to the kernel once it exceeds its trim threshold.
 Either way the next step touches new pages: a LeNet-5 step at batch 128 took about
 3,000 page faults and 11-15 ms in a fresh process, against 7 ms once the pages are
-reused (BENCHMARKS_perf.md, change 40).  glibc raises both thresholds by itself only
-after a large mmapped block is freed, which a small model's step may never do.
+reused (BENCHMARKS_perf.md, change 40).  glibc raises both thresholds by itself, but
+only to the largest mmapped block freed so far: after LeNet's 2.4 MB activations its
+trim threshold is 4.8 MB, less than one step frees at the top of the heap.
 
-:func:`tune` raises them from the start: blocks up to 4 MB come from the heap (LeNet's
-largest activation is 2.4 MB), and up to 64 MB of freed heap stays mapped between steps.
-Larger blocks are still mmapped and go back to the kernel when freed, so peak memory does
-not grow: the ResNet-18 step's peak RSS was 736 MB with these settings and 743 MB without,
-while a 32 MB mmap threshold (glibc's own ceiling) raised it to 969 MB by fragmenting the
-heap.  ``MINIGRAD_MALLOC_TUNING=0`` in the environment leaves the allocator alone.
+:func:`tune` sets, from the start, the state glibc's heuristic reaches on its own after
+freeing one large block: an mmap threshold of 32 MB (the heuristic's ceiling) and a trim
+threshold of twice that.  Peak memory of the ResNet-18 step is unchanged (VmHWM 696 MB
+with, 695 MB without).  A 4 MB mmap threshold was tried first: fixing it there also
+stops the heuristic, so ResNet-18's 8 MB activations were mmapped on every step (29,000
+faults and about 100 ms of system time per step).  ``MINIGRAD_MALLOC_TUNING=0`` in the
+environment leaves the allocator alone.
 """
 
 import ctypes
@@ -21,7 +23,7 @@ import ctypes.util
 import os
 import sys
 
-MMAP_THRESHOLD = 4 << 20
+MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 64 << 20
 _M_TRIM_THRESHOLD = -1   # glibc <malloc.h>
 _M_MMAP_THRESHOLD = -3
