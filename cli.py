@@ -331,6 +331,8 @@ def train(ctx, model, device, dataset, epochs, batch_size, lr, optimizer, moment
     if config.get("data_dir") is None:
         config["data_dir"] = default_data_dir(config["dataset"])
     _check_device(config["device"])
+    if config["device"] == "cpu":
+        _precompile_first_run(config["model"])
 
     if plot:
         try:
@@ -377,6 +379,28 @@ def train(ctx, model, device, dataset, epochs, batch_size, lr, optimizer, moment
         click.echo(msg)
     if config.get("plot") and trainer.out_dir:
         click.echo(f"curves: {trainer.path('curves.png')}")
+
+
+def _precompile_first_run(model):
+    """On a first CPU run (most of MODEL's kernels not in the Numba cache), fill the cache
+    in one process per core before training (minigrad.cpu.precompile).  Off with
+    MINIGRAD_PRECOMPILE=0; models without recorded kernels are skipped."""
+    if os.environ.get("MINIGRAD_PRECOMPILE", "1") == "0":
+        return
+    from minigrad.cpu import precompile
+
+    try:
+        entries = precompile.load_manifest([model])
+    except (OSError, ValueError):
+        return
+    todo = precompile.missing(entries)
+    jobs = min(precompile.default_jobs(), len(todo))
+    if jobs < 2 or len(todo) < max(3, len(entries) // 4):
+        return
+    click.echo(f"first run: compiling {len(todo)} CPU kernels in {jobs} processes "
+               f"(cached afterwards; MINIGRAD_PRECOMPILE=0 skips this)", err=True)
+    n, seconds = precompile.warm(todo, jobs)
+    click.echo(f"compiled {n} kernels in {seconds:.1f} s", err=True)
 
 
 @cli.command(name="eval")
@@ -469,6 +493,28 @@ def models(names, as_json):
         click.echo(f"{r['name']:<10} {r['input']:>10} {r['params']:>13,} {_human(r['flops']):>10}")
     click.echo("aliases: lenet -> lenet5; every model takes num_classes and in_channels; "
                "32x32 variants: variant='cifar' (alexnet, vgg*), stem='cifar' (resnet18)")
+
+
+@cli.command(name="compile")
+@click.argument("models", nargs=-1)
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Compiler processes [default: one per core].")
+def compile_kernels(models, jobs):
+    """Fill the Numba cache with the CPU kernels that training MODELS needs (default: all
+    recorded, i.e. lenet and resnet18), compiling in parallel processes.  `train` does this
+    by itself on a first run; this command does it ahead of time (e.g. in an image build)."""
+    from minigrad.cpu import precompile
+
+    names = [_model_name(m) for m in models] or None
+    try:
+        entries = precompile.load_manifest(names)
+    except ValueError as e:
+        _fail(str(e))
+    n, seconds = precompile.warm(entries, jobs)
+    if n:
+        click.echo(f"compiled {n} of {len(entries)} kernel signatures in {seconds:.1f} s")
+    else:
+        click.echo(f"all {len(entries)} kernel signatures were already cached")
 
 
 @cli.command()
