@@ -171,7 +171,7 @@ def test_summary_command():
 
 def test_help_lists_commands():
     r = run("--help")
-    for cmd in ("train", "eval", "models", "info", "bench", "summary", "gradflow"):
+    for cmd in ("train", "eval", "models", "info", "bench", "summary", "gradflow", "compile"):
         assert cmd in r.output
 
 
