@@ -2,6 +2,7 @@
 
     python cli.py bench                     # everything, table to stdout
     python -m benchmarks.run_all --only lenet,resnet32 --repeat 5 --json out.json
+    python -m benchmarks.run_all --only conv,conv_cl   # per-layer rows, NCHW and channels-last
 
 Each workload is timed as the median of ``--repeat`` runs after warm-up, minigrad and
 PyTorch interleaved call by call (``time_pair``) so that both see the same machine.  PyTorch is used
@@ -212,8 +213,17 @@ def bench_resnet(batch, repeat):
     return [row]
 
 
-def bench_convs(batch, repeat):
-    """conv2d forward + both backward passes on each ResNet-18 (CIFAR stem) layer shape."""
+def _channels_last(a):
+    """NCHW-shaped view of a channels-last (N, H, W, C) copy of ``a``."""
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+def bench_convs(batch, repeat, channels_last=False):
+    """conv2d forward + both backward passes on each ResNet-18 (CIFAR stem) layer shape.
+
+    ``channels_last``: input and output gradient stored channels-last in both frameworks
+    (torch.channels_last), as inside minigrad's ResNet-18, where every conv after the
+    stem receives channels-last activations and gradients; otherwise NCHW-contiguous."""
     rows = []
     for cin, cout, h, k, s in RESNET_CONV_SHAPES:
         rng = np.random.default_rng(0)
@@ -222,22 +232,26 @@ def bench_convs(batch, repeat):
         p = k // 2
         oh = (h + 2 * p - k) // s + 1
         flops = 3 * 2 * batch * cout * cin * k * k * oh * oh
-        xm, wm = mg.tensor(x, requires_grad=True), mg.tensor(w, requires_grad=True)
+        gy = np.ones((batch, cout, oh, oh), np.float32)
+        if channels_last:
+            x, gy = _channels_last(x), _channels_last(gy)
+        xm, wm, gym = mg.tensor(x, requires_grad=True), mg.tensor(w, requires_grad=True), mg.tensor(gy)
 
         def mg_run():
-            out = mg.conv2d(xm, wm, stride=s, padding=p)
-            out.backward(mg.ones(out.shape))
+            mg.conv2d(xm, wm, stride=s, padding=p).backward(gym)
 
         torch_run = None
         if torch is not None:
-            xt = torch.from_numpy(x).requires_grad_()
-            wt = torch.from_numpy(w).requires_grad_()
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            xt = torch.from_numpy(np.ascontiguousarray(x)).to(memory_format=fmt).requires_grad_()
+            wt = torch.from_numpy(w).to(memory_format=fmt).requires_grad_()
+            gyt = torch.from_numpy(np.ascontiguousarray(gy)).to(memory_format=fmt)
 
             def torch_run():
-                out = torch.nn.functional.conv2d(xt, wt, stride=s, padding=p)
-                out.backward(torch.ones_like(out))
+                torch.nn.functional.conv2d(xt, wt, stride=s, padding=p).backward(gyt)
 
-        rows.append(time_pair({"workload": f"conv {cin}->{cout} {h}x{h} k{k} s{s} fwd+bwd, batch {batch}",
+        layout = ", channels-last" if channels_last else ""
+        rows.append(time_pair({"workload": f"conv {cin}->{cout} {h}x{h} k{k} s{s} fwd+bwd, batch {batch}{layout}",
                                "flops": flops}, mg_run, torch_run, repeat))
     return rows
 
@@ -418,6 +432,7 @@ WORKLOADS = {
     "resnet32": lambda r: bench_resnet(32, r),
     "resnet128": lambda r: bench_resnet(128, max(3, r // 2)),
     "conv": lambda r: bench_convs(32, r),
+    "conv_cl": lambda r: bench_convs(32, r, channels_last=True),
     "matmul": lambda r: bench_matmul(r),
     "bn_xent": lambda r: bench_bn_xent(r),
     "optim": lambda r: bench_optimizers(r),
@@ -451,6 +466,10 @@ def format_table(rows, sgemm):
         lines.append("GFLOP/s and % of sgemm count the FLOPs of a direct convolution. 3x3 stride-1 "
                      "layers with >= 16 channels run Winograd F(2x2, 3x3) (2.25x fewer multiply-adds; "
                      "MINIGRAD_WINOGRAD=0 turns it off), so their effective rate can exceed sgemm.")
+    if any(r["workload"].startswith("conv ") for r in rows):
+        lines.append("conv rows: input and output gradient NCHW-contiguous, or channels-last in both "
+                     "frameworks where the row says so (the layout inside minigrad's ResNet-18 after "
+                     "the stem); x is a leaf, so its .grad is filled too.")
     return "\n".join(lines)
 
 
