@@ -1,0 +1,43 @@
+"""The side-by-side benchmark harness (benchmarks/run_all.py): timing and reporting logic."""
+
+import time
+
+from benchmarks import run_all
+
+
+def test_time_pair_interleaves_and_takes_medians():
+    calls = []
+
+    def a():
+        calls.append("a")
+
+    def b():
+        calls.append("b")
+        time.sleep(0.002)
+
+    row = run_all.time_pair({"workload": "w"}, a, b, repeat=5, warmup=1)
+    assert calls == ["a", "b"] * 6          # one warm-up pair, then strictly alternating
+    assert row["torch_s"] > row["minigrad_s"] and row["torch_s"] >= 0.002
+    row = run_all.time_pair({}, a, None, repeat=3, warmup=0)
+    assert "torch_s" not in row and row["minigrad_s"] >= 0
+
+
+def test_others_load_excludes_this_process():
+    start = run_all.cpu_seconds()
+    t0 = time.perf_counter()
+    end = time.process_time() + 0.3
+    while time.process_time() < end:        # busy in this process only
+        pass
+    others = run_all.others_load(start, time.perf_counter() - t0)
+    # this process's own 0.3 s of CPU is not counted (other tests' processes may add a little)
+    assert 0.0 <= others < 0.9
+
+
+def test_table_notes_conv_layouts_and_ratios():
+    rows = [{"workload": "conv 3->64 32x32 k3 s1 fwd+bwd, batch 32, channels-last", "minigrad_s": 0.002,
+             "torch_s": 0.003, "flops": 2e8},
+            {"workload": "matmul 4x4x4", "minigrad_s": 0.001}]
+    text = run_all.format_table(rows, sgemm=200.0)
+    assert "| 2.00 ms | 3.00 ms | 1.50x | 100 | 50% |" in text
+    assert "| matmul 4x4x4 | 1.00 ms | - |" in text
+    assert "channels-last in both frameworks" in text
