@@ -50,6 +50,7 @@ def test_conv_paths(path, waste, split, case, dtype, layout, monkeypatch):
     w = rng.standard_normal((K, C, R, S)).astype(dtype)
     b = rng.standard_normal(K).astype(dtype)
     xv = cl(x) if layout == "cl" else x
+    x_before = xv.copy()
     y = conv.conv2d(xv, w, b, st, pd, dl)
     yr = ref_conv(x, w, b, st, pd, dl)
     np.testing.assert_allclose(y, yr, **tol(dtype))
@@ -68,6 +69,8 @@ def test_conv_paths(path, waste, split, case, dtype, layout, monkeypatch):
             assert gw.flags.c_contiguous
         else:
             assert gw is None
+    # the unpadded channels-last case reads x in place (no copy): it must stay unchanged
+    np.testing.assert_array_equal(xv, x_before)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -1166,7 +1166,11 @@ def is_channels_last(x):
 
 
 def _padded(x, ph, pw, slack_rows):
-    """Flat zero-padded channels-last copy of NCHW-shaped x plus slack_rows zero pixels."""
+    """Flat zero-padded channels-last copy of NCHW-shaped x plus slack_rows zero pixels
+    (read-only for the caller: a view of x when x is already dense channels-last and
+    nothing is added, as for the unpadded stride-2 1x1 convolutions)."""
+    if ph == 0 and pw == 0 and slack_rows == 0 and is_channels_last(x):
+        return x.transpose(0, 2, 3, 1).reshape(-1)
     N, C, H, W = x.shape
     Hp, Wp = H + 2 * ph, W + 2 * pw
     xbuf = np.empty((N * Hp * Wp + slack_rows) * C, dtype=x.dtype)
