@@ -399,8 +399,15 @@ def _precompile_first_run(model):
         return
     click.echo(f"first run: compiling {len(todo)} CPU kernels in {jobs} processes "
                f"(cached afterwards; MINIGRAD_PRECOMPILE=0 skips this)", err=True)
-    n, seconds = precompile.warm(todo, jobs)
-    click.echo(f"compiled {n} kernels in {seconds:.1f} s", err=True)
+    try:
+        result = precompile.warm(todo, jobs)
+    except Exception as e:  # noqa: BLE001 - e.g. processes cannot be started here
+        click.echo(f"parallel compile failed ({type(e).__name__}: {e}); kernels compile "
+                   f"as they are first used instead", err=True)
+        return
+    click.echo(f"compiled {result.compiled} kernels in {result.seconds:.1f} s"
+               + (f"; {len(result.failed)} failed and compile on first use instead"
+                  if result.failed else ""), err=True)
 
 
 @cli.command(name="eval")
@@ -510,9 +517,12 @@ def compile_kernels(models, jobs):
         entries = precompile.load_manifest(names)
     except ValueError as e:
         _fail(str(e))
-    n, seconds = precompile.warm(entries, jobs)
-    if n:
-        click.echo(f"compiled {n} of {len(entries)} kernel signatures in {seconds:.1f} s")
+    result = precompile.warm(entries, jobs)
+    for line in result.failed:
+        click.echo(f"not compiled: {line}", err=True)
+    if result.compiled or result.failed:
+        click.echo(f"compiled {result.compiled} of {len(entries)} kernel signatures in "
+                   f"{result.seconds:.1f} s")
     else:
         click.echo(f"all {len(entries)} kernel signatures were already cached")
 

@@ -16,6 +16,7 @@ import importlib
 import json
 import os
 import time
+from collections import namedtuple
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
@@ -116,9 +117,13 @@ def missing(entries=None):
 
 
 def _compile_entry(entry):
-    t0 = time.perf_counter()
-    resolve(entry).compile(signature(entry))
-    return time.perf_counter() - t0
+    """Compile one entry; returns None, or a one-line reason it could not be compiled (a
+    manifest older than the kernel's code must not stop the other entries)."""
+    try:
+        resolve(entry).compile(signature(entry))
+    except Exception as e:  # noqa: BLE001 - reported to the caller, who carries on
+        return f"{entry['module']}.{entry['name']}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    return None
 
 
 def default_jobs():
@@ -129,23 +134,28 @@ def default_jobs():
         return max(1, os.cpu_count() or 1)
 
 
-def warm(entries=None, jobs=None):
-    """Compile the uncached manifest entries in ``jobs`` processes.
+WarmResult = namedtuple("WarmResult", "compiled seconds failed")
+WarmResult.__doc__ = """What :func:`warm` did: entries compiled, wall seconds, and one line per
+entry that failed to compile (the process that needs it then compiles it as usual)."""
 
-    Returns ``(number compiled, wall seconds)``.  The processes are started with "spawn"
-    (a fresh interpreter each; forking a process that runs Numba threads is unsafe)."""
+
+def warm(entries=None, jobs=None):
+    """Compile the uncached manifest entries in ``jobs`` processes; returns a WarmResult.
+
+    The processes are started with "spawn" (a fresh interpreter each; forking a process
+    that runs Numba threads is unsafe)."""
     todo = missing(entries)
     if not todo:
-        return 0, 0.0
+        return WarmResult(0, 0.0, [])
     jobs = min(jobs or default_jobs(), len(todo))
     t0 = time.perf_counter()
     if jobs == 1:
-        for e in todo:
-            _compile_entry(e)
+        errors = [_compile_entry(e) for e in todo]
     else:
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-            list(pool.map(_compile_entry, todo, chunksize=1))
-    return len(todo), time.perf_counter() - t0
+            errors = list(pool.map(_compile_entry, todo, chunksize=1))
+    failed = [e for e in errors if e]
+    return WarmResult(len(todo) - len(failed), time.perf_counter() - t0, failed)
 
 
 def record(run):
