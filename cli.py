@@ -559,6 +559,8 @@ def info():
         "(unset: __pycache__ next to each module)"
     mnist = default_data_dir("mnist")
     rows += [("cuda", cuda),
+             ("malloc", _malloc_state()),
+             ("kernels", _kernel_cache_state()),
              ("threads", f"{numba.get_num_threads()} (numba; NUMBA_NUM_THREADS="
                          f"{os.environ.get('NUMBA_NUM_THREADS', 'unset')})"),
              ("numba cache", cache),
@@ -567,6 +569,35 @@ def info():
               else "no mnist/ folder found: train uses the shipped subset")]
     for key, value in rows:
         click.echo(f"{key:<12} {value}")
+
+
+def _malloc_state():
+    import minigrad as mg
+    from minigrad.cpu import allocator
+
+    mg.tensor([0.0])  # starts the CPU backend, which applies the tuning
+    if allocator.applied():
+        return (f"glibc thresholds set (mmap {allocator.MMAP_THRESHOLD >> 20} MB, trim "
+                f"{allocator.TRIM_THRESHOLD >> 20} MB; MINIGRAD_MALLOC_TUNING=0 turns this off)")
+    if os.environ.get("MINIGRAD_MALLOC_TUNING", "1") == "0":
+        return "left alone (MINIGRAD_MALLOC_TUNING=0)"
+    return "left alone (not glibc on Linux)"
+
+
+def _kernel_cache_state():
+    try:
+        from minigrad.cpu import precompile
+
+        entries = precompile.load_manifest()
+        models = sorted({m for e in entries for m in e["models"]})
+        missing = {id(e) for e in precompile.missing(entries)}
+    except Exception as e:  # pragma: no cover - informational only
+        return f"? ({e})"
+    parts = []
+    for m in models:
+        mine = [e for e in entries if m in e["models"]]
+        parts.append(f"{m} {sum(id(e) not in missing for e in mine)}/{len(mine)}")
+    return "compiled and cached: " + ", ".join(parts) + " (python cli.py compile fills the rest)"
 
 
 def _data_dir():

@@ -122,7 +122,8 @@ def test_models_table():
 def test_info():
     r = run("info")
     assert r.exit_code == 0, r.output
-    for word in ("python", "numpy", "numba", "devices", "cuda", "threads", "cache"):
+    for word in ("python", "numpy", "numba", "devices", "cuda", "threads", "cache", "malloc",
+                 "kernels", "compiled and cached: lenet5 "):
         assert word in r.output
 
 
