@@ -168,3 +168,30 @@ def test_add_channels_last_large(dtype):
     assert out.dtype == dtype and out.transpose(0, 2, 3, 1).flags.c_contiguous
     mixed = be.binary("add", cl(a), b)          # one NCHW operand: NumPy's add, same values
     np.testing.assert_array_equal(mixed, a + b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+def test_max_pool_2x2_kernels_match_general_kernel(dtype, layout):
+    # the unrolled branch-free 2x2 kernels against the general no-padding kernel: first
+    # maximum on ties, first NaN in window order (row-major), NaN anywhere in the window
+    from minigrad.cpu import pool
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 5, 8, 10)).astype(dtype)
+    flat = x.reshape(-1)
+    flat[rng.integers(0, x.size, x.size // 10)] = np.nan
+    flat[rng.integers(0, x.size, x.size // 6)] = 0.5
+    x[0, 0, 0, :4] = [np.nan, 9.0, np.nan, 1.0]      # NaN first / larger value first
+    x[0, 0, 1, :4] = [9.0, np.nan, 2.0, 3.0]
+    x[0, 1, :2, :2] = [[1.0, 1.0], [1.0, 1.0]]        # four-way tie
+    x[0, 1, :2, 2:4] = [[-1.0, -2.0], [-3.0, np.nan]]  # NaN last
+    N, C, H, W = x.shape
+    y_ref = np.empty((N * C, H // 2, W // 2), dtype)
+    am_ref = np.empty((N * C, H // 2, W // 2), np.int32)
+    pool._max_fwd_nopad(x.reshape(N * C, H, W), 2, 2, 2, 2, y_ref, am_ref)
+    y, am = pool.max_pool2d(cl(x) if layout == "cl" else x, (2, 2), (2, 2), (0, 0))
+    np.testing.assert_array_equal(y.reshape(y_ref.shape), y_ref)
+    np.testing.assert_array_equal(am.reshape(am_ref.shape), am_ref)
+    assert np.isnan(y[0, 0, 0, 0]) and am[0, 0, 0, 0] == 0
+    assert am[0, 1, 0, 0] == 0 and np.isnan(y[0, 1, 0, 1]) and am[0, 1, 0, 1] == W + 3

@@ -109,6 +109,14 @@ def _max_fwd_nopad(x, kh, kw, sh, sw, y, am):
                 af[o + ow] = h0 * W + w0 + bi
 
 
+@njit(cache=True, inline="always")
+def _first_max(v, best, bi, idx):
+    """(best, bi) after window element v at offset idx: keeps the first maximum, or the
+    first NaN.  Branch-free (selects), so the 2x2 loops below compile without jumps."""
+    m = (v > best) | ((v != v) & (best == best))
+    return (v if m else best), (idx if m else bi)
+
+
 @pjit()
 def _max_fwd_2x2(x, y, am):
     """2x2 / stride 2 / no padding (LeNet, VGG): _max_fwd_nopad with the window unrolled."""
@@ -124,33 +132,16 @@ def _max_fwd_2x2(x, y, am):
         for oh in range(OH):
             r0 = (t * H + 2 * oh) * W
             o = (t * OH + oh) * OW
+            top = xf[r0:r0 + 2 * OW]
+            bot = xf[r0 + W:r0 + W + 2 * OW]
+            yr = yf[o:o + OW]
+            ar = af[o:o + OW]
             for ow in range(OW):
-                i = r0 + 2 * ow
-                best = xf[i]
-                bi = 0
-                if best == best:
-                    b = xf[i + 1]
-                    if b != b:
-                        best = b
-                        bi = 1
-                    else:
-                        if b > best:
-                            best = b
-                            bi = 1
-                        c = xf[i + W]
-                        if c != c:
-                            best = c
-                            bi = W
-                        else:
-                            if c > best:
-                                best = c
-                                bi = W
-                            d = xf[i + W + 1]
-                            if d != d or d > best:
-                                best = d
-                                bi = W + 1
-                yf[o + ow] = best
-                af[o + ow] = 2 * oh * W + 2 * ow + bi
+                best, bi = _first_max(top[2 * ow + 1], top[2 * ow], 0, 1)
+                best, bi = _first_max(bot[2 * ow], best, bi, W)
+                best, bi = _first_max(bot[2 * ow + 1], best, bi, W + 1)
+                yr[ow] = best
+                ar[ow] = 2 * oh * W + 2 * ow + bi
 
 
 @pjit()
@@ -167,30 +158,14 @@ def _max_fwd_2x2_cl(xt, y, am):
         for ow in range(OW):
             w = 2 * ow
             base = h * W + w
+            a = xt[n, h, w]
+            b = xt[n, h, w + 1]
+            c = xt[n, h + 1, w]
+            d = xt[n, h + 1, w + 1]
             for ch in range(C):
-                best = xt[n, h, w, ch]
-                bi = 0
-                if best == best:
-                    b = xt[n, h, w + 1, ch]
-                    if b != b:
-                        best = b
-                        bi = 1
-                    else:
-                        if b > best:
-                            best = b
-                            bi = 1
-                        c = xt[n, h + 1, w, ch]
-                        if c != c:
-                            best = c
-                            bi = W
-                        else:
-                            if c > best:
-                                best = c
-                                bi = W
-                            d = xt[n, h + 1, w + 1, ch]
-                            if d != d or d > best:
-                                best = d
-                                bi = W + 1
+                best, bi = _first_max(b[ch], a[ch], 0, 1)
+                best, bi = _first_max(c[ch], best, bi, W)
+                best, bi = _first_max(d[ch], best, bi, W + 1)
                 y[n, ch, oh, ow] = best
                 am[n, ch, oh, ow] = base + bi
 
