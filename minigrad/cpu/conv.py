@@ -773,16 +773,19 @@ def _direct_fwd_ext(xp, w, b, dh, dw, y):
 def _gy_ext(gy, Wp, gext):
     """gext[n, k, oh*Wp + ow] = gy[n, k, oh, ow], zero in the garbage columns."""
     N, K, OH, OW = gy.shape
+    L = gext.shape[2]
+    gf = gy.reshape(-1)
+    ef = gext.reshape(-1)
     for t in prange(N * K):
-        n = t // K
-        k = t - n * K
         for oh in range(OH):
-            base = oh * Wp
+            src = gf[(t * OH + oh) * OW:(t * OH + oh + 1) * OW]
+            dst = ef[t * L + oh * Wp:t * L + oh * Wp + OW]
             for ow in range(OW):
-                gext[n, k, base + ow] = gy[n, k, oh, ow]
+                dst[ow] = src[ow]
             if oh < OH - 1:
-                for ow in range(OW, Wp):
-                    gext[n, k, base + ow] = 0
+                pad = ef[t * L + oh * Wp + OW:t * L + (oh + 1) * Wp]
+                for j in range(Wp - OW):
+                    pad[j] = 0
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
