@@ -576,12 +576,7 @@ def _malloc_state():
     from minigrad.cpu import allocator
 
     mg.tensor([0.0])  # starts the CPU backend, which applies the tuning
-    if allocator.applied():
-        return (f"glibc thresholds set (mmap {allocator.MMAP_THRESHOLD >> 20} MB, trim "
-                f"{allocator.TRIM_THRESHOLD >> 20} MB; MINIGRAD_MALLOC_TUNING=0 turns this off)")
-    if os.environ.get("MINIGRAD_MALLOC_TUNING", "1") == "0":
-        return "left alone (MINIGRAD_MALLOC_TUNING=0)"
-    return "left alone (not glibc on Linux)"
+    return allocator.status()
 
 
 def _kernel_cache_state():
@@ -590,13 +585,13 @@ def _kernel_cache_state():
 
         entries = precompile.load_manifest()
         models = sorted({m for e in entries for m in e["models"]})
-        missing = {id(e) for e in precompile.missing(entries)}
+        missing = precompile.missing(entries)
     except Exception as e:  # pragma: no cover - informational only
         return f"? ({e})"
     parts = []
     for m in models:
         mine = [e for e in entries if m in e["models"]]
-        parts.append(f"{m} {sum(id(e) not in missing for e in mine)}/{len(mine)}")
+        parts.append(f"{m} {sum(e not in missing for e in mine)}/{len(mine)}")
     return "compiled and cached: " + ", ".join(parts) + " (python cli.py compile fills the rest)"
 
 

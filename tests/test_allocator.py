@@ -28,7 +28,8 @@ f0 = faults()
 for _ in range(20):
     arrays = [np.ones(600_000, np.float32) for _ in range(4)]
     del arrays
-print(json.dumps({"applied": allocator.applied(), "faults_per_round": (faults() - f0) / 20}))
+print(json.dumps({"applied": allocator.applied(), "status": allocator.status(),
+                  "faults_per_round": (faults() - f0) / 20}))
 """
 
 def _has_glibc():
@@ -52,6 +53,8 @@ def test_tuning_keeps_freed_activation_pages():
     tuned, plain = _run("1"), _run("0")
     assert tuned["applied"] is True
     assert plain["applied"] is False
+    assert tuned["status"].startswith("glibc thresholds set (mmap 128 MB, trim 256 MB")
+    assert plain["status"] == "left alone (MINIGRAD_MALLOC_TUNING=0)"
     # 4 x 2.4 MB = 2,344 pages per round: the plain allocator faults most of them in again
     assert tuned["faults_per_round"] < 100, tuned
     assert plain["faults_per_round"] > 10 * max(tuned["faults_per_round"], 1), (tuned, plain)

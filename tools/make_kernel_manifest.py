@@ -6,8 +6,9 @@ Runs, each in a fresh process with an empty Numba cache, the CLI's default LeNet
 training (MNIST, Adam, one-cycle) and a ResNet-18 CIFAR-shaped run (synthetic data, SGD
 with Nesterov momentum, BatchNorm), three batches each plus evaluation, and records every
 minigrad.cpu kernel signature they compile with its compile time
-(minigrad.cpu.precompile.record), tagged with the models that use it.  Run it again after changing a kernel's arguments;
-tests/test_precompile.py checks that every entry still names a kernel.
+(minigrad.cpu.precompile.record), tagged with the models that use it.  Run it again after
+changing a kernel's arguments; tests/test_precompile.py checks that every entry still
+names a kernel.
 """
 
 import json

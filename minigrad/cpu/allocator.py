@@ -30,7 +30,7 @@ TRIM_THRESHOLD = 256 << 20
 _M_TRIM_THRESHOLD = -1   # glibc <malloc.h>
 _M_MMAP_THRESHOLD = -3
 
-_state = {"done": False, "applied": False}
+_state = {"done": False, "applied": False, "status": "not started (the CPU backend is not in use)"}
 
 
 def tune():
@@ -41,7 +41,11 @@ def tune():
     if _state["done"]:
         return _state["applied"]
     _state["done"] = True
-    if os.environ.get("MINIGRAD_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+    if os.environ.get("MINIGRAD_MALLOC_TUNING", "1") == "0":
+        _state["status"] = "left alone (MINIGRAD_MALLOC_TUNING=0)"
+        return False
+    _state["status"] = "left alone (not glibc on Linux)"
+    if not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -54,9 +58,17 @@ def tune():
     ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
     ok = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
     _state["applied"] = ok
+    _state["status"] = (f"glibc thresholds set (mmap {MMAP_THRESHOLD >> 20} MB, trim "
+                        f"{TRIM_THRESHOLD >> 20} MB; MINIGRAD_MALLOC_TUNING=0 turns this off)"
+                        if ok else "left alone (glibc refused the thresholds)")
     return ok
 
 
 def applied():
     """True when :func:`tune` has set the thresholds in this process."""
     return _state["applied"]
+
+
+def status():
+    """One line on what :func:`tune` did in this process (for ``cli.py info``)."""
+    return _state["status"]
