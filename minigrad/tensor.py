@@ -268,7 +268,11 @@ class Tensor:
             if gradient.device != self.device:
                 raise ValueError(
                     f"backward(gradient): gradient on {gradient.device}, output on {self.device}")
-            g = be.astype(gradient.data, self.dtype)
+            g = gradient.data
+            if g.dtype != self.dtype:
+                g = be.astype(g, self.dtype)
+            # No defensive copy: backward functions never write into their incoming
+            # gradient, and a leaf copies the first gradient it stores.
         autograd.run_backward(self, g, retain_graph=retain_graph)
 
     def zero_(self):

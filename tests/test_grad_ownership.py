@@ -11,6 +11,7 @@ a leaf keep a gradient without copying it (tried in session 4: the copy it saves
 import numpy as np
 
 import minigrad as mg
+import minigrad.nn.functional as F
 from minigrad.autograd import Function
 
 
@@ -77,6 +78,27 @@ def test_user_gradient_is_never_kept():
     assert not np.shares_memory(x.grad.data, gt.data)
     gt.data[...] = -1
     np.testing.assert_array_equal(x.grad.numpy(), np.arange(5, dtype=np.float32))
+
+
+def test_user_gradient_is_read_not_written():
+    """backward(gradient) hands the caller's array to the graph without a copy: no backward
+    may write into it, and leaves reached through views of it must still own their grads."""
+    rng = np.random.default_rng(1)
+    x = mg.tensor(rng.standard_normal((2, 3, 8, 8)).astype(np.float32), requires_grad=True)
+    w = mg.tensor(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), requires_grad=True)
+    z = leaf(2, 4, 4, 4)
+    out = F.max_pool2d(F.relu(mg.conv2d(x, w, padding=1)), 2) + z
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    before = g.copy()
+    gt = mg.tensor(g)
+    out.backward(gt)
+    np.testing.assert_array_equal(gt.numpy(), before)
+    assert not np.shares_memory(z.grad.data, gt.data)
+    y = leaf(2, 4, 4, 4)
+    (y.reshape(8, 16) * 1.0).reshape(2, 4, 4, 4).backward(gt)
+    (y.reshape(8, 16) * 1.0).reshape(2, 4, 4, 4).backward(gt)
+    np.testing.assert_array_equal(y.grad.numpy(), 2 * before)
+    np.testing.assert_array_equal(gt.numpy(), before)
 
 
 class _ReturnsSaved(Function):

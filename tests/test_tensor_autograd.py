@@ -33,6 +33,17 @@ def test_creation_dtype_and_properties():
         mg.zeros(2).item()
 
 
+def test_factories_follow_tensor_dtype_rules_and_own_their_data():
+    assert mg.full((2,), 3, dtype=np.int32).dtype == mg.int64
+    assert mg.ones(2, dtype=np.float16).dtype == mg.float32
+    assert mg.zeros(2, dtype=np.float64).dtype == mg.float64
+    a, b = mg.ones(3, requires_grad=True), mg.ones(3)
+    assert a.requires_grad and not b.requires_grad
+    assert not np.shares_memory(a.data, b.data)
+    with pytest.raises(TypeError, match="floating"):
+        mg.zeros(2, dtype=np.int64, requires_grad=True)
+
+
 def test_manual_seed_reproducible():
     mg.manual_seed(3)
     a = mg.randn(4).numpy()
