@@ -195,3 +195,42 @@ def test_max_pool_2x2_kernels_match_general_kernel(dtype, layout):
     np.testing.assert_array_equal(am.reshape(am_ref.shape), am_ref)
     assert np.isnan(y[0, 0, 0, 0]) and am[0, 0, 0, 0] == 0
     assert am[0, 1, 0, 0] == 0 and np.isnan(y[0, 1, 0, 1]) and am[0, 1, 0, 1] == W + 3
+
+
+@pytest.mark.parametrize("shape,pad", [((2, 3, 5, 7), (1, 2)), ((3, 17, 4, 4), (0, 0)),
+                                       ((2, 33, 32, 32), (1, 1)), ((1, 16, 6, 5), (2, 0))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("plane_bytes", [0, 1 << 30])
+def test_nchw_to_channels_last_padded_copy(shape, pad, dtype, plane_bytes, monkeypatch):
+    """Both NCHW -> padded channels-last kernels (by row, by 16-channel block) give np.pad,
+    zero border and slack included, whatever the buffer held before."""
+    monkeypatch.setattr(conv, "_PLANE_TASK_BYTES", plane_bytes)
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    ph, pw = pad
+    want = np.pad(x.transpose(0, 2, 3, 1), ((0, 0), (ph, ph), (pw, pw), (0, 0))).reshape(-1)
+    got = conv._padded(x, ph, pw, 5)
+    np.testing.assert_array_equal(got[:want.size], want)
+    np.testing.assert_array_equal(got[want.size:], 0)
+    np.testing.assert_array_equal(conv._cl_contig(x), x.transpose(0, 2, 3, 1))
+    buf = np.full(want.size + 3, np.nan, dtype)
+    Hp, Wp = shape[2] + 2 * ph, shape[3] + 2 * pw
+    conv._nchw_to_cl(x, ph, pw, buf, Hp, Wp)
+    np.testing.assert_array_equal(buf, np.concatenate([want, np.zeros(3, dtype)]))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_conv_nchw_input_through_block_kernel(case, monkeypatch):
+    """conv2d forward and backward on NCHW input with every plane taken by the block kernel."""
+    monkeypatch.setattr(conv, "_PLANE_TASK_BYTES", 0)
+    N, C, H, W, K, R, S, stride, padding, dilation = case
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((N, C, H, W))
+    w = rng.standard_normal((K, C, R, S))
+    gy_shape = ref_conv(x, w, None, stride, padding, dilation).shape
+    gy = rng.standard_normal(gy_shape)
+    y = conv.conv2d(x, w, None, stride, padding, dilation)
+    np.testing.assert_allclose(y, ref_conv(x, w, None, stride, padding, dilation), **tol(np.float64))
+    gx, gw, _ = conv.conv2d_backward(x, w, gy, stride, padding, dilation, True, True, False)
+    rgx, rgw, _ = ref_conv_grads(x, w, gy, stride, padding, dilation)
+    np.testing.assert_allclose(gx, rgx, **tol(np.float64))
+    np.testing.assert_allclose(gw, rgw, **tol(np.float64))

@@ -285,6 +285,54 @@ def _pad_cl_from_nchw(x, ph, pw, xbuf, Hp, Wp):
         xbuf[j] = 0
 
 
+@njit(parallel=True, cache=True)
+def _pad_cl_from_nchw_planes(x, ph, pw, xbuf, Hp, Wp):
+    """_pad_cl_from_nchw with one task per (image, block of 16 channels) instead of per row.
+
+    For planes of 4 KB or more: a row task reads C rows that lie a multiple of 4 KB apart,
+    which alias in the L1 cache; a block task reads 16 planes from top to bottom and
+    fills each 64-byte line of the output by itself (2x faster for 32x32x64 images)."""
+    N, C, H, W = x.shape
+    nb = (C + 15) // 16
+    for t in prange(N * nb):
+        n = t // nb
+        c0 = (t - n * nb) * 16
+        cb = min(16, C - c0)
+        for hp in range(Hp):
+            h = hp - ph
+            base = (n * Hp + hp) * Wp * C + c0
+            if h < 0 or h >= H:
+                for w in range(Wp):
+                    for c in range(cb):
+                        xbuf[base + w * C + c] = 0
+                continue
+            for w in range(pw):
+                for c in range(cb):
+                    xbuf[base + w * C + c] = 0
+            for w in range(pw + W, Wp):
+                for c in range(cb):
+                    xbuf[base + w * C + c] = 0
+            for c in range(cb):
+                src = x[n, c0 + c, h]
+                for w in range(W):
+                    xbuf[base + (w + pw) * C + c] = src[w]
+    for j in range(N * Hp * Wp * C, xbuf.size):
+        xbuf[j] = 0
+
+
+def _nchw_to_cl(x, ph, pw, xbuf, Hp, Wp):
+    """Padded channels-last copy of NCHW-contiguous x into flat xbuf, by the faster kernel
+    for the plane size."""
+    if x.shape[2] * x.shape[3] * x.itemsize >= _PLANE_TASK_BYTES:
+        _pad_cl_from_nchw_planes(x, ph, pw, xbuf, Hp, Wp)
+    else:
+        _pad_cl_from_nchw(x, ph, pw, xbuf, Hp, Wp)
+
+
+# Planes at least this big are converted by _pad_cl_from_nchw_planes.
+_PLANE_TASK_BYTES = 4096
+
+
 @pjit()
 def _fill_ext(gt, front, Hp, Wp, gbuf):
     """Extended channels-last gradient: gbuf[(front + (n*Hp + oh)*Wp + ow)*K + k] = gt[n, oh, ow, k],
@@ -345,17 +393,6 @@ def _to_cl(xt, out):
         for w in range(W):
             for c in range(C):
                 out[n, h, w, c] = xt[n, h, w, c]
-
-
-@pjit()
-def _to_cl_from_nchw(x, out):
-    N, C, H, W = x.shape
-    for t in prange(N * H):
-        n = t // H
-        h = t - n * H
-        for c in range(C):
-            for w in range(W):
-                out[n, h, w, c] = x[n, c, h, w]
 
 
 @pjit()
@@ -1196,7 +1233,7 @@ def _padded(x, ph, pw, slack_rows):
     Hp, Wp = H + 2 * ph, W + 2 * pw
     xbuf = np.empty((N * Hp * Wp + slack_rows) * C, dtype=x.dtype)
     if x.flags.c_contiguous and not is_channels_last(x):
-        _pad_cl_from_nchw(x, ph, pw, xbuf, Hp, Wp)
+        _nchw_to_cl(x, ph, pw, xbuf, Hp, Wp)
     elif is_channels_last(x):
         _pad_cl_dense(x.transpose(0, 2, 3, 1).reshape(-1), N, H, W, C, ph, pw, xbuf, Hp, Wp)
     else:
@@ -1211,7 +1248,7 @@ def _cl_contig(x):
         return xt
     out = np.empty(xt.shape, dtype=x.dtype)
     if x.flags.c_contiguous:
-        _to_cl_from_nchw(x, out)
+        _nchw_to_cl(x, 0, 0, out.reshape(-1), x.shape[2], x.shape[3])
     else:
         _to_cl(xt, out)
     return out
