@@ -234,3 +234,34 @@ def test_conv_nchw_input_through_block_kernel(case, monkeypatch):
     rgx, rgw, _ = ref_conv_grads(x, w, gy, stride, padding, dilation)
     np.testing.assert_allclose(gx, rgx, **tol(np.float64))
     np.testing.assert_allclose(gw, rgw, **tol(np.float64))
+
+
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("conf", [  # C, K, H, R, stride, padding: im2col, 1x1 direct, Winograd
+    (4, 5, 7, 3, 2, 1), (6, 5, 6, 1, 1, 0), (16, 16, 8, 3, 1, 1), (4, 6, 8, 1, 2, 0)])
+def test_backward_reuses_the_forward_copy_of_x(layout, conf, monkeypatch):
+    """conv2d_saving keeps the channels-last copy of x it made (none when x is already in
+    that form); conv2d_backward(saved=...) reads it for dW and gets the reference result."""
+    from minigrad.cpu import winograd
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 16)
+    monkeypatch.setattr(winograd, "MIN_TILES", 1)
+    C, K, H, R, s, p = conf
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, C, H, H))
+    w = rng.standard_normal((K, C, R, R))
+    xv = cl(x) if layout == "cl" else x
+    args = ((s, s), (p, p), (1, 1))
+    y, saved = conv.conv2d_saving(xv, w, None, *args, True)
+    np.testing.assert_allclose(y, ref_conv(x, w, None, *args), **tol(np.float64))
+    copied = layout == "nchw" or (p > 0 and not (R == 3 and s == 1 and C >= 16))
+    assert (saved.x_cl is not None) == copied
+    assert saved.weights is not None
+    gy = rng.standard_normal(y.shape)
+    gx, gw, _ = conv.conv2d_backward(xv, w, gy, *args, True, True, False, saved=saved)
+    rgx, rgw, _ = ref_conv_grads(x, w, gy, *args)
+    np.testing.assert_allclose(gx, rgx, **tol(np.float64))
+    np.testing.assert_allclose(gw, rgw, **tol(np.float64))
+    if saved.x_cl is not None:  # the backward really reads the kept copy
+        saved.x_cl[...] = 0
+        _, gw0, _ = conv.conv2d_backward(xv, w, gy, *args, False, True, False, saved=saved)
+        np.testing.assert_array_equal(gw0, 0)

@@ -232,18 +232,19 @@ class CPUBackend(Backend):
         return conv.conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b)
 
     # CPU-only extension used by ops.conv.Conv2d when present: the forward hands back the
-    # GEMM layout of the weights, and the backward reuses it (one transpose less per step).
-    def conv2d_saving(self, x, w, b, stride, padding, dilation):
+    # GEMM layout of the weights and, when the weights need a gradient, the channels-last
+    # (padded) copy of x it made; the backward reuses both instead of redoing them.
+    def conv2d_saving(self, x, w, b, stride, padding, dilation, keep_x):
         from . import conv
 
-        return conv.conv2d(x, w, b, stride, padding, dilation, return_weights=True)
+        return conv.conv2d_saving(x, w, b, stride, padding, dilation, keep_x)
 
     def conv2d_backward_saved(self, saved, x, w, gy, stride, padding, dilation, need_x, need_w,
                               need_b):
         from . import conv
 
         return conv.conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
-                                    wf=saved)
+                                    saved=saved)
 
     def max_pool2d(self, x, kernel, stride, padding):
         from . import pool

@@ -1272,6 +1272,18 @@ def _weights_grad_kcrs(gf, K, C, R, S):
     return out
 
 
+class Saved:
+    """What a forward hands its backward: ``weights``, the GEMM (or Winograd) layout of w,
+    and ``x_cl``, the channels-last (padded) copy of x the forward made, or None when it
+    made none (x already in that form, or not asked to keep it)."""
+
+    __slots__ = ("weights", "x_cl")
+
+    def __init__(self):
+        self.weights = None
+        self.x_cl = None
+
+
 def conv2d(x, w, b, stride, padding, dilation, return_weights=False):
     """Cross-correlation of x (N,C,H,W) with w (K,C,R,S) plus bias b (K,) or None.
 
@@ -1279,13 +1291,33 @@ def conv2d(x, w, b, stride, padding, dilation, return_weights=False):
     ``return_weights`` the result is ``(y, wf)``: ``wf`` is the GEMM layout of the
     weights (or None), which ``conv2d_backward(..., wf=wf)`` reuses for dX."""
     if return_weights:
-        box = []
-        y = _conv2d(x, w, b, stride, padding, dilation, box)
-        return y, (box[0] if box else None)
-    return _conv2d(x, w, b, stride, padding, dilation, None)
+        y, saved = conv2d_saving(x, w, b, stride, padding, dilation, False)
+        return y, saved.weights
+    return _conv2d(x, w, b, stride, padding, dilation, None, False)
 
 
-def _conv2d(x, w, b, stride, padding, dilation, box):
+def conv2d_saving(x, w, b, stride, padding, dilation, keep_x):
+    """``(y, saved)``: conv2d and a :class:`Saved` for ``conv2d_backward(..., saved=saved)``;
+    with ``keep_x`` it holds the channels-last copy of x the forward made, so that dW
+    does not copy x again (at the cost of keeping that copy until the backward)."""
+    box = Saved()
+    y = _conv2d(x, w, b, stride, padding, dilation, box, keep_x)
+    return y, box
+
+
+def _keep_copy(box, keep_x, xc, x):
+    """Record xc, the channels-last form of x, for the backward when it is a new array."""
+    if keep_x and not np.may_share_memory(xc, x):
+        box.x_cl = xc
+
+
+def _saved_x(saved, shape, dt):
+    """The kept channels-last x when it has the shape and dtype this path needs."""
+    xc = saved.x_cl if saved is not None else None
+    return xc if xc is not None and xc.shape == shape and xc.dtype == dt else None
+
+
+def _conv2d(x, w, b, stride, padding, dilation, box, keep_x):
     (sh, sw), (ph, pw), (dh, dw) = _pairs(stride, padding, dilation)
     N, C, H, W = x.shape
     K, _, R, S = w.shape
@@ -1312,15 +1344,17 @@ def _conv2d(x, w, b, stride, padding, dilation, box):
     x = np.asarray(x, dtype=dt)
     if USE_WINOGRAD and winograd.applicable(N, C, K, R, S, OH, OW, (sh, sw), (dh, dw)):
         U = winograd.transform_weights(w, dt)
+        xc = _cl_contig(x)
         if box is not None:
-            box.append(U)
+            box.weights = U
+            _keep_copy(box, keep_x, xc, x)
         y4 = np.empty((N, OH, OW, K), dtype=dt)
         with _single_blas, _dynamic_schedule():
-            winograd.forward(_cl_contig(x), U, bb, ph, pw, OH, OW, y4)
+            winograd.forward(xc, U, bb, ph, pw, OH, OW, y4)
         return y4.transpose(0, 3, 1, 2)
     wf = _weights_rsck(w, dt)
     if box is not None:
-        box.append(wf)
+        box.weights = wf
     has_b = b is not None
     y4 = np.empty((N, OH, OW, K), dtype=dt)
     if _GEMM_PATH == "chunked":
@@ -1341,6 +1375,8 @@ def _conv2d(x, w, b, stride, padding, dilation, box):
         xp = _cl_contig(x)
     else:
         xp = _padded(x, ph, pw, 0).reshape(N, Hp, Wp, C)
+    if box is not None:
+        _keep_copy(box, keep_x, xp, x)
     T, _ = _plan(N, OH * OW, R * S * C, x.itemsize, nt)
     if R * S * C * K * x.itemsize <= _BALANCE_MAX_W:
         T = max(min(64, N * OH * OW), min(T, -(-(N * OH * OW) // (_BALANCE * nt))))
@@ -1363,11 +1399,13 @@ def _bias_grad_any(gy, dt):
     return gb
 
 
-def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b, wf=None):
+def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b, wf=None,
+                    saved=None):
     """Gradients (gx, gw, gb) of conv2d; entries not needed are None.
 
     ``wf``: the weight layout returned by ``conv2d(..., return_weights=True)`` (saves
-    one weight-sized transpose per call); computed here when None.
+    one weight-sized transpose per call); computed here when None.  ``saved``: what
+    ``conv2d(..., keep_x=True)`` returned (its weights stand in for ``wf``).
 
     gx has the layout of the path (channels-last storage on the GEMM paths)."""
     (sh, sw), (ph, pw), (dh, dw) = _pairs(stride, padding, dilation)
@@ -1376,6 +1414,8 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
     K, _, R, S = w.shape
     gy = np.asarray(gy, dtype=dt)
     OH, OW = gy.shape[2], gy.shape[3]
+    if wf is None and saved is not None:
+        wf = saved.weights
     gb = _bias_grad_any(gy, dt) if need_b else None
     gx = gw = None
     if not (need_x or need_w):
@@ -1413,8 +1453,10 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
         U = wf if (wf is not None and wf.dtype == dt and wf.shape == (16, K, C)) else \
             winograd.transform_weights(w, dt)
         gx4 = np.empty((N, H, W, C) if need_x else (1, 1, 1, C), dtype=dt)
+        xc = _saved_x(saved, (N, H, W, C), dt)
         with _single_blas, _dynamic_schedule():
-            gw = winograd.backward(_cl_contig(x), _cl_contig(gy), U, ph, pw, need_x, need_w, gx4)
+            gw = winograd.backward(_cl_contig(x) if xc is None else xc, _cl_contig(gy), U, ph, pw,
+                                   need_x, need_w, gx4)
         return (gx4.transpose(0, 3, 1, 2) if need_x else None), gw, gb
     if wf is None or wf.dtype != dt or wf.size != w.size:
         wf = _weights_rsck(w, dt) if need_x else np.zeros(R * S * C * K, dtype=dt)
@@ -1446,10 +1488,11 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
                        T, nt, bool(need_x), bool(need_w), gx4.reshape(-1), gwacc)
     else:
         direct = R == 1 and S == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
+        xc = _saved_x(saved, (N, Hp, Wp, C), dt)
         if direct:
-            xp = _cl_contig(x) if need_w else np.empty((N, H, W, C), dtype=dt)
+            xp = (_cl_contig(x) if xc is None else xc) if need_w else np.empty((N, H, W, C), dtype=dt)
         elif need_w:
-            xp = _padded(x, ph, pw, 0).reshape(N, Hp, Wp, C)
+            xp = _padded(x, ph, pw, 0).reshape(N, Hp, Wp, C) if xc is None else xc
         else:
             xp = np.empty((N, Hp, Wp, C), dtype=dt)   # only its shape is used
         gyf = _cl_contig(gy).reshape(-1)

@@ -49,10 +49,10 @@ class Conv2d(Function):
         self.wprep = None
         need = getattr(self, "needs_grad", None)
         saving = getattr(self.be, "conv2d_saving", None)
-        if saving is not None and need is not None and need[0]:
-            # a backend may hand back a prepared weight layout for the backward (CPU: the
-            # GEMM layout, one weight-sized transpose less per step)
-            y, self.wprep = saving(x, w, b, stride, padding, dilation)
+        if saving is not None and need is not None and (need[0] or need[1]):
+            # a backend may hand back what its backward would otherwise redo (CPU: the GEMM
+            # layout of the weights, and the channels-last copy of x that dW reads)
+            y, self.wprep = saving(x, w, b, stride, padding, dilation, bool(need[1]))
             return y
         return self.be.conv2d(x, w, b, stride, padding, dilation)
 
