@@ -54,14 +54,12 @@ from . import winograd
 from ._jit import pjit
 from .blas import gemm_rm
 
-# Bytes of one tile's column matrix (per thread), forward and backward, and
-# the smallest tile in pixels (the backward's dW GEMM has the tile as its
-# inner dimension, so it wants longer tiles).
-_TILE_BYTES_FWD = 512 << 10
-_TILE_BYTES_BWD = 512 << 10
-_MIN_TILE_FWD = 512
-_MIN_TILE_BWD = 512
-_MAX_TILE = 4096
+# Pixels per im2col tile (rows of the per-tile GEMMs), forward and backward.  Tiles
+# used to grow to 512 KiB of column matrix (up to 4096 pixels) for layers with few input
+# channels; 512 pixels keep the stem's (27-column) tiles and their GEMM packing in L2:
+# stem backward 3.2 -> 2.3 ms, forward 1.14 -> 0.96 ms, ResNet-18 steps unchanged
+# (BENCHMARKS_perf.md, change 55).  Deeper layers had 512-pixel tiles already.
+_TILE = 512
 
 
 # ---------------------------------------------------------------------------
@@ -1190,12 +1188,9 @@ def _float_dtype(dt):
     return np.dtype(np.float64) if dt.itemsize > 4 else np.dtype(np.float32)
 
 
-def _plan(N, P, RSC, itemsize, nt, backward=False):
+def _plan(N, P, nt):
     """Tile size T (pixels) and group size g (images per thread work unit)."""
-    tile_bytes = _TILE_BYTES_BWD if backward else _TILE_BYTES_FWD
-    min_tile = _MIN_TILE_BWD if backward else _MIN_TILE_FWD
-    T = tile_bytes // max(1, RSC * itemsize)
-    T = max(min_tile, min(_MAX_TILE, T))
+    T = _TILE
     g = max(1, -(-T // P))                 # enough images to fill a tile
     g = min(g, max(1, -(-N // nt)))        # but keep every thread busy
     T = min(T, g * P)
@@ -1377,7 +1372,7 @@ def _conv2d(x, w, b, stride, padding, dilation, box, keep_x):
         xp = _padded(x, ph, pw, 0).reshape(N, Hp, Wp, C)
     if box is not None:
         _keep_copy(box, keep_x, xp, x)
-    T, _ = _plan(N, OH * OW, R * S * C, x.itemsize, nt)
+    T, _ = _plan(N, OH * OW, nt)
     if R * S * C * K * x.itemsize <= _BALANCE_MAX_W:
         T = max(min(64, N * OH * OW), min(T, -(-(N * OH * OW) // (_BALANCE * nt))))
     else:
@@ -1508,7 +1503,7 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
                 _gemm_tn_cols_par(col, gyf, gwf, RSC, K, NP, nt)
             gw = _weights_grad_kcrs(gwf, K, C, R, S)
             need_w = False
-        T, g = _plan(N, OH * OW, RSC, x.itemsize, nt, backward=True)
+        T, g = _plan(N, OH * OW, nt)
         if RSC * K * x.itemsize <= _BALANCE_MAX_W:
             g = min(g, max(1, -(-N // (_BALANCE * nt))))
         T = min(T, g * OH * OW)
