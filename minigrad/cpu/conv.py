@@ -144,29 +144,44 @@ _BALANCE_MAX_W = 1 << 20
 
 @njit(cache=True)
 def _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT):
-    """colT[i, (r*S+s)*C + c] = xp[n, oh*sh + r*dh, ow*sw + s*dw, c] for pixel q0+i."""
+    """colT[i, (r*S+s)*C + c] = xp[n, oh*sh + r*dh, ow*sw + s*dw, c] for pixel q0+i.
+
+    The pixel's (n, oh, ow) are stepped, not divided out of q0+i: two 64-bit divisions a
+    pixel cost more than copying the stem's 27 values (tile 0.45 -> 0.24 ms)."""
     N, Hp, Wp, C = xp.shape
     xf = xp.reshape(-1)
+    cf = colT.reshape(-1)
     run = S * C
+    OH = P // OW
+    n = q0 // P
+    p = q0 - n * P
+    oh = p // OW
+    ow = p - oh * OW
+    rstep = dh * Wp * C
+    o = 0
     for i in range(tp):
-        q = q0 + i
-        n = q // P
-        p = q - n * P
-        oh = p // OW
-        ow = p - oh * OW
+        src0 = ((n * Hp + oh * sh) * Wp + ow * sw) * C
         for r in range(R):
-            row = ((n * Hp + oh * sh + r * dh) * Wp + ow * sw) * C
             if dw == 1:
-                d = colT[i, r * run:(r + 1) * run]
-                src = xf[row:row + run]
+                d = cf[o:o + run]
+                src = xf[src0:src0 + run]
                 for j in range(run):
                     d[j] = src[j]
             else:
                 for s in range(S):
-                    d = colT[i, (r * S + s) * C:(r * S + s + 1) * C]
-                    src = xf[row + s * dw * C:row + s * dw * C + C]
+                    d = cf[o + s * C:o + (s + 1) * C]
+                    src = xf[src0 + s * dw * C:src0 + s * dw * C + C]
                     for c in range(C):
                         d[c] = src[c]
+            o += run
+            src0 += rstep
+        ow += 1
+        if ow == OW:
+            ow = 0
+            oh += 1
+            if oh == OH:
+                oh = 0
+                n += 1
 
 
 @njit(cache=True)
@@ -174,27 +189,39 @@ def _col2im_tile(dcolT, q0, tp, P, OW, R, S, sh, sw, dh, dw, gxp, n_base=0):
     """Adjoint of _im2col_tile: gxp[n - n_base, ...] += dcolT[...]."""
     N, Hp, Wp, C = gxp.shape
     gf = gxp.reshape(-1)
+    cf = dcolT.reshape(-1)
     run = S * C
+    OH = P // OW
+    n = q0 // P
+    p = q0 - n * P
+    oh = p // OW
+    ow = p - oh * OW
+    n -= n_base
+    rstep = dh * Wp * C
+    o = 0
     for i in range(tp):
-        q = q0 + i
-        n = q // P
-        p = q - n * P
-        n -= n_base
-        oh = p // OW
-        ow = p - oh * OW
+        dst0 = ((n * Hp + oh * sh) * Wp + ow * sw) * C
         for r in range(R):
-            row = ((n * Hp + oh * sh + r * dh) * Wp + ow * sw) * C
             if dw == 1:
-                src = dcolT[i, r * run:(r + 1) * run]
-                d = gf[row:row + run]
+                src = cf[o:o + run]
+                d = gf[dst0:dst0 + run]
                 for j in range(run):
                     d[j] += src[j]
             else:
                 for s in range(S):
-                    src = dcolT[i, (r * S + s) * C:(r * S + s + 1) * C]
-                    d = gf[row + s * dw * C:row + s * dw * C + C]
+                    src = cf[o + s * C:o + (s + 1) * C]
+                    d = gf[dst0 + s * dw * C:dst0 + s * dw * C + C]
                     for c in range(C):
                         d[c] += src[c]
+            o += run
+            dst0 += rstep
+        ow += 1
+        if ow == OW:
+            ow = 0
+            oh += 1
+            if oh == OH:
+                oh = 0
+                n += 1
 
 
 # ---------------------------------------------------------------------------
