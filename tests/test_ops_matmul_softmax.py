@@ -78,3 +78,31 @@ def test_log_softmax_is_stable_for_huge_logits():
     out = mg.log_softmax(x, 1).numpy()
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out[0, 0], 0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,axis,scale", [((64, 1000), 1, 1.0), ((33, 7), 1, 40.0), ((5, 1), 1, 1.0),
+                                              ((6, 9), 0, 3.0), ((2, 3, 17), -1, 10.0)])
+def test_log_softmax_float32_kernel(shape, axis, scale):
+    """The float32 path (vectorised exp, eight-way row maximum) against float64, with its
+    gradient; -inf entries stay -inf, and a NaN or +inf makes its row NaN (as in float64)."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(shape) * scale).astype(np.float32)
+    t = mg.tensor(x, requires_grad=True)
+    y = mg.log_softmax(t, axis)
+    assert y.dtype == mg.float32
+    want = _log_softmax(x.astype(np.float64), axis)
+    np.testing.assert_allclose(y.numpy(), want, rtol=2e-6, atol=2e-5 * max(1.0, scale))
+    g = rng.standard_normal(shape).astype(np.float32)
+    y.backward(mg.tensor(g))
+    want_g = g - np.exp(want) * g.astype(np.float64).sum(axis, keepdims=True)
+    np.testing.assert_allclose(t.grad.numpy(), want_g, rtol=1e-5, atol=1e-5)
+
+    if x.ndim == 2 and axis == 1 and x.shape[1] > 2:
+        special = x.copy()
+        special[0, 1] = np.nan
+        special[1, 0] = np.inf
+        special[2, 2] = -np.inf
+        out = mg.log_softmax(mg.tensor(special), 1).numpy()
+        assert np.isnan(out[0]).all() and np.isnan(out[1]).all()
+        assert out[2, 2] == -np.inf and np.isfinite(np.delete(out[2], 2)).all()
+        np.testing.assert_allclose(out[3:], want[3:], rtol=2e-6, atol=2e-5 * max(1.0, scale))

@@ -268,18 +268,28 @@ class CPUBackend(Backend):
 
     # --- fused layers ---------------------------------------------------
     def log_softmax(self, x, axis):
+        from . import loss
+
         moved = _c(np.moveaxis(x, axis, -1))
         flat = moved.reshape(-1, moved.shape[-1])
         out = np.empty_like(flat)
-        kernels.log_softmax_rows(flat, out)
+        if flat.dtype == np.float32 and flat.size:
+            loss.log_softmax_f32(flat, loss.threads_for(flat), out)
+        else:
+            kernels.log_softmax_rows(flat, out)
         return np.moveaxis(out.reshape(moved.shape), -1, axis)
 
     def log_softmax_backward(self, y, gy, axis):
+        from . import loss
+
         ym = _c(np.moveaxis(y, axis, -1))
         gm = _c(np.moveaxis(gy, axis, -1)).astype(ym.dtype, copy=False)
         out = np.empty_like(ym)
-        kernels.log_softmax_rows_backward(ym.reshape(-1, ym.shape[-1]), gm.reshape(-1, ym.shape[-1]),
-                                          out.reshape(-1, ym.shape[-1]))
+        y2, g2, o2 = (a.reshape(-1, ym.shape[-1]) for a in (ym, gm, out))
+        if ym.dtype == np.float32 and ym.size:
+            loss.log_softmax_backward_f32(y2, g2, loss.threads_for(y2), o2)
+        else:
+            kernels.log_softmax_rows_backward(y2, g2, o2)
         return np.moveaxis(out, -1, axis)
 
     def softmax_cross_entropy(self, logits, labels, label_smoothing):

@@ -1,4 +1,5 @@
-"""CPU kernels for the fused softmax cross-entropy (one pass forward, one backward)."""
+"""CPU kernels for the fused softmax cross-entropy (one pass forward, one backward) and the
+float32 log-softmax, which share the vectorised exp and the row maximum."""
 
 import numpy as np
 import numba
@@ -149,6 +150,56 @@ def _sce_backward(probs, labels, eps, gloss, gx):
         gx[i, labels[i]] -= g * (1.0 - eps)
 
 
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
+def log_softmax_f32(x, nt, out):
+    """out[i] = x[i] - logsumexp(x[i]) for float32 rows (vectorised exp, float64 sum);
+    rows split in nt blocks.  A NaN or +inf in a row makes that row NaN, as the float64
+    kernel (``kernels.log_softmax_rows``) does."""
+    n, c = x.shape
+    chunk = (n + nt - 1) // nt
+    for t in prange(nt):
+        e = np.empty(c, dtype=np.float32)
+        ibits = np.empty(c, dtype=np.int32)
+        scale = ibits.view(np.float32)
+        for i in range(t * chunk, min(n, (t + 1) * chunk)):
+            xr = x[i]
+            m = _row_max(xr)
+            _exp_row_f32(xr, m, e, ibits)
+            s = 0.0
+            for j in range(c):
+                s += e[j] * scale[j]
+            lse = np.float32(np.float64(m) + np.log(s))
+            orow = out[i]
+            for j in range(c):
+                orow[j] = xr[j] - lse
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
+def log_softmax_backward_f32(y, g, nt, out):
+    """out[i] = g[i] - exp(y[i]) * sum(g[i]) for float32 rows (y: the log-softmax output)."""
+    n, c = y.shape
+    chunk = (n + nt - 1) // nt
+    for t in prange(nt):
+        e = np.empty(c, dtype=np.float32)
+        ibits = np.empty(c, dtype=np.int32)
+        scale = ibits.view(np.float32)
+        for i in range(t * chunk, min(n, (t + 1) * chunk)):
+            gr = g[i]
+            sg = 0.0
+            for j in range(c):
+                sg += gr[j]
+            sgf = np.float32(sg)
+            _exp_row_f32(y[i], np.float32(0.0), e, ibits)
+            orow = out[i]
+            for j in range(c):
+                orow[j] = gr[j] - e[j] * scale[j] * sgf
+
+
+def threads_for(x):
+    """Row blocks for the row kernels: one per thread, fewer for small inputs."""
+    return min(numba.get_num_threads(), max(1, x.size >> 15))
+
+
 def softmax_cross_entropy(logits, labels, label_smoothing):
     """Per-sample loss of logits (N, C) against int labels (N,); returns ``(loss, probs)``.
 
@@ -162,8 +213,7 @@ def softmax_cross_entropy(logits, labels, label_smoothing):
     loss = np.empty(x.shape[0], x.dtype)
     probs = np.empty_like(x)
     if x.dtype == np.float32 and x.shape[1] > 0:
-        nt = min(numba.get_num_threads(), max(1, x.size >> 15))
-        _sce_f32(x, y, float(label_smoothing), nt, loss, probs)
+        _sce_f32(x, y, float(label_smoothing), threads_for(x), loss, probs)
     else:
         _sce(x, y, float(label_smoothing), loss, probs)
     return loss, probs
