@@ -302,6 +302,13 @@ def bench_bn_xent(repeat):
         torch_xent = lambda: torch.nn.functional.cross_entropy(lt, yt).backward()  # noqa: E731
     rows.append(time_pair({"workload": "softmax cross-entropy fwd+bwd 1024x1000"},
                           lambda: F.cross_entropy(lm, ym).backward(), torch_xent, repeat))
+    torch_nll = None
+    if torch is not None:
+        torch_nll = lambda: torch.nn.functional.nll_loss(  # noqa: E731
+            torch.log_softmax(lt, 1), yt).backward()
+    rows.append(time_pair({"workload": "nll_loss(log_softmax) fwd+bwd 1024x1000"},
+                          lambda: F.nll_loss(F.log_softmax(lm, dim=1), ym).backward(), torch_nll,
+                          repeat))
     return rows
 
 
