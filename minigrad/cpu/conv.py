@@ -142,6 +142,28 @@ _BALANCE_MAX_W = 1 << 20
 # layout kernels
 # ---------------------------------------------------------------------------
 
+@njit(cache=True, inline="always")
+def _pixel_of(q, P, OW):
+    """(n, oh, ow) of output pixel q, with P = OH * OW pixels per image."""
+    n = q // P
+    p = q - n * P
+    oh = p // OW
+    return n, oh, p - oh * OW
+
+
+@njit(cache=True, inline="always")
+def _next_pixel(n, oh, ow, OH, OW):
+    """(n, oh, ow) of the pixel after (n, oh, ow), without dividing."""
+    ow += 1
+    if ow == OW:
+        ow = 0
+        oh += 1
+        if oh == OH:
+            oh = 0
+            n += 1
+    return n, oh, ow
+
+
 @njit(cache=True)
 def _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT):
     """colT[i, (r*S+s)*C + c] = xp[n, oh*sh + r*dh, ow*sw + s*dw, c] for pixel q0+i.
@@ -153,10 +175,7 @@ def _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT):
     cf = colT.reshape(-1)
     run = S * C
     OH = P // OW
-    n = q0 // P
-    p = q0 - n * P
-    oh = p // OW
-    ow = p - oh * OW
+    n, oh, ow = _pixel_of(q0, P, OW)
     rstep = dh * Wp * C
     o = 0
     for i in range(tp):
@@ -175,13 +194,7 @@ def _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT):
                         d[c] = src[c]
             o += run
             src0 += rstep
-        ow += 1
-        if ow == OW:
-            ow = 0
-            oh += 1
-            if oh == OH:
-                oh = 0
-                n += 1
+        n, oh, ow = _next_pixel(n, oh, ow, OH, OW)
 
 
 @njit(cache=True)
@@ -192,10 +205,7 @@ def _col2im_tile(dcolT, q0, tp, P, OW, R, S, sh, sw, dh, dw, gxp, n_base=0):
     cf = dcolT.reshape(-1)
     run = S * C
     OH = P // OW
-    n = q0 // P
-    p = q0 - n * P
-    oh = p // OW
-    ow = p - oh * OW
+    n, oh, ow = _pixel_of(q0, P, OW)
     n -= n_base
     rstep = dh * Wp * C
     o = 0
@@ -215,13 +225,7 @@ def _col2im_tile(dcolT, q0, tp, P, OW, R, S, sh, sw, dh, dw, gxp, n_base=0):
                         d[c] += src[c]
             o += run
             dst0 += rstep
-        ow += 1
-        if ow == OW:
-            ow = 0
-            oh += 1
-            if oh == OH:
-                oh = 0
-                n += 1
+        n, oh, ow = _next_pixel(n, oh, ow, OH, OW)
 
 
 # ---------------------------------------------------------------------------
@@ -954,11 +958,7 @@ def _im2col_rows(xp, q0, nq, OH, OW, R, S, sh, sw, dh, dw, col):
     run = S * C
     RSC = R * S * C
     for i in prange(nq):
-        q = q0 + i
-        n = q // P
-        p = q - n * P
-        oh = p // OW
-        ow = p - oh * OW
+        n, oh, ow = _pixel_of(q0 + i, P, OW)
         base_i = i * RSC
         for r in range(R):
             row = ((n * Hp + oh * sh + r * dh) * Wp + ow * sw) * C
