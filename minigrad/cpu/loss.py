@@ -70,6 +70,20 @@ def _exp_row_f32(xr, m, out, ibits):
         ibits[j] = (ni + np.int32(127)) << np.int32(23)
 
 
+@njit(cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
+def _exp_row_sum(xr, m, out, ibits):
+    """out[j] = exp(xr[j] - m) for a float32 row (ibits: scratch); returns the float64 sum
+    (``reassoc`` lets it vectorise)."""
+    _exp_row_f32(xr, m, out, ibits)
+    scale = ibits.view(np.float32)
+    s = 0.0
+    for j in range(out.size):
+        e = out[j] * scale[j]
+        out[j] = e
+        s += e
+    return s
+
+
 @njit(cache=True, fastmath={"nnan", "reassoc"}, inline="always")
 def _row_max(xr):
     """Row maximum through eight independent running maxima.  LLVM vectorises neither a
@@ -123,13 +137,7 @@ def _sce_f32(x, labels, eps, nt, loss, probs):
             for j in range(c):
                 sx += xr[j]
             pr = probs[i]
-            _exp_row_f32(xr, m, pr, ibits)
-            scale = ibits.view(np.float32)
-            s = 0.0
-            for j in range(c):             # float64 sum; reassoc lets it vectorise
-                e = pr[j] * scale[j]
-                pr[j] = e
-                s += e
+            s = _exp_row_sum(xr, m, pr, ibits)
             inv = np.float32(1.0 / s)
             for j in range(c):
                 pr[j] = pr[j] * inv
@@ -160,14 +168,10 @@ def log_softmax_f32(x, nt, out):
     for t in prange(nt):
         e = np.empty(c, dtype=np.float32)
         ibits = np.empty(c, dtype=np.int32)
-        scale = ibits.view(np.float32)
         for i in range(t * chunk, min(n, (t + 1) * chunk)):
             xr = x[i]
             m = _row_max(xr)
-            _exp_row_f32(xr, m, e, ibits)
-            s = 0.0
-            for j in range(c):
-                s += e[j] * scale[j]
+            s = _exp_row_sum(xr, m, e, ibits)
             lse = np.float32(np.float64(m) + np.log(s))
             orow = out[i]
             for j in range(c):
@@ -182,17 +186,16 @@ def log_softmax_backward_f32(y, g, nt, out):
     for t in prange(nt):
         e = np.empty(c, dtype=np.float32)
         ibits = np.empty(c, dtype=np.int32)
-        scale = ibits.view(np.float32)
         for i in range(t * chunk, min(n, (t + 1) * chunk)):
             gr = g[i]
             sg = 0.0
             for j in range(c):
                 sg += gr[j]
             sgf = np.float32(sg)
-            _exp_row_f32(y[i], np.float32(0.0), e, ibits)
+            _exp_row_sum(y[i], np.float32(0.0), e, ibits)
             orow = out[i]
             for j in range(c):
-                orow[j] = gr[j] - e[j] * scale[j] * sgf
+                orow[j] = gr[j] - e[j] * sgf
 
 
 def threads_for(x):
