@@ -7,6 +7,12 @@ gets the storage of every Tensor argument and the other arguments unchanged;
 ``self.be`` is the backend of the inputs, ``self.needs_grad`` says which
 positional inputs need a gradient, and ``self.save(...)`` keeps what backward
 needs (released after backward).
+
+A subclass that lists input positions in ``grad_addend_inputs`` may be handed, in
+``self.grad_addends`` (one entry per positional input, None where there is none), the
+gradient already gathered for that input; its backward must then return that input's
+gradient *plus* the addend, so that a kernel can fold the sum into a pass it makes
+anyway (CPU convolution: the copy-out of dX) instead of a separate add.
 """
 
 import contextlib
@@ -75,7 +81,9 @@ def enable_grad():
 class Function:
     """Base of every differentiable op; call ``MyOp.apply(*args, **kwargs)``."""
 
-    __slots__ = ("be", "needs_grad", "parents", "saved", "__dict__")
+    __slots__ = ("be", "needs_grad", "parents", "saved", "grad_addends", "__dict__")
+
+    grad_addend_inputs = ()
 
     def forward(self, *args, **kwargs):
         """Compute the output storage from input storage."""
@@ -170,6 +178,36 @@ def _topological_order(root):
     return order
 
 
+def _addend_of(parent, grads):
+    """The gradient gathered so far for ``parent``, for a backward that adds it into its
+    own result: the pending sum in ``grads``, else a plain leaf's stored ``.grad``."""
+    if parent is None or not parent.requires_grad:
+        return None, False
+    pending = grads.get(id(parent))
+    if pending is not None:
+        return pending, False
+    if parent._ctx is None and not parent._graph_freed and parent._grad is not None:
+        stored = parent._grad.data
+        if stored.shape == parent.shape and stored.dtype == parent.dtype:
+            return stored, True
+    return None, False
+
+
+def _grad_addends(ctx, grads):
+    """``(addends, into_leaf)`` for ctx's ``grad_addend_inputs``: one entry per input, and
+    whether that addend is a leaf's stored gradient (so the sum replaces ``.grad``)."""
+    n = len(ctx.parents)
+    addends, into_leaf = [None] * n, [False] * n
+    seen = set()
+    for i in ctx.grad_addend_inputs:
+        parent = ctx.parents[i] if i < n else None
+        if parent is None or id(parent) in seen or not ctx.needs_grad[i]:
+            continue
+        seen.add(id(parent))
+        addends[i], into_leaf[i] = _addend_of(parent, grads)
+    return tuple(addends), into_leaf
+
+
 def run_backward(root, grad, retain_graph=False):
     """Propagate ``grad`` (storage) from ``root`` to every leaf that requires a gradient."""
     grads = {id(root): grad}
@@ -187,18 +225,30 @@ def run_backward(root, grad, retain_graph=False):
             continue
         if node._retains_grad:
             node._accumulate_grad(g)
+        addends = None
+        if ctx.grad_addend_inputs:
+            addends, into_leaf = _grad_addends(ctx, grads)
+            ctx.grad_addends = addends
         with no_grad():
             parent_grads = ctx.backward(g)
+        if addends is not None:
+            ctx.grad_addends = None
         if not isinstance(parent_grads, tuple):
             parent_grads = (parent_grads,)
         if is_anomaly_enabled():
             for i, pg in enumerate(parent_grads):
                 _check_finite(ctx.be, pg, f"backward of {type(ctx).__name__} (gradient of input {i})")
-        for parent, pg in zip(ctx.parents, parent_grads):
+        for i, (parent, pg) in enumerate(zip(ctx.parents, parent_grads)):
             if parent is None or pg is None or not parent.requires_grad:
                 continue
             key = id(parent)
-            if key in grads:
+            if addends is not None and addends[i] is not None:
+                # pg already holds the addend: it replaces what it was added to
+                if into_leaf[i]:
+                    parent._grad.data = pg if pg.dtype == parent.dtype else ctx.be.astype(pg, parent.dtype)
+                else:
+                    grads[key] = pg
+            elif key in grads:
                 grads[key] = ctx.be.binary("add", grads[key], pg)
             else:
                 grads[key] = pg

@@ -240,11 +240,13 @@ class CPUBackend(Backend):
         return conv.conv2d_saving(x, w, b, stride, padding, dilation, keep_x)
 
     def conv2d_backward_saved(self, saved, x, w, gy, stride, padding, dilation, need_x, need_w,
-                              need_b):
+                              need_b, gx_addend=None):
+        """conv2d_backward reusing what conv2d_saving kept; with ``gx_addend``, gx is dX
+        plus that array (added while dX is copied out where the path allows)."""
         from . import conv
 
         return conv.conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
-                                    saved=saved)
+                                    saved=saved, gx_addend=gx_addend)
 
     def max_pool2d(self, x, kernel, stride, padding):
         from . import pool

@@ -53,6 +53,7 @@ from numba import njit, prange
 from . import winograd
 from ._jit import pjit
 from .blas import gemm_rm
+from .kernels import add_flat
 
 # Pixels per im2col tile (rows of the per-tile GEMMs), forward and backward.  Tiles
 # used to grow to 512 KiB of column matrix (up to 4096 pixels) for layers with few input
@@ -577,12 +578,13 @@ def _fwd_cols(xp, wf, b, has_b, R, S, sh, sw, dh, dw, OH, OW, T, direct, nt, yf)
 
 @njit(parallel=True, cache=True)
 def _bwd_cols(xp, wf, gyf, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, g, direct, nt,
-              need_x, need_w, gx4, gwacc):
+              need_x, need_w, gx4, gwacc, addf):
     """gwacc (nt, RSC*K), zeroed by the caller: per-thread dW sums; gx4 (N, H, W, C) dX.
 
     Work unit: a group of g whole images (handed out dynamically).  Its dX is
     scattered into the running thread's own padded buffer and the interior copied
-    out, so no two threads touch the same image."""
+    out, so no two threads touch the same image.  ``addf``: empty, or an (N*H*W*C,)
+    array that the copy-out adds (then gx4 = dX + addf); the direct path ignores it."""
     N = xp.shape[0]
     C = xp.shape[3]
     Hp = xp.shape[1]
@@ -598,6 +600,7 @@ def _bwd_cols(xp, wf, gyf, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, g, direct
     gxpbuf = np.empty((nt, gpad, Hp, Wp, C), dtype=xp.dtype)
     xflat = xp.reshape(-1)
     gxflat = gx4.reshape(-1)
+    add = addf.size > 0
     for gi in prange(ngroups):
         t = numba.get_thread_id()
         gacc = gwacc[t]
@@ -634,9 +637,15 @@ def _bwd_cols(xp, wf, gyf, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, g, direct
                 for h in range(H):
                     src = gxpf[(((n - n_a) * Hp + h + ph) * Wp + pw) * C:
                                (((n - n_a) * Hp + h + ph) * Wp + pw + W) * C]
-                    dst = gxflat[((n * H + h) * W) * C:((n * H + h + 1) * W) * C]
-                    for j in range(W * C):
-                        dst[j] = src[j]
+                    o = ((n * H + h) * W) * C
+                    dst = gxflat[o:o + W * C]
+                    if add:
+                        other = addf[o:o + W * C]
+                        for j in range(W * C):
+                            dst[j] = src[j] + other[j]
+                    else:
+                        for j in range(W * C):
+                            dst[j] = src[j]
 
 
 @pjit()
@@ -1422,14 +1431,52 @@ def _bias_grad_any(gy, dt):
 
 
 def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b, wf=None,
-                    saved=None):
+                    saved=None, gx_addend=None):
     """Gradients (gx, gw, gb) of conv2d; entries not needed are None.
 
     ``wf``: the weight layout returned by ``conv2d(..., return_weights=True)`` (saves
     one weight-sized transpose per call); computed here when None.  ``saved``: what
     ``conv2d(..., keep_x=True)`` returned (its weights stand in for ``wf``).
+    ``gx_addend``: None, or an array of x's shape that gx then includes (gx = dX +
+    gx_addend, a new array; gx_addend is only read).  The im2col path adds it while
+    copying dX out of its padded buffers; the other paths add it afterwards.
 
     gx has the layout of the path (channels-last storage on the GEMM paths)."""
+    dt = _float_dtype(x.dtype)
+    addf = _EMPTY_ADDEND[dt.char] if gx_addend is None or not need_x else \
+        _cl_flat(gx_addend, x.shape, dt)
+    gx, gw, gb, folded = _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w,
+                                          need_b, wf, saved, addf)
+    if gx_addend is not None and gx is not None and not folded:
+        _add_into(gx, gx_addend)
+    return gx, gw, gb
+
+
+_EMPTY_ADDEND = {np.dtype(t).char: np.empty(0, dtype=t) for t in (np.float32, np.float64)}
+
+
+def _cl_flat(a, shape, dt):
+    """a's (N*H*W*C,) channels-last storage when a (NCHW-shaped) is stored that way with
+    dtype dt and the given shape; otherwise an empty array (no fused addend)."""
+    if a.shape == tuple(shape) and a.dtype == dt and is_channels_last(a):
+        return a.transpose(0, 2, 3, 1).reshape(-1)
+    return _EMPTY_ADDEND[dt.char]
+
+
+def _add_into(gx, a):
+    """gx += a in place; gx is this call's own fresh dX."""
+    if gx.dtype == a.dtype and gx.strides == a.strides and gx.shape == a.shape and \
+            (gx.flags.c_contiguous or is_channels_last(gx)):
+        order = (0, 1, 2, 3) if gx.flags.c_contiguous else (0, 2, 3, 1)
+        flat = gx.transpose(order).reshape(-1)
+        add_flat(flat, a.transpose(order).reshape(-1), flat)
+    else:
+        np.add(gx, a, out=gx, casting="unsafe")
+
+
+def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b, wf, saved,
+                     addf):
+    """conv2d_backward's work; also returns whether gx already includes ``addf``."""
     (sh, sw), (ph, pw), (dh, dw) = _pairs(stride, padding, dilation)
     dt = _float_dtype(x.dtype)
     N, C, H, W = x.shape
@@ -1441,10 +1488,10 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
     gb = _bias_grad_any(gy, dt) if need_b else None
     gx = gw = None
     if not (need_x or need_w):
-        return gx, gw, gb
+        return gx, gw, gb, False
     if gy.size == 0 or x.size == 0:
         return (np.zeros((N, C, H, W), dt) if need_x else None,
-                np.zeros((K, C, R, S), dt) if need_w else None, gb)
+                np.zeros((K, C, R, S), dt) if need_w else None, gb, False)
     if C * K <= _DIRECT_MAX_CK_BWD:
         x = np.ascontiguousarray(x, dtype=dt)
         w = np.ascontiguousarray(w, dtype=dt)
@@ -1461,7 +1508,7 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
             if need_x:
                 gx = np.empty((N, C, H, W), dtype=dt)
                 _direct_gx_ext(w, gext, dh, dw, ph, pw, Hp, Wp, gx)
-            return gx, gw, gb
+            return gx, gw, gb, False
         if need_w:
             _pad_nchw(x, ph, pw, xp)
             gw = np.empty((K, C, R, S), dtype=dt)
@@ -1469,7 +1516,7 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
         if need_x:
             gx = np.empty((N, C, H, W), dtype=dt)
             _direct_gx(w, gy4, sh, sw, dh, dw, ph, pw, xp, gx)
-        return gx, gw, gb
+        return gx, gw, gb, False
     x = np.asarray(x, dtype=dt)
     if USE_WINOGRAD and winograd.applicable(N, C, K, R, S, OH, OW, (sh, sw), (dh, dw)):
         U = wf if (wf is not None and wf.dtype == dt and wf.shape == (16, K, C)) else \
@@ -1479,7 +1526,7 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
         with _single_blas, _dynamic_schedule():
             gw = winograd.backward(_cl_contig(x) if xc is None else xc, _cl_contig(gy), U, ph, pw,
                                    need_x, need_w, gx4)
-        return (gx4.transpose(0, 3, 1, 2) if need_x else None), gw, gb
+        return (gx4.transpose(0, 3, 1, 2) if need_x else None), gw, gb, False
     if wf is None or wf.dtype != dt or wf.size != w.size:
         wf = _weights_rsck(w, dt) if need_x else np.zeros(R * S * C * K, dtype=dt)
     nt = numba.get_num_threads()
@@ -1493,8 +1540,9 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
             gw = _weights_grad_kcrs(gwf, K, C, R, S)
         if need_x:
             gx = gx4.transpose(0, 3, 1, 2)
-        return gx, gw, gb
+        return gx, gw, gb, False
     gwacc = np.empty((nt, RSC * K) if need_w else (nt, 1), dtype=dt)
+    folded = False
     if _use_shift(N, C, H, W, K, R, S, (sh, sw), (ph, pw), (dh, dw)):
         max_off = (R - 1) * dh * Wp + (S - 1) * dw
         xbuf = _padded(x, ph, pw, max_off + 1) if need_w else np.empty(1, dtype=dt)
@@ -1537,12 +1585,13 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
         gwacc = np.zeros((nt, RSC * K) if need_w else (nt, 1), dtype=dt)
         with _single_blas, _dynamic_schedule():
             _bwd_cols(xp, wf, gyf, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, g, direct, nt,
-                      bool(need_x), bool(need_w), gx4, gwacc)
+                      bool(need_x), bool(need_w), gx4, gwacc, addf)
+        folded = bool(need_x) and not direct and addf.size > 0
     if need_w:
         gw = _weights_grad_kcrs(gwacc, K, C, R, S)
     if need_x:
         gx = gx4.transpose(0, 3, 1, 2)
-    return gx, gw, gb
+    return gx, gw, gb, folded
 
 
 # dW by output-channel split over the whole batch (see conv2d_backward) when the weight

@@ -41,7 +41,12 @@ def resolve_padding(padding, kernel, stride, dilation, what="conv2d"):
 
 
 class Conv2d(Function):
-    """y = conv(x, w) + b; backward through the backend's fused conv gradient kernel."""
+    """y = conv(x, w) + b; backward through the backend's fused conv gradient kernel.
+
+    dX takes the gradient already gathered for x as an addend (see ``autograd``): the CPU
+    kernels add it while copying dX out, which saves a separate pass over an array of x's size."""
+
+    grad_addend_inputs = (0,)
 
     def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
         self.conf = (stride, padding, dilation)
@@ -59,11 +64,16 @@ class Conv2d(Function):
     def backward(self, g):
         x, w = self.saved
         need = self.needs_grad
+        addends = getattr(self, "grad_addends", None)
+        gx_addend = addends[0] if addends else None
         if self.wprep is not None:
             return self.be.conv2d_backward_saved(
-                self.wprep, x, w, g, *self.conf, need[0], need[1], len(need) > 2 and need[2])
+                self.wprep, x, w, g, *self.conf, need[0], need[1], len(need) > 2 and need[2],
+                gx_addend=gx_addend)
         gx, gw, gb = self.be.conv2d_backward(
             x, w, g, *self.conf, need[0], need[1], len(need) > 2 and need[2])
+        if gx_addend is not None and gx is not None:
+            gx = self.be.binary("add", gx, gx_addend)
         return gx, gw, gb
 
 

@@ -1,0 +1,154 @@
+"""Gradient addends: a Function listing ``grad_addend_inputs`` (Conv2d) receives the gradient
+already gathered for an input and returns its own gradient plus that addend.
+
+The sums must equal the plain ones, in every layout the addend can come in (the CPU conv
+folds a channels-last addend into its dX copy-out and adds any other layout afterwards),
+and the addend, which may be another node's array or a leaf's ``.grad``, is only read.
+"""
+
+import numpy as np
+import pytest
+
+import minigrad as mg
+from minigrad.autograd import Function
+from minigrad.ops.conv import Conv2d
+
+import reference
+
+
+def _cl(a):
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+# (C, K, H, kernel, stride, padding): im2col with the fused copy-out (strided 1x1, 3x3
+# stride 2), Winograd 3x3 stride 1, the direct 1x1 GEMM and the tiny direct kernels
+SHAPES = [(8, 16, 9, 1, 2, 0), (8, 16, 9, 3, 2, 1), (8, 16, 8, 3, 1, 1), (8, 16, 8, 1, 1, 0),
+          (1, 2, 5, 3, 1, 1), (3, 8, 7, 3, 1, 1)]
+
+
+def _dx(x, w, gy, stride, padding):
+    return reference.conv2d_grads(x, w, gy, (stride, stride), (padding, padding), (1, 1))[0]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_leaf_grad_accumulates_through_conv(shape, layout, dtype):
+    C, K, H, k, s, p = shape
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, C, H, H)).astype(dtype)
+    w = rng.standard_normal((K, C, k, k)).astype(dtype)
+    OH = (H + 2 * p - k) // s + 1
+    gy = rng.standard_normal((2, K, OH, OH)).astype(dtype)
+    if layout == "cl":
+        x = _cl(x)
+    xm, wm = mg.tensor(x, requires_grad=True), mg.tensor(w, requires_grad=True)
+    mg.conv2d(xm, wm, stride=s, padding=p).backward(mg.tensor(gy))
+    held = xm.grad
+    first = held.numpy().copy()
+    mg.conv2d(xm, wm, stride=s, padding=p).backward(mg.tensor(2 * gy))
+    ref = _dx(x.astype(np.float64), w.astype(np.float64), gy.astype(np.float64), s, p)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(first, ref, rtol=tol, atol=tol)
+    np.testing.assert_allclose(xm.grad.numpy(), 3 * ref, rtol=tol, atol=tol)
+    assert xm.grad is held and xm.grad.dtype == dtype
+    np.testing.assert_allclose(wm.grad.numpy(), 3 * reference.conv2d_grads(
+        x.astype(np.float64), w.astype(np.float64), gy.astype(np.float64), (s, s), (p, p),
+        (1, 1))[1], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("other_layout", ["nchw", "cl"])
+def test_two_consumers_sum_and_the_addend_is_only_read(shape, other_layout, monkeypatch):
+    """x feeds a conv and an op whose gradient reaches x first; that gradient (kept by
+    the test) becomes the conv's addend and must come back unchanged."""
+    C, K, H, k, s, p = shape
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, C, H, H))
+    w = rng.standard_normal((K, C, k, k))
+    OH = (H + 2 * p - k) // s + 1
+    gy = rng.standard_normal((2, K, OH, OH))
+    other = rng.standard_normal(x.shape)
+    if other_layout == "cl":
+        other = _cl(other)
+    kept = other.copy()
+
+    class PassThrough(Function):
+        """Identity in a (b only orders the graph) whose backward hands back the array
+        ``other`` itself, not a copy."""
+
+        def forward(self, a, b):
+            return a
+
+        def backward(self, grad):
+            return other, None
+
+    seen = []
+    plain_backward = Conv2d.backward
+
+    def recording_backward(self, grad):
+        seen.append(self.grad_addends[0])
+        return plain_backward(self, grad)
+
+    monkeypatch.setattr(Conv2d, "backward", recording_backward)
+    xm = mg.tensor(x, requires_grad=True)
+    wm = mg.tensor(w)
+    y = mg.conv2d(xm, wm, stride=s, padding=p)
+    z = PassThrough.apply(xm, y)   # z consumes y: its backward runs before the conv's
+    ((y * mg.tensor(gy)).sum() + z.sum()).backward()
+    np.testing.assert_allclose(xm.grad.numpy(), _dx(x, w, gy, s, p) + kept, rtol=1e-10, atol=1e-10)
+    assert len(seen) == 1 and seen[0] is other
+    np.testing.assert_array_equal(other, kept)
+
+
+def test_leaf_grad_assigned_by_the_user_is_only_read():
+    """The sum replaces the .grad tensor's storage (as the plain accumulation does); the
+    array the user assigned is not written."""
+    x = mg.tensor(np.ones((1, 2, 4, 4)), requires_grad=True)
+    w = mg.tensor(np.ones((3, 2, 3, 3)))
+    assigned = np.full((1, 2, 4, 4), 5.0)
+    x.grad = mg.tensor(assigned)
+    x.grad.data = assigned
+    mg.conv2d(x, w, padding=1).sum().backward()
+    np.testing.assert_array_equal(assigned, np.full((1, 2, 4, 4), 5.0))
+    expected = 5.0 + reference.conv2d_grads(np.ones((1, 2, 4, 4)), np.ones((3, 2, 3, 3)),
+                                            np.ones((1, 3, 4, 4)), (1, 1), (1, 1), (1, 1))[0]
+    np.testing.assert_array_equal(x.grad.numpy(), expected)
+
+
+def test_same_input_twice_gets_one_addend():
+    """A Function whose two inputs are the same tensor must not add that tensor's
+    gathered gradient twice."""
+
+    class Both(Function):
+        grad_addend_inputs = (0, 1)
+
+        def forward(self, a, b):
+            return a + b
+
+        def backward(self, grad):
+            add = self.grad_addends
+            return tuple(grad if a is None else grad + a for a in add)
+
+    x = mg.tensor(np.ones(3), requires_grad=True)
+    x.grad = mg.tensor(np.full(3, 10.0))
+    Both.apply(x, x).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), np.full(3, 12.0))
+
+
+def test_conv_without_addends_matches(monkeypatch):
+    """The same graph with the addend protocol switched off gives the same gradients."""
+    rng = np.random.default_rng(3)
+    x = _cl(rng.standard_normal((2, 8, 9, 9)))
+    w1, w2 = rng.standard_normal((16, 8, 3, 3)), rng.standard_normal((16, 8, 1, 1))
+
+    def grads():
+        xm = mg.tensor(x, requires_grad=True)
+        a = mg.conv2d(xm, mg.tensor(w1), stride=2, padding=1)
+        b = mg.conv2d(xm, mg.tensor(w2), stride=2)
+        ((a * b).sum() + (xm * xm).sum()).backward()
+        return xm.grad.numpy().copy()
+
+    fused = grads()
+    monkeypatch.setattr(Conv2d, "grad_addend_inputs", ())
+    np.testing.assert_allclose(fused, grads(), rtol=1e-12, atol=1e-12)
