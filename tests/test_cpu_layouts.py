@@ -74,6 +74,35 @@ def test_conv_paths(path, waste, split, case, dtype, layout, monkeypatch):
     np.testing.assert_array_equal(xv, x_before)
 
 
+@pytest.mark.parametrize("case", CASES + [(9, 4, 7, 7, 5, 3, 3, (1, 1), (1, 1), (1, 1)),
+                                          (9, 4, 7, 7, 5, 1, 1, (2, 2), (0, 0), (1, 1))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_layout", ["nchw", "cl"])
+@pytest.mark.parametrize("split", [False, True])
+def test_conv_backward_reads_nchw_dy_in_place(case, dtype, x_layout, split, monkeypatch):
+    """NCHW dY read as transposed GEMM operands, tile by tile within each image (every
+    image size qualifies here), against the references; groups of several small images
+    per work unit check that tiles stop at image boundaries."""
+    monkeypatch.setattr(conv, "_GY_NCHW_MIN_PIXELS", 1)
+    monkeypatch.setattr(conv, "_SHIFT_MAX_WASTE", 0.0)
+    monkeypatch.setattr(conv, "_DIRECT_MAX_CK_BWD", 0)
+    if split:
+        monkeypatch.setattr(conv, "_GW_SPLIT_K_MIN_W", 0)
+    N, C, H, W, K, R, S, st, pd, dl = case
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((K, C, R, S)).astype(dtype)
+    xv = cl(x) if x_layout == "cl" else x
+    G = rng.standard_normal(ref_conv(x, w, None, st, pd, dl).shape).astype(dtype)
+    gxr, gwr, _ = ref_conv_grads(x, w, G, st, pd, dl)
+    gx, gw, _ = conv.conv2d_backward(xv, w, G, st, pd, dl, True, True, False)
+    np.testing.assert_allclose(gx, gxr, **tol(dtype))
+    np.testing.assert_allclose(gw, gwr, **tol(dtype))
+    addend = cl(rng.standard_normal(x.shape).astype(dtype))
+    gx2, _, _ = conv.conv2d_backward(xv, w, G, st, pd, dl, True, False, False, gx_addend=addend)
+    np.testing.assert_allclose(gx2, gxr + addend, **tol(dtype))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_batch_norm_channels_last_matches_nchw(dtype):
     rng = np.random.default_rng(1)

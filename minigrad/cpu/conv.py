@@ -577,14 +577,17 @@ def _fwd_cols(xp, wf, b, has_b, R, S, sh, sw, dh, dw, OH, OW, T, direct, nt, yf)
 
 
 @njit(parallel=True, cache=True)
-def _bwd_cols(xp, wf, gyf, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, g, direct, nt,
-              need_x, need_w, gx4, gwacc, addf):
+def _bwd_cols(xp, wf, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, g, direct,
+              nt, need_x, need_w, gx4, gwacc, addf):
     """gwacc (nt, RSC*K), zeroed by the caller: per-thread dW sums; gx4 (N, H, W, C) dX.
 
     Work unit: a group of g whole images (handed out dynamically).  Its dX is
     scattered into the running thread's own padded buffer and the interior copied
     out, so no two threads touch the same image.  ``addf``: empty, or an (N*H*W*C,)
-    array that the copy-out adds (then gx4 = dX + addf); the direct path ignores it."""
+    array that the copy-out adds (then gx4 = dX + addf); the direct path ignores it.
+    ``gyf``: flat dY, channels-last, or NCHW when ``gy_nchw``: then the GEMMs read each
+    tile's (K x pixels) block of one image as a transposed operand, and tiles stop at
+    image boundaries."""
     N = xp.shape[0]
     C = xp.shape[3]
     Hp = xp.shape[1]
@@ -611,27 +614,36 @@ def _bwd_cols(xp, wf, gyf, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, g, direct
         if gpad:
             for j in range(gxpf.size):
                 gxpf[j] = 0
-        for q0 in range(n_a * P, n_b * P, T):
+        q0 = n_a * P
+        while q0 < n_b * P:
             tp = min(T, n_b * P - q0)
-            gyt = gyf[q0 * K:]
+            if gy_nchw:
+                n = q0 // P
+                tp = min(tp, (n + 1) * P - q0)
+                gyt = gyf[n * K * P + q0 - n * P:]
+                ldg = P
+            else:
+                gyt = gyf[q0 * K:]
+                ldg = K
             if need_w:
                 if direct:
-                    gemm_rm(True, False, RSC, K, tp, 1.0, xflat[q0 * C:], C, gyt, K, 1.0,
+                    gemm_rm(True, gy_nchw, RSC, K, tp, 1.0, xflat[q0 * C:], C, gyt, ldg, 1.0,
                             gacc, K)
                 else:
                     colT = colbuf[t, :tp * RSC].reshape((tp, RSC))
                     _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT)
-                    gemm_rm(True, False, RSC, K, tp, 1.0, colbuf[t], RSC, gyt, K, 1.0,
+                    gemm_rm(True, gy_nchw, RSC, K, tp, 1.0, colbuf[t], RSC, gyt, ldg, 1.0,
                             gacc, K)
             if need_x:
                 if direct:
-                    gemm_rm(False, True, tp, RSC, K, 1.0, gyt, K, wf, K, 0.0,
+                    gemm_rm(gy_nchw, True, tp, RSC, K, 1.0, gyt, ldg, wf, K, 0.0,
                             gxflat[q0 * C:], C)
                 else:
-                    gemm_rm(False, True, tp, RSC, K, 1.0, gyt, K, wf, K, 0.0,
+                    gemm_rm(gy_nchw, True, tp, RSC, K, 1.0, gyt, ldg, wf, K, 0.0,
                             dcolbuf[t], RSC)
                     dcolT = dcolbuf[t, :tp * RSC].reshape((tp, RSC))
                     _col2im_tile(dcolT, q0, tp, P, OW, R, S, sh, sw, dh, dw, gxp, n_a)
+            q0 += tp
         if gpad:
             for n in range(n_a, n_b):
                 for h in range(H):
@@ -1565,10 +1577,13 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
             xp = _padded(x, ph, pw, 0).reshape(N, Hp, Wp, C) if xc is None else xc
         else:
             xp = np.empty((N, Hp, Wp, C), dtype=dt)   # only its shape is used
-        gyf = _cl_contig(gy).reshape(-1)
         NP = N * OH * OW
-        if (need_w and RSC * K * x.itemsize > _GW_SPLIT_K_MIN_W
-                and NP * RSC * x.itemsize <= _GW_SPLIT_K_MAX_COL):
+        split_w = (need_w and RSC * K * x.itemsize > _GW_SPLIT_K_MIN_W
+                   and NP * RSC * x.itemsize <= _GW_SPLIT_K_MAX_COL)
+        gy_nchw = (not split_w and OH * OW >= _GY_NCHW_MIN_PIXELS and gy.flags.c_contiguous
+                   and not is_channels_last(gy))
+        gyf = gy.reshape(-1) if gy_nchw else _cl_contig(gy).reshape(-1)
+        if split_w:
             # Deep layers (weights of several MB, few pixels): dW as one GEMM over the
             # whole batch's column matrix, split by output channel between the threads.
             col = _scratch(NP * RSC, dt)
@@ -1584,8 +1599,8 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
         T = min(T, g * OH * OW)
         gwacc = np.zeros((nt, RSC * K) if need_w else (nt, 1), dtype=dt)
         with _single_blas, _dynamic_schedule():
-            _bwd_cols(xp, wf, gyf, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, g, direct, nt,
-                      bool(need_x), bool(need_w), gx4, gwacc, addf)
+            _bwd_cols(xp, wf, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, g,
+                      direct, nt, bool(need_x), bool(need_w), gx4, gwacc, addf)
         folded = bool(need_x) and not direct and addf.size > 0
     if need_w:
         gw = _weights_grad_kcrs(gwacc, K, C, R, S)
@@ -1593,6 +1608,10 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
         gx = gx4.transpose(0, 3, 1, 2)
     return gx, gw, gb, folded
 
+
+# NCHW dY with at least this many pixels per image is read in place by _bwd_cols (tiles
+# then stop at image boundaries); smaller images are copied to channels-last first.
+_GY_NCHW_MIN_PIXELS = 256
 
 # dW by output-channel split over the whole batch (see conv2d_backward) when the weight
 # gradient is bigger than this and the batch's column matrix is at most _MAX_COL bytes.
