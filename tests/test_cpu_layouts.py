@@ -103,6 +103,39 @@ def test_conv_backward_reads_nchw_dy_in_place(case, dtype, x_layout, split, monk
     np.testing.assert_allclose(gx2, gxr + addend, **tol(dtype))
 
 
+@pytest.mark.parametrize("stride", [(2, 2), (2, 3), (3, 1)])
+@pytest.mark.parametrize("storage", ["nchw", "strided view", "hw swapped"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("split", [False, True])
+def test_strided_1x1_copies_only_the_sampled_pixels(stride, storage, dtype, split, monkeypatch):
+    """Strided unpadded 1x1 convs of input not stored channels-last copy x[:, :, ::sh, ::sw]
+    and run as stride-1 1x1 convs; the backward reads that kept copy for dW."""
+    if split:
+        monkeypatch.setattr(conv, "_GW_SPLIT_K_MIN_W", 0)
+    rng = np.random.default_rng(4)
+    N, C, H, W, K = 3, 5, 9, 8, 6
+    if storage == "hw swapped":
+        x = rng.standard_normal((N, C, W, H)).astype(dtype).transpose(0, 1, 3, 2)
+    elif storage == "strided view":
+        x = rng.standard_normal((N, C + 2, H, W + 3)).astype(dtype)[:, 1:C + 1, :, 2:W + 2]
+    else:
+        x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    assert conv._sampled_1x1(x, 1, 1, stride, (0, 0))
+    w = rng.standard_normal((K, C, 1, 1)).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype)
+    y, saved = conv.conv2d_saving(x, w, b, stride, (0, 0), (1, 1), True)
+    yr = ref_conv(np.ascontiguousarray(x), w, b, stride, (0, 0), (1, 1))
+    np.testing.assert_allclose(y, yr, **tol(dtype))
+    assert saved.x_cl.shape == (N,) + yr.shape[2:] + (C,)
+    G = rng.standard_normal(yr.shape).astype(dtype)
+    gxr, gwr, _ = ref_conv_grads(np.ascontiguousarray(x), w, G, stride, (0, 0), (1, 1))
+    for kept in (saved, None):
+        gx, gw, _ = conv.conv2d_backward(x, w, G, stride, (0, 0), (1, 1), True, True, False,
+                                         saved=kept)
+        np.testing.assert_allclose(gx, gxr, **tol(dtype))
+        np.testing.assert_allclose(gw, gwr, **tol(dtype))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_batch_norm_channels_last_matches_nchw(dtype):
     rng = np.random.default_rng(1)

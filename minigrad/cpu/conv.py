@@ -292,7 +292,8 @@ def _pad_cl_dense(xf, N, H, W, C, ph, pw, xbuf, Hp, Wp):
 
 @pjit()
 def _pad_cl_from_nchw(x, ph, pw, xbuf, Hp, Wp):
-    """As _pad_cl from an NCHW-contiguous x (reads rows of W, writes with stride C)."""
+    """As _pad_cl from an NCHW-ordered x, contiguous or a strided view of one (reads rows
+    of W, writes with stride C)."""
     N, C, H, W = x.shape
     Q = N * Hp * Wp
     for t in prange(N * Hp):
@@ -577,29 +578,31 @@ def _fwd_cols(xp, wf, b, has_b, R, S, sh, sw, dh, dw, OH, OW, T, direct, nt, yf)
 
 
 @njit(parallel=True, cache=True)
-def _bwd_cols(xp, wf, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, g, direct,
-              nt, need_x, need_w, gx4, gwacc, addf):
+def _bwd_cols(xp, wf, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, g, direct_w,
+              direct_x, nt, need_x, need_w, gx4, gwacc, addf):
     """gwacc (nt, RSC*K), zeroed by the caller: per-thread dW sums; gx4 (N, H, W, C) dX.
 
     Work unit: a group of g whole images (handed out dynamically).  Its dX is
     scattered into the running thread's own padded buffer and the interior copied
     out, so no two threads touch the same image.  ``addf``: empty, or an (N*H*W*C,)
-    array that the copy-out adds (then gx4 = dX + addf); the direct path ignores it.
+    array that the copy-out adds (then gx4 = dX + addf); ``direct_x`` (GEMM straight
+    into gx4) ignores it.  ``direct_w``: dW reads xp's rows as the column matrix (xp is
+    then (N, OH, OW, C): a 1x1 convolution's input, sampled at its stride).
     ``gyf``: flat dY, channels-last, or NCHW when ``gy_nchw``: then the GEMMs read each
     tile's (K x pixels) block of one image as a transposed operand, and tiles stop at
     image boundaries."""
     N = xp.shape[0]
     C = xp.shape[3]
-    Hp = xp.shape[1]
-    Wp = xp.shape[2]
-    H = Hp - 2 * ph
-    W = Wp - 2 * pw
+    H = gx4.shape[1]
+    W = gx4.shape[2]
+    Hp = H + 2 * ph
+    Wp = W + 2 * pw
     RSC = R * S * C
     P = OH * OW
     ngroups = (N + g - 1) // g
     colbuf = np.empty((nt, T * RSC), dtype=xp.dtype)
     dcolbuf = np.empty((nt, T * RSC), dtype=xp.dtype)
-    gpad = g if (need_x and not direct) else 0
+    gpad = g if (need_x and not direct_x) else 0
     gxpbuf = np.empty((nt, gpad, Hp, Wp, C), dtype=xp.dtype)
     xflat = xp.reshape(-1)
     gxflat = gx4.reshape(-1)
@@ -626,7 +629,7 @@ def _bwd_cols(xp, wf, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, 
                 gyt = gyf[q0 * K:]
                 ldg = K
             if need_w:
-                if direct:
+                if direct_w:
                     gemm_rm(True, gy_nchw, RSC, K, tp, 1.0, xflat[q0 * C:], C, gyt, ldg, 1.0,
                             gacc, K)
                 else:
@@ -635,7 +638,7 @@ def _bwd_cols(xp, wf, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, 
                     gemm_rm(True, gy_nchw, RSC, K, tp, 1.0, colbuf[t], RSC, gyt, ldg, 1.0,
                             gacc, K)
             if need_x:
-                if direct:
+                if direct_x:
                     gemm_rm(gy_nchw, True, tp, RSC, K, 1.0, gyt, ldg, wf, K, 0.0,
                             gxflat[q0 * C:], C)
                 else:
@@ -1297,6 +1300,29 @@ def _cl_contig(x):
     return out
 
 
+def _sampled_1x1(x, R, S, stride, padding):
+    """True for a strided, unpadded 1x1 convolution of x not stored channels-last: it
+    copies only the pixels its stride reads (_sampled_cl) instead of all of x."""
+    return (R == 1 and S == 1 and stride != (1, 1) and padding == (0, 0)
+            and not is_channels_last(x))
+
+
+def _sampled_cl(x, sh, sw, OH, OW):
+    """(N, OH, OW, C) channels-last copy of x[:, :, ::sh, ::sw] (the first OH x OW pixels)."""
+    N, C = x.shape[0], x.shape[1]
+    v = x[:, :, :(OH - 1) * sh + 1:sh, :(OW - 1) * sw + 1:sw]
+    out = np.empty(N * OH * OW * C, dtype=x.dtype)
+    if x.flags.c_contiguous:
+        # the source planes decide: 4 KB planes alias in L1 whatever the stride reads
+        if x.shape[2] * x.shape[3] * x.itemsize >= _PLANE_TASK_BYTES:
+            _pad_cl_from_nchw_planes(v, 0, 0, out, OH, OW)
+        else:
+            _pad_cl_from_nchw(v, 0, 0, out, OH, OW)
+    else:
+        _pad_cl(v.transpose(0, 2, 3, 1), 0, 0, out, OH, OW)
+    return out.reshape(N, OH, OW, C)
+
+
 def _weights_rsck(w, dt):
     """Weights as a flat (R, S, C, K) array: row (r, s, c) of the GEMM B matrix.
 
@@ -1414,7 +1440,11 @@ def _conv2d(x, w, b, stride, padding, dilation, box, keep_x):
                        y4.reshape(-1))
         return y4.transpose(0, 3, 1, 2)
     direct = R == 1 and S == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
-    if direct:
+    if _sampled_1x1(x, R, S, (sh, sw), (ph, pw)):
+        # only the pixels the stride reads are copied; then it is a stride-1 1x1 conv
+        xp = _sampled_cl(x, sh, sw, OH, OW)
+        direct, sh, sw = True, 1, 1
+    elif direct:
         xp = _cl_contig(x)
     else:
         xp = _padded(x, ph, pw, 0).reshape(N, Hp, Wp, C)
@@ -1570,8 +1600,12 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
                        T, nt, bool(need_x), bool(need_w), gx4.reshape(-1), gwacc)
     else:
         direct = R == 1 and S == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
-        xc = _saved_x(saved, (N, Hp, Wp, C), dt)
-        if direct:
+        sampled = _sampled_1x1(x, R, S, (sh, sw), (ph, pw))
+        xc = _saved_x(saved, (N, OH, OW, C) if sampled else (N, Hp, Wp, C), dt)
+        if sampled:
+            xp = (_sampled_cl(x, sh, sw, OH, OW) if xc is None else xc) if need_w else \
+                np.empty((N, OH, OW, C), dtype=dt)
+        elif direct:
             xp = (_cl_contig(x) if xc is None else xc) if need_w else np.empty((N, H, W, C), dtype=dt)
         elif need_w:
             xp = _padded(x, ph, pw, 0).reshape(N, Hp, Wp, C) if xc is None else xc
@@ -1587,7 +1621,10 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
             # Deep layers (weights of several MB, few pixels): dW as one GEMM over the
             # whole batch's column matrix, split by output channel between the threads.
             col = _scratch(NP * RSC, dt)
-            _im2col_rows(xp, 0, NP, OH, OW, R, S, sh, sw, dh, dw, col)
+            if sampled:
+                _im2col_rows(xp, 0, NP, OH, OW, 1, 1, 1, 1, 1, 1, col)
+            else:
+                _im2col_rows(xp, 0, NP, OH, OW, R, S, sh, sw, dh, dw, col)
             gwf = np.empty(RSC * K, dtype=dt)
             with _single_blas:
                 _gemm_tn_cols_par(col, gyf, gwf, RSC, K, NP, nt)
@@ -1600,7 +1637,8 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
         gwacc = np.zeros((nt, RSC * K) if need_w else (nt, 1), dtype=dt)
         with _single_blas, _dynamic_schedule():
             _bwd_cols(xp, wf, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, g,
-                      direct, nt, bool(need_x), bool(need_w), gx4, gwacc, addf)
+                      direct or sampled, direct, nt, bool(need_x), bool(need_w), gx4, gwacc,
+                      addf)
         folded = bool(need_x) and not direct and addf.size > 0
     if need_w:
         gw = _weights_grad_kcrs(gwacc, K, C, R, S)
