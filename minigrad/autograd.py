@@ -12,7 +12,10 @@ A subclass that lists input positions in ``grad_addend_inputs`` may be handed, i
 ``self.grad_addends`` (one entry per positional input, None where there is none), the
 gradient already gathered for that input; its backward must then return that input's
 gradient *plus* the addend, so that a kernel can fold the sum into a pass it makes
-anyway (CPU convolution: the copy-out of dX) instead of a separate add.
+anyway (CPU convolution: the copy-out of dX) instead of a separate add.  An addend is
+only read, except where ``self.grad_addend_writable`` is True for it: it is then a
+leaf's own ``.grad`` storage, which backward may update in place and return, as
+PyTorch accumulates ``.grad`` in place.
 """
 
 import contextlib
@@ -81,7 +84,8 @@ def enable_grad():
 class Function:
     """Base of every differentiable op; call ``MyOp.apply(*args, **kwargs)``."""
 
-    __slots__ = ("be", "needs_grad", "parents", "saved", "grad_addends", "__dict__")
+    __slots__ = ("be", "needs_grad", "parents", "saved", "grad_addends", "grad_addend_writable",
+                 "__dict__")
 
     grad_addend_inputs = ()
 
@@ -195,7 +199,8 @@ def _addend_of(parent, grads):
 
 def _grad_addends(ctx, grads):
     """``(addends, into_leaf)`` for ctx's ``grad_addend_inputs``: one entry per input, and
-    whether that addend is a leaf's stored gradient (so the sum replaces ``.grad``)."""
+    whether that addend is a leaf's stored gradient (so the sum replaces ``.grad``, and
+    the addend may be updated in place)."""
     n = len(ctx.parents)
     addends, into_leaf = [None] * n, [False] * n
     seen = set()
@@ -229,10 +234,11 @@ def run_backward(root, grad, retain_graph=False):
         if ctx.grad_addend_inputs:
             addends, into_leaf = _grad_addends(ctx, grads)
             ctx.grad_addends = addends
+            ctx.grad_addend_writable = tuple(into_leaf)
         with no_grad():
             parent_grads = ctx.backward(g)
         if addends is not None:
-            ctx.grad_addends = None
+            ctx.grad_addends = ctx.grad_addend_writable = None
         if not isinstance(parent_grads, tuple):
             parent_grads = (parent_grads,)
         if is_anomaly_enabled():

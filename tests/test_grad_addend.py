@@ -152,3 +152,36 @@ def test_conv_without_addends_matches(monkeypatch):
     fused = grads()
     monkeypatch.setattr(Conv2d, "grad_addend_inputs", ())
     np.testing.assert_allclose(fused, grads(), rtol=1e-12, atol=1e-12)
+
+
+def test_strided_1x1_conv_adds_into_the_leaf_grad_in_place():
+    """An unpadded 1x1 conv adds its dX into the leaf's channels-last .grad storage at the
+    pixels its stride reads (PyTorch also accumulates .grad in place); the other pixels
+    keep their values."""
+    rng = np.random.default_rng(5)
+    x = _cl(rng.standard_normal((2, 8, 9, 9)).astype(np.float32))
+    w = rng.standard_normal((16, 8, 1, 1)).astype(np.float32)
+    gy = rng.standard_normal((2, 16, 5, 5)).astype(np.float32)
+    xm, wm = mg.tensor(x, requires_grad=True), mg.tensor(w)
+    mg.conv2d(xm, wm, stride=2).backward(mg.tensor(gy))
+    storage = xm.grad.data
+    first = storage.copy()
+    mg.conv2d(xm, wm, stride=2).backward(mg.tensor(gy))
+    assert np.shares_memory(xm.grad.data, storage)
+    np.testing.assert_allclose(xm.grad.numpy(), 2 * first, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(xm.grad.numpy()[:, :, 1::2], 0)
+
+
+def test_read_only_leaf_grad_is_not_written():
+    rng = np.random.default_rng(6)
+    x = _cl(rng.standard_normal((2, 8, 9, 9)))
+    w = rng.standard_normal((16, 8, 1, 1))
+    gy = rng.standard_normal((2, 16, 5, 5))
+    xm = mg.tensor(x, requires_grad=True)
+    frozen = _cl(np.ones(x.shape))
+    frozen.flags.writeable = False
+    xm.grad = mg.tensor(np.ones(x.shape))
+    xm.grad.data = frozen
+    mg.conv2d(xm, mg.tensor(w), stride=2).backward(mg.tensor(gy))
+    np.testing.assert_array_equal(frozen, 1.0)
+    np.testing.assert_allclose(xm.grad.numpy(), 1.0 + _dx(x, w, gy, 2, 0), rtol=1e-12, atol=1e-12)

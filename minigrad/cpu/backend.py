@@ -240,13 +240,15 @@ class CPUBackend(Backend):
         return conv.conv2d_saving(x, w, b, stride, padding, dilation, keep_x)
 
     def conv2d_backward_saved(self, saved, x, w, gy, stride, padding, dilation, need_x, need_w,
-                              need_b, gx_addend=None):
+                              need_b, gx_addend=None, addend_writable=False):
         """conv2d_backward reusing what conv2d_saving kept; with ``gx_addend``, gx is dX
-        plus that array (added while dX is copied out where the path allows)."""
+        plus that array (added while dX is copied out where the path allows; with
+        ``addend_writable`` possibly into gx_addend itself, which is then returned)."""
         from . import conv
 
         return conv.conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
-                                    saved=saved, gx_addend=gx_addend)
+                                    saved=saved, gx_addend=gx_addend,
+                                    addend_writable=addend_writable)
 
     def max_pool2d(self, x, kernel, stride, padding):
         from . import pool

@@ -577,16 +577,38 @@ def _fwd_cols(xp, wf, b, has_b, R, S, sh, sw, dh, dw, OH, OW, T, direct, nt, yf)
                     yf[o + k] += b[k]
 
 
+_DX_PADDED = 0
+_DX_DIRECT = 1
+_DX_SCATTER_ADD = 2
+
+
+@njit(cache=True)
+def _scatter_add_1x1(dcolT, q0, tp, P, OW, sh, sw, H, W, gxf):
+    """gx[n, oh*sh, ow*sw, :] += dcolT[i, :] for the tile's pixels (an unpadded 1x1 conv)."""
+    C = dcolT.shape[1]
+    OH = P // OW
+    n, oh, ow = _pixel_of(q0, P, OW)
+    for i in range(tp):
+        o = ((n * H + oh * sh) * W + ow * sw) * C
+        d = gxf[o:o + C]
+        src = dcolT[i]
+        for c in range(C):
+            d[c] += src[c]
+        n, oh, ow = _next_pixel(n, oh, ow, OH, OW)
+
+
 @njit(parallel=True, cache=True)
 def _bwd_cols(xp, wf, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, g, direct_w,
-              direct_x, nt, need_x, need_w, gx4, gwacc, addf):
+              x_mode, nt, need_x, need_w, gx4, gwacc, addf):
     """gwacc (nt, RSC*K), zeroed by the caller: per-thread dW sums; gx4 (N, H, W, C) dX.
 
     Work unit: a group of g whole images (handed out dynamically).  Its dX is
     scattered into the running thread's own padded buffer and the interior copied
     out, so no two threads touch the same image.  ``addf``: empty, or an (N*H*W*C,)
-    array that the copy-out adds (then gx4 = dX + addf); ``direct_x`` (GEMM straight
-    into gx4) ignores it.  ``direct_w``: dW reads xp's rows as the column matrix (xp is
+    array that the copy-out adds (then gx4 = dX + addf).  ``x_mode``: how dX reaches
+    gx4: _DX_PADDED (through the padded buffers, as above), _DX_DIRECT (GEMM straight
+    into gx4; stride-1 1x1) or _DX_SCATTER_ADD (unpadded 1x1 of any stride: each tile's
+    rows are added in place at their pixels, and gx4 keeps what it held elsewhere).  ``direct_w``: dW reads xp's rows as the column matrix (xp is
     then (N, OH, OW, C): a 1x1 convolution's input, sampled at its stride).
     ``gyf``: flat dY, channels-last, or NCHW when ``gy_nchw``: then the GEMMs read each
     tile's (K x pixels) block of one image as a transposed operand, and tiles stop at
@@ -602,7 +624,7 @@ def _bwd_cols(xp, wf, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, 
     ngroups = (N + g - 1) // g
     colbuf = np.empty((nt, T * RSC), dtype=xp.dtype)
     dcolbuf = np.empty((nt, T * RSC), dtype=xp.dtype)
-    gpad = g if (need_x and not direct_x) else 0
+    gpad = g if (need_x and x_mode == _DX_PADDED) else 0
     gxpbuf = np.empty((nt, gpad, Hp, Wp, C), dtype=xp.dtype)
     xflat = xp.reshape(-1)
     gxflat = gx4.reshape(-1)
@@ -638,14 +660,17 @@ def _bwd_cols(xp, wf, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, 
                     gemm_rm(True, gy_nchw, RSC, K, tp, 1.0, colbuf[t], RSC, gyt, ldg, 1.0,
                             gacc, K)
             if need_x:
-                if direct_x:
+                if x_mode == _DX_DIRECT:
                     gemm_rm(gy_nchw, True, tp, RSC, K, 1.0, gyt, ldg, wf, K, 0.0,
                             gxflat[q0 * C:], C)
                 else:
                     gemm_rm(gy_nchw, True, tp, RSC, K, 1.0, gyt, ldg, wf, K, 0.0,
                             dcolbuf[t], RSC)
                     dcolT = dcolbuf[t, :tp * RSC].reshape((tp, RSC))
-                    _col2im_tile(dcolT, q0, tp, P, OW, R, S, sh, sw, dh, dw, gxp, n_a)
+                    if x_mode == _DX_SCATTER_ADD:
+                        _scatter_add_1x1(dcolT, q0, tp, P, OW, sh, sw, H, W, gxflat)
+                    else:
+                        _col2im_tile(dcolT, q0, tp, P, OW, R, S, sh, sw, dh, dw, gxp, n_a)
             q0 += tp
         if gpad:
             for n in range(n_a, n_b):
@@ -1473,7 +1498,7 @@ def _bias_grad_any(gy, dt):
 
 
 def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b, wf=None,
-                    saved=None, gx_addend=None):
+                    saved=None, gx_addend=None, addend_writable=False):
     """Gradients (gx, gw, gb) of conv2d; entries not needed are None.
 
     ``wf``: the weight layout returned by ``conv2d(..., return_weights=True)`` (saves
@@ -1482,13 +1507,18 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
     ``gx_addend``: None, or an array of x's shape that gx then includes (gx = dX +
     gx_addend, a new array; gx_addend is only read).  The im2col path adds it while
     copying dX out of its padded buffers; the other paths add it afterwards.
+    ``addend_writable``: gx_addend may instead be updated in place and returned, as
+    unpadded 1x1 convolutions do with a channels-last gx_addend: they add dX only at the
+    pixels their stride reads, instead of writing all of gx.
 
     gx has the layout of the path (channels-last storage on the GEMM paths)."""
     dt = _float_dtype(x.dtype)
     addf = _EMPTY_ADDEND[dt.char] if gx_addend is None or not need_x else \
         _cl_flat(gx_addend, x.shape, dt)
     gx, gw, gb, folded = _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w,
-                                          need_b, wf, saved, addf)
+                                          need_b, wf, saved, addf,
+                                          addend_writable and addf.size > 0
+                                          and gx_addend.flags.writeable)
     if gx_addend is not None and gx is not None and not folded:
         _add_into(gx, gx_addend)
     return gx, gw, gb
@@ -1517,8 +1547,9 @@ def _add_into(gx, a):
 
 
 def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b, wf, saved,
-                     addf):
-    """conv2d_backward's work; also returns whether gx already includes ``addf``."""
+                     addf, addf_writable):
+    """conv2d_backward's work; also returns whether gx already includes ``addf`` (with
+    ``addf_writable``, gx may be addf's own storage, updated in place)."""
     (sh, sw), (ph, pw), (dh, dw) = _pairs(stride, padding, dilation)
     dt = _float_dtype(x.dtype)
     N, C, H, W = x.shape
@@ -1635,11 +1666,15 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
             g = min(g, max(1, -(-N // (_BALANCE * nt))))
         T = min(T, g * OH * OW)
         gwacc = np.zeros((nt, RSC * K) if need_w else (nt, 1), dtype=dt)
+        x_mode = _DX_DIRECT if direct else _DX_PADDED
+        if need_x and addf_writable and R == 1 and S == 1 and ph == 0 and pw == 0 and not direct:
+            x_mode = _DX_SCATTER_ADD
+            gx4 = addf.reshape(N, H, W, C)
         with _single_blas, _dynamic_schedule():
             _bwd_cols(xp, wf, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, g,
-                      direct or sampled, direct, nt, bool(need_x), bool(need_w), gx4, gwacc,
+                      direct or sampled, x_mode, nt, bool(need_x), bool(need_w), gx4, gwacc,
                       addf)
-        folded = bool(need_x) and not direct and addf.size > 0
+        folded = bool(need_x) and x_mode != _DX_DIRECT and addf.size > 0
     if need_w:
         gw = _weights_grad_kcrs(gwacc, K, C, R, S)
     if need_x:

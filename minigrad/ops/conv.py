@@ -69,7 +69,8 @@ class Conv2d(Function):
         if self.wprep is not None:
             return self.be.conv2d_backward_saved(
                 self.wprep, x, w, g, *self.conf, need[0], need[1], len(need) > 2 and need[2],
-                gx_addend=gx_addend)
+                gx_addend=gx_addend,
+                addend_writable=gx_addend is not None and self.grad_addend_writable[0])
         gx, gw, gb = self.be.conv2d_backward(
             x, w, g, *self.conf, need[0], need[1], len(need) > 2 and need[2])
         if gx_addend is not None and gx is not None:
