@@ -58,31 +58,42 @@ def timeit(fn, repeat, warmup=2):
 
 
 def time_pair(row, mg_fn, torch_fn, repeat, warmup=2):
-    """Time minigrad and PyTorch interleaved: each repetition runs ``mg_fn`` then ``torch_fn``.
+    """Time minigrad and PyTorch in alternating blocks; fills ``row["minigrad_s"]`` and
+    (when ``torch_fn`` is given) ``row["torch_s"]`` with the medians of ``repeat`` calls.
 
-    Fills ``row["minigrad_s"]`` and (when ``torch_fn`` is given) ``row["torch_s"]`` with the
-    medians.  Alternating call by call puts both under the same background load and
-    clock speed, so the ratio does not drift with the machine the way two back-to-back
-    blocks of ``repeat`` runs do (seen here: the same LeNet code timed 8.1-11.6 ms in three
-    consecutive runs)."""
+    Alternating puts both under the same background load and clock speed, so the ratio
+    does not drift with the machine the way two long blocks of runs do (seen here: the
+    same LeNet code timed 8.1-11.6 ms in three consecutive runs).  Calls shorter than
+    ``SHORT_CALL_S`` run in blocks of ``BLOCK`` calls per framework and the first call
+    of each block is not counted: the first call after the other framework ran finds
+    that framework's data in the caches and its OpenMP threads still spinning, which cost
+    nll_loss(log_softmax) at 1024x1000 +0.36 ms (minigrad) and +0.30 ms (PyTorch) on
+    calls of 0.97 and 0.81 ms.  Longer calls alternate one by one."""
     if torch_fn is None:
         row["minigrad_s"] = timeit(mg_fn, repeat, warmup)
         return row
+    t0 = time.perf_counter()
     for _ in range(warmup):
         mg_fn()
         torch_fn()
+    short = warmup and (time.perf_counter() - t0) / warmup < 2 * SHORT_CALL_S
+    block = BLOCK if short else 1
     mg_times, torch_times = [], []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        mg_fn()
-        t1 = time.perf_counter()
-        torch_fn()
-        t2 = time.perf_counter()
-        mg_times.append(t1 - t0)
-        torch_times.append(t2 - t1)
-    row["minigrad_s"] = statistics.median(mg_times)
-    row["torch_s"] = statistics.median(torch_times)
+    while len(mg_times) < repeat:
+        for fn, times in ((mg_fn, mg_times), (torch_fn, torch_times)):
+            for k in range(block):
+                t1 = time.perf_counter()
+                fn()
+                if k or block == 1:
+                    times.append(time.perf_counter() - t1)
+    row["minigrad_s"] = statistics.median(mg_times[:repeat])
+    row["torch_s"] = statistics.median(torch_times[:repeat])
     return row
+
+
+# time_pair: calls shorter than this (per framework) are timed in blocks of BLOCK calls.
+SHORT_CALL_S = 0.05
+BLOCK = 3
 
 
 def _labels(n, classes=10, seed=0):

@@ -149,8 +149,9 @@ class Backend:
         """Numerically stable log-softmax along ``axis``."""
         raise NotImplementedError
 
-    def log_softmax_backward(self, y, gy, axis):
-        """Gradient of log-softmax from its output ``y``: ``gy - exp(y) * sum(gy)``."""
+    def log_softmax_backward(self, y, gy, axis, addend=None):
+        """Gradient of log-softmax from its output ``y``: ``gy - exp(y) * sum(gy)``, plus
+        ``addend`` (an array of y's shape, only read) when given."""
         raise NotImplementedError
 
     def softmax_cross_entropy(self, logits, labels, label_smoothing):

@@ -715,8 +715,8 @@ class CUDABackend(Backend):
                            C, inner)
         return out
 
-    def log_softmax_backward(self, y, gy, axis):
-        """Gradient of log-softmax from its output: ``gy - exp(y) * sum(gy)``."""
+    def log_softmax_backward(self, y, gy, axis, addend=None):
+        """Gradient of log-softmax from its output: ``gy - exp(y) * sum(gy)`` (+ ``addend``)."""
         y, gy = self._c(y), self._c(gy)
         gy = self._as_dtype(gy, np.dtype(y.dtype))
         out = self.empty(y.shape, y.dtype)
@@ -730,7 +730,7 @@ class CUDABackend(Backend):
         else:
             self._launch1d(nk.log_softmax_bwd_strided, nrows, self._flat(y), self._flat(gy),
                            self._flat(out), nrows, C, inner)
-        return out
+        return out if addend is None else self.binary("add", out, addend)
 
     def softmax_cross_entropy(self, logits, labels, label_smoothing):
         """Fused per-sample loss and softmax; an out-of-range label gives a NaN loss."""

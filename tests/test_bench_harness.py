@@ -5,7 +5,7 @@ import time
 from benchmarks import run_all
 
 
-def test_time_pair_interleaves_and_takes_medians():
+def test_time_pair_alternates_blocks_and_takes_medians(monkeypatch):
     calls = []
 
     def a():
@@ -15,9 +15,14 @@ def test_time_pair_interleaves_and_takes_medians():
         calls.append("b")
         time.sleep(0.002)
 
-    row = run_all.time_pair({"workload": "w"}, a, b, repeat=5, warmup=1)
-    assert calls == ["a", "b"] * 6          # one warm-up pair, then strictly alternating
+    row = run_all.time_pair({"workload": "w"}, a, b, repeat=4, warmup=1)
+    # short calls: one warm-up pair, then blocks of three, the first call of each not counted
+    assert calls == ["a", "b"] + (["a"] * 3 + ["b"] * 3) * 2
     assert row["torch_s"] > row["minigrad_s"] and row["torch_s"] >= 0.002
+    calls.clear()
+    monkeypatch.setattr(run_all, "SHORT_CALL_S", 0.0005)   # b is now a long call
+    run_all.time_pair({"workload": "w"}, a, b, repeat=3, warmup=1)
+    assert calls == ["a", "b"] * 4                          # strictly alternating
     row = run_all.time_pair({}, a, None, repeat=3, warmup=0)
     assert "torch_s" not in row and row["minigrad_s"] >= 0
 

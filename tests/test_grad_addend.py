@@ -185,3 +185,24 @@ def test_read_only_leaf_grad_is_not_written():
     mg.conv2d(xm, mg.tensor(w), stride=2).backward(mg.tensor(gy))
     np.testing.assert_array_equal(frozen, 1.0)
     np.testing.assert_allclose(xm.grad.numpy(), 1.0 + _dx(x, w, gy, 2, 0), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape,axis", [((7, 13), 1), ((7, 13), 0), ((3, 5, 4), 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_log_softmax_adds_the_gathered_gradient(shape, axis, dtype):
+    """log_softmax's backward folds x's gathered gradient (its leaf .grad, and a second
+    consumer's gradient) into its row pass."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(shape).astype(dtype)
+    gy = rng.standard_normal(shape).astype(dtype)
+    y = x - np.log(np.exp(x).sum(axis=axis, keepdims=True))
+    ref = gy - np.exp(y) * gy.sum(axis=axis, keepdims=True)
+    xm = mg.tensor(x, requires_grad=True)
+    mg.log_softmax(xm, axis).backward(mg.tensor(gy))
+    mg.log_softmax(xm, axis).backward(mg.tensor(gy))
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(xm.grad.numpy(), 2 * ref, rtol=tol, atol=tol)
+    x2 = mg.tensor(x, requires_grad=True)
+    out = (mg.log_softmax(x2, axis) * mg.tensor(gy)).sum() + (x2 * 3.0).sum()
+    out.backward()
+    np.testing.assert_allclose(x2.grad.numpy(), ref + 3.0, rtol=tol, atol=tol)

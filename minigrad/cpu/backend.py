@@ -283,17 +283,21 @@ class CPUBackend(Backend):
             kernels.log_softmax_rows(flat, out)
         return np.moveaxis(out.reshape(moved.shape), -1, axis)
 
-    def log_softmax_backward(self, y, gy, axis):
+    def log_softmax_backward(self, y, gy, axis, addend=None):
         from . import loss
 
         ym = _c(np.moveaxis(y, axis, -1))
         gm = _c(np.moveaxis(gy, axis, -1)).astype(ym.dtype, copy=False)
         out = np.empty_like(ym)
         y2, g2, o2 = (a.reshape(-1, ym.shape[-1]) for a in (ym, gm, out))
-        if ym.dtype == np.float32 and ym.size:
-            loss.log_softmax_backward_f32(y2, g2, loss.threads_for(y2), o2)
+        if addend is None:
+            a2 = np.empty((0, 0), dtype=ym.dtype)
         else:
-            kernels.log_softmax_rows_backward(y2, g2, o2)
+            a2 = _c(np.moveaxis(addend, axis, -1)).astype(ym.dtype, copy=False).reshape(y2.shape)
+        if ym.dtype == np.float32 and ym.size:
+            loss.log_softmax_backward_f32(y2, g2, a2, loss.threads_for(y2), o2)
+        else:
+            kernels.log_softmax_rows_backward(y2, g2, a2, o2)
         return np.moveaxis(out, -1, axis)
 
     def softmax_cross_entropy(self, logits, labels, label_smoothing):

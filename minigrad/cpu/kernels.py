@@ -73,15 +73,20 @@ def log_softmax_rows(x, out):
 
 
 @pjit()
-def log_softmax_rows_backward(y, g, out):
-    """Row-wise gradient of log-softmax from its output: g - exp(y) * sum(g)."""
+def log_softmax_rows_backward(y, g, add, out):
+    """Row-wise gradient of log-softmax from its output: g - exp(y) * sum(g), plus add
+    unless add is empty."""
     rows, cols = y.shape
+    has_add = add.size > 0
     for r in prange(rows):
         s = 0.0
         for c in range(cols):
             s += g[r, c]
         for c in range(cols):
             out[r, c] = g[r, c] - np.exp(y[r, c]) * s
+        if has_add:
+            for c in range(cols):
+                out[r, c] += add[r, c]
 
 
 @njit(cache=True)

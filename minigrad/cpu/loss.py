@@ -179,8 +179,9 @@ def log_softmax_f32(x, nt, out):
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
-def log_softmax_backward_f32(y, g, nt, out):
-    """out[i] = g[i] - exp(y[i]) * sum(g[i]) for float32 rows (y: the log-softmax output)."""
+def log_softmax_backward_f32(y, g, add, nt, out):
+    """out[i] = g[i] - exp(y[i]) * sum(g[i]) (+ add[i] unless add is empty) for float32
+    rows (y: the log-softmax output)."""
     n, c = y.shape
     chunk = (n + nt - 1) // nt
     for t in prange(nt):
@@ -194,8 +195,13 @@ def log_softmax_backward_f32(y, g, nt, out):
             sgf = np.float32(sg)
             _exp_row_sum(y[i], np.float32(0.0), e, ibits)
             orow = out[i]
-            for j in range(c):
-                orow[j] = gr[j] - e[j] * sgf
+            if add.size:
+                arow = add[i]
+                for j in range(c):
+                    orow[j] = gr[j] - e[j] * sgf + arow[j]
+            else:
+                for j in range(c):
+                    orow[j] = gr[j] - e[j] * sgf
 
 
 def threads_for(x):

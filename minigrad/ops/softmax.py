@@ -5,7 +5,12 @@ from .elementwise import exp
 
 
 class LogSoftmax(Function):
-    """log(softmax(x)) computed as x - max - log(sum(exp(x - max)))."""
+    """log(softmax(x)) computed as x - max - log(sum(exp(x - max))).
+
+    The backward adds the gradient already gathered for x (see ``autograd``) in its own
+    pass over the rows."""
+
+    grad_addend_inputs = (0,)
 
     def forward(self, x, axis):
         self.axis = axis
@@ -15,7 +20,8 @@ class LogSoftmax(Function):
 
     def backward(self, g):
         (y,) = self.saved
-        return (self.be.log_softmax_backward(y, g, self.axis),)
+        addends = getattr(self, "grad_addends", None)
+        return (self.be.log_softmax_backward(y, g, self.axis, addends[0] if addends else None),)
 
 
 def log_softmax(x, dim=-1, *, axis=None):
