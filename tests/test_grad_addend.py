@@ -21,9 +21,11 @@ def _cl(a):
 
 
 # (C, K, H, kernel, stride, padding): im2col with the fused copy-out (strided 1x1, 3x3
-# stride 2), Winograd 3x3 stride 1, the direct 1x1 GEMM and the tiny direct kernels
-SHAPES = [(8, 16, 9, 1, 2, 0), (8, 16, 9, 3, 2, 1), (8, 16, 8, 3, 1, 1), (8, 16, 8, 1, 1, 0),
-          (1, 2, 5, 3, 1, 1), (3, 8, 7, 3, 1, 1)]
+# stride 2, 3x3 stride 1 with few channels), Winograd 3x3 stride 1 (whole-batch and
+# blocked kernels, both with the fused copy-out), the direct 1x1 GEMM and the tiny
+# direct kernels
+SHAPES = [(8, 16, 9, 1, 2, 0), (8, 16, 9, 3, 2, 1), (8, 16, 8, 3, 1, 1), (16, 16, 8, 3, 1, 1),
+          (16, 16, 24, 3, 1, 1), (8, 16, 8, 1, 1, 0), (1, 2, 5, 3, 1, 1), (3, 8, 7, 3, 1, 1)]
 
 
 def _dx(x, w, gy, stride, padding):
@@ -48,13 +50,13 @@ def test_leaf_grad_accumulates_through_conv(shape, layout, dtype):
     first = held.numpy().copy()
     mg.conv2d(xm, wm, stride=s, padding=p).backward(mg.tensor(2 * gy))
     ref = _dx(x.astype(np.float64), w.astype(np.float64), gy.astype(np.float64), s, p)
-    tol = 1e-4 if dtype == np.float32 else 1e-10
-    np.testing.assert_allclose(first, ref, rtol=tol, atol=tol)
-    np.testing.assert_allclose(xm.grad.numpy(), 3 * ref, rtol=tol, atol=tol)
+    tol = 1e-4 if dtype == np.float32 else 1e-10   # relative to the largest value
+    np.testing.assert_allclose(first, ref, rtol=tol, atol=tol * np.abs(ref).max())
+    np.testing.assert_allclose(xm.grad.numpy(), 3 * ref, rtol=tol, atol=3 * tol * np.abs(ref).max())
     assert xm.grad is held and xm.grad.dtype == dtype
-    np.testing.assert_allclose(wm.grad.numpy(), 3 * reference.conv2d_grads(
-        x.astype(np.float64), w.astype(np.float64), gy.astype(np.float64), (s, s), (p, p),
-        (1, 1))[1], rtol=tol, atol=tol)
+    gw_ref = 3 * reference.conv2d_grads(x.astype(np.float64), w.astype(np.float64),
+                                        gy.astype(np.float64), (s, s), (p, p), (1, 1))[1]
+    np.testing.assert_allclose(wm.grad.numpy(), gw_ref, rtol=tol, atol=tol * np.abs(gw_ref).max())
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -1598,8 +1598,8 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
         xc = _saved_x(saved, (N, H, W, C), dt)
         with _single_blas, _dynamic_schedule():
             gw = winograd.backward(_cl_contig(x) if xc is None else xc, _cl_contig(gy), U, ph, pw,
-                                   need_x, need_w, gx4)
-        return (gx4.transpose(0, 3, 1, 2) if need_x else None), gw, gb, False
+                                   need_x, need_w, gx4, addf)
+        return (gx4.transpose(0, 3, 1, 2) if need_x else None), gw, gb, addf.size > 0
     if wf is None or wf.dtype != dt or wf.size != w.size:
         wf = _weights_rsck(w, dt) if need_x else np.zeros(R * S * C * K, dtype=dt)
     nt = numba.get_num_threads()

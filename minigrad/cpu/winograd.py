@@ -315,7 +315,7 @@ def _scatter_tf(dv, o, vs, C, gxp, base, rs, fbuf):
 
 @njit(cache=True)
 def _bwd_group(xf, gf, Uf, H, W, C, K, OH, OW, ph, pw, tw, tpi, Hq, Wq, n_a, n_b, TB,
-               need_x, need_w, v, m, dv, gxp, acc, pbuf, qbuf, rbuf, tbuf, gxf):
+               need_x, need_w, v, m, dv, gxp, acc, pbuf, qbuf, rbuf, tbuf, gxf, addf):
     """Images n_a .. n_b-1 of _bwd (one thread's work unit)."""
     if need_x:
         for j in range((n_b - n_a) * Hq * Wq * C):
@@ -334,7 +334,7 @@ def _bwd_group(xf, gf, Uf, H, W, C, K, OH, OW, ph, pw, tw, tpi, Hq, Wq, n_a, n_b
                         C, 0.0, dv[pos * tb * C:], C)
             _scatter_block(dv, 0, tb * C, C, gxp, n_a, Hq, Wq, tpi, tw, t0, tb, tbuf)
     if need_x:
-        _crop(gxp, n_a, n_b, H, W, C, Hq, Wq, ph, pw, gxf)
+        _crop(gxp, n_a, n_b, H, W, C, Hq, Wq, ph, pw, gxf, addf)
 
 
 @njit(cache=True)
@@ -349,20 +349,28 @@ def _scatter_block(dv, voff, vs, C, gxp, n_a, Hq, Wq, tpi, tw, t0, tb, fbuf):
 
 
 @njit(cache=True)
-def _crop(gxp, n_a, n_b, H, W, C, Hq, Wq, ph, pw, gxf):
-    """gx[n] (channels-last, flat gxf) = the interior of padded image n - n_a of gxp."""
+def _crop(gxp, n_a, n_b, H, W, C, Hq, Wq, ph, pw, gxf, addf):
+    """gx[n] (channels-last, flat gxf) = the interior of padded image n - n_a of gxp,
+    plus addf (same layout as gxf) unless addf is empty."""
     for n in range(n_a, n_b):
         for h in range(H):
-            src = ((n - n_a) * Hq + h + ph) * Wq * C + pw * C
-            dst = (n * H + h) * W * C
-            for j in range(W * C):
-                gxf[dst + j] = gxp[src + j]
+            src = gxp[((n - n_a) * Hq + h + ph) * Wq * C + pw * C:]
+            o = (n * H + h) * W * C
+            dst = gxf[o:o + W * C]
+            if addf.size:
+                other = addf[o:o + W * C]
+                for j in range(W * C):
+                    dst[j] = src[j] + other[j]
+            else:
+                for j in range(W * C):
+                    dst[j] = src[j]
 
 
 @njit(parallel=True, cache=True)
-def _bwd(x, gy, U, ph, pw, g, TB, nt, need_x, need_w, gx, duacc, vbuf, mbuf, dvbuf, gxpbuf):
-    """Gradients of _fwd: gx (N, H, W, C) and per-thread duacc (nt, 16*C*K) += dU
-    (zeroed by the caller).  Work unit: g whole images, so that the overlapping dX
+def _bwd(x, gy, U, ph, pw, g, TB, nt, need_x, need_w, gx, addf, duacc, vbuf, mbuf, dvbuf,
+         gxpbuf):
+    """Gradients of _fwd: gx (N, H, W, C) (plus addf, flat, unless it is empty) and
+    per-thread duacc (nt, 16*C*K) += dU (zeroed by the caller).  Work unit: g whole images, so that the overlapping dX
     tiles of an image are summed by one thread in its own padded buffer."""
     N, H, W, C = x.shape
     OH = gy.shape[1]
@@ -387,7 +395,7 @@ def _bwd(x, gy, U, ph, pw, g, TB, nt, need_x, need_w, gx, duacc, vbuf, mbuf, dvb
         n_a = gi * g
         _bwd_group(xf, gf, Uf, H, W, C, K, OH, OW, ph, pw, tw, tpi, Hq, Wq, n_a,
                    min(N, n_a + g), TB, need_x, need_w, vbuf[t], mbuf[t], dvbuf[t],
-                   gxpbuf[t], duacc[t], pbuf[t], qbuf[t], rbuf[t], tbuf[t], gxf)
+                   gxpbuf[t], duacc[t], pbuf[t], qbuf[t], rbuf[t], tbuf[t], gxf, addf)
 
 
 @njit(parallel=True, cache=True)
@@ -425,8 +433,9 @@ def _fwd_whole(x, U, b, ph, pw, OH, OW, nt, y, V, M):
 
 
 @njit(parallel=True, cache=True)
-def _bwd_whole(x, gy, U, ph, pw, nt, need_x, need_w, gx, du, V, M, gxpbuf):
-    """_bwd for few tiles (see _fwd_whole): du (16*C*K) = dU (no per-thread sums)."""
+def _bwd_whole(x, gy, U, ph, pw, nt, need_x, need_w, gx, addf, du, V, M, gxpbuf):
+    """_bwd for few tiles (see _fwd_whole): du (16*C*K) = dU (no per-thread sums); gx
+    includes addf as in _bwd."""
     N, H, W, C = x.shape
     OH = gy.shape[1]
     OW = gy.shape[2]
@@ -470,7 +479,7 @@ def _bwd_whole(x, gy, U, ph, pw, nt, need_x, need_w, gx, du, V, M, gxpbuf):
                 gxp[j] = 0.0
             _scatter_block(V, n * tpi * C, Q * C, C, gxp, n, Hq, Wq, tpi, tw, n * tpi, tpi,
                            tbuf[t])
-            _crop(gxp, n, n + 1, H, W, C, Hq, Wq, ph, pw, gxf)
+            _crop(gxp, n, n + 1, H, W, C, Hq, Wq, ph, pw, gxf, addf)
 
 
 @pjit(size_arg=1)
@@ -626,8 +635,9 @@ def forward(xcl, U, b, ph, pw, OH, OW, y4):
          _scratch.get("m", nt * 16 * TB * K, dt).reshape(nt, -1))
 
 
-def backward(xcl, gycl, U, ph, pw, need_x, need_w, gx4):
-    """(gw or None); fills gx4 (N, H, W, C) when need_x."""
+def backward(xcl, gycl, U, ph, pw, need_x, need_w, gx4, addf):
+    """(gw or None); fills gx4 (N, H, W, C) when need_x, with dX plus ``addf`` (a flat
+    array in gx4's layout) unless ``addf`` is empty."""
     nt = numba.get_num_threads()
     N, H, W, C = xcl.shape
     OH, OW = gycl.shape[1], gycl.shape[2]
@@ -640,7 +650,7 @@ def backward(xcl, gycl, U, ph, pw, need_x, need_w, gx4):
     if _whole(N * tpi, C, K):
         Q = N * tpi
         du = _scratch.get("du", 16 * C * K if need_w else 1, dt).reshape(1, -1)
-        _bwd_whole(xcl, gycl, U, ph, pw, nt, need_x, need_w, gx4, du.reshape(-1),
+        _bwd_whole(xcl, gycl, U, ph, pw, nt, need_x, need_w, gx4, addf, du.reshape(-1),
                    _scratch.get("v", 16 * Q * C, dt), _scratch.get("m", 16 * Q * K, dt),
                    _scratch.get("gxp", nt * Hq * Wq * C if need_x else nt, dt).reshape(nt, -1))
     else:
@@ -649,7 +659,7 @@ def backward(xcl, gycl, U, ph, pw, need_x, need_w, gx4):
         TB = min(TB, g * tpi)
         du = _scratch.get("du", nt * 16 * C * K if need_w else nt, dt).reshape(nt, -1)
         du.fill(0)
-        _bwd(xcl, gycl, U, ph, pw, g, TB, nt, need_x, need_w, gx4, du,
+        _bwd(xcl, gycl, U, ph, pw, g, TB, nt, need_x, need_w, gx4, addf, du,
              _scratch.get("v", nt * 16 * TB * C if need_w else nt, dt).reshape(nt, -1),
              _scratch.get("m", nt * 16 * TB * K, dt).reshape(nt, -1),
              _scratch.get("dv", nt * 16 * TB * C if need_x else nt, dt).reshape(nt, -1),
