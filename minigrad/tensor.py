@@ -128,7 +128,10 @@ class Tensor:
 
     @property
     def grad(self):
-        """The accumulated gradient (a Tensor) or None."""
+        """The accumulated gradient (a Tensor) or None.
+
+        backward() adds into it: usually by giving this Tensor a new array, but some
+        kernels (unpadded 1x1 convolutions) add into its array in place, as PyTorch does."""
         return self._grad
 
     @grad.setter
