@@ -577,6 +577,7 @@ def _fwd_cols(xp, wf, b, has_b, R, S, sh, sw, dh, dw, OH, OW, T, direct, nt, yf)
                     yf[o + k] += b[k]
 
 
+# How _bwd_cols writes dX (its x_mode argument).
 _DX_PADDED = 0
 _DX_DIRECT = 1
 _DX_SCATTER_ADD = 2
@@ -608,8 +609,9 @@ def _bwd_cols(xp, wf, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, 
     array that the copy-out adds (then gx4 = dX + addf).  ``x_mode``: how dX reaches
     gx4: _DX_PADDED (through the padded buffers, as above), _DX_DIRECT (GEMM straight
     into gx4; stride-1 1x1) or _DX_SCATTER_ADD (unpadded 1x1 of any stride: each tile's
-    rows are added in place at their pixels, and gx4 keeps what it held elsewhere).  ``direct_w``: dW reads xp's rows as the column matrix (xp is
-    then (N, OH, OW, C): a 1x1 convolution's input, sampled at its stride).
+    rows are added in place at their pixels, and gx4 keeps what it held elsewhere).
+    ``direct_w``: dW reads xp's rows as the column matrix (xp is then (N, OH, OW, C): a
+    1x1 convolution's input, sampled at its stride).
     ``gyf``: flat dY, channels-last, or NCHW when ``gy_nchw``: then the GEMMs read each
     tile's (K x pixels) block of one image as a transposed operand, and tiles stop at
     image boundaries."""
