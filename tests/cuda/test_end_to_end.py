@@ -93,6 +93,22 @@ def test_conv_pool_stack():
     check(outs[0], outs[1], [(xc, xg), (wc, wg), (bc, bg)], tol=2e-4)
 
 
+def test_gradients_gathered_before_conv_and_log_softmax():
+    """Conv2d and LogSoftmax take the gradient already gathered for their input as an
+    addend (autograd.Function.grad_addend_inputs): a second backward into the same
+    leaves, and an input with a second consumer, on both devices."""
+    (xc, xg), (wc, wg) = pair(2, 3, 9, 9), pair(4, 3, 1, 1, scale=0.3)
+    (zc, zg) = pair(3, 7)
+    for _ in range(2):
+        outs = []
+        for x, w, z in ((xc, wc, zc), (xg, wg, zg)):
+            y = mg.conv2d(x, w, stride=2) * 2.0 + mg.conv2d(x * 1.5, w, stride=2)
+            outs.append((y * y).sum() + (mg.log_softmax(z, 1) * (z * 0.5)).sum())
+        for o in outs:
+            o.backward()
+    check(outs[0], outs[1], [(xc, xg), (wc, wg), (zc, zg)], tol=2e-4)
+
+
 def test_unavailable_message(monkeypatch):
     monkeypatch.setattr(minigrad_cuda, "unavailable_reason", lambda: "no driver")
     with pytest.raises(RuntimeError) as err:
