@@ -41,8 +41,9 @@ CASES = [  # N, C, H, W, K, R, S, stride, padding, dilation
 def test_conv_paths(path, waste, split, case, dtype, layout, monkeypatch):
     monkeypatch.setattr(conv, "_GEMM_PATH", path)
     monkeypatch.setattr(conv, "_SHIFT_MAX_WASTE", waste)
-    if split:   # dW by output-channel split over the whole batch (deep layers)
+    if split:   # deep layers: dW by output-channel split, dX from the forward's weight layout
         monkeypatch.setattr(conv, "_GW_SPLIT_K_MIN_W", 0)
+        monkeypatch.setattr(conv, "_DX_KRSC_MAX_W", 0)
     monkeypatch.setattr(conv, "_DIRECT_MAX_CK", 0)
     monkeypatch.setattr(conv, "_DIRECT_MAX_CK_BWD", 0)
     N, C, H, W, K, R, S, st, pd, dl = case
@@ -88,6 +89,7 @@ def test_conv_backward_reads_nchw_dy_in_place(case, dtype, x_layout, split, monk
     monkeypatch.setattr(conv, "_DIRECT_MAX_CK_BWD", 0)
     if split:
         monkeypatch.setattr(conv, "_GW_SPLIT_K_MIN_W", 0)
+        monkeypatch.setattr(conv, "_DX_KRSC_MAX_W", 0)
     N, C, H, W, K, R, S, st, pd, dl = case
     rng = np.random.default_rng(1)
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
