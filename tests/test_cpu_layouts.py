@@ -41,9 +41,9 @@ CASES = [  # N, C, H, W, K, R, S, stride, padding, dilation
 def test_conv_paths(path, waste, split, case, dtype, layout, monkeypatch):
     monkeypatch.setattr(conv, "_GEMM_PATH", path)
     monkeypatch.setattr(conv, "_SHIFT_MAX_WASTE", waste)
-    if split:   # deep layers: dW by output-channel split, dX from the forward's weight layout
+    if split:   # deep layers: dW by output-channel split, (K, R*S*C) weights in the forward
         monkeypatch.setattr(conv, "_GW_SPLIT_K_MIN_W", 0)
-        monkeypatch.setattr(conv, "_DX_KRSC_MAX_W", 0)
+        monkeypatch.setattr(conv, "_KRSC_WEIGHTS_MIN", 0)
     monkeypatch.setattr(conv, "_DIRECT_MAX_CK", 0)
     monkeypatch.setattr(conv, "_DIRECT_MAX_CK_BWD", 0)
     N, C, H, W, K, R, S, st, pd, dl = case
@@ -89,7 +89,7 @@ def test_conv_backward_reads_nchw_dy_in_place(case, dtype, x_layout, split, monk
     monkeypatch.setattr(conv, "_DIRECT_MAX_CK_BWD", 0)
     if split:
         monkeypatch.setattr(conv, "_GW_SPLIT_K_MIN_W", 0)
-        monkeypatch.setattr(conv, "_DX_KRSC_MAX_W", 0)
+        monkeypatch.setattr(conv, "_KRSC_WEIGHTS_MIN", 0)
     N, C, H, W, K, R, S, st, pd, dl = case
     rng = np.random.default_rng(1)
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
@@ -136,6 +136,28 @@ def test_strided_1x1_copies_only_the_sampled_pixels(stride, storage, dtype, spli
                                          saved=kept)
         np.testing.assert_allclose(gx, gxr, **tol(dtype))
         np.testing.assert_allclose(gw, gwr, **tol(dtype))
+
+
+def test_big_weights_use_the_krsc_layout_in_both_passes(monkeypatch):
+    """Above _KRSC_WEIGHTS_MIN the forward reads (K, R*S*C) weights transposed and hands
+    them to the backward's dX GEMMs, which read that kept array."""
+    monkeypatch.setattr(conv, "_KRSC_WEIGHTS_MIN", 0)
+    rng = np.random.default_rng(5)
+    x = cl(rng.standard_normal((2, 4, 7, 7)).astype(np.float32))
+    w = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
+    y, saved = conv.conv2d_saving(x, w, None, (2, 2), (1, 1), (1, 1), True)
+    np.testing.assert_allclose(y, ref_conv(np.ascontiguousarray(x), w, None, (2, 2), (1, 1), (1, 1)),
+                               **tol(np.float32))
+    assert saved.weights is None
+    np.testing.assert_array_equal(saved.weights_krsc, w.transpose(0, 2, 3, 1).ravel())
+    G = cl(rng.standard_normal(y.shape).astype(np.float32))
+    gxr = ref_conv_grads(np.ascontiguousarray(x), w, np.ascontiguousarray(G), (2, 2), (1, 1),
+                         (1, 1))[0]
+    gx, _, _ = conv.conv2d_backward(x, w, G, (2, 2), (1, 1), (1, 1), True, False, False, saved=saved)
+    np.testing.assert_allclose(gx, gxr, **tol(np.float32))
+    saved.weights_krsc = np.zeros_like(saved.weights_krsc)
+    gx, _, _ = conv.conv2d_backward(x, w, G, (2, 2), (1, 1), (1, 1), True, False, False, saved=saved)
+    assert not gx.any()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

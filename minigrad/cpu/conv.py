@@ -556,8 +556,9 @@ def _bwd_shift(xbuf, wf, gbuf, front, N, Hp, Wp, C, K, R, S, dh, dw, ph, pw, H, 
 # ---------------------------------------------------------------------------
 
 @njit(parallel=True, cache=True)
-def _fwd_cols(xp, wf, b, has_b, R, S, sh, sw, dh, dw, OH, OW, T, direct, nt, yf):
-    """yf (N*OH*OW*K,) channels-last = im2col(xp) @ W (+ b); wf (R*S*C, K) flat.
+def _fwd_cols(xp, wd, krsc, b, has_b, R, S, sh, sw, dh, dw, OH, OW, T, direct, nt, yf):
+    """yf (N*OH*OW*K,) channels-last = im2col(xp) @ W (+ b); wd: W as a flat (R*S*C, K)
+    matrix (_weights_rsck), or (K, R*S*C) read transposed when ``krsc`` (_weights_krsc).
 
     Tiles are handed out dynamically (chunk size 1, set by the caller): a thread
     that shares its core with another process simply takes fewer tiles."""
@@ -568,6 +569,7 @@ def _fwd_cols(xp, wf, b, has_b, R, S, sh, sw, dh, dw, OH, OW, T, direct, nt, yf)
     P = OH * OW
     Qo = N * P
     ntiles = (Qo + T - 1) // T
+    ldw = RSC if krsc else K
     colbuf = np.empty((nt, T * RSC), dtype=xp.dtype)
     xflat = xp.reshape(-1)
     for ti in prange(ntiles):
@@ -575,12 +577,12 @@ def _fwd_cols(xp, wf, b, has_b, R, S, sh, sw, dh, dw, OH, OW, T, direct, nt, yf)
         q0 = ti * T
         tp = min(T, Qo - q0)
         if direct:
-            gemm_rm(False, False, tp, K, RSC, 1.0, xflat[q0 * C:], C, wf, K, 0.0,
+            gemm_rm(False, krsc, tp, K, RSC, 1.0, xflat[q0 * C:], C, wd, ldw, 0.0,
                     yf[q0 * K:], K)
         else:
             colT = colbuf[t, :tp * RSC].reshape((tp, RSC))
             _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT)
-            gemm_rm(False, False, tp, K, RSC, 1.0, colbuf[t], RSC, wf, K, 0.0,
+            gemm_rm(False, krsc, tp, K, RSC, 1.0, colbuf[t], RSC, wd, ldw, 0.0,
                     yf[q0 * K:], K)
         if has_b:
             for i in range(tp):
@@ -1395,14 +1397,16 @@ def _weights_grad_kcrs(gf, K, C, R, S):
 
 
 class Saved:
-    """What a forward hands its backward: ``weights``, the GEMM (or Winograd) layout of w,
-    and ``x_cl``, the channels-last (padded) copy of x the forward made, or None when it
-    made none (x already in that form, or not asked to keep it)."""
+    """What a forward hands its backward: ``weights``, the (R*S*C, K) GEMM (or Winograd)
+    layout of w, or ``weights_krsc``, its (K, R*S*C) layout (big weights on the im2col
+    path); and ``x_cl``, the channels-last (padded) copy of x the forward made, or None
+    when it made none (x already in that form, or not asked to keep it)."""
 
-    __slots__ = ("weights", "x_cl")
+    __slots__ = ("weights", "weights_krsc", "x_cl")
 
     def __init__(self):
         self.weights = None
+        self.weights_krsc = None
         self.x_cl = None
 
 
@@ -1474,9 +1478,14 @@ def _conv2d(x, w, b, stride, padding, dilation, box, keep_x):
         with _single_blas, _dynamic_schedule():
             winograd.forward(xc, U, bb, ph, pw, OH, OW, y4)
         return y4.transpose(0, 3, 1, 2)
-    wf = _weights_rsck(w, dt)
+    shift = _use_shift(N, C, H, W, K, R, S, (sh, sw), (ph, pw), (dh, dw))
+    krsc = _GEMM_PATH != "chunked" and not shift and _big_weights(w, dt)
+    wf = _weights_krsc(w, dt) if krsc else _weights_rsck(w, dt)
     if box is not None:
-        box.weights = wf
+        if krsc:
+            box.weights_krsc = wf
+        else:
+            box.weights = wf
     has_b = b is not None
     y4 = np.empty((N, OH, OW, K), dtype=dt)
     if _GEMM_PATH == "chunked":
@@ -1484,7 +1493,7 @@ def _conv2d(x, w, b, stride, padding, dilation, box, keep_x):
         return y4.transpose(0, 3, 1, 2)
     nt = numba.get_num_threads()
     Hp, Wp = H + 2 * ph, W + 2 * pw
-    if _use_shift(N, C, H, W, K, R, S, (sh, sw), (ph, pw), (dh, dw)):
+    if shift:
         max_off = (R - 1) * dh * Wp + (S - 1) * dw
         xbuf = _padded(x, ph, pw, max_off + 1)
         T = _shift_rows(N * Hp * Wp, C, K, x.itemsize, nt)
@@ -1509,7 +1518,8 @@ def _conv2d(x, w, b, stride, padding, dilation, box, keep_x):
     else:
         T = min(T, -(-(N * OH * OW) // nt))
     with _single_blas, _dynamic_schedule():
-        _fwd_cols(xp, wf, bb, has_b, R, S, sh, sw, dh, dw, OH, OW, T, direct, nt, y4.reshape(-1))
+        _fwd_cols(xp, wf, krsc, bb, has_b, R, S, sh, sw, dh, dw, OH, OW, T, direct, nt,
+                  y4.reshape(-1))
     return y4.transpose(0, 3, 1, 2)
 
 
@@ -1699,11 +1709,13 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
         if need_x and addf_writable and R == 1 and S == 1 and ph == 0 and pw == 0 and not direct:
             x_mode = _DX_SCATTER_ADD
             gx4 = addf.reshape(N, H, W, C)
-        krsc = RSC * K * x.itemsize <= _DX_KRSC_MAX_W and not gy_nchw
+        krsc = _big_weights(w, dt) or not gy_nchw
         if not need_x:
             wd = _EMPTY_ADDEND[dt.char]
         elif krsc:
-            wd = _weights_krsc(w, dt)
+            kept = saved.weights_krsc if saved is not None else None
+            wd = kept if kept is not None and kept.dtype == dt and kept.size == w.size else \
+                _weights_krsc(w, dt)
         else:
             wd = wf if wf is not None and wf.dtype == dt and wf.size == w.size else \
                 _weights_rsck(w, dt)
@@ -1719,12 +1731,19 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
     return gx, gw, gb, folded
 
 
-# dX GEMMs take the weights as an untransposed (K, R*S*C) operand when they are at most
-# this big and dY is channels-last (a new transpose of the weights per backward; OpenBLAS
-# runs the stem's dX GEMMs 1.6x faster so, and the stem row 1.12-1.16x; with NCHW dY, a
-# transposed operand itself, the row was 0.95-0.97x); otherwise the forward's (R*S*C, K)
-# layout, transposed.
-_DX_KRSC_MAX_W = 1 << 20
+# Weight layouts of the im2col path.  OpenBLAS runs these GEMMs fastest with the weights
+# untransposed: (R*S*C, K) for the forward, (K, R*S*C) for dX (the stem's dX GEMMs 1.6x,
+# its row 1.11-1.16x).  So the forward uses _weights_rsck and the backward makes
+# _weights_krsc, except with NCHW dY (itself a transposed operand: the stem row was then
+# 0.95-0.97x) and for weights above this size, whose forward reads the (K, R*S*C) layout
+# transposed too: it is 3.4x cheaper to make (0.39 against 1.33 ms for 256->512 3x3) and
+# the backward reuses it.
+_KRSC_WEIGHTS_MIN = 2 << 20
+
+
+def _big_weights(w, dt):
+    """True when w (K, C, R, S) in dtype dt is bigger than _KRSC_WEIGHTS_MIN bytes."""
+    return w.size * np.dtype(dt).itemsize > _KRSC_WEIGHTS_MIN
 
 # NCHW dY with at least this many pixels per image is read in place by _bwd_cols (tiles
 # then stop at image boundaries); smaller images are copied to channels-last first.
