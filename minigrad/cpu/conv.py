@@ -451,6 +451,18 @@ def _kcx_to_kxc(w, out):
 
 
 @pjit()
+def _kxc_to_kcx(g, out):
+    """out[k, c, x] = g[k, x, c] for g (K, X, C) contiguous (weight gradient KRSC -> KCRS)."""
+    K, X, C = g.shape
+    for k in prange(K):
+        src = g[k]
+        dst = out[k]
+        for x in range(X):
+            for c in range(C):
+                dst[c, x] = src[x, c]
+
+
+@pjit()
 def _xck_to_kcx(g, out):
     """out[k, c, x] = sum_t g[t, x, c, k] (per-thread weight gradients RSCK -> KCRS)."""
     nt, X, C, K = g.shape
@@ -1131,15 +1143,18 @@ def _gemm_tn_par(m, n, k, a, lda, b, ldb, first, acc, nt):
 
 
 @njit(parallel=True, cache=True)
-def _gemm_tn_cols_par(col, gyf, gwf, RSC, K, NP, nt):
-    """gW (RSC x K) = col^T (RSC x NP) @ GY (NP x K), the output columns split over the
-    threads (no per-thread weight-sized accumulators to zero, read back and add)."""
+def _gemm_tn_rows_par(col, gyf, gwt, RSC, K, NP, nt):
+    """gW (K x RSC) = GY^T (K x NP) @ col (NP x RSC), the output rows split over the
+    threads (no per-thread weight-sized accumulators to zero, read back and add).  This
+    (K, R*S*C) result is 4% faster to compute for 256->512 3x3 than its (R*S*C, K)
+    transpose, and 3.5x faster to turn into (K, C, R, S) (0.18 against 0.61 ms)."""
     chunk = (K + nt - 1) // nt
     for t in prange(nt):
         k0 = t * chunk
         k1 = min(K, k0 + chunk)
         if k1 > k0:
-            gemm_rm(True, False, RSC, k1 - k0, NP, 1.0, col, RSC, gyf[k0:], K, 0.0, gwf[k0:], K)
+            gemm_rm(True, False, k1 - k0, RSC, NP, 1.0, gyf[k0:], K, col, RSC, 0.0,
+                    gwt[k0 * RSC:], RSC)
 
 
 _scratch_local = threading.local()
@@ -1695,10 +1710,11 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
                 _im2col_rows(xp, 0, NP, OH, OW, 1, 1, 1, 1, 1, 1, col)
             else:
                 _im2col_rows(xp, 0, NP, OH, OW, R, S, sh, sw, dh, dw, col)
-            gwf = np.empty(RSC * K, dtype=dt)
+            gwt = np.empty(K * RSC, dtype=dt)
             with _single_blas:
-                _gemm_tn_cols_par(col, gyf, gwf, RSC, K, NP, nt)
-            gw = _weights_grad_kcrs(gwf, K, C, R, S)
+                _gemm_tn_rows_par(col, gyf, gwt, RSC, K, NP, nt)
+            gw = np.empty((K, C, R, S), dtype=dt)
+            _kxc_to_kcx(gwt.reshape(K, R * S, C), gw.reshape(K, C, R * S))
             need_w = False
         T, g = _plan(N, OH * OW, nt)
         if RSC * K * x.itemsize <= _BALANCE_MAX_W:
