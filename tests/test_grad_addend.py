@@ -208,3 +208,19 @@ def test_log_softmax_adds_the_gathered_gradient(shape, axis, dtype):
     out = (mg.log_softmax(x2, axis) * mg.tensor(gy)).sum() + (x2 * 3.0).sum()
     out.backward()
     np.testing.assert_allclose(x2.grad.numpy(), ref + 3.0, rtol=tol, atol=tol)
+
+
+def test_addend_sharing_memory_with_x_is_not_written_in_place():
+    """A gradient array that is also the conv's input (possible through conv2d_backward's
+    own arguments) is read, not updated in place."""
+    from minigrad.cpu import conv
+
+    rng = np.random.default_rng(8)
+    x = _cl(rng.standard_normal((2, 8, 9, 9)))
+    w = rng.standard_normal((16, 8, 1, 1))
+    gy = rng.standard_normal((2, 16, 5, 5))
+    before = x.copy()
+    gx, _, _ = conv.conv2d_backward(x, w, gy, (2, 2), (0, 0), (1, 1), True, True, False,
+                                    gx_addend=x, addend_writable=True)
+    np.testing.assert_array_equal(x, before)
+    np.testing.assert_allclose(gx, before + _dx(before, w, gy, 2, 0), rtol=1e-12, atol=1e-12)

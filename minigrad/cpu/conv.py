@@ -1568,10 +1568,10 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
     dt = _float_dtype(x.dtype)
     addf = _EMPTY_ADDEND[dt.char] if gx_addend is None or not need_x else \
         _cl_flat(gx_addend, x.shape, dt)
+    writable = (addend_writable and addf.size > 0 and gx_addend.flags.writeable
+                and not np.may_share_memory(gx_addend, x) and not np.may_share_memory(gx_addend, gy))
     gx, gw, gb, folded = _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w,
-                                          need_b, wf, saved, addf,
-                                          addend_writable and addf.size > 0
-                                          and gx_addend.flags.writeable)
+                                          need_b, wf, saved, addf, writable)
     if gx_addend is not None and gx is not None and not folded:
         _add_into(gx, gx_addend)
     return gx, gw, gb
