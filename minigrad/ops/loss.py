@@ -34,6 +34,34 @@ class SoftmaxCrossEntropy(Function):
         return be.softmax_cross_entropy_backward(probs, labels, eps, g), None
 
 
+class NLLLoss(Function):
+    """Negative log-likelihood: ``-logp[i, labels[i]]`` per sample, then the reduction; one
+    graph node instead of an index, a negation and a mean (nll_loss(log_softmax) row: 0.93 ->
+    0.88 ms at 1024x1000).  ``labels`` is a host int64 array."""
+
+    def forward(self, logp, labels, reduction="mean"):
+        """Output storage from input storage."""
+        be = self.be
+        n = logp.shape[0]
+        self.index, self.shape = (np.arange(n), labels), logp.shape
+        self.scale = -1.0 if reduction != "mean" else -1.0 / n if n else float("nan")
+        self.reduction = reduction
+        picked = be.getitem(logp, self.index)
+        if reduction == "none":
+            return be.scalar("mul", picked, -1.0)
+        return be.scalar("mul", be.sum(picked, (0,), False), self.scale)
+
+    def backward(self, g):
+        """Gradients for the positional inputs."""
+        be = self.be
+        n = self.shape[0]
+        if self.reduction == "none":
+            per_sample = be.scalar("mul", g, -1.0)
+        else:
+            per_sample = be.broadcast_to(be.reshape(be.scalar("mul", g, self.scale), (1,)), (n,))
+        return be.index_add(self.shape, self.index, per_sample), None
+
+
 def _check_reduction(reduction, what):
     if reduction not in _REDUCTIONS:
         raise ValueError(f"{what}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
@@ -95,11 +123,7 @@ def nll_loss(input, target, reduction="mean"):  # noqa: A002
     if input.ndim != 2:
         raise ValueError(f"nll_loss: input must be 2-D (N, C), got shape {input.shape}")
     labels = _labels(target, input, "nll_loss")
-    idx = labels.numpy()
-    picked = -input[np.arange(input.shape[0]), idx]
-    if reduction == "none":
-        return picked
-    return picked.sum() if reduction == "sum" else picked.mean()
+    return NLLLoss.apply(input, labels.numpy(), reduction=reduction)
 
 
 def mse_loss(input, target, reduction="mean"):  # noqa: A002

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import minigrad as mg
+import minigrad.nn.functional as F
 import minigrad_cuda
 
 RNG = np.random.default_rng(1)
@@ -96,14 +97,17 @@ def test_conv_pool_stack():
 def test_gradients_gathered_before_conv_and_log_softmax():
     """Conv2d and LogSoftmax take the gradient already gathered for their input as an
     addend (autograd.Function.grad_addend_inputs): a second backward into the same
-    leaves, and an input with a second consumer, on both devices."""
+    leaves, and an input with a second consumer, on both devices (with nll_loss's
+    fused op as one of the consumers)."""
     (xc, xg), (wc, wg) = pair(2, 3, 9, 9), pair(4, 3, 1, 1, scale=0.3)
     (zc, zg) = pair(3, 7)
     for _ in range(2):
         outs = []
         for x, w, z in ((xc, wc, zc), (xg, wg, zg)):
             y = mg.conv2d(x, w, stride=2) * 2.0 + mg.conv2d(x * 1.5, w, stride=2)
-            outs.append((y * y).sum() + (mg.log_softmax(z, 1) * (z * 0.5)).sum())
+            lp = mg.log_softmax(z, 1)
+            outs.append((y * y).sum() + (lp * (z * 0.5)).sum()
+                        + F.nll_loss(lp, np.array([2, 0, 6])))
         for o in outs:
             o.backward()
     check(outs[0], outs[1], [(xc, xg), (wc, wg), (zc, zg)], tol=2e-4)
