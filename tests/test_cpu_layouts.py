@@ -13,6 +13,13 @@ from minigrad.cpu.backend import CPUBackend
 from test_cpu_conv_pool_kernels import ref_conv, ref_conv_grads
 
 
+def deep_layer_paths(monkeypatch):
+    """The paths of layers with big weights, for any size: dW by output-channel split over
+    the whole batch, (K, R*S*C) weights in the forward."""
+    monkeypatch.setattr(conv, "_GW_SPLIT_K_MIN_W", 0)
+    monkeypatch.setattr(conv, "_KRSC_WEIGHTS_MIN", 0)
+
+
 def cl(a):
     """Same values, channels-last storage."""
     return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
@@ -41,9 +48,8 @@ CASES = [  # N, C, H, W, K, R, S, stride, padding, dilation
 def test_conv_paths(path, waste, split, case, dtype, layout, monkeypatch):
     monkeypatch.setattr(conv, "_GEMM_PATH", path)
     monkeypatch.setattr(conv, "_SHIFT_MAX_WASTE", waste)
-    if split:   # deep layers: dW by output-channel split, (K, R*S*C) weights in the forward
-        monkeypatch.setattr(conv, "_GW_SPLIT_K_MIN_W", 0)
-        monkeypatch.setattr(conv, "_KRSC_WEIGHTS_MIN", 0)
+    if split:
+        deep_layer_paths(monkeypatch)
     monkeypatch.setattr(conv, "_DIRECT_MAX_CK", 0)
     monkeypatch.setattr(conv, "_DIRECT_MAX_CK_BWD", 0)
     N, C, H, W, K, R, S, st, pd, dl = case
@@ -88,8 +94,7 @@ def test_conv_backward_reads_nchw_dy_in_place(case, dtype, x_layout, split, monk
     monkeypatch.setattr(conv, "_SHIFT_MAX_WASTE", 0.0)
     monkeypatch.setattr(conv, "_DIRECT_MAX_CK_BWD", 0)
     if split:
-        monkeypatch.setattr(conv, "_GW_SPLIT_K_MIN_W", 0)
-        monkeypatch.setattr(conv, "_KRSC_WEIGHTS_MIN", 0)
+        deep_layer_paths(monkeypatch)
     N, C, H, W, K, R, S, st, pd, dl = case
     rng = np.random.default_rng(1)
     x = rng.standard_normal((N, C, H, W)).astype(dtype)

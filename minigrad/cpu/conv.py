@@ -53,7 +53,7 @@ from numba import njit, prange
 from . import winograd
 from ._jit import pjit
 from .blas import gemm_rm
-from .kernels import add_flat
+from .kernels import add_flat, crop_padded
 
 # Pixels per im2col tile (rows of the per-tile GEMMs), forward and backward.  Tiles
 # used to grow to 512 KiB of column matrix (up to 4096 pixels) for layers with few input
@@ -439,27 +439,15 @@ def _kcx_to_xck(w, out):
 
 
 @pjit()
-def _kcx_to_kxc(w, out):
-    """out[k, x, c] = w[k, c, x] for w (K, C, X) contiguous (weights KCRS -> KRSC)."""
-    K, C, X = w.shape
+def _transpose_each(a, out):
+    """out[k] = a[k].T for a (K, I, J) contiguous: weights KCRS <-> KRSC, per output channel."""
+    K, I, J = a.shape
     for k in prange(K):
-        src = w[k]
+        src = a[k]
         dst = out[k]
-        for c in range(C):
-            for x in range(X):
-                dst[x, c] = src[c, x]
-
-
-@pjit()
-def _kxc_to_kcx(g, out):
-    """out[k, c, x] = g[k, x, c] for g (K, X, C) contiguous (weight gradient KRSC -> KCRS)."""
-    K, X, C = g.shape
-    for k in prange(K):
-        src = g[k]
-        dst = out[k]
-        for x in range(X):
-            for c in range(C):
-                dst[c, x] = src[x, c]
+        for i in range(I):
+            for j in range(J):
+                dst[j, i] = src[i, j]
 
 
 @pjit()
@@ -659,7 +647,6 @@ def _bwd_cols(xp, wd, krsc, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, O
     gxpbuf = np.empty((nt, gpad, Hp, Wp, C), dtype=xp.dtype)
     xflat = xp.reshape(-1)
     gxflat = gx4.reshape(-1)
-    add = addf.size > 0
     for gi in prange(ngroups):
         t = numba.get_thread_id()
         gacc = gwacc[t]
@@ -704,19 +691,7 @@ def _bwd_cols(xp, wd, krsc, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, O
                         _col2im_tile(dcolT, q0, tp, P, OW, R, S, sh, sw, dh, dw, gxp, n_a)
             q0 += tp
         if gpad:
-            for n in range(n_a, n_b):
-                for h in range(H):
-                    src = gxpf[(((n - n_a) * Hp + h + ph) * Wp + pw) * C:
-                               (((n - n_a) * Hp + h + ph) * Wp + pw + W) * C]
-                    o = ((n * H + h) * W) * C
-                    dst = gxflat[o:o + W * C]
-                    if add:
-                        other = addf[o:o + W * C]
-                        for j in range(W * C):
-                            dst[j] = src[j] + other[j]
-                    else:
-                        for j in range(W * C):
-                            dst[j] = src[j]
+            crop_padded(gxpf, n_a, n_b, H, W, C, Hp, Wp, ph, pw, gxflat, addf)
 
 
 @pjit()
@@ -1400,7 +1375,7 @@ def _weights_krsc(w, dt):
     K, C, R, S = w.shape
     w = np.ascontiguousarray(w, dtype=dt)
     out = np.empty(K * R * S * C, dtype=dt)
-    _kcx_to_kxc(w.reshape(K, C, R * S), out.reshape(K, R * S, C))
+    _transpose_each(w.reshape(K, C, R * S), out.reshape(K, R * S, C))
     return out
 
 
@@ -1566,7 +1541,7 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
 
     gx has the layout of the path (channels-last storage on the GEMM paths)."""
     dt = _float_dtype(x.dtype)
-    addf = _EMPTY_ADDEND[dt.char] if gx_addend is None or not need_x else \
+    addf = _EMPTY[dt.char] if gx_addend is None or not need_x else \
         _cl_flat(gx_addend, x.shape, dt)
     writable = (addend_writable and addf.size > 0 and gx_addend.flags.writeable
                 and not np.may_share_memory(gx_addend, x) and not np.may_share_memory(gx_addend, gy))
@@ -1577,7 +1552,8 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
     return gx, gw, gb
 
 
-_EMPTY_ADDEND = {np.dtype(t).char: np.empty(0, dtype=t) for t in (np.float32, np.float64)}
+# Empty float arrays by dtype char: "no addend", and placeholders for unused array arguments.
+_EMPTY = {np.dtype(t).char: np.empty(0, dtype=t) for t in (np.float32, np.float64)}
 
 
 def _cl_flat(a, shape, dt):
@@ -1585,7 +1561,7 @@ def _cl_flat(a, shape, dt):
     dtype dt and the given shape; otherwise an empty array (no fused addend)."""
     if a.shape == tuple(shape) and a.dtype == dt and is_channels_last(a):
         return a.transpose(0, 2, 3, 1).reshape(-1)
-    return _EMPTY_ADDEND[dt.char]
+    return _EMPTY[dt.char]
 
 
 def _add_into(gx, a):
@@ -1714,7 +1690,7 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
             with _single_blas:
                 _gemm_tn_rows_par(col, gyf, gwt, RSC, K, NP, nt)
             gw = np.empty((K, C, R, S), dtype=dt)
-            _kxc_to_kcx(gwt.reshape(K, R * S, C), gw.reshape(K, C, R * S))
+            _transpose_each(gwt.reshape(K, R * S, C), gw.reshape(K, C, R * S))
             need_w = False
         T, g = _plan(N, OH * OW, nt)
         if RSC * K * x.itemsize <= _BALANCE_MAX_W:
@@ -1727,7 +1703,7 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
             gx4 = addf.reshape(N, H, W, C)
         krsc = _big_weights(w, dt) or not gy_nchw
         if not need_x:
-            wd = _EMPTY_ADDEND[dt.char]
+            wd = _EMPTY[dt.char]
         elif krsc:
             kept = saved.weights_krsc if saved is not None else None
             wd = kept if kept is not None and kept.dtype == dt and kept.size == w.size else \

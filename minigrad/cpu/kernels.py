@@ -111,3 +111,23 @@ def linear_forward(x, wt, bias, has_bias):
             for j in range(out.shape[1]):
                 out[i, j] += bias[j]
     return out
+
+
+@njit(cache=True)
+def crop_padded(gxp, n_a, n_b, H, W, C, Hp, Wp, ph, pw, gxf, addf):
+    """gx[n] (channels-last, flat gxf) = the interior of padded image n - n_a of the flat
+    (images, Hp, Wp, C) buffer gxp, plus addf (same layout as gxf) unless addf is empty:
+    the copy-out of the conv backward kernels that sum dX in per-thread padded buffers."""
+    add = addf.size > 0
+    for n in range(n_a, n_b):
+        for h in range(H):
+            src = gxp[((n - n_a) * Hp + h + ph) * Wp * C + pw * C:]
+            o = (n * H + h) * W * C
+            dst = gxf[o:o + W * C]
+            if add:
+                other = addf[o:o + W * C]
+                for j in range(W * C):
+                    dst[j] = src[j] + other[j]
+            else:
+                for j in range(W * C):
+                    dst[j] = src[j]

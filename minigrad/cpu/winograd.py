@@ -41,6 +41,7 @@ from numba import njit, prange
 
 from ._jit import pjit
 from .blas import gemm_rm
+from .kernels import crop_padded
 
 
 # Every transform below is a sequence of loops with one store and at most four
@@ -334,7 +335,7 @@ def _bwd_group(xf, gf, Uf, H, W, C, K, OH, OW, ph, pw, tw, tpi, Hq, Wq, n_a, n_b
                         C, 0.0, dv[pos * tb * C:], C)
             _scatter_block(dv, 0, tb * C, C, gxp, n_a, Hq, Wq, tpi, tw, t0, tb, tbuf)
     if need_x:
-        _crop(gxp, n_a, n_b, H, W, C, Hq, Wq, ph, pw, gxf, addf)
+        crop_padded(gxp, n_a, n_b, H, W, C, Hq, Wq, ph, pw, gxf, addf)
 
 
 @njit(cache=True)
@@ -346,24 +347,6 @@ def _scatter_block(dv, voff, vs, C, gxp, n_a, Hq, Wq, tpi, tw, t0, tb, fbuf):
         # the patch's top-left in the padded buffer: (oh - ph) + ph, (ow - pw) + pw
         _scatter_tf(dv, voff + i * C, vs, C, gxp, (((n - n_a) * Hq + oh) * Wq + ow) * C, Wq * C,
                     fbuf)
-
-
-@njit(cache=True)
-def _crop(gxp, n_a, n_b, H, W, C, Hq, Wq, ph, pw, gxf, addf):
-    """gx[n] (channels-last, flat gxf) = the interior of padded image n - n_a of gxp,
-    plus addf (same layout as gxf) unless addf is empty."""
-    for n in range(n_a, n_b):
-        for h in range(H):
-            src = gxp[((n - n_a) * Hq + h + ph) * Wq * C + pw * C:]
-            o = (n * H + h) * W * C
-            dst = gxf[o:o + W * C]
-            if addf.size:
-                other = addf[o:o + W * C]
-                for j in range(W * C):
-                    dst[j] = src[j] + other[j]
-            else:
-                for j in range(W * C):
-                    dst[j] = src[j]
 
 
 @njit(parallel=True, cache=True)
@@ -479,7 +462,7 @@ def _bwd_whole(x, gy, U, ph, pw, nt, need_x, need_w, gx, addf, du, V, M, gxpbuf)
                 gxp[j] = 0.0
             _scatter_block(V, n * tpi * C, Q * C, C, gxp, n, Hq, Wq, tpi, tw, n * tpi, tpi,
                            tbuf[t])
-            _crop(gxp, n, n + 1, H, W, C, Hq, Wq, ph, pw, gxf, addf)
+            crop_padded(gxp, n, n + 1, H, W, C, Hq, Wq, ph, pw, gxf, addf)
 
 
 @pjit(size_arg=1)
