@@ -116,7 +116,9 @@ def test_conv_backward_reads_nchw_dy_in_place(case, dtype, x_layout, split, monk
 @pytest.mark.parametrize("split", [False, True])
 def test_strided_1x1_copies_only_the_sampled_pixels(stride, storage, dtype, split, monkeypatch):
     """Strided unpadded 1x1 convs of input not stored channels-last copy x[:, :, ::sh, ::sw]
-    and run as stride-1 1x1 convs; the backward reads that kept copy for dW."""
+    and run as stride-1 1x1 convs; the backward reads that kept copy for dW.  (NCHW-contiguous
+    input takes the NCHW 1x1 path, tests/test_conv1x1_nchw.py, unless it is turned off.)"""
+    monkeypatch.setattr(conv, "USE_NCHW_1X1", False)
     if split:
         monkeypatch.setattr(conv, "_GW_SPLIT_K_MIN_W", 0)
     rng = np.random.default_rng(4)
@@ -356,15 +358,18 @@ def test_backward_reuses_the_forward_copy_of_x(layout, conf, monkeypatch):
     args = ((s, s), (p, p), (1, 1))
     y, saved = conv.conv2d_saving(xv, w, None, *args, True)
     np.testing.assert_allclose(y, ref_conv(x, w, None, *args), **tol(np.float64))
-    copied = layout == "nchw" or (p > 0 and not (R == 3 and s == 1 and C >= 16))
+    nchw_1x1 = layout == "nchw" and R == 1   # conv1x1_nchw: keeps the sampled x, no weights
+    copied = not nchw_1x1 and (layout == "nchw" or (p > 0 and not (R == 3 and s == 1 and C >= 16)))
     assert (saved.x_cl is not None) == copied
-    assert saved.weights is not None
+    assert (saved.weights is not None) == (not nchw_1x1)
+    assert (saved.x_sampled is not None) == (nchw_1x1 and s > 1)
     gy = rng.standard_normal(y.shape)
     gx, gw, _ = conv.conv2d_backward(xv, w, gy, *args, True, True, False, saved=saved)
     rgx, rgw, _ = ref_conv_grads(x, w, gy, *args)
     np.testing.assert_allclose(gx, rgx, **tol(np.float64))
     np.testing.assert_allclose(gw, rgw, **tol(np.float64))
-    if saved.x_cl is not None:  # the backward really reads the kept copy
-        saved.x_cl[...] = 0
+    kept = saved.x_cl if saved.x_cl is not None else saved.x_sampled
+    if kept is not None:  # the backward really reads the kept copy
+        kept[...] = 0
         _, gw0, _ = conv.conv2d_backward(xv, w, gy, *args, False, True, False, saved=saved)
         np.testing.assert_array_equal(gw0, 0)

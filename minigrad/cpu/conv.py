@@ -50,7 +50,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import winograd
+from . import conv1x1_nchw, winograd
 from ._jit import pjit
 from .blas import gemm_rm
 from .kernels import add_flat, crop_padded
@@ -1390,14 +1390,18 @@ class Saved:
     """What a forward hands its backward: ``weights``, the (R*S*C, K) GEMM (or Winograd)
     layout of w, or ``weights_krsc``, its (K, R*S*C) layout (big weights on the im2col
     path); and ``x_cl``, the channels-last (padded) copy of x the forward made, or None
-    when it made none (x already in that form, or not asked to keep it)."""
+    when it made none (x already in that form, or not asked to keep it).  The NCHW 1x1
+    path (``conv1x1_nchw``) keeps ``x_sampled`` instead, x at the pixels its stride
+    reads, grouped ``sampled_group`` images at a time."""
 
-    __slots__ = ("weights", "weights_krsc", "x_cl")
+    __slots__ = ("weights", "weights_krsc", "x_cl", "x_sampled", "sampled_group")
 
     def __init__(self):
         self.weights = None
         self.weights_krsc = None
         self.x_cl = None
+        self.x_sampled = None
+        self.sampled_group = 0
 
 
 def conv2d(x, w, b, stride, padding, dilation, return_weights=False):
@@ -1468,6 +1472,8 @@ def _conv2d(x, w, b, stride, padding, dilation, box, keep_x):
         with _single_blas, _dynamic_schedule():
             winograd.forward(xc, U, bb, ph, pw, OH, OW, y4)
         return y4.transpose(0, 3, 1, 2)
+    if _nchw_1x1(x, w, (ph, pw), dt):
+        return _conv1x1_nchw(x, w, b, bb, sh, sw, OH, OW, box, keep_x)
     shift = _use_shift(N, C, H, W, K, R, S, (sh, sw), (ph, pw), (dh, dw))
     krsc = _GEMM_PATH != "chunked" and not shift and _big_weights(w, dt)
     wf = _weights_krsc(w, dt) if krsc else _weights_rsck(w, dt)
@@ -1513,6 +1519,73 @@ def _conv2d(x, w, b, stride, padding, dilation, box, keep_x):
     return y4.transpose(0, 3, 1, 2)
 
 
+# Unpadded 1x1 convolutions of NCHW-contiguous input run in NCHW (conv1x1_nchw): per-image
+# GEMMs on the planes, a non-transposing gather of the sampled pixels, NCHW output and dX.
+# Measured against the channels-last path on the NCHW bench rows: BENCHMARKS_perf.md,
+# change 72.
+USE_NCHW_1X1 = True
+
+
+def _nchw_1x1(x, w, padding, dt):
+    """True when conv1x1_nchw computes this convolution: w 1x1, no padding, x NCHW-contiguous
+    (not also channels-last) in dtype dt, enough channels for the GEMM paths."""
+    return (USE_NCHW_1X1 and _GEMM_PATH != "chunked" and w.shape[2] == 1 and w.shape[3] == 1
+            and tuple(padding) == (0, 0) and x.dtype == dt and x.flags.c_contiguous
+            and not is_channels_last(x) and x.shape[1] * w.shape[0] > _DIRECT_MAX_CK)
+
+
+def _conv1x1_nchw(x, w, b, bb, sh, sw, OH, OW, box, keep_x):
+    """Forward of the NCHW 1x1 path; keeps the sampled x in ``box`` when asked to."""
+    N, C = x.shape[0], x.shape[1]
+    K = w.shape[0]
+    dt = x.dtype
+    nt = numba.get_num_threads()
+    g = conv1x1_nchw.group_size(N, OH * OW, nt)
+    keep = box is not None and keep_x and not (sh == 1 and sw == 1 and g == 1)
+    xs = np.empty(N * C * OH * OW if keep else 0, dtype=dt)
+    y = np.empty((N, K, OH, OW), dtype=dt)
+    with _single_blas, _dynamic_schedule():
+        conv1x1_nchw.forward(x, np.ascontiguousarray(w, dtype=dt).reshape(-1), bb, b is not None,
+                             sh, sw, OH, OW, g, keep, xs, y, nt)
+    if keep:
+        box.x_sampled, box.sampled_group = xs, g
+    return y
+
+
+def _conv1x1_nchw_backward(x, w, gy, stride, need_x, need_w, saved, gx_addend, addend_writable):
+    """(gx, gw, folded) of the NCHW 1x1 path: gx NCHW-contiguous, gw (K, C, 1, 1); folded
+    when gx includes gx_addend (an NCHW-contiguous addend of dtype x.dtype is added by the
+    kernel, into its own storage when ``addend_writable``)."""
+    sh, sw = int(stride[0]), int(stride[1])
+    N, C, H, W = x.shape
+    K = w.shape[0]
+    dt = x.dtype
+    gy = np.ascontiguousarray(gy, dtype=dt)
+    OH, OW = gy.shape[2], gy.shape[3]
+    nt = numba.get_num_threads()
+    xs = saved.x_sampled if saved is not None else None
+    g = saved.sampled_group if xs is not None else conv1x1_nchw.group_size(N, OH * OW, nt)
+    have_xs = xs is not None and xs.dtype == dt and xs.size == N * C * OH * OW and g >= 1
+    if not have_xs:
+        xs, g = _EMPTY[dt.char], conv1x1_nchw.group_size(N, OH * OW, nt)
+    fused = (need_x and gx_addend is not None and gx_addend.shape == x.shape
+             and gx_addend.dtype == dt and gx_addend.flags.c_contiguous)
+    in_place = (fused and addend_writable and gx_addend.flags.writeable
+                and not np.may_share_memory(gx_addend, x) and not np.may_share_memory(gx_addend, gy))
+    if in_place:
+        gx, mode, addf = gx_addend, conv1x1_nchw.DX_ADD_IN_PLACE, _EMPTY[dt.char]
+    else:
+        gx = np.empty((N, C, H, W) if need_x else (1, 1, 1, 1), dtype=dt)
+        mode = conv1x1_nchw.DX_WRITE
+        addf = gx_addend.reshape(-1) if fused else _EMPTY[dt.char]
+    gwacc = np.zeros((nt, K * C if need_w else 1), dtype=dt)
+    with _single_blas, _dynamic_schedule():
+        conv1x1_nchw.backward(x, xs, have_xs, np.ascontiguousarray(w, dtype=dt).reshape(-1), gy,
+                              sh, sw, g, bool(need_x), bool(need_w), mode, gx, gwacc, addf, nt)
+    gw = gwacc.sum(axis=0).reshape(K, C, 1, 1) if need_w else None
+    return (gx if need_x else None), gw, fused
+
+
 def _bias_grad_any(gy, dt):
     N, K, OH, OW = gy.shape
     gb = np.empty(K, dtype=dt)
@@ -1541,6 +1614,13 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
 
     gx has the layout of the path (channels-last storage on the GEMM paths)."""
     dt = _float_dtype(x.dtype)
+    if (need_x or need_w) and x.size and np.size(gy) and _nchw_1x1(x, w, padding, dt):
+        gx, gw, folded = _conv1x1_nchw_backward(x, w, gy, stride, need_x, need_w, saved,
+                                                gx_addend, addend_writable)
+        gb = _bias_grad_any(np.asarray(gy, dtype=dt), dt) if need_b else None
+        if gx_addend is not None and gx is not None and not folded:
+            _add_into(gx, gx_addend)
+        return gx, gw, gb
     addf = _EMPTY[dt.char] if gx_addend is None or not need_x else \
         _cl_flat(gx_addend, x.shape, dt)
     writable = (addend_writable and addf.size > 0 and gx_addend.flags.writeable

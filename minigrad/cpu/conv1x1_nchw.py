@@ -1,0 +1,213 @@
+"""Unpadded 1x1 convolutions of NCHW-contiguous input, computed in NCHW (CPU kernels).
+
+For one image, a 1x1 convolution is a single GEMM on its planes:
+
+    forward  Y[n] (K x P)  = W (K x C) @ Xs[n] (C x P)
+    dW       gW (K x C)   += dY[n] (K x P) @ Xs[n]^T
+    dX       dXs (C x P)   = W^T @ dY[n]        (added at the pixels the stride reads)
+
+where P = OH*OW and Xs[n] = x[n, :, ::sh, ::sw] (x[n] itself, as a (C, H*W) matrix,
+for stride 1).  NCHW input and NCHW dY are then used as they are stored: a stride
+only asks for a gather of every sh-th row and sw-th column of each plane, and dX for
+the matching scatter, both without transposing anything.  (The channels-last GEMM
+path had to transpose the sampled pixels into (pixels, C) rows first, and wrote dX
+channels-last.)  The output and dX are NCHW-contiguous.
+
+Small images (P under _MIN_COLUMNS) are handled g at a time: their Xs are laid side by
+side into one (C x g*P) matrix so that the GEMMs get enough columns; the forward's
+kept copy of Xs uses that grouped layout (``group`` records g).
+
+One parallel region per call; each work unit (g images) runs single-threaded BLAS,
+as the other GEMM paths do (the caller holds ``conv._single_blas``).
+"""
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from .blas import gemm_rm
+
+# Fewest GEMM columns (pixels) per work unit: images with fewer output pixels are
+# grouped.  Per-image GEMMs of 512x256 by 256x16 ran at 65-74% of the single-thread
+# peak against 87-91% for 64 or more columns (BENCHMARKS_perf.md, change 72).
+_MIN_COLUMNS = 256
+
+
+def group_size(N, P, nt):
+    """Images per work unit: enough for _MIN_COLUMNS GEMM columns, while leaving at
+    least two work units per thread."""
+    g = max(1, -(-_MIN_COLUMNS // max(P, 1)))
+    return int(max(1, min(g, N // (2 * nt))))
+
+
+@njit(cache=True)
+def _gather(x, n_a, n_b, sh, sw, OH, OW, xs):
+    """xs (C x G) flat, G = (n_b-n_a)*P: columns i*P .. (i+1)*P-1 hold
+    x[n_a+i, c, ::sh, ::sw] (its first OH x OW pixels) for each channel c."""
+    N, C, H, W = x.shape
+    P = OH * OW
+    G = (n_b - n_a) * P
+    xf = x.reshape(-1)
+    for i in range(n_b - n_a):
+        for c in range(C):
+            s0 = ((n_a + i) * C + c) * H * W
+            o = c * G + i * P
+            for oh in range(OH):
+                s = s0 + oh * sh * W
+                dst = xs[o + oh * OW:o + (oh + 1) * OW]
+                if sw == 2:   # a constant stride vectorises (2.6x faster on 32x32 planes)
+                    src = xf[s:s + 2 * OW - 1]
+                    for ow in range(OW):
+                        dst[ow] = src[2 * ow]
+                else:
+                    for ow in range(OW):
+                        dst[ow] = xf[s + ow * sw]
+
+
+@njit(cache=True)
+def _scatter_add(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base):
+    """gx[n, c, oh*sh, ow*sw] += d[c, i*P + oh*OW + ow] for one image, whose planes start
+    at gxf[base]; d is (C x G) flat, P = OH*OW."""
+    P = OH * OW
+    for c in range(C):
+        s0 = c * G + i * P
+        for oh in range(OH):
+            o = base + (c * H + oh * sh) * W
+            src = d[s0 + oh * OW:s0 + (oh + 1) * OW]
+            if sw == 2:
+                dst = gxf[o:o + 2 * OW - 1]
+                for ow in range(OW):
+                    dst[2 * ow] += src[ow]
+            else:
+                for ow in range(OW):
+                    gxf[o + ow * sw] += src[ow]
+
+
+@njit(cache=True)
+def _group_rows(a, n_a, n_b, R, P, out):
+    """out (R x G) flat = the (R x P) blocks of images n_a .. n_b-1 of a (N, R, P) flat
+    array, side by side (G = (n_b-n_a)*P)."""
+    G = (n_b - n_a) * P
+    for i in range(n_b - n_a):
+        src = (n_a + i) * R * P
+        for r in range(R):
+            s = src + r * P
+            d = r * G + i * P
+            for p in range(P):
+                out[d + p] = a[s + p]
+
+
+@njit(parallel=True, cache=True)
+def forward(x, wf, b, has_b, sh, sw, OH, OW, g, keep, xs, y, nt):
+    """y (N, K, OH, OW) = 1x1 conv of x (N, C, H, W), both C-contiguous, with wf (K*C,)
+    (w as a (K, C) matrix), plus b (K,) when has_b.  With ``keep``, the sampled input
+    is written to xs (N*C*P, grouped g images at a time) for the backward; stride 1
+    with g == 1 reads x in place and writes nothing there."""
+    N, C = x.shape[0], x.shape[1]
+    K = b.shape[0]
+    P = OH * OW
+    ngroups = (N + g - 1) // g
+    in_place = sh == 1 and sw == 1 and g == 1
+    xbuf = np.empty((nt, 0 if (keep or in_place) else C * g * P), dtype=x.dtype)
+    ybuf = np.empty((nt, K * g * P if g > 1 else 0), dtype=x.dtype)
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
+    for gi in prange(ngroups):
+        t = numba.get_thread_id()
+        n_a = gi * g
+        n_b = min(N, n_a + g)
+        G = (n_b - n_a) * P
+        if in_place:
+            src = xf[n_a * C * P:]
+        else:
+            src = xs[n_a * C * P:] if keep else xbuf[t]
+            _gather(x, n_a, n_b, sh, sw, OH, OW, src)
+        if g == 1:
+            out = yf[n_a * K * P:]
+            gemm_rm(False, False, K, P, C, 1.0, wf, C, src, P, 0.0, out, P)
+            if has_b:
+                for k in range(K):
+                    row = out[k * P:(k + 1) * P]
+                    for p in range(P):
+                        row[p] += b[k]
+        else:
+            gemm_rm(False, False, K, G, C, 1.0, wf, C, src, G, 0.0, ybuf[t], G)
+            for i in range(n_b - n_a):
+                for k in range(K):
+                    bk = b[k] if has_b else 0.0
+                    s = k * G + i * P
+                    d = ((n_a + i) * K + k) * P
+                    for p in range(P):
+                        yf[d + p] = ybuf[t, s + p] + bk
+
+
+# How backward writes dX (its x_mode argument).
+DX_WRITE = 0       # gx is a fresh array: gx = dX (+ addf when addf is not empty)
+DX_ADD_IN_PLACE = 1   # gx holds the gradient gathered so far: gx += dX at the sampled pixels
+
+
+@njit(parallel=True, cache=True)
+def backward(x, xs, have_xs, wf, gy, sh, sw, g, need_x, need_w, x_mode, gx, gwacc, addf, nt):
+    """Gradients of ``forward``: gwacc (nt, K*C), zeroed by the caller, gets per-thread
+    sums of dW (a (K, C) matrix); gx (N, C, H, W) C-contiguous gets dX as x_mode says.
+
+    ``gy`` (N, K, OH, OW) C-contiguous.  ``xs``: the forward's kept sampled input when
+    ``have_xs`` (grouped by the same g), else it is gathered again from x."""
+    N, C, H, W = x.shape
+    K = gy.shape[1]
+    OH, OW = gy.shape[2], gy.shape[3]
+    P = OH * OW
+    ngroups = (N + g - 1) // g
+    in_place = sh == 1 and sw == 1 and g == 1
+    need_xs = need_w and not have_xs and not in_place
+    xbuf = np.empty((nt, C * g * P if need_xs else 0), dtype=x.dtype)
+    gbuf = np.empty((nt, K * g * P if g > 1 else 0), dtype=x.dtype)
+    dbuf = np.empty((nt, C * g * P if (need_x and not in_place) else 0), dtype=x.dtype)
+    xf = x.reshape(-1)
+    gyf = gy.reshape(-1)
+    gxf = gx.reshape(-1)
+    HW = H * W
+    for gi in prange(ngroups):
+        t = numba.get_thread_id()
+        n_a = gi * g
+        n_b = min(N, n_a + g)
+        G = (n_b - n_a) * P
+        if g == 1:
+            gyg = gyf[n_a * K * P:]
+        else:
+            gyg = gbuf[t]
+            _group_rows(gyf, n_a, n_b, K, P, gyg)
+        if need_w:
+            if in_place:
+                src = xf[n_a * C * P:]
+            elif have_xs:
+                src = xs[n_a * C * P:]
+            else:
+                src = xbuf[t]
+                _gather(x, n_a, n_b, sh, sw, OH, OW, src)
+            gemm_rm(False, True, K, C, G, 1.0, gyg, G, src, G, 1.0, gwacc[t], C)
+        if not need_x:
+            continue
+        if in_place:
+            out = gxf[n_a * C * HW:]
+            beta = 0.0
+            if x_mode == DX_ADD_IN_PLACE:
+                beta = 1.0
+            elif addf.size > 0:
+                for j in range(C * HW):
+                    out[j] = addf[n_a * C * HW + j]
+                beta = 1.0
+            gemm_rm(True, False, C, P, K, 1.0, wf, C, gyg, G, beta, out, P)
+            continue
+        d = dbuf[t]
+        gemm_rm(True, False, C, G, K, 1.0, wf, C, gyg, G, 0.0, d, G)
+        for i in range(n_b - n_a):
+            base = (n_a + i) * C * HW
+            if x_mode == DX_WRITE:
+                if addf.size > 0:
+                    for j in range(C * HW):
+                        gxf[base + j] = addf[base + j]
+                else:
+                    for j in range(C * HW):
+                        gxf[base + j] = 0.0
+            _scatter_add(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base)

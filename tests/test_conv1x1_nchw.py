@@ -1,0 +1,199 @@
+"""Unpadded 1x1 convolutions of NCHW-contiguous input (minigrad.cpu.conv1x1_nchw).
+
+They run as per-image GEMMs on the planes, with the sampled pixels gathered without a
+transpose; output and dX are NCHW-contiguous.  Checked against float64 NumPy references
+for every stride pattern, grouped small images, the kept sampled copy, the three ways dX
+meets an addend, and through autograd with central differences.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import minigrad as mg
+from minigrad.cpu import conv, conv1x1_nchw
+from gradcheck import check_grad
+
+
+def ref_forward(x, w, b, stride, OH, OW):
+    xs = x[:, :, ::stride[0], ::stride[1]][:, :, :OH, :OW]
+    y = np.einsum("nchw,kc->nkhw", xs, w[:, :, 0, 0])
+    return y if b is None else y + b[None, :, None, None]
+
+
+def ref_grads(x, w, gy, stride):
+    OH, OW = gy.shape[2:]
+    xs = x[:, :, ::stride[0], ::stride[1]][:, :, :OH, :OW]
+    gw = np.einsum("nkhw,nchw->kc", gy, xs)[:, :, None, None]
+    gx = np.zeros(x.shape)
+    gx[:, :, ::stride[0], ::stride[1]][:, :, :OH, :OW] = np.einsum("nkhw,kc->nchw", gy, w[:, :, 0, 0])
+    return gx, gw
+
+
+def tol(dt):
+    return dict(rtol=1e-4, atol=1e-4) if dt == np.float32 else dict(rtol=1e-10, atol=1e-10)
+
+
+# N, C, H, W, K, stride: one image per work unit, grouped small images (group_size > 1),
+# stride 1 read in place, stride 1 grouped, uneven strides, a last group that is short
+CASES = [(3, 5, 9, 8, 6, (2, 2)), (16, 8, 4, 4, 8, (1, 1)), (2, 3, 8, 8, 4, (1, 1)),
+         (8, 16, 4, 4, 32, (2, 3)), (9, 4, 3, 5, 5, (3, 1)), (17, 8, 2, 3, 8, (2, 2)),
+         (4, 6, 7, 9, 5, (1, 2))]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [False, True])
+def test_forward_and_gradients_match_the_reference(case, dtype, bias):
+    N, C, H, W, K, stride = case
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((K, C, 1, 1)).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype) if bias else None
+    assert conv._nchw_1x1(x, w, (0, 0), np.dtype(dtype))
+    y, saved = conv.conv2d_saving(x, w, b, stride, (0, 0), (1, 1), True)
+    OH, OW = (H - 1) // stride[0] + 1, (W - 1) // stride[1] + 1
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    np.testing.assert_allclose(y, ref_forward(x64, w64, None if b is None else b.astype(np.float64),
+                                              stride, OH, OW), **tol(dtype))
+    assert y.flags.c_contiguous and y.dtype == dtype
+    in_place = stride == (1, 1) and saved.sampled_group <= 1
+    assert (saved.x_sampled is None) == in_place   # stride 1, one image per unit: x itself
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    gxr, gwr = ref_grads(x64, w64, gy.astype(np.float64), stride)
+    for kept in (saved, None):
+        gx, gw, gb = conv.conv2d_backward(x, w, gy, stride, (0, 0), (1, 1), True, True, True,
+                                          saved=kept)
+        np.testing.assert_allclose(gx, gxr, **tol(dtype))
+        np.testing.assert_allclose(gw, gwr, **tol(dtype))
+        np.testing.assert_allclose(gb, gy.astype(np.float64).sum(axis=(0, 2, 3)), **tol(dtype))
+        assert gx.flags.c_contiguous and gx.dtype == dtype and gw.dtype == dtype
+    gx, gw, _ = conv.conv2d_backward(x, w, gy, stride, (0, 0), (1, 1), False, True, False,
+                                     saved=saved)
+    assert gx is None
+    np.testing.assert_allclose(gw, gwr, **tol(dtype))
+    gx, gw, _ = conv.conv2d_backward(x, w, gy, stride, (0, 0), (1, 1), True, False, False)
+    assert gw is None
+    np.testing.assert_allclose(gx, gxr, **tol(dtype))
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("addend_layout", ["nchw", "cl", "float64 into float32"])
+def test_dx_addend_read_only_written_in_place_or_added_after(case, addend_layout):
+    N, C, H, W, K, stride = case
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((K, C, 1, 1)).astype(np.float32)
+    OH, OW = (H - 1) // stride[0] + 1, (W - 1) // stride[1] + 1
+    gy = rng.standard_normal((N, K, OH, OW)).astype(np.float32)
+    gxr = ref_grads(x.astype(np.float64), w.astype(np.float64), gy.astype(np.float64), stride)[0]
+    addend = rng.standard_normal(x.shape)
+    if addend_layout != "float64 into float32":
+        addend = addend.astype(np.float32)
+    if addend_layout == "cl":
+        addend = np.ascontiguousarray(addend.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    kept = addend.copy()
+    gx, _, _ = conv.conv2d_backward(x, w, gy, stride, (0, 0), (1, 1), True, False, False,
+                                    gx_addend=addend)
+    np.testing.assert_allclose(gx, gxr + kept, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(addend, kept)       # only read
+    gx, _, _ = conv.conv2d_backward(x, w, gy, stride, (0, 0), (1, 1), True, False, False,
+                                    gx_addend=addend, addend_writable=True)
+    np.testing.assert_allclose(gx, gxr + kept, rtol=1e-4, atol=1e-4)
+    # only an NCHW addend of x's dtype is updated in place; the others are only read
+    assert (gx is addend) == (addend_layout == "nchw")
+    if addend_layout != "nchw":
+        np.testing.assert_array_equal(addend, kept)
+
+
+def test_addend_sharing_memory_with_x_or_gy_is_not_written():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 4, 6, 6))
+    w = rng.standard_normal((4, 4, 1, 1))
+    gy = rng.standard_normal((2, 4, 3, 3))
+    gxr = ref_grads(x, w, gy, (2, 2))[0]
+    kept = x.copy()
+    gx, _, _ = conv.conv2d_backward(x, w, gy, (2, 2), (0, 0), (1, 1), True, False, False,
+                                    gx_addend=x, addend_writable=True)
+    assert gx is not x
+    np.testing.assert_array_equal(x, kept)
+    np.testing.assert_allclose(gx, gxr + kept, rtol=1e-10, atol=1e-10)
+
+
+def test_layouts_that_take_other_paths():
+    x = np.zeros((2, 4, 6, 6), np.float32)
+    w = np.zeros((3, 4, 1, 1), np.float32)
+    f32 = np.dtype(np.float32)
+    assert conv._nchw_1x1(x, w, (0, 0), f32)
+    assert not conv._nchw_1x1(x, w, (1, 1), f32)                          # padded
+    assert not conv._nchw_1x1(x, np.zeros((3, 4, 3, 3), np.float32), (0, 0), f32)
+    assert not conv._nchw_1x1(x[:, :, :, :5], w, (0, 0), f32)             # not contiguous
+    xcl = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    assert not conv._nchw_1x1(xcl, w, (0, 0), f32)                         # channels-last
+    assert not conv._nchw_1x1(x[:, :1], w[:2, :1], (0, 0), f32)            # direct kernels
+
+
+def test_group_size():
+    assert conv1x1_nchw.group_size(32, 256, 2) == 1
+    assert conv1x1_nchw.group_size(32, 64, 2) == 4
+    assert conv1x1_nchw.group_size(32, 16, 2) == 8        # two work units per thread at least
+    assert conv1x1_nchw.group_size(3, 1, 2) == 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(N=st.integers(1, 6), C=st.integers(1, 9), K=st.integers(1, 9), H=st.integers(1, 9),
+       W=st.integers(1, 9), sh=st.integers(1, 3), sw=st.integers(1, 3), seed=st.integers(0, 99))
+def test_random_shapes(N, C, K, H, W, sh, sw, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W))
+    w = rng.standard_normal((K, C, 1, 1))
+    y, saved = conv.conv2d_saving(x, w, None, (sh, sw), (0, 0), (1, 1), True)
+    OH, OW = (H - 1) // sh + 1, (W - 1) // sw + 1
+    np.testing.assert_allclose(y, ref_forward(x, w, None, (sh, sw), OH, OW), rtol=1e-10, atol=1e-10)
+    gy = rng.standard_normal(y.shape)
+    gxr, gwr = ref_grads(x, w, gy, (sh, sw))
+    gx, gw, _ = conv.conv2d_backward(x, w, gy, (sh, sw), (0, 0), (1, 1), True, True, False,
+                                     saved=saved)
+    np.testing.assert_allclose(gx, gxr, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(gw, gwr, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("stride", [1, 2, (2, 3)])
+def test_autograd_central_differences(stride):
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((3, 4, 7, 6))
+    w = rng.standard_normal((5, 4, 1, 1))
+    b = rng.standard_normal(5)
+    check_grad(lambda a, c, d: mg.conv2d(a, c, d, stride=stride), [x, w, b])
+
+
+def test_leaf_gradient_accumulates_in_place_over_calls():
+    """Two backward passes into an NCHW leaf: the second adds into the first's storage."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((4, 8, 8, 8)).astype(np.float32)
+    w = rng.standard_normal((16, 8, 1, 1)).astype(np.float32)
+    xm, wm = mg.tensor(x, requires_grad=True), mg.tensor(w, requires_grad=True)
+    gy = rng.standard_normal((4, 16, 4, 4)).astype(np.float32)
+    mg.conv2d(xm, wm, stride=2).backward(mg.tensor(gy))
+    storage = xm.grad.numpy()
+    mg.conv2d(xm, wm, stride=2).backward(mg.tensor(gy))
+    gxr, gwr = ref_grads(x.astype(np.float64), w.astype(np.float64), gy.astype(np.float64), (2, 2))
+    np.testing.assert_allclose(xm.grad.numpy(), 2 * gxr, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(wm.grad.numpy(), 2 * gwr, rtol=1e-4, atol=1e-3)
+    assert np.shares_memory(xm.grad.numpy(), storage)
+
+
+def test_switch_off_gives_the_same_values(monkeypatch):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((4, 8, 8, 8))
+    w = rng.standard_normal((6, 8, 1, 1))
+    gy = rng.standard_normal((4, 6, 4, 4))
+    on = conv.conv2d(x, w, None, (2, 2), (0, 0), (1, 1)), \
+        conv.conv2d_backward(x, w, gy, (2, 2), (0, 0), (1, 1), True, True, False)[:2]
+    monkeypatch.setattr(conv, "USE_NCHW_1X1", False)
+    off = conv.conv2d(x, w, None, (2, 2), (0, 0), (1, 1)), \
+        conv.conv2d_backward(x, w, gy, (2, 2), (0, 0), (1, 1), True, True, False)[:2]
+    np.testing.assert_allclose(on[0], off[0], rtol=1e-12, atol=1e-12)
+    for a, b in zip(on[1], off[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert on[0].flags.c_contiguous and not off[0].flags.c_contiguous
