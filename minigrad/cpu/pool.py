@@ -119,7 +119,12 @@ def _first_max(v, best, bi, idx):
 
 @pjit()
 def _max_fwd_2x2(x, y, am):
-    """2x2 / stride 2 / no padding (LeNet, VGG): _max_fwd_nopad with the window unrolled."""
+    """2x2 / stride 2 / no padding (LeNet, VGG): _max_fwd_nopad with the window unrolled.
+
+    Each pair of input rows is first split into its four window corners (even and odd
+    columns of both rows) in buffers of the work unit: the selection loop then reads unit
+    strides, which LLVM vectorises (3.6x faster than selecting straight from the
+    interleaved rows; BENCHMARKS_perf.md, change 73)."""
     NC = x.shape[0]
     H = x.shape[1]
     W = x.shape[2]
@@ -128,20 +133,43 @@ def _max_fwd_2x2(x, y, am):
     xf = x.reshape(-1)
     yf = y.reshape(-1)
     af = am.reshape(-1)
-    for t in prange(NC):
-        for oh in range(OH):
+    nblocks = (NC + _PLANES_PER_BLOCK - 1) // _PLANES_PER_BLOCK
+    for blk in prange(nblocks):
+        # fresh arrays: LLVM then knows they alias nothing, and vectorises
+        a = np.empty(OW, dtype=x.dtype)
+        b = np.empty(OW, dtype=x.dtype)
+        c = np.empty(OW, dtype=x.dtype)
+        d = np.empty(OW, dtype=x.dtype)
+        e = np.empty(OW, dtype=np.int64)
+        for r in range(blk * _PLANES_PER_BLOCK * OH, min(NC, (blk + 1) * _PLANES_PER_BLOCK) * OH):
+            t = r // OH
+            oh = r - t * OH
             r0 = (t * H + 2 * oh) * W
-            o = (t * OH + oh) * OW
+            o = r * OW
             top = xf[r0:r0 + 2 * OW]
             bot = xf[r0 + W:r0 + W + 2 * OW]
-            yr = yf[o:o + OW]
-            ar = af[o:o + OW]
             for ow in range(OW):
-                best, bi = _first_max(top[2 * ow + 1], top[2 * ow], 0, 1)
-                best, bi = _first_max(bot[2 * ow], best, bi, W)
-                best, bi = _first_max(bot[2 * ow + 1], best, bi, W + 1)
+                a[ow] = top[2 * ow]
+                b[ow] = top[2 * ow + 1]
+                c[ow] = bot[2 * ow]
+                d[ow] = bot[2 * ow + 1]
+            yr = yf[o:o + OW]
+            for ow in range(OW):
+                best, bi = _first_max(b[ow], a[ow], 0, 1)
+                best, bi = _first_max(c[ow], best, bi, W)
+                best, bi = _first_max(d[ow], best, bi, W + 1)
                 yr[ow] = best
-                ar[ow] = 2 * oh * W + 2 * ow + bi
+                e[ow] = bi
+            # int64 offsets first: storing the selection straight into the int32 argmax
+            # stops LLVM from vectorising the loop above (1.4 against 0.7 ms)
+            ar = af[o:o + OW]
+            base = 2 * oh * W
+            for ow in range(OW):
+                ar[ow] = base + 2 * ow + e[ow]
+
+
+# Image planes per parallel work unit of _max_fwd_2x2 (each allocates its own row buffers).
+_PLANES_PER_BLOCK = 8
 
 
 @pjit()
