@@ -57,9 +57,14 @@ def timeit(fn, repeat, warmup=2):
     return statistics.median(times)
 
 
-def time_pair(row, mg_fn, torch_fn, repeat, warmup=2):
+def time_pair(row, mg_fn, torch_fn, repeat, warmup=2, ref_fn=None):
     """Time minigrad and PyTorch in alternating blocks; fills ``row["minigrad_s"]`` and
     (when ``torch_fn`` is given) ``row["torch_s"]`` with the medians of ``repeat`` calls.
+
+    ``ref_fn``: a reference call (the sgemm of ``sgemm_call``) timed once after every
+    round of blocks; its median goes to ``row["ref_s"]``.  A row's rate is then compared
+    with the machine's in the same minute: on these shared machines sgemm itself moved
+    from 162 to 91 GFLOP/s between the start and the end of one run.
 
     Alternating puts both under the same background load and clock speed, so the ratio
     does not drift with the machine the way two long blocks of runs do (seen here: the
@@ -69,25 +74,33 @@ def time_pair(row, mg_fn, torch_fn, repeat, warmup=2):
     that framework's data in the caches and its OpenMP threads still spinning, which cost
     nll_loss(log_softmax) at 1024x1000 +0.36 ms (minigrad) and +0.30 ms (PyTorch) on
     calls of 0.97 and 0.81 ms.  Longer calls alternate one by one."""
-    if torch_fn is None:
+    if torch_fn is None and ref_fn is None:
         row["minigrad_s"] = timeit(mg_fn, repeat, warmup)
         return row
+    mg_times, torch_times, ref_times = [], [], []
+    timed = ((mg_fn, mg_times),) + (((torch_fn, torch_times),) if torch_fn is not None else ())
     t0 = time.perf_counter()
     for _ in range(warmup):
-        mg_fn()
-        torch_fn()
-    short = warmup and (time.perf_counter() - t0) / warmup < 2 * SHORT_CALL_S
-    block = BLOCK if short else 1
-    mg_times, torch_times = [], []
+        for fn, _times in timed:
+            fn()
+    short = warmup and (time.perf_counter() - t0) / warmup < len(timed) * SHORT_CALL_S
+    block = BLOCK if short and torch_fn is not None else 1
     while len(mg_times) < repeat:
-        for fn, times in ((mg_fn, mg_times), (torch_fn, torch_times)):
+        for fn, times in timed:
             for k in range(block):
                 t1 = time.perf_counter()
                 fn()
                 if k or block == 1:
                     times.append(time.perf_counter() - t1)
+        if ref_fn is not None:
+            t1 = time.perf_counter()
+            ref_fn()
+            ref_times.append(time.perf_counter() - t1)
     row["minigrad_s"] = statistics.median(mg_times[:repeat])
-    row["torch_s"] = statistics.median(torch_times[:repeat])
+    if torch_times:
+        row["torch_s"] = statistics.median(torch_times[:repeat])
+    if ref_times:
+        row["ref_s"] = statistics.median(ref_times)
     return row
 
 
@@ -164,11 +177,20 @@ def others_load(start, wall):
     return max(0.0, (total - start[0]) - (own - start[1])) / max(wall, 1e-9)
 
 
+SGEMM_N = 2048
+SGEMM_FLOPS = 2 * SGEMM_N ** 3
+
+
+def sgemm_call():
+    """A function computing one NumPy float32 GEMM SGEMM_N^3 (the machine's BLAS ceiling)."""
+    a = np.random.default_rng(0).standard_normal((SGEMM_N, SGEMM_N)).astype(np.float32)
+    out = np.empty_like(a)
+    return lambda: np.matmul(a, a, out=out)
+
+
 def sgemm_rate(repeat):
     """NumPy float32 GEMM 2048^3 in GFLOP/s: the machine's BLAS ceiling in this run."""
-    a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
-    t = timeit(lambda: a @ a, repeat)
-    return 2 * 2048 ** 3 / t / 1e9
+    return SGEMM_FLOPS / timeit(sgemm_call(), repeat) / 1e9
 
 
 def train_step_pair(name, mg_model, torch_model, shape, classes, repeat):
@@ -236,6 +258,7 @@ def bench_convs(batch, repeat, channels_last=False):
     (torch.channels_last), as inside minigrad's ResNet-18, where every conv after the
     stem receives channels-last activations and gradients; otherwise NCHW-contiguous."""
     rows = []
+    sgemm = sgemm_call()
     for cin, cout, h, k, s in RESNET_CONV_SHAPES:
         rng = np.random.default_rng(0)
         x = rng.standard_normal((batch, cin, h, h)).astype(np.float32)
@@ -263,7 +286,7 @@ def bench_convs(batch, repeat, channels_last=False):
 
         layout = ", channels-last" if channels_last else ""
         rows.append(time_pair({"workload": f"conv {cin}->{cout} {h}x{h} k{k} s{s} fwd+bwd, batch {batch}{layout}",
-                               "flops": flops}, mg_run, torch_run, repeat))
+                               "flops": flops}, mg_run, torch_run, repeat, ref_fn=sgemm))
     return rows
 
 
@@ -473,7 +496,8 @@ def format_table(rows, sgemm):
             continue
         ms, ts = r["minigrad_s"], r.get("torch_s")
         gf = f"{r['flops'] / ms / 1e9:.0f}" if "flops" in r else ""
-        pct = f"{100 * r['flops'] / ms / 1e9 / sgemm:.0f}%" if "flops" in r else ""
+        ceiling = SGEMM_FLOPS / r["ref_s"] / 1e9 if "ref_s" in r else sgemm
+        pct = f"{100 * r['flops'] / ms / 1e9 / ceiling:.0f}%" if "flops" in r else ""
         unit = "s" if ms > 0.5 else "ms"
         scale = 1 if unit == "s" else 1e3
         ratio = f"{ts / ms:.2f}x" if ts else ""
@@ -488,6 +512,11 @@ def format_table(rows, sgemm):
         lines.append("conv rows: input and output gradient NCHW-contiguous, or channels-last in both "
                      "frameworks where the row says so (the layout inside minigrad's ResNet-18 after "
                      "the stem); x is a leaf, so its .grad is filled too.")
+    refs = [SGEMM_FLOPS / r["ref_s"] / 1e9 for r in rows if "ref_s" in r]
+    if refs:
+        lines.append(f"% of sgemm: conv rows against the sgemm {SGEMM_N}^3 timed between their own "
+                     f"calls (median per row; {min(refs):.0f}-{max(refs):.0f} GFLOP/s over the rows), "
+                     "other rows against the sgemm at the start of the run.")
     return "\n".join(lines)
 
 
