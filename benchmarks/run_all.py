@@ -61,10 +61,13 @@ def time_pair(row, mg_fn, torch_fn, repeat, warmup=2, ref_fn=None):
     """Time minigrad and PyTorch in alternating blocks; fills ``row["minigrad_s"]`` and
     (when ``torch_fn`` is given) ``row["torch_s"]`` with the medians of ``repeat`` calls.
 
-    ``ref_fn``: a reference call (the sgemm of ``sgemm_call``) timed once after every
-    round of blocks; its median goes to ``row["ref_s"]``.  A row's rate is then compared
-    with the machine's in the same minute: on these shared machines sgemm itself moved
-    from 162 to 91 GFLOP/s between the start and the end of one run.
+    ``ref_fn``: a reference call (the sgemm of ``sgemm_call``) timed REF_CALLS times just
+    before and just after the row; the median of those goes to ``row["ref_s"]``.  A row's
+    rate is then compared with the machine's in the same minute: on these shared machines
+    sgemm itself moved from 162 to 91 GFLOP/s between the start and the end of one run.
+    Not interleaved with the row's calls: OpenBLAS's threads keep spinning for about
+    0.1 s after a multi-threaded GEMM, and the calls right after it (both frameworks)
+    ran up to 2-4x slower; the row starts REF_SETTLE_S after the reference.
 
     Alternating puts both under the same background load and clock speed, so the ratio
     does not drift with the machine the way two long blocks of runs do (seen here: the
@@ -74,17 +77,40 @@ def time_pair(row, mg_fn, torch_fn, repeat, warmup=2, ref_fn=None):
     that framework's data in the caches and its OpenMP threads still spinning, which cost
     nll_loss(log_softmax) at 1024x1000 +0.36 ms (minigrad) and +0.30 ms (PyTorch) on
     calls of 0.97 and 0.81 ms.  Longer calls alternate one by one."""
-    if torch_fn is None and ref_fn is None:
+    ref_times = []
+    if ref_fn is not None:
+        ref_times += _time_calls(ref_fn, REF_CALLS)
+        time.sleep(REF_SETTLE_S)
+    _time_row(row, mg_fn, torch_fn, repeat, warmup)
+    if ref_fn is not None:
+        ref_times += _time_calls(ref_fn, REF_CALLS)
+        row["ref_s"] = statistics.median(ref_times)
+    return row
+
+
+def _time_calls(fn, n):
+    """Seconds of each of n calls of fn()."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _time_row(row, mg_fn, torch_fn, repeat, warmup):
+    """time_pair's work without the reference."""
+    if torch_fn is None:
         row["minigrad_s"] = timeit(mg_fn, repeat, warmup)
         return row
-    mg_times, torch_times, ref_times = [], [], []
-    timed = ((mg_fn, mg_times),) + (((torch_fn, torch_times),) if torch_fn is not None else ())
+    mg_times, torch_times = [], []
+    timed = ((mg_fn, mg_times), (torch_fn, torch_times))
     t0 = time.perf_counter()
     for _ in range(warmup):
-        for fn, _times in timed:
-            fn()
-    short = warmup and (time.perf_counter() - t0) / warmup < len(timed) * SHORT_CALL_S
-    block = BLOCK if short and torch_fn is not None else 1
+        mg_fn()
+        torch_fn()
+    short = warmup and (time.perf_counter() - t0) / warmup < 2 * SHORT_CALL_S
+    block = BLOCK if short else 1
     while len(mg_times) < repeat:
         for fn, times in timed:
             for k in range(block):
@@ -92,21 +118,17 @@ def time_pair(row, mg_fn, torch_fn, repeat, warmup=2, ref_fn=None):
                 fn()
                 if k or block == 1:
                     times.append(time.perf_counter() - t1)
-        if ref_fn is not None:
-            t1 = time.perf_counter()
-            ref_fn()
-            ref_times.append(time.perf_counter() - t1)
     row["minigrad_s"] = statistics.median(mg_times[:repeat])
-    if torch_times:
-        row["torch_s"] = statistics.median(torch_times[:repeat])
-    if ref_times:
-        row["ref_s"] = statistics.median(ref_times)
+    row["torch_s"] = statistics.median(torch_times[:repeat])
     return row
 
 
 # time_pair: calls shorter than this (per framework) are timed in blocks of BLOCK calls.
 SHORT_CALL_S = 0.05
 BLOCK = 3
+# time_pair's reference: calls before and after the row, and the pause before the row.
+REF_CALLS = 3
+REF_SETTLE_S = 0.25
 
 
 def _labels(n, classes=10, seed=0):
@@ -514,8 +536,8 @@ def format_table(rows, sgemm):
                      "the stem); x is a leaf, so its .grad is filled too.")
     refs = [SGEMM_FLOPS / r["ref_s"] / 1e9 for r in rows if "ref_s" in r]
     if refs:
-        lines.append(f"% of sgemm: conv rows against the sgemm {SGEMM_N}^3 timed between their own "
-                     f"calls (median per row; {min(refs):.0f}-{max(refs):.0f} GFLOP/s over the rows), "
+        lines.append(f"% of sgemm: conv rows against the sgemm {SGEMM_N}^3 timed just before and after "
+                     f"each row (median per row; {min(refs):.0f}-{max(refs):.0f} GFLOP/s over the rows), "
                      "other rows against the sgemm at the start of the run.")
     return "\n".join(lines)
 

@@ -48,7 +48,8 @@ def test_table_notes_conv_layouts_and_ratios():
     assert "channels-last in both frameworks" in text
 
 
-def test_reference_call_is_timed_between_rounds_and_used_for_the_row():
+def test_reference_call_is_timed_around_the_row_and_used_for_it(monkeypatch):
+    monkeypatch.setattr(run_all, "REF_SETTLE_S", 0.0)
     calls = []
 
     def a():
@@ -62,11 +63,12 @@ def test_reference_call_is_timed_between_rounds_and_used_for_the_row():
         time.sleep(0.004)
 
     row = run_all.time_pair({"workload": "w"}, a, b, repeat=4, warmup=1, ref_fn=ref)
-    assert calls == ["a", "b"] + (["a"] * 3 + ["b"] * 3 + ["r"]) * 2
+    assert calls == ["r"] * 3 + ["a", "b"] + (["a"] * 3 + ["b"] * 3) * 2 + ["r"] * 3
     assert row["ref_s"] >= 0.004
     calls.clear()
     row = run_all.time_pair({"workload": "w"}, a, None, repeat=2, warmup=1, ref_fn=ref)
-    assert calls == ["a", "a", "r", "a", "r"] and "torch_s" not in row and "ref_s" in row
+    assert calls == ["r"] * 3 + ["a"] * 3 + ["r"] * 3
+    assert "torch_s" not in row and "ref_s" in row
     # % of sgemm uses the row's own reference when it has one
     flops = run_all.SGEMM_FLOPS
     rows = [{"workload": "conv x", "minigrad_s": 2.0, "flops": flops, "ref_s": 1.0},
@@ -74,4 +76,4 @@ def test_reference_call_is_timed_between_rounds_and_used_for_the_row():
     text = run_all.format_table(rows, sgemm=flops / 4.0 / 1e9)
     assert "| conv x | 2.00 s | - |  | 9 | 50% |" in text      # its own sgemm: 1 s per call
     assert "| conv y | 2.00 s | - |  | 9 | 200% |" in text     # the run's sgemm: 4 s per call
-    assert "timed between their own calls" in text
+    assert "timed just before and after each row" in text
