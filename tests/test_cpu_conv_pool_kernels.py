@@ -313,6 +313,28 @@ def test_max_pool2d_padding_is_minus_inf_and_nan_propagates():
     assert gx[0, 0, 1, 0] == 1 and gx.sum() == 1
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool_2x2_kernel_both_compilations_match_the_general_kernel(dtype):
+    """The unrolled 2x2 kernel (row pairs split into window corners first) in its serial and
+    parallel compilations, with ties, NaNs, odd sizes and a plane count that leaves a short
+    last work unit, against the general unpadded kernel."""
+    rng = np.random.default_rng(12)
+    NC, H, W = 8 * pool._PLANES_PER_BLOCK + 3, 9, 13
+    x = rng.integers(-3, 3, (NC, H, W)).astype(dtype)     # many ties
+    x[rng.random(x.shape) < 0.02] = np.nan
+    x[5, 0, :2] = np.nan                                  # two NaNs in one window: the first wins
+    OH, OW = H // 2, W // 2
+    y_ref = np.empty((NC, OH, OW), dtype)
+    am_ref = np.empty((NC, OH, OW), np.int32)
+    pool._max_fwd_nopad(x, 2, 2, 2, 2, y_ref, am_ref)
+    for kernel in (pool._max_fwd_2x2.serial, pool._max_fwd_2x2.parallel):
+        y = np.empty_like(y_ref)
+        am = np.empty_like(am_ref)
+        kernel(x, y, am)
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(am, am_ref)
+
+
 def test_avg_pool2d_count_include_pad_matches_torch_convention():
     x = np.ones((1, 1, 3, 3))
     y_inc = pool.avg_pool2d(x, (3, 3), (1, 1), (1, 1), True)

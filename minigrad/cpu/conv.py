@@ -1,7 +1,7 @@
 """CPU conv2d kernels (forward and backward), groups=1.
 
 Layout: inputs and outputs are NCHW-*shaped* NumPy arrays, but the GEMM paths
-return **channels-last storage** (a C-contiguous ``(N, H, W, C)`` buffer seen
+(except the NCHW 1x1 path below) return **channels-last storage** (a C-contiguous ``(N, H, W, C)`` buffer seen
 through ``transpose(0, 3, 1, 2)``) and read channels-last input without a
 transposing copy.  Batch norm, ReLU and its gradient and residual adds (NumPy
 keeps the layout) keep that layout, so a ResNet runs channels-last from its
@@ -26,6 +26,9 @@ Paths (measurements in BENCHMARKS_perf.md):
   One parallel region matters: other processes load these 2-core machines, and
   every extra barrier (a second region, or multi-threaded BLAS inside) waits for
   a descheduled thread.  1x1 stride-1 convs skip im2col (the input *is* colT).
+* **NCHW 1x1** (unpadded 1x1 convs of NCHW-contiguous input; ``conv1x1_nchw.py``): per-image
+  GEMMs on the planes, Y (K x OH*OW) = W (K x C) @ x[n, :, ::sh, ::sw]; the only GEMM path
+  whose output and dX are NCHW-contiguous (nothing of x is transposed).
 * **direct** (C*K <= _DIRECT_MAX_CK, LeNet's first layer): NCHW loops without GEMM
   over "extended rows" (a plane as one flat run over the padded width) so the
   inner loops are long enough for LLVM to vectorise.
@@ -1612,7 +1615,8 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
     unpadded 1x1 convolutions do with a channels-last gx_addend: they add dX only at the
     pixels their stride reads, instead of writing all of gx.
 
-    gx has the layout of the path (channels-last storage on the GEMM paths)."""
+    gx has the layout of the path (channels-last storage on the GEMM paths, NCHW on the
+    NCHW 1x1 path)."""
     dt = _float_dtype(x.dtype)
     if (need_x or need_w) and x.size and np.size(gy) and _nchw_1x1(x, w, padding, dt):
         gx, gw, folded = _conv1x1_nchw_backward(x, w, gy, stride, need_x, need_w, saved,
