@@ -373,3 +373,24 @@ def test_backward_reuses_the_forward_copy_of_x(layout, conf, monkeypatch):
         kept[...] = 0
         _, gw0, _ = conv.conv2d_backward(xv, w, gy, *args, False, True, False, saved=saved)
         np.testing.assert_array_equal(gw0, 0)
+
+
+@pytest.mark.parametrize("rows, cols", [(1, 1), (7, 3), (12800, 16), (3001, 65)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_column_sums_both_compilations(rows, cols, dtype):
+    """_sum_rows (the bias gradient of channels-last dY) in its serial and parallel
+    compilations, with row counts that do not split evenly between the threads."""
+    import numba
+
+    a = np.random.default_rng(rows).standard_normal(rows * cols).astype(dtype)
+    ref = a.reshape(rows, cols).astype(np.float64).sum(axis=0)
+    for kernel in (conv._sum_rows.serial, conv._sum_rows.parallel):
+        out = np.empty(cols, dtype)
+        kernel(a, rows, cols, out, numba.get_num_threads())
+        np.testing.assert_allclose(out, ref, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                                   atol=1e-4 if dtype == np.float32 else 1e-10)
+    gy = a.reshape(1, rows, 1, cols).transpose(0, 3, 1, 2)      # channels-last storage of a
+    assert conv.is_channels_last(gy)
+    np.testing.assert_allclose(conv._bias_grad_any(gy, np.dtype(dtype)), ref,
+                               rtol=1e-5 if dtype == np.float32 else 1e-12,
+                               atol=1e-4 if dtype == np.float32 else 1e-10)
