@@ -1550,7 +1550,7 @@ def _conv1x1_nchw(x, w, b, bb, sh, sw, OH, OW, box, keep_x):
     dt = x.dtype
     nt = numba.get_num_threads()
     g = conv1x1_nchw.group_size(N, OH * OW, nt)
-    keep = box is not None and keep_x and not (sh == 1 and sw == 1 and g == 1)
+    keep = box is not None and keep_x and not conv1x1_nchw.reads_x_in_place(sh, sw, g)
     xs = np.empty(N * C * OH * OW if keep else 0, dtype=dt)
     y = np.empty((N, K, OH, OW), dtype=dt)
     with _single_blas, _dynamic_schedule():
@@ -1573,9 +1573,10 @@ def _conv1x1_nchw_backward(x, w, gy, stride, need_x, need_w, saved, gx_addend, a
     OH, OW = gy.shape[2], gy.shape[3]
     nt = numba.get_num_threads()
     xs = saved.x_sampled if saved is not None else None
-    g = saved.sampled_group if xs is not None else conv1x1_nchw.group_size(N, OH * OW, nt)
-    have_xs = xs is not None and xs.dtype == dt and xs.size == N * C * OH * OW and g >= 1
-    if not have_xs:
+    have_xs = xs is not None and xs.dtype == dt and xs.size == N * C * OH * OW
+    if have_xs:
+        g = saved.sampled_group
+    else:
         xs, g = _EMPTY[dt.char], conv1x1_nchw.group_size(N, OH * OW, nt)
     fused = (need_x and gx_addend is not None and gx_addend.shape == x.shape
              and gx_addend.dtype == dt and gx_addend.flags.c_contiguous)
@@ -1618,8 +1619,9 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
     gx_addend, a new array; gx_addend is only read).  The im2col path adds it while
     copying dX out of its padded buffers; the other paths add it afterwards.
     ``addend_writable``: gx_addend may instead be updated in place and returned, as
-    unpadded 1x1 convolutions do with a channels-last gx_addend: they add dX only at the
-    pixels their stride reads, instead of writing all of gx.
+    unpadded 1x1 convolutions do with a gx_addend in their layout (channels-last, or NCHW on
+    the NCHW 1x1 path): they add dX only at the pixels their stride reads, instead of
+    writing all of gx.
 
     gx has the layout of the path (channels-last storage on the GEMM paths, NCHW on the
     NCHW 1x1 path)."""
@@ -1628,15 +1630,14 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
         gx, gw, folded = _conv1x1_nchw_backward(x, w, gy, stride, need_x, need_w, saved,
                                                 gx_addend, addend_writable)
         gb = _bias_grad_any(np.asarray(gy, dtype=dt), dt) if need_b else None
-        if gx_addend is not None and gx is not None and not folded:
-            _add_into(gx, gx_addend)
-        return gx, gw, gb
-    addf = _EMPTY[dt.char] if gx_addend is None or not need_x else \
-        _cl_flat(gx_addend, x.shape, dt)
-    writable = (addend_writable and addf.size > 0 and gx_addend.flags.writeable
-                and not np.may_share_memory(gx_addend, x) and not np.may_share_memory(gx_addend, gy))
-    gx, gw, gb, folded = _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w,
-                                          need_b, wf, saved, addf, writable)
+    else:
+        addf = _EMPTY[dt.char] if gx_addend is None or not need_x else \
+            _cl_flat(gx_addend, x.shape, dt)
+        writable = (addend_writable and addf.size > 0 and gx_addend.flags.writeable
+                    and not np.may_share_memory(gx_addend, x)
+                    and not np.may_share_memory(gx_addend, gy))
+        gx, gw, gb, folded = _conv2d_backward(x, w, gy, stride, padding, dilation, need_x,
+                                              need_w, need_b, wf, saved, addf, writable)
     if gx_addend is not None and gx is not None and not folded:
         _add_into(gx, gx_addend)
     return gx, gw, gb

@@ -41,6 +41,13 @@ def group_size(N, P, nt):
 
 
 @njit(cache=True)
+def reads_x_in_place(sh, sw, g):
+    """True when the kernels use x's own planes as the GEMM operand (stride 1, one image
+    per work unit): nothing is gathered, and the forward keeps no sampled copy."""
+    return sh == 1 and sw == 1 and g == 1
+
+
+@njit(cache=True)
 def _gather(x, n_a, n_b, sh, sw, OH, OW, xs):
     """xs (C x G) flat, G = (n_b-n_a)*P: columns i*P .. (i+1)*P-1 hold
     x[n_a+i, c, ::sh, ::sw] (its first OH x OW pixels) for each channel c."""
@@ -107,7 +114,7 @@ def forward(x, wf, b, has_b, sh, sw, OH, OW, g, keep, xs, y, nt):
     K = b.shape[0]
     P = OH * OW
     ngroups = (N + g - 1) // g
-    in_place = sh == 1 and sw == 1 and g == 1
+    in_place = reads_x_in_place(sh, sw, g)
     xbuf = np.empty((nt, 0 if (keep or in_place) else C * g * P), dtype=x.dtype)
     ybuf = np.empty((nt, K * g * P if g > 1 else 0), dtype=x.dtype)
     xf = x.reshape(-1)
@@ -158,7 +165,7 @@ def backward(x, xs, have_xs, wf, gy, sh, sw, g, need_x, need_w, x_mode, gx, gwac
     OH, OW = gy.shape[2], gy.shape[3]
     P = OH * OW
     ngroups = (N + g - 1) // g
-    in_place = sh == 1 and sw == 1 and g == 1
+    in_place = reads_x_in_place(sh, sw, g)
     need_xs = need_w and not have_xs and not in_place
     xbuf = np.empty((nt, C * g * P if need_xs else 0), dtype=x.dtype)
     gbuf = np.empty((nt, K * g * P if g > 1 else 0), dtype=x.dtype)

@@ -117,6 +117,10 @@ def _first_max(v, best, bi, idx):
     return (v if m else best), (idx if m else bi)
 
 
+# Image planes per parallel work unit of _max_fwd_2x2 (each allocates its own row buffers).
+_PLANES_PER_BLOCK = 8
+
+
 @pjit()
 def _max_fwd_2x2(x, y, am):
     """2x2 / stride 2 / no padding (LeNet, VGG): _max_fwd_nopad with the window unrolled.
@@ -167,9 +171,6 @@ def _max_fwd_2x2(x, y, am):
             for ow in range(OW):
                 ar[ow] = base + 2 * ow + e[ow]
 
-
-# Image planes per parallel work unit of _max_fwd_2x2 (each allocates its own row buffers).
-_PLANES_PER_BLOCK = 8
 
 
 @pjit()
