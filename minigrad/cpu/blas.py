@@ -22,6 +22,8 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
+from . import small_gemm
+
 _SYMBOLS = {"sgemm": "minigrad_cblas_sgemm", "dgemm": "minigrad_cblas_dgemm"}
 
 
@@ -81,7 +83,17 @@ def _gemm_rm_overload(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, l
     if not isinstance(c, types.Array):
         return None
     if c.dtype == types.float32:
-        return _make_impl(_sgemm, np.float32)
+        openblas = _make_impl(_sgemm, np.float32)
+        if not small_gemm.ENABLED:
+            return openblas
+        openblas = njit(inline="always")(openblas)
+
+        def impl(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+            if alpha == 1.0 and small_gemm.preferred(transa, transb, m, n, k):
+                small_gemm.sgemm(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc)
+            else:
+                openblas(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        return impl
     if c.dtype == types.float64:
         return _make_impl(_dgemm, np.float64)
     return None

@@ -1,0 +1,221 @@
+"""float32 GEMM for the skinny shapes where OpenBLAS is slow: an AVX2 FMA micro-kernel.
+
+OpenBLAS runs the per-tile GEMMs of small convolutions far below its large-GEMM speed:
+a short reduction (the stem's 27 = 3 x 3 x 3), 16 output columns (LeNet's conv2), or a weight
+gradient whose small output (27 x 64, 150 x 16) sums over 512 pixels read transposed
+(BENCHMARKS_perf.md, change 78).  LLVM does not keep a register tile of accumulators
+when it compiles plain Numba loops, so the micro-kernel here is written as LLVM IR (a
+Numba intrinsic): a 6 x 16 tile of C held in twelve 8-float vectors, one FMA per vector and
+reduction step, the tile of C read and written once.
+
+``sgemm(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc)`` has the row-major interface
+of ``blas.gemm_rm`` (alpha 1); ``preferred(transa, transb, m, n, k)`` says whether it beats
+OpenBLAS on that shape.  ``ENABLED`` is True only on CPUs with AVX2 and FMA but no AVX-512
+(where it was measured; AVX-512 OpenBLAS kernels are twice as wide), with Numba compiling
+for the host CPU, and unless ``MINIGRAD_SMALL_GEMM=0`` is set.  Numba caches the choice
+inside the compiled kernels that call ``gemm_rm``: after changing that variable, point
+``NUMBA_CACHE_DIR`` at another folder (or delete the ``__pycache__`` folders of
+``minigrad/cpu``), or the cached kernels keep the old choice.
+"""
+
+import os
+
+import llvmlite.binding as _llvm
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+MR = 6            # rows of the C tile
+NR = 16           # columns of the C tile: two 8-float vectors
+_VW = 8           # floats per AVX2 vector
+KC = 256          # reduction steps per pass over C (A's 6 x KC and B's KC x 16 stay in L1)
+NC = 256          # columns of B per packed block
+
+
+def _host_ok():
+    if os.environ.get("MINIGRAD_SMALL_GEMM", "1") == "0":
+        return False
+    if numba.config.CPU_NAME not in (None, "host"):
+        return False
+    try:
+        feats = _llvm.get_host_cpu_features()
+    except RuntimeError:
+        return False
+    return bool(feats.get("avx2") and feats.get("fma") and not feats.get("avx512f"))
+
+
+ENABLED = _host_ok()
+
+
+def _splat(builder, vt, x):
+    v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), vt.count), [0] * vt.count)
+    return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), mask)
+
+
+@intrinsic
+def _micro_kernel(typingctx, kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, beta):
+    """C[i, j] = beta * C[i, j] + sum_p A[i, p] * B[p, j] for a 6 x 16 tile (C not read when
+    beta is 0), with A[i, p] = a[aoff + i*ars + p*acs], B[p, j] = b[boff + p*brs + j] and
+    C[i, j] = c[coff + i*ldc + j]; all three float32, kc >= 0 steps."""
+    sig = types.void(types.intp, a, types.intp, types.intp, types.intp, b, types.intp,
+                     types.intp, c, types.intp, types.intp, types.float32)
+
+    def codegen(context, builder, signature, args):
+        kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, beta = args
+        f32, i64 = ir.FloatType(), ir.IntType(64)
+        vt = ir.VectorType(f32, _VW)
+        nv = NR // _VW
+
+        def data(i, arr):
+            return context.make_array(signature.args[i])(context, builder, arr).data
+
+        A = builder.gep(data(1, a), [aoff])
+        B = builder.gep(data(5, b), [boff])
+        C = builder.gep(data(8, c), [coff])
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]),
+                                             "llvm.fma.v%df32" % _VW)
+        arow = [builder.gep(A, [builder.mul(ars, ir.Constant(i64, i))]) for i in range(MR)]
+        entry, fn = builder.block, builder.function
+        head = fn.append_basic_block("mk.head")
+        body = fn.append_basic_block("mk.body")
+        done = fn.append_basic_block("mk.done")
+        builder.branch(head)
+
+        builder.position_at_end(head)
+        p = builder.phi(i64)
+        p.add_incoming(ir.Constant(i64, 0), entry)
+        acc = []
+        for _ in range(MR * nv):
+            phi = builder.phi(vt)
+            phi.add_incoming(ir.Constant(vt, [0.0] * _VW), entry)
+            acc.append(phi)
+        builder.cbranch(builder.icmp_signed("<", p, kc), body, done)
+
+        builder.position_at_end(body)
+        brow = builder.gep(B, [builder.mul(p, brs)])
+        bv = [builder.load(builder.bitcast(builder.gep(brow, [ir.Constant(i64, j * _VW)]),
+                                           vt.as_pointer()), align=4) for j in range(nv)]
+        pa = builder.mul(p, acs)
+        nxt = []
+        for i in range(MR):
+            av = _splat(builder, vt, builder.load(builder.gep(arow[i], [pa])))
+            nxt.extend(builder.call(fma, [av, bv[j], acc[i * nv + j]]) for j in range(nv))
+        tail = builder.block
+        p.add_incoming(builder.add(p, ir.Constant(i64, 1)), tail)
+        for phi, v in zip(acc, nxt):
+            phi.add_incoming(v, tail)
+        builder.branch(head)
+
+        builder.position_at_end(done)
+        bsplat = _splat(builder, vt, beta)
+        ptrs = [builder.bitcast(builder.gep(C, [builder.add(builder.mul(ldc, ir.Constant(i64, i)),
+                                                            ir.Constant(i64, j * _VW))]),
+                                vt.as_pointer())
+                for i in range(MR) for j in range(nv)]
+        with builder.if_else(builder.fcmp_ordered("==", beta, ir.Constant(f32, 0.0))) as \
+                (overwrite, update):
+            with overwrite:
+                for ptr, v in zip(ptrs, acc):
+                    builder.store(v, ptr, align=4)
+            with update:
+                for ptr, v in zip(ptrs, acc):
+                    old = builder.load(ptr, align=4)
+                    builder.store(builder.call(fma, [bsplat, old, v]), ptr, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True)
+def _pack_b(transb, b, ldb, k0, kc, j0, nb, bp):
+    """bp <- B[k0:k0+kc, j0:j0+nb] as panels of 16 columns (kc x 16 each, zero-padded)."""
+    for jp in range((nb + NR - 1) // NR):
+        base = jp * kc * NR
+        jw = min(NR, nb - jp * NR)
+        if transb:
+            for jj in range(jw):
+                src = (j0 + jp * NR + jj) * ldb + k0
+                for p in range(kc):
+                    bp[base + p * NR + jj] = b[src + p]
+        else:
+            for p in range(kc):
+                src = (k0 + p) * ldb + j0 + jp * NR
+                for jj in range(jw):
+                    bp[base + p * NR + jj] = b[src + jj]
+        for p in range(kc):
+            for jj in range(jw, NR):
+                bp[base + p * NR + jj] = 0.0
+
+
+@njit(cache=True)
+def sgemm(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc):
+    """Row-major C[m, n] = op(A) @ op(B) + beta * C on 1-D float32 views (as blas.gemm_rm
+    with alpha 1): each view starts at its matrix's top-left element, lda/ldb/ldc are row
+    strides in elements; C is not read when beta is 0.  Single-threaded."""
+    if transa:
+        ars, acs = 1, lda
+    else:
+        ars, acs = lda, 1
+    kcmax = min(k, KC)
+    packb = transb or n % NR != 0 or n > NC
+    bp = np.empty(kcmax * ((min(n, NC) + NR - 1) // NR) * NR if packb else 1, np.float32)
+    ap = np.empty(kcmax * MR, np.float32)
+    edge = np.empty(MR * NR, np.float32)
+    mfull = m - m % MR
+    if k == 0:
+        for i in range(m):
+            for j in range(n):
+                c[i * ldc + j] = 0.0 if beta == 0 else beta * c[i * ldc + j]
+        return
+    for k0 in range(0, k, KC):
+        kc = min(KC, k - k0)
+        bet = np.float32(beta) if k0 == 0 else np.float32(1.0)
+        for jb in range(0, n, NC):
+            nb = min(NC, n - jb)
+            if packb:
+                _pack_b(transb, b, ldb, k0, kc, jb, nb, bp)
+            for i0 in range(0, m, MR):
+                if i0 < mfull:
+                    asrc, aoff, sr, sc = a, i0 * ars + k0 * acs, ars, acs
+                else:
+                    # the last rows, zero-padded to a whole tile
+                    for p in range(kc):
+                        for ii in range(MR):
+                            i = i0 + ii
+                            ap[p * MR + ii] = a[i * ars + (k0 + p) * acs] if i < m else 0.0
+                    asrc, aoff, sr, sc = ap, 0, 1, MR
+                for jp in range((nb + NR - 1) // NR):
+                    j0 = jb + jp * NR
+                    if packb:
+                        bsrc, boff, brs = bp, jp * kc * NR, NR
+                    else:
+                        bsrc, boff, brs = b, k0 * ldb + j0, ldb
+                    if i0 < mfull and j0 + NR <= n:
+                        _micro_kernel(kc, asrc, aoff, sr, sc, bsrc, boff, brs, c, i0 * ldc + j0,
+                                      ldc, bet)
+                    else:
+                        _micro_kernel(kc, asrc, aoff, sr, sc, bsrc, boff, brs, edge, 0, NR,
+                                      np.float32(0.0))
+                        for ii in range(min(MR, m - i0)):
+                            for jj in range(min(NR, n - j0)):
+                                o = (i0 + ii) * ldc + j0 + jj
+                                if bet == 0:
+                                    c[o] = edge[ii * NR + jj]
+                                else:
+                                    c[o] = bet * c[o] + edge[ii * NR + jj]
+
+
+@njit(cache=True)
+def preferred(transa, transb, m, n, k):
+    """True for the shapes on which sgemm beat single-threaded OpenBLAS by 1.1x or more
+    (benchmarks/bench_small_gemm.py; BENCHMARKS_perf.md, change 78): weight gradients with a
+    small output (A transposed), 16-column products, and reductions of at most 32."""
+    if transb:
+        return transa and n <= NR
+    if transa:
+        return m * n <= 8192
+    return n % NR == 0 and (n <= NR or k <= 32)

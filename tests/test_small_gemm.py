@@ -1,0 +1,93 @@
+"""small_gemm: the float32 micro-kernel GEMM against a float64 NumPy product.
+
+sgemm runs wherever Numba does (the FMA intrinsic falls back to a library call without
+hardware FMA); whether blas.gemm_rm dispatches to it depends on the CPU (small_gemm.ENABLED).
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from numba import njit
+
+from minigrad.cpu import small_gemm
+from minigrad.cpu.blas import gemm_rm
+
+
+def _operands(rng, m, n, k, transa, transb, pad):
+    """Random A, B, C stored with ``pad`` extra columns per row (leading dimensions above
+    the minimum) and one leading element (views that do not start at offset 0)."""
+    ar, ac = (k, m) if transa else (m, k)
+    br, bc = (n, k) if transb else (k, n)
+    a = rng.standard_normal(1 + ar * (ac + pad)).astype(np.float32)
+    b = rng.standard_normal(1 + br * (bc + pad)).astype(np.float32)
+    c = rng.standard_normal(1 + m * (n + pad)).astype(np.float32)
+    A = a[1:].reshape(ar, ac + pad)[:, :ac]
+    B = b[1:].reshape(br, bc + pad)[:, :bc]
+    C = c[1:].reshape(m, n + pad)[:, :n]
+    return a, b, c, A, B, C, ac + pad, bc + pad, n + pad
+
+
+def _check(m, n, k, transa, transb, beta, pad, seed):
+    rng = np.random.default_rng(seed)
+    a, b, c, A, B, C, lda, ldb, ldc = _operands(rng, m, n, k, transa, transb, pad)
+    opa = (A.T if transa else A).astype(np.float64)
+    opb = (B.T if transb else B).astype(np.float64)
+    expected = opa @ opb + (beta * C.astype(np.float64) if beta != 0 else 0.0)
+    if beta == 0:
+        C[...] = np.nan                      # beta 0: C must not be read
+    guard = c[0], c[1:].reshape(m, n + pad)[:, n:].copy()
+    small_gemm.sgemm(transa, transb, m, n, k, a[1:], lda, b[1:], ldb, beta, c[1:], ldc)
+    scale = max(1.0, float(np.abs(expected).max()) if expected.size else 1.0)
+    np.testing.assert_allclose(C, expected, rtol=0, atol=1e-5 * scale * max(1.0, np.sqrt(k)))
+    # nothing outside C's rows and columns is written
+    assert c[0] == guard[0]
+    np.testing.assert_array_equal(c[1:].reshape(m, n + pad)[:, n:], guard[1])
+
+
+@given(m=st.integers(1, 40), n=st.integers(1, 40), k=st.integers(0, 70),
+       transa=st.booleans(), transb=st.booleans(), beta=st.sampled_from([0.0, 1.0, 0.5]),
+       pad=st.integers(0, 3), seed=st.integers(0, 2 ** 16))
+def test_sgemm_matches_numpy(m, n, k, transa, transb, beta, pad, seed):
+    _check(m, n, k, transa, transb, beta, pad, seed)
+
+
+@pytest.mark.parametrize("m,n,k,transa,transb", [
+    (512, 64, 27, False, False),       # stem forward tile
+    (27, 64, 600, True, False),        # weight gradient, reduction split in KC blocks
+    (150, 16, 512, True, True),        # LeNet conv2 weight gradient, dY NCHW
+    (13, 300, 20, False, False),       # more columns than one packed block (NC)
+    (7, 33, 257, False, True),         # edges in every dimension, two KC blocks
+])
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_sgemm_blocked_shapes(m, n, k, transa, transb, beta):
+    _check(m, n, k, transa, transb, beta, pad=2, seed=m + n + k)
+
+
+@njit(cache=True)
+def _via_gemm_rm(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc):
+    gemm_rm(transa, transb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc)
+
+
+@pytest.mark.parametrize("m,n,k,transa,transb", [
+    (64, 16, 150, False, False), (150, 16, 64, True, False), (64, 64, 27, False, False),
+    (64, 27, 64, False, True),
+])
+def test_gemm_rm_float32_on_preferred_and_other_shapes(m, n, k, transa, transb):
+    rng = np.random.default_rng(3)
+    a, b, c, A, B, C, lda, ldb, ldc = _operands(rng, m, n, k, transa, transb, 1)
+    expected = (A.T if transa else A).astype(np.float64) @ (B.T if transb else B) + C
+    _via_gemm_rm(transa, transb, m, n, k, a[1:], lda, b[1:], ldb, 1.0, c[1:], ldc)
+    np.testing.assert_allclose(C, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+
+
+def test_preferred_shapes():
+    pref = small_gemm.preferred
+    assert pref(False, False, 512, 64, 27)          # short reduction
+    assert pref(False, False, 512, 16, 150)         # 16 columns
+    assert pref(True, False, 27, 64, 512)           # small weight gradient
+    assert pref(True, True, 150, 16, 512)           # ... with dY read transposed, 16 columns
+    assert not pref(False, False, 512, 8, 64)       # fewer than 16 columns
+    assert not pref(False, False, 512, 128, 576)    # big tiles: OpenBLAS
+    assert not pref(True, False, 576, 128, 512)
+    assert not pref(False, True, 512, 27, 64)
