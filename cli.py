@@ -560,6 +560,7 @@ def info():
     mnist = default_data_dir("mnist")
     rows += [("cuda", cuda),
              ("malloc", _malloc_state()),
+             ("small gemm", _small_gemm_state()),
              ("kernels", _kernel_cache_state()),
              ("threads", f"{numba.get_num_threads()} (numba; NUMBA_NUM_THREADS="
                          f"{os.environ.get('NUMBA_NUM_THREADS', 'unset')})"),
@@ -577,6 +578,16 @@ def _malloc_state():
 
     mg.tensor([0.0])  # starts the CPU backend, which applies the tuning
     return allocator.status()
+
+
+def _small_gemm_state():
+    from minigrad.cpu import small_gemm
+
+    if not small_gemm.SUPPORTED:
+        return "not used on this CPU (needs AVX2 and FMA without AVX-512)"
+    if small_gemm.enabled():
+        return "on: skinny float32 conv GEMMs use the AVX2 micro-kernel (MINIGRAD_SMALL_GEMM=0 turns it off)"
+    return "off (MINIGRAD_SMALL_GEMM=0): every GEMM goes to OpenBLAS"
 
 
 def _kernel_cache_state():

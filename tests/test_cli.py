@@ -122,7 +122,7 @@ def test_models_table():
 def test_info():
     r = run("info")
     assert r.exit_code == 0, r.output
-    for word in ("python", "numpy", "numba", "devices", "cuda", "threads", "cache", "malloc",
+    for word in ("python", "numpy", "numba", "devices", "cuda", "threads", "cache", "malloc", "small gemm",
                  "kernels", "compiled and cached: lenet5 "):
         assert word in r.output
 

@@ -1,7 +1,7 @@
 """small_gemm: the float32 micro-kernel GEMM against a float64 NumPy product.
 
 sgemm runs wherever Numba does (the FMA intrinsic falls back to a library call without
-hardware FMA); whether blas.gemm_rm dispatches to it depends on the CPU (small_gemm.ENABLED).
+hardware FMA); whether blas.gemm_rm dispatches to it depends on the CPU (small_gemm.SUPPORTED) and on the switch (small_gemm.set_enabled).
 """
 
 import numpy as np
@@ -90,4 +90,29 @@ def test_preferred_shapes():
     assert not pref(False, False, 512, 8, 64)       # fewer than 16 columns
     assert not pref(False, False, 512, 128, 576)    # big tiles: OpenBLAS
     assert not pref(True, False, 576, 128, 512)
+    assert not pref(True, False, 64, 128, 512)      # 1.37x alone, 0.97x inside the 1x1 row
     assert not pref(False, True, 512, 27, 64)
+
+
+@pytest.mark.skipif(not small_gemm.SUPPORTED, reason="gemm_rm never calls small_gemm on this CPU")
+def test_switch_decides_at_run_time_which_gemm_runs():
+    rng = np.random.default_rng(4)
+    m, n, k = 64, 16, 150                     # preferred: 16 columns
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    ours = np.zeros((m, n), np.float32)
+    small_gemm.sgemm(False, False, m, n, k, a.reshape(-1), k, b.reshape(-1), n, 0.0,
+                     ours.reshape(-1), n)
+    reference = a.astype(np.float64) @ b
+    was = small_gemm.enabled()
+    try:
+        for on in (True, False, True):
+            assert small_gemm.set_enabled(on) == on
+            c = np.full((m, n), np.nan, np.float32)
+            _via_gemm_rm(False, False, m, n, k, a.reshape(-1), k, b.reshape(-1), n, 0.0,
+                         c.reshape(-1), n)
+            np.testing.assert_allclose(c, reference, rtol=0, atol=1e-4 * np.abs(reference).max())
+            # OpenBLAS sums in another order: some float32 results differ in the last bits
+            assert np.array_equal(c, ours) == on
+    finally:
+        small_gemm.set_enabled(was)

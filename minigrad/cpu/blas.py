@@ -84,13 +84,15 @@ def _gemm_rm_overload(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, l
         return None
     if c.dtype == types.float32:
         openblas = _make_impl(_sgemm, np.float32)
-        if not small_gemm.ENABLED:
+        if not small_gemm.SUPPORTED:
             return openblas
         openblas = njit(inline="always")(openblas)
 
         def impl(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-            if alpha == 1.0 and small_gemm.preferred(transa, transb, m, n, k):
-                small_gemm.sgemm(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc)
+            if alpha == 1.0 and small_gemm.switch_on() and \
+                    small_gemm.preferred(transa, transb, m, n, k):
+                small_gemm.sgemm_entry(np.int32(transa), np.int32(transb), m, n, k, a.ctypes,
+                                       lda, b.ctypes, ldb, np.float32(beta), c.ctypes, ldc)
             else:
                 openblas(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
         return impl

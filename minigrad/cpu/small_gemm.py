@@ -10,21 +10,21 @@ reduction step, the tile of C read and written once.
 
 ``sgemm(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc)`` has the row-major interface
 of ``blas.gemm_rm`` (alpha 1); ``preferred(transa, transb, m, n, k)`` says whether it beats
-OpenBLAS on that shape.  ``ENABLED`` is True only on CPUs with AVX2 and FMA but no AVX-512
-(where it was measured; AVX-512 OpenBLAS kernels are twice as wide), with Numba compiling
-for the host CPU, and unless ``MINIGRAD_SMALL_GEMM=0`` is set.  Numba caches the choice
-inside the compiled kernels that call ``gemm_rm``: after changing that variable, point
-``NUMBA_CACHE_DIR`` at another folder (or delete the ``__pycache__`` folders of
-``minigrad/cpu``), or the cached kernels keep the old choice.
+OpenBLAS on that shape, and ``gemm_rm`` then calls it.  That happens only on CPUs with AVX2
+and FMA but no AVX-512 (``SUPPORTED``: where it was measured; AVX-512 OpenBLAS kernels are
+twice as wide) with Numba compiling for the host CPU, and while the switch is on:
+``set_enabled(False)``, or ``MINIGRAD_SMALL_GEMM=0`` in the environment, sends every GEMM to
+OpenBLAS.  Compiled kernels read the switch when they run, so it needs no cache clearing.
 """
 
+import ctypes
 import os
 
 import llvmlite.binding as _llvm
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import carray, cfunc, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -36,8 +36,6 @@ NC = 256          # columns of B per packed block
 
 
 def _host_ok():
-    if os.environ.get("MINIGRAD_SMALL_GEMM", "1") == "0":
-        return False
     if numba.config.CPU_NAME not in (None, "host"):
         return False
     try:
@@ -47,7 +45,36 @@ def _host_ok():
     return bool(feats.get("avx2") and feats.get("fma") and not feats.get("avx512f"))
 
 
-ENABLED = _host_ok()
+SUPPORTED = _host_ok()
+
+# The switch: a C int that compiled kernels read through a symbol, so flipping it needs
+# no recompilation and leaves Numba's cache valid.
+_SWITCH_SYMBOL = "minigrad_small_gemm_on"
+_switch = ctypes.c_int32(0)
+_llvm.add_symbol(_SWITCH_SYMBOL, ctypes.addressof(_switch))
+
+
+def set_enabled(on):
+    """Turn the dispatch of preferred shapes to sgemm on or off (process-wide); returns the
+    new state, which stays False on CPUs that are not SUPPORTED."""
+    _switch.value = 1 if (on and SUPPORTED) else 0
+    return bool(_switch.value)
+
+
+def enabled():
+    """True while gemm_rm sends preferred float32 shapes to sgemm."""
+    return bool(_switch.value)
+
+
+@intrinsic
+def switch_on(typingctx):
+    """The switch's current value in jitted code (read at run time, not compiled in)."""
+    def codegen(context, builder, signature, args):
+        flag = builder.module.globals.get(_SWITCH_SYMBOL)
+        if flag is None:
+            flag = ir.GlobalVariable(builder.module, ir.IntType(32), _SWITCH_SYMBOL)
+        return builder.icmp_signed("!=", builder.load(flag), ir.Constant(ir.IntType(32), 0))
+    return types.boolean(), codegen
 
 
 def _splat(builder, vt, x):
@@ -217,5 +244,35 @@ def preferred(transa, transb, m, n, k):
     if transb:
         return transa and n <= NR
     if transa:
-        return m * n <= 8192
+        return m * n <= 4096
     return n % NR == 0 and (n <= NR or k <= 32)
+
+
+# Kernels call sgemm through one compiled C entry point, as they call OpenBLAS: inlined into
+# each of the ~30 GEMM call sites it raised the empty-cache compile of the CPU kernel set
+# from 181-189 s to 233 s.
+_SYMBOL = "minigrad_small_sgemm"
+_F32P = types.CPointer(types.float32)
+_C_SIG = types.void(types.int32, types.int32, types.int64, types.int64, types.int64, _F32P,
+                    types.int64, _F32P, types.int64, types.float32, _F32P, types.int64)
+
+
+def _sgemm_c(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc):
+    ta, tb = transa != 0, transb != 0
+    if m == 0 or n == 0:
+        return
+    asize = (k - 1) * lda + m if ta else (m - 1) * lda + k
+    bsize = (n - 1) * ldb + k if tb else (k - 1) * ldb + n
+    sgemm(ta, tb, m, n, k, carray(a, max(asize, 1)), lda, carray(b, max(bsize, 1)), ldb,
+          beta, carray(c, (m - 1) * ldc + n), ldc)
+
+
+if SUPPORTED:
+    _llvm.add_symbol(_SYMBOL, cfunc(_C_SIG, cache=True)(_sgemm_c).address)
+    set_enabled(os.environ.get("MINIGRAD_SMALL_GEMM", "1") != "0")
+
+# sgemm as an external function for jitted callers (blas.gemm_rm); only when SUPPORTED.
+sgemm_entry = types.ExternalFunction(
+    _SYMBOL, types.void(types.int32, types.int32, types.int64, types.int64, types.int64,
+                        types.voidptr, types.int64, types.voidptr, types.int64, types.float32,
+                        types.voidptr, types.int64))
