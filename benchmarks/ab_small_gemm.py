@@ -77,6 +77,7 @@ def _median_s(fn, steps):
 
 
 def main(argv=None):
+    """Print the on/off table per workload (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=0, help="calls per round (0: per workload)")

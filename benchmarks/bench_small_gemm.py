@@ -56,6 +56,7 @@ def _median_ms(fn, calls):
 
 
 def main(argv=None):
+    """Print the table of OpenBLAS against small_gemm per shape (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--calls", type=int, default=30)
