@@ -12,7 +12,6 @@ channels-last, the 1x1 stride-2 64->128 in channels-last.
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 
@@ -20,6 +19,7 @@ import minigrad as mg
 import minigrad.nn.functional as F
 import minigrad.optim as optim
 import zoo
+from benchmarks.run_all import timeit
 from minigrad.cpu import small_gemm
 
 
@@ -67,15 +67,6 @@ WORKLOADS = {
 }
 
 
-def _median_s(fn, steps):
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def main(argv=None):
     """Print the on/off table per workload (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -101,7 +92,7 @@ def main(argv=None):
             for r in range(args.rounds):
                 for on in ((True, False) if r % 2 == 0 else (False, True)):
                     small_gemm.set_enabled(on)
-                    times[on].append(_median_s(fn, steps))
+                    times[on].append(timeit(fn, steps, warmup=0))
             ratios = [off / on for on, off in zip(times[True], times[False])]
             print(f"| {title} | {statistics.median(times[True]) * 1e3:.2f} ms | "
                   f"{statistics.median(times[False]) * 1e3:.2f} ms | "

@@ -10,12 +10,12 @@ gradient (RSC x tile^T @ tile x K, A transposed) and column gradient (tile x K @
 """
 
 import argparse
-import time
 
 import numpy as np
 from numba import njit
 from threadpoolctl import threadpool_limits
 
+from benchmarks.run_all import timeit
 from minigrad.cpu import small_gemm
 from minigrad.cpu.blas import gemm_rm
 
@@ -43,16 +43,6 @@ SHAPES = [
 @njit(cache=True)
 def _openblas(transa, transb, m, n, k, a, lda, b, ldb, c, ldc):
     gemm_rm(transa, transb, m, n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc)
-
-
-def _median_ms(fn, calls):
-    fn()
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e3
 
 
 def main(argv=None):
@@ -87,9 +77,9 @@ def _table(rng, args):
             assert err < 1e-5, (what, err)
             t_ob, t_sg = [], []
             for _ in range(args.rounds):
-                t_ob.append(_median_ms(lambda: _openblas(*call, c.reshape(-1), n), args.calls))
-                t_sg.append(_median_ms(lambda: small_gemm.sgemm(*call, 0.0, c.reshape(-1), n),
-                                       args.calls))
+                t_ob.append(1e3 * timeit(lambda: _openblas(*call, c.reshape(-1), n), args.calls, 1))
+                t_sg.append(1e3 * timeit(lambda: small_gemm.sgemm(*call, 0.0, c.reshape(-1), n),
+                                         args.calls, 1))
             gf = 2 * m * n * k / 1e6
             pref = small_gemm.preferred(bool(ta), bool(tb), m, n, k)
             print(f"| {what} | {m} x {n} x {k}, {'A' if ta else ''}{'B' if tb else ''}"
