@@ -40,56 +40,34 @@ import numpy as np
 from numba import njit, prange
 
 from ._jit import pjit
+from . import channel_tf
 from .blas import gemm_rm
 from .kernels import crop_padded
 
 
-# Every transform below is a sequence of loops with one store and at most four
-# loads each: LLVM vectorises such a loop after a runtime overlap check, but gives
-# up (no vectorisation at all) on one loop body with 16 output streams.
+# The transforms of F(2x2, 3x3), each applied to all channels of a tile at once
+# (channel_tf: vector code, out = L in R^T over a grid of channel vectors).
+_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
+_B = tuple(zip(*_BT))
+_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
+_A = tuple(zip(*_AT))
+_input_tf = channel_tf.make(_BT, _BT)                               # V = B^T d B
+_input_tf_edge = channel_tf.make(_BT, _BT, in_mask=True)            # (patches at the edge)
+_output_tf = channel_tf.make(_AT, _AT, bias=True, out_mask=True)    # Y = A^T M A + b
+_grad_out_tf = channel_tf.make(_A, _A)                              # dM = A dY A^T
+_grad_out_tf_edge = channel_tf.make(_A, _A, in_mask=True)
+_scatter_tf = channel_tf.make(_B, _B, accumulate=True)              # dx += B dV B^T
 
+
+# The 16 matrices of a block (one per position) lie this many elements apart: the size of
+# one, rounded up to 4 KB plus 3 cache lines.  With a multiple of 4 KB (e.g. 128 tiles x 64
+# channels of float32), the transforms' 16 load or store streams all fall into the same L1
+# cache sets and evict each other (measured: BENCHMARKS_perf.md, change 79).
 @njit(cache=True)
-def _in_tf(src, base, rs, C, v, vbase, vstride, tbuf):
-    """v[pos*vstride + vbase + c] = (B^T d B)[pos] for the 4x4 patch d of channel c at
-    src[base + a*rs + b*C + c] (rows of 4*C contiguous numbers)."""
-    L = 4 * C
-    r0 = src[base:base + L]
-    r1 = src[base + rs:base + rs + L]
-    r2 = src[base + 2 * rs:base + 2 * rs + L]
-    r3 = src[base + 3 * rs:base + 3 * rs + L]
-    t0 = tbuf[0:L]
-    t1 = tbuf[L:2 * L]
-    t2 = tbuf[2 * L:3 * L]
-    t3 = tbuf[3 * L:4 * L]
-    # rows: t0 = d0 - d2, t1 = d1 + d2, t2 = d2 - d1, t3 = d1 - d3
-    for j in range(L):
-        t0[j] = r0[j] - r2[j]
-    for j in range(L):
-        t1[j] = r1[j] + r2[j]
-    for j in range(L):
-        t2[j] = r2[j] - r1[j]
-    for j in range(L):
-        t3[j] = r1[j] - r3[j]
-    # columns, the same combinations
-    for a in range(4):
-        ta = tbuf[a * L:(a + 1) * L]
-        c0 = ta[0:C]
-        c1 = ta[C:2 * C]
-        c2 = ta[2 * C:3 * C]
-        c3 = ta[3 * C:4 * C]
-        o = (4 * a) * vstride + vbase
-        d = v[o:o + C]
-        for c in range(C):
-            d[c] = c0[c] - c2[c]
-        d = v[o + vstride:o + vstride + C]
-        for c in range(C):
-            d[c] = c1[c] + c2[c]
-        d = v[o + 2 * vstride:o + 2 * vstride + C]
-        for c in range(C):
-            d[c] = c2[c] - c1[c]
-        d = v[o + 3 * vstride:o + 3 * vstride + C]
-        for c in range(C):
-            d[c] = c1[c] - c3[c]
+def _pos_stride(n, itemsize):
+    """Elements between consecutive position matrices of n elements each."""
+    page = 4096 // itemsize
+    return (n + page - 1) // page * page + 3 * (64 // itemsize)
 
 
 @njit(cache=True)
@@ -102,151 +80,73 @@ def _tile_origin(tile, tpi, tw):
     return n, 2 * ty, 2 * (rem - ty * tw)
 
 
+@njit(cache=True, inline="always")
+def _inside_mask(r0, nr, rows, c0, nc, cols):
+    """Bit a*nc + j set where pixel (r0 + a, c0 + j) of an nr x nc patch lies inside a
+    rows x cols image."""
+    m = 0
+    for a in range(nr):
+        if 0 <= r0 + a < rows:
+            for j in range(nc):
+                if 0 <= c0 + j < cols:
+                    m |= 1 << (a * nc + j)
+    return m
+
+
 @njit(cache=True)
-def _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, tb, v, voff, vs, patch, tbuf):
-    """Input transform of tiles t0 .. t0+tb-1: row i of matrix pos at v[pos*vs + voff + i*C]."""
+def _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, tb, v, voff, vs):
+    """Input transform of tiles t0 .. t0+tb-1: row i of matrix pos at v[pos*vs + voff + i*C]
+    (pixels of the 4x4 patch outside the image count as 0)."""
     for i in range(tb):
         n, oh, ow = _tile_origin(t0 + i, tpi, tw)
         h0 = oh - ph
         w0 = ow - pw
+        base = ((n * H + h0) * W + w0) * C
         if h0 >= 0 and w0 >= 0 and h0 + 4 <= H and w0 + 4 <= W:
-            src = xf
-            base = ((n * H + h0) * W + w0) * C
-            rs = W * C
+            _input_tf(C, xf, base, W * C, C, v, voff + i * C, 4 * vs, vs, xf, 0)
         else:
-            src = patch
-            base = 0
-            rs = 4 * C
-            for a in range(4):
-                for b in range(4):
-                    h = h0 + a
-                    w = w0 + b
-                    o = (a * 4 + b) * C
-                    if 0 <= h < H and 0 <= w < W:
-                        s = ((n * H + h) * W + w) * C
-                        for c in range(C):
-                            patch[o + c] = xf[s + c]
-                    else:
-                        for c in range(C):
-                            patch[o + c] = 0.0
-        _in_tf(src, base, rs, C, v, voff + i * C, vs, tbuf)
+            _input_tf_edge(C, xf, base, W * C, C, v, voff + i * C, 4 * vs, vs, xf,
+                           _inside_mask(h0, 4, H, w0, 4, W))
 
 
 @njit(cache=True)
-def _gout_tf(src, s, rs, K, m, o, ms, rbuf):
-    """m[pos*ms + o + k] = (A dY A^T)[pos] for the 2x2 tile dY of channel k at
-    src[s + u*rs + v*K + k] (rows of 2*K contiguous numbers)."""
-    L = 2 * K
-    y0 = src[s:s + L]
-    y1 = src[s + rs:s + rs + L]
-    # A = [[1,0],[1,1],[1,-1],[0,-1]]: rows r0 = y0, r1 = y0+y1, r2 = y0-y1, r3 = -y1
-    r1 = rbuf[0:L]
-    r2 = rbuf[L:2 * L]
-    r3 = rbuf[2 * L:3 * L]
-    for j in range(L):
-        r1[j] = y0[j] + y1[j]
-    for j in range(L):
-        r2[j] = y0[j] - y1[j]
-    for j in range(L):
-        r3[j] = -y1[j]
-    for a in range(4):
-        ra = y0 if a == 0 else rbuf[(a - 1) * L:a * L]
-        c0 = ra[0:K]
-        c1 = ra[K:2 * K]
-        q = (4 * a) * ms + o
-        d = m[q:q + K]
-        for k in range(K):
-            d[k] = c0[k]
-        d = m[q + ms:q + ms + K]
-        for k in range(K):
-            d[k] = c0[k] + c1[k]
-        d = m[q + 2 * ms:q + 2 * ms + K]
-        for k in range(K):
-            d[k] = c0[k] - c1[k]
-        d = m[q + 3 * ms:q + 3 * ms + K]
-        for k in range(K):
-            d[k] = -c1[k]
-
-
-@njit(cache=True)
-def _grad_out_block(gf, OH, OW, K, tpi, tw, t0, tb, m, moff, ms, patch, rbuf):
+def _grad_out_block(gf, OH, OW, K, tpi, tw, t0, tb, m, moff, ms):
     """A dY A^T for the 2x2 output-gradient tile of tiles t0 .. t0+tb-1 (zero beyond the
     output's edge): row i of matrix pos at m[pos*ms + moff + i*K]."""
     for i in range(tb):
         n, oh, ow = _tile_origin(t0 + i, tpi, tw)
         s = ((n * OH + oh) * OW + ow) * K
         if oh + 1 < OH and ow + 1 < OW:
-            arr = gf
-            base = s
-            rs = OW * K
+            _grad_out_tf(K, gf, s, OW * K, K, m, moff + i * K, 4 * ms, ms, gf, 0)
         else:
-            arr = patch
-            base = 0
-            rs = 2 * K
-            for u in range(2):
-                for v in range(2):
-                    o = (u * 2 + v) * K
-                    if oh + u < OH and ow + v < OW:
-                        src = s + (u * OW + v) * K
-                        for k in range(K):
-                            patch[o + k] = gf[src + k]
-                    else:
-                        for k in range(K):
-                            patch[o + k] = 0.0
-        _gout_tf(arr, base, rs, K, m, moff + i * K, ms, rbuf)
+            _grad_out_tf_edge(K, gf, s, OW * K, K, m, moff + i * K, 4 * ms, ms, gf,
+                              _inside_mask(oh, 2, OH, ow, 2, OW))
 
 
 @njit(cache=True)
-def _out_tf(m, o, ms, K, b, yf, d, rs, right, down, sbuf):
-    """The 2x2 output tile Y = A^T M A + b of the tile whose M rows are m[pos*ms + o + k],
-    written to yf[d + u*rs + v*K + k] where inside the output (right / down)."""
-    # A^T = [[1,1,1,0],[0,1,-1,-1]]: s0[b] = m0b + m1b + m2b, s1[b] = m1b - m2b - m3b
-    for bcol in range(4):
-        p0 = m[o + bcol * ms:o + bcol * ms + K]
-        p1 = m[o + (4 + bcol) * ms:o + (4 + bcol) * ms + K]
-        p2 = m[o + (8 + bcol) * ms:o + (8 + bcol) * ms + K]
-        p3 = m[o + (12 + bcol) * ms:o + (12 + bcol) * ms + K]
-        s0 = sbuf[bcol * K:(bcol + 1) * K]
-        for k in range(K):
-            s0[k] = p0[k] + p1[k] + p2[k]
-        s1 = sbuf[(4 + bcol) * K:(5 + bcol) * K]
-        for k in range(K):
-            s1[k] = p1[k] - p2[k] - p3[k]
-    for u in range(2):
-        if u == 1 and not down:
-            break
-        q0 = sbuf[(4 * u) * K:(4 * u + 1) * K]
-        q1 = sbuf[(4 * u + 1) * K:(4 * u + 2) * K]
-        q2 = sbuf[(4 * u + 2) * K:(4 * u + 3) * K]
-        q3 = sbuf[(4 * u + 3) * K:(4 * u + 4) * K]
-        y = yf[d + u * rs:d + u * rs + K]
-        for k in range(K):
-            y[k] = q0[k] + q1[k] + q2[k] + b[k]
-        if right:
-            y = yf[d + u * rs + K:d + u * rs + 2 * K]
-            for k in range(K):
-                y[k] = q1[k] - q2[k] - q3[k] + b[k]
-
-
-@njit(cache=True)
-def _fwd_block(xf, H, W, C, Uf, K, b, ph, pw, OH, OW, tpi, tw, t0, tb, v, m, pbuf, tbuf,
-               sbuf, yf):
+def _fwd_block(xf, H, W, C, Uf, K, b, ph, pw, OH, OW, tpi, tw, t0, tb, v, m, yf):
     """Tiles t0 .. t0+tb-1 of _fwd (one thread's work unit)."""
-    _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, tb, v, 0, tb * C, pbuf, tbuf)
+    vs = _pos_stride(tb * C, v.itemsize)
+    ms = _pos_stride(tb * K, m.itemsize)
+    _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, tb, v, 0, vs)
     for pos in range(16):
-        gemm_rm(False, True, tb, K, C, 1.0, v[pos * tb * C:], C, Uf[pos * K * C:], C,
-                0.0, m[pos * tb * K:], K)
-    _output_block(m, 0, tb * K, K, b, yf, OH, OW, tpi, tw, t0, tb, sbuf)
+        gemm_rm(False, True, tb, K, C, 1.0, v[pos * vs:], C, Uf[pos * K * C:], C,
+                0.0, m[pos * ms:], K)
+    _output_block(m, 0, ms, K, b, yf, OH, OW, tpi, tw, t0, tb)
 
 
 @njit(cache=True)
-def _output_block(m, moff, ms, K, b, yf, OH, OW, tpi, tw, t0, tb, sbuf):
+def _output_block(m, moff, ms, K, b, yf, OH, OW, tpi, tw, t0, tb):
     """Output transform (plus bias) of tiles t0 .. t0+tb-1 whose M rows are
     m[pos*ms + moff + i*K], into the channels-last output yf."""
     for i in range(tb):
         n, oh, ow = _tile_origin(t0 + i, tpi, tw)
-        _out_tf(m, moff + i * K, ms, K, b, yf, ((n * OH + oh) * OW + ow) * K, OW * K,
-                ow + 1 < OW, oh + 1 < OH, sbuf)
+        right = ow + 1 < OW
+        down = oh + 1 < OH
+        # which of the tile's outputs (0, 0), (0, 1), (1, 0), (1, 1) lie inside the output
+        mask = 1 | (2 if right else 0) | (4 if down else 0) | (8 if right and down else 0)
+        _output_tf(K, m, moff + i * K, 4 * ms, ms, yf, ((n * OH + oh) * OW + ow) * K, OW * K, K,
+                   b, mask)
 
 
 @njit(parallel=True, cache=True)
@@ -258,9 +158,6 @@ def _fwd(x, U, b, ph, pw, OH, OW, TB, nt, y, vbuf, mbuf):
     tpi = ((OH + 1) // 2) * tw
     ntiles = N * tpi
     nblocks = (ntiles + TB - 1) // TB
-    pbuf = np.empty((nt, 16 * C), dtype=x.dtype)
-    tbuf = np.empty((nt, 16 * C), dtype=x.dtype)
-    sbuf = np.empty((nt, 8 * K), dtype=x.dtype)
     xf = x.reshape(-1)
     Uf = U.reshape(-1)
     yf = y.reshape(-1)
@@ -268,93 +165,53 @@ def _fwd(x, U, b, ph, pw, OH, OW, TB, nt, y, vbuf, mbuf):
         t = numba.get_thread_id()
         t0 = bi * TB
         _fwd_block(xf, H, W, C, Uf, K, b, ph, pw, OH, OW, tpi, tw, t0, min(TB, ntiles - t0),
-                   vbuf[t], mbuf[t], pbuf[t], tbuf[t], sbuf[t], yf)
-
-
-@njit(cache=True)
-def _scatter_tf(dv, o, vs, C, gxp, base, rs, fbuf):
-    """gxp[base + a*rs + b*C + c] += (B dV B^T)[a, b] for the tile whose dV rows are
-    dv[pos*vs + o + c] (the adjoint of _in_tf)."""
-    L = 4 * C
-    # adjoint of the column pass: f0 = e0, f1 = e1 - e2 + e3, f2 = e1 + e2 - e0, f3 = -e3
-    for a in range(4):
-        q = o + 4 * a * vs
-        e0 = dv[q:q + C]
-        e1 = dv[q + vs:q + vs + C]
-        e2 = dv[q + 2 * vs:q + 2 * vs + C]
-        e3 = dv[q + 3 * vs:q + 3 * vs + C]
-        f = fbuf[a * L:a * L + C]
-        for c in range(C):
-            f[c] = e0[c]
-        f = fbuf[a * L + C:a * L + 2 * C]
-        for c in range(C):
-            f[c] = e1[c] - e2[c] + e3[c]
-        f = fbuf[a * L + 2 * C:a * L + 3 * C]
-        for c in range(C):
-            f[c] = e1[c] + e2[c] - e0[c]
-        f = fbuf[a * L + 3 * C:a * L + 4 * C]
-        for c in range(C):
-            f[c] = -e3[c]
-    # adjoint of the row pass: d0 += f0, d1 += f1 - f2 + f3, d2 += f1 + f2 - f0, d3 -= f3
-    f0 = fbuf[0:L]
-    f1 = fbuf[L:2 * L]
-    f2 = fbuf[2 * L:3 * L]
-    f3 = fbuf[3 * L:4 * L]
-    g = gxp[base:base + L]
-    for j in range(L):
-        g[j] += f0[j]
-    g = gxp[base + rs:base + rs + L]
-    for j in range(L):
-        g[j] += f1[j] - f2[j] + f3[j]
-    g = gxp[base + 2 * rs:base + 2 * rs + L]
-    for j in range(L):
-        g[j] += f1[j] + f2[j] - f0[j]
-    g = gxp[base + 3 * rs:base + 3 * rs + L]
-    for j in range(L):
-        g[j] -= f3[j]
+                   vbuf[t], mbuf[t], yf)
 
 
 @njit(cache=True)
 def _bwd_group(xf, gf, Uf, H, W, C, K, OH, OW, ph, pw, tw, tpi, Hq, Wq, n_a, n_b, TB,
-               need_x, need_w, v, m, dv, gxp, acc, pbuf, qbuf, rbuf, tbuf, gxf, addf):
+               need_x, need_w, v, m, dv, gxp, acc, gxf, addf):
     """Images n_a .. n_b-1 of _bwd (one thread's work unit)."""
     if need_x:
         for j in range((n_b - n_a) * Hq * Wq * C):
             gxp[j] = 0.0
     for t0 in range(n_a * tpi, n_b * tpi, TB):
         tb = min(TB, n_b * tpi - t0)
-        _grad_out_block(gf, OH, OW, K, tpi, tw, t0, tb, m, 0, tb * K, qbuf, rbuf)
+        vs = _pos_stride(tb * C, v.itemsize)
+        ms = _pos_stride(tb * K, m.itemsize)
+        _grad_out_block(gf, OH, OW, K, tpi, tw, t0, tb, m, 0, ms)
         if need_w:
-            _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, tb, v, 0, tb * C, pbuf, tbuf)
+            _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, tb, v, 0, vs)
             for pos in range(16):
-                gemm_rm(True, False, K, C, tb, 1.0, m[pos * tb * K:], K, v[pos * tb * C:],
+                gemm_rm(True, False, K, C, tb, 1.0, m[pos * ms:], K, v[pos * vs:],
                         C, 1.0, acc[pos * K * C:], C)
         if need_x:
             for pos in range(16):
-                gemm_rm(False, False, tb, C, K, 1.0, m[pos * tb * K:], K, Uf[pos * K * C:],
-                        C, 0.0, dv[pos * tb * C:], C)
-            _scatter_block(dv, 0, tb * C, C, gxp, n_a, Hq, Wq, tpi, tw, t0, tb, tbuf)
+                gemm_rm(False, False, tb, C, K, 1.0, m[pos * ms:], K, Uf[pos * K * C:],
+                        C, 0.0, dv[pos * vs:], C)
+            _scatter_block(dv, 0, vs, C, gxp, n_a, Hq, Wq, tpi, tw, t0, tb)
     if need_x:
         crop_padded(gxp, n_a, n_b, H, W, C, Hq, Wq, ph, pw, gxf, addf)
 
 
 @njit(cache=True)
-def _scatter_block(dv, voff, vs, C, gxp, n_a, Hq, Wq, tpi, tw, t0, tb, fbuf):
+def _scatter_block(dv, voff, vs, C, gxp, n_a, Hq, Wq, tpi, tw, t0, tb):
     """Adds B dV B^T of tiles t0 .. t0+tb-1 (dV rows at dv[pos*vs + voff + i*C]) into the
     padded dX buffer gxp (images from n_a, (Hq, Wq, C) each, offset by the padding)."""
     for i in range(tb):
         n, oh, ow = _tile_origin(t0 + i, tpi, tw)
         # the patch's top-left in the padded buffer: (oh - ph) + ph, (ow - pw) + pw
-        _scatter_tf(dv, voff + i * C, vs, C, gxp, (((n - n_a) * Hq + oh) * Wq + ow) * C, Wq * C,
-                    fbuf)
+        _scatter_tf(C, dv, voff + i * C, 4 * vs, vs, gxp, (((n - n_a) * Hq + oh) * Wq + ow) * C,
+                    Wq * C, C, dv, 0)
 
 
 @njit(parallel=True, cache=True)
 def _bwd(x, gy, U, ph, pw, g, TB, nt, need_x, need_w, gx, addf, duacc, vbuf, mbuf, dvbuf,
          gxpbuf):
     """Gradients of _fwd: gx (N, H, W, C) (plus addf, flat, unless it is empty) and
-    per-thread duacc (nt, 16*C*K) += dU (zeroed by the caller).  Work unit: g whole images, so that the overlapping dX
-    tiles of an image are summed by one thread in its own padded buffer."""
+    per-thread duacc (nt, 16*C*K) += dU (zeroed by the caller).  Work unit: g whole images,
+    so that the overlapping dX tiles of an image are summed by one thread in its own padded
+    buffer."""
     N, H, W, C = x.shape
     OH = gy.shape[1]
     OW = gy.shape[2]
@@ -365,10 +222,6 @@ def _bwd(x, gy, U, ph, pw, g, TB, nt, need_x, need_w, gx, addf, duacc, vbuf, mbu
     Hq = 2 * th + 2
     Wq = 2 * tw + 2
     ngroups = (N + g - 1) // g
-    pbuf = np.empty((nt, 16 * C), dtype=x.dtype)
-    qbuf = np.empty((nt, 4 * K), dtype=x.dtype)
-    rbuf = np.empty((nt, 6 * K), dtype=x.dtype)
-    tbuf = np.empty((nt, 16 * C), dtype=x.dtype)
     xf = x.reshape(-1)
     gf = gy.reshape(-1)
     Uf = U.reshape(-1)
@@ -378,7 +231,7 @@ def _bwd(x, gy, U, ph, pw, g, TB, nt, need_x, need_w, gx, addf, duacc, vbuf, mbu
         n_a = gi * g
         _bwd_group(xf, gf, Uf, H, W, C, K, OH, OW, ph, pw, tw, tpi, Hq, Wq, n_a,
                    min(N, n_a + g), TB, need_x, need_w, vbuf[t], mbuf[t], dvbuf[t],
-                   gxpbuf[t], duacc[t], pbuf[t], qbuf[t], rbuf[t], tbuf[t], gxf, addf)
+                   gxpbuf[t], duacc[t], gxf, addf)
 
 
 @njit(parallel=True, cache=True)
@@ -391,28 +244,25 @@ def _fwd_whole(x, U, b, ph, pw, OH, OW, nt, y, V, M):
     tw = (OW + 1) // 2
     tpi = ((OH + 1) // 2) * tw
     Q = N * tpi
-    pbuf = np.empty((nt, 16 * C), dtype=x.dtype)
-    tbuf = np.empty((nt, 16 * C), dtype=x.dtype)
-    sbuf = np.empty((nt, 8 * K), dtype=x.dtype)
     xf = x.reshape(-1)
     Uf = U.reshape(-1)
     yf = y.reshape(-1)
+    vs = _pos_stride(Q * C, V.itemsize)
+    ms = _pos_stride(Q * K, M.itemsize)
     chunk = (Q + nt - 1) // nt
     for j in prange(nt):
         t = numba.get_thread_id()
         t0 = j * chunk
         if t0 < Q:
-            _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, min(chunk, Q - t0), V, t0 * C, Q * C,
-                         pbuf[t], tbuf[t])
+            _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, min(chunk, Q - t0), V, t0 * C, vs)
     for pos in prange(16):
-        gemm_rm(False, True, Q, K, C, 1.0, V[pos * Q * C:], C, Uf[pos * K * C:], C, 0.0,
-                M[pos * Q * K:], K)
+        gemm_rm(False, True, Q, K, C, 1.0, V[pos * vs:], C, Uf[pos * K * C:], C, 0.0,
+                M[pos * ms:], K)
     for j in prange(nt):
         t = numba.get_thread_id()
         t0 = j * chunk
         if t0 < Q:
-            _output_block(M, t0 * K, Q * K, K, b, yf, OH, OW, tpi, tw, t0, min(chunk, Q - t0),
-                          sbuf[t])
+            _output_block(M, t0 * K, ms, K, b, yf, OH, OW, tpi, tw, t0, min(chunk, Q - t0))
 
 
 @njit(parallel=True, cache=True)
@@ -429,39 +279,35 @@ def _bwd_whole(x, gy, U, ph, pw, nt, need_x, need_w, gx, addf, du, V, M, gxpbuf)
     Hq = 2 * th + 2
     Wq = 2 * tw + 2
     Q = N * tpi
-    pbuf = np.empty((nt, 16 * C), dtype=x.dtype)
-    qbuf = np.empty((nt, 4 * K), dtype=x.dtype)
-    rbuf = np.empty((nt, 6 * K), dtype=x.dtype)
-    tbuf = np.empty((nt, 16 * C), dtype=x.dtype)
     xf = x.reshape(-1)
     gf = gy.reshape(-1)
     Uf = U.reshape(-1)
     gxf = gx.reshape(-1)
+    vs = _pos_stride(Q * C, V.itemsize)
+    ms = _pos_stride(Q * K, M.itemsize)
     chunk = (Q + nt - 1) // nt
     for j in prange(nt):
         t = numba.get_thread_id()
         t0 = j * chunk
         if t0 < Q:
             tb = min(chunk, Q - t0)
-            _grad_out_block(gf, OH, OW, K, tpi, tw, t0, tb, M, t0 * K, Q * K, qbuf[t], rbuf[t])
+            _grad_out_block(gf, OH, OW, K, tpi, tw, t0, tb, M, t0 * K, ms)
             if need_w:
-                _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, tb, V, t0 * C, Q * C, pbuf[t],
-                             tbuf[t])
+                _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, tb, V, t0 * C, vs)
     for pos in prange(16):
         if need_w:
-            gemm_rm(True, False, K, C, Q, 1.0, M[pos * Q * K:], K, V[pos * Q * C:], C, 0.0,
+            gemm_rm(True, False, K, C, Q, 1.0, M[pos * ms:], K, V[pos * vs:], C, 0.0,
                     du[pos * K * C:], C)
         if need_x:   # dV overwrites V[pos], which the dW GEMM above has consumed
-            gemm_rm(False, False, Q, C, K, 1.0, M[pos * Q * K:], K, Uf[pos * K * C:], C, 0.0,
-                    V[pos * Q * C:], C)
+            gemm_rm(False, False, Q, C, K, 1.0, M[pos * ms:], K, Uf[pos * K * C:], C, 0.0,
+                    V[pos * vs:], C)
     if need_x:
         for n in prange(N):
             t = numba.get_thread_id()
             gxp = gxpbuf[t]
             for j in range(Hq * Wq * C):
                 gxp[j] = 0.0
-            _scatter_block(V, n * tpi * C, Q * C, C, gxp, n, Hq, Wq, tpi, tw, n * tpi, tpi,
-                           tbuf[t])
+            _scatter_block(V, n * tpi * C, vs, C, gxp, n, Hq, Wq, tpi, tw, n * tpi, tpi)
             crop_padded(gxp, n, n + 1, H, W, C, Hq, Wq, ph, pw, gxf, addf)
 
 
@@ -601,6 +447,13 @@ class _Scratch(threading.local):
 _scratch = _Scratch()
 
 
+def _positions(name, copies, n, dt):
+    """Scratch for ``copies`` sets (one per thread, or one for the whole batch) of the 16
+    position matrices of n elements each, _pos_stride apart: a (copies, 16 * stride) array."""
+    stride = _pos_stride(n, np.dtype(dt).itemsize)
+    return _scratch.get(name, copies * 16 * stride, dt).reshape(copies, -1)
+
+
 def forward(xcl, U, b, ph, pw, OH, OW, y4):
     """y4 (N, OH, OW, K) from channels-last contiguous xcl (N, H, W, C)."""
     nt = numba.get_num_threads()
@@ -609,13 +462,12 @@ def forward(xcl, U, b, ph, pw, OH, OW, y4):
     dt = xcl.dtype
     ntiles = N * ((OH + 1) // 2) * ((OW + 1) // 2)
     if _whole(ntiles, C, K):
-        _fwd_whole(xcl, U, b, ph, pw, OH, OW, nt, y4, _scratch.get("v", 16 * ntiles * C, dt),
-                   _scratch.get("m", 16 * ntiles * K, dt))
+        _fwd_whole(xcl, U, b, ph, pw, OH, OW, nt, y4, _positions("v", 1, ntiles * C, dt)[0],
+                   _positions("m", 1, ntiles * K, dt)[0])
         return
     TB = _tile_count(ntiles, C, K, xcl.itemsize, nt)
     _fwd(xcl, U, b, ph, pw, OH, OW, TB, nt, y4,
-         _scratch.get("v", nt * 16 * TB * C, dt).reshape(nt, -1),
-         _scratch.get("m", nt * 16 * TB * K, dt).reshape(nt, -1))
+         _positions("v", nt, TB * C, dt), _positions("m", nt, TB * K, dt))
 
 
 def backward(xcl, gycl, U, ph, pw, need_x, need_w, gx4, addf):
@@ -634,7 +486,7 @@ def backward(xcl, gycl, U, ph, pw, need_x, need_w, gx4, addf):
         Q = N * tpi
         du = _scratch.get("du", 16 * C * K if need_w else 1, dt).reshape(1, -1)
         _bwd_whole(xcl, gycl, U, ph, pw, nt, need_x, need_w, gx4, addf, du.reshape(-1),
-                   _scratch.get("v", 16 * Q * C, dt), _scratch.get("m", 16 * Q * K, dt),
+                   _positions("v", 1, Q * C, dt)[0], _positions("m", 1, Q * K, dt)[0],
                    _scratch.get("gxp", nt * Hq * Wq * C if need_x else nt, dt).reshape(nt, -1))
     else:
         TB = _tile_count(N * tpi, C, K, xcl.itemsize, nt)
@@ -643,9 +495,8 @@ def backward(xcl, gycl, U, ph, pw, need_x, need_w, gx4, addf):
         du = _scratch.get("du", nt * 16 * C * K if need_w else nt, dt).reshape(nt, -1)
         du.fill(0)
         _bwd(xcl, gycl, U, ph, pw, g, TB, nt, need_x, need_w, gx4, addf, du,
-             _scratch.get("v", nt * 16 * TB * C if need_w else nt, dt).reshape(nt, -1),
-             _scratch.get("m", nt * 16 * TB * K, dt).reshape(nt, -1),
-             _scratch.get("dv", nt * 16 * TB * C if need_x else nt, dt).reshape(nt, -1),
+             _positions("v", nt, TB * C if need_w else 0, dt), _positions("m", nt, TB * K, dt),
+             _positions("dv", nt, TB * C if need_x else 0, dt),
              _scratch.get("gxp", nt * g * Hq * Wq * C if need_x else nt, dt).reshape(nt, -1))
     if not need_w:
         return None
