@@ -47,6 +47,7 @@ def load_old(rev):
         os.replace(path + ".tmp", path)
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod   # Numba's cache re-imports a kernel's module by name
     spec.loader.exec_module(mod)
     return mod
 

@@ -339,41 +339,48 @@ def _weights_tf(w, U):
 
 @pjit(size_arg=0)
 def _weights_grad(duacc, gw):
-    """gw (K, C, 3, 3) = G^T dU G, dU (16, K, C) = the sum over duacc's rows (float64)."""
+    """gw (K, C, 3, 3) = G^T dU G, dU (16, K, C) = the sum over duacc's rows (float64).
+
+    Channels go 64 at a time: a (16, C) block of float64 for C = 512 puts its 16 rows 4 KB
+    apart, in the same L1 sets (6.6-6.8 ms for 512 x 512, BENCHMARKS_perf.md, change 80)."""
     nt = duacc.shape[0]
     K, C = gw.shape[0], gw.shape[1]
+    CB = 64
     for k in prange(K):
-        du = np.empty((16, C), dtype=np.float64)
-        for p in range(16):
-            row = du[p]
-            src = duacc[0, (p * K + k) * C:(p * K + k + 1) * C]
-            for c in range(C):
-                row[c] = src[c]
-            for j in range(1, nt):
-                src = duacc[j, (p * K + k) * C:(p * K + k + 1) * C]
-                for c in range(C):
-                    row[c] += src[c]
-        for c in range(C):
-            # t = G^T du (3 x 4): G^T rows [1,.5,.5,0], [0,.5,-.5,0], [0,.5,.5,1]
-            for r in range(3):
-                if r == 0:
-                    t0 = du[0, c] + 0.5 * (du[4, c] + du[8, c])
-                    t1 = du[1, c] + 0.5 * (du[5, c] + du[9, c])
-                    t2 = du[2, c] + 0.5 * (du[6, c] + du[10, c])
-                    t3 = du[3, c] + 0.5 * (du[7, c] + du[11, c])
-                elif r == 1:
-                    t0 = 0.5 * (du[4, c] - du[8, c])
-                    t1 = 0.5 * (du[5, c] - du[9, c])
-                    t2 = 0.5 * (du[6, c] - du[10, c])
-                    t3 = 0.5 * (du[7, c] - du[11, c])
-                else:
-                    t0 = 0.5 * (du[4, c] + du[8, c]) + du[12, c]
-                    t1 = 0.5 * (du[5, c] + du[9, c]) + du[13, c]
-                    t2 = 0.5 * (du[6, c] + du[10, c]) + du[14, c]
-                    t3 = 0.5 * (du[7, c] + du[11, c]) + du[15, c]
-                gw[k, c, r, 0] = t0 + 0.5 * (t1 + t2)
-                gw[k, c, r, 1] = 0.5 * (t1 - t2)
-                gw[k, c, r, 2] = 0.5 * (t1 + t2) + t3
+        du = np.empty((16, CB), dtype=np.float64)
+        for c0 in range(0, C, CB):
+            cn = min(CB, C - c0)
+            for p in range(16):
+                row = du[p]
+                o = (p * K + k) * C + c0
+                src = duacc[0, o:o + cn]
+                for c in range(cn):
+                    row[c] = src[c]
+                for j in range(1, nt):
+                    src = duacc[j, o:o + cn]
+                    for c in range(cn):
+                        row[c] += src[c]
+            for c in range(cn):
+                # t = G^T du (3 x 4): G^T rows [1,.5,.5,0], [0,.5,-.5,0], [0,.5,.5,1]
+                for r in range(3):
+                    if r == 0:
+                        t0 = du[0, c] + 0.5 * (du[4, c] + du[8, c])
+                        t1 = du[1, c] + 0.5 * (du[5, c] + du[9, c])
+                        t2 = du[2, c] + 0.5 * (du[6, c] + du[10, c])
+                        t3 = du[3, c] + 0.5 * (du[7, c] + du[11, c])
+                    elif r == 1:
+                        t0 = 0.5 * (du[4, c] - du[8, c])
+                        t1 = 0.5 * (du[5, c] - du[9, c])
+                        t2 = 0.5 * (du[6, c] - du[10, c])
+                        t3 = 0.5 * (du[7, c] - du[11, c])
+                    else:
+                        t0 = 0.5 * (du[4, c] + du[8, c]) + du[12, c]
+                        t1 = 0.5 * (du[5, c] + du[9, c]) + du[13, c]
+                        t2 = 0.5 * (du[6, c] + du[10, c]) + du[14, c]
+                        t3 = 0.5 * (du[7, c] + du[11, c]) + du[15, c]
+                    gw[k, c0 + c, r, 0] = t0 + 0.5 * (t1 + t2)
+                    gw[k, c0 + c, r, 1] = 0.5 * (t1 - t2)
+                    gw[k, c0 + c, r, 2] = 0.5 * (t1 + t2) + t3
 
 
 # ---------------------------------------------------------------------------
@@ -387,10 +394,10 @@ MIN_CHANNELS = 16
 # layer4 at batch 2, both paths take the same time: benchmarks/bench_winograd.py).
 MIN_TILES = 8
 # The whole-batch kernels run when tiles * (C + K) * WHOLE_BATCH_RATIO <= C * K, i.e. for
-# C = K when there are at most 16*C tiles (benchmarks/bench_winograd.py, f+b, batch 32:
-# 128->128 at 16x16, 2048 tiles, whole 16.9 ms / blocked 18.3; 64->64 at 32x32, 8192
-# tiles, whole 25.6 / blocked 19.2; 512->512 at 4x4, whole 16.7 / blocked 31.1).
-WHOLE_BATCH_RATIO = 1 / 32
+# C = K when there are at most 8*C tiles.  Measured f+b time, blocked over whole, batch 32 /
+# batch 128 (BENCHMARKS_perf.md, change 80): 64->64 at 32x32 0.76 / 0.66, 128->128 at
+# 16x16 0.90 / 0.83, 256->256 at 8x8 1.17 / 1.06, 512->512 at 4x4 1.53 / 1.18.
+WHOLE_BATCH_RATIO = 1 / 16
 # Bytes of one thread's transformed tiles (V and M of a block) the tile count aims at.
 _BLOCK_BYTES = 1 << 20
 _MIN_TB = 128
