@@ -565,6 +565,7 @@ def info():
              ("threads", f"{numba.get_num_threads()} (numba; NUMBA_NUM_THREADS="
                          f"{os.environ.get('NUMBA_NUM_THREADS', 'unset')})"),
              ("numba cache", cache),
+             ("cache stamp", _cache_stamp_state()),
              ("data dir", _data_dir()),
              ("mnist", f"{mnist}/mnist (train default)" if mnist
               else "no mnist/ folder found: train uses the shipped subset")]
@@ -588,6 +589,13 @@ def _small_gemm_state():
     if small_gemm.enabled():
         return "on: skinny float32 conv GEMMs use the AVX2 micro-kernel (MINIGRAD_SMALL_GEMM=0 turns it off)"
     return "off (MINIGRAD_SMALL_GEMM=0): every GEMM goes to OpenBLAS"
+
+
+def _cache_stamp_state():
+    from minigrad.cpu import cache_stamp
+
+    return (f"{cache_stamp.status()} (stale kernels are dropped when minigrad/cpu changes; "
+            "MINIGRAD_CACHE_STAMP=0 turns this off)")
 
 
 def _kernel_cache_state():

@@ -1,0 +1,82 @@
+"""minigrad.cpu.cache_stamp: stale cached kernels are dropped when a helper module changes.
+
+The end-to-end test builds a copy of the package with a cached kernel that inlines a helper
+from another module, changes only the helper, and runs the kernel again in a fresh process:
+with the stamp check the new helper runs; without it (MINIGRAD_CACHE_STAMP=0) Numba serves
+the stale kernel, which is the bug the check exists for.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from minigrad.cpu import cache_stamp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_digest_follows_names_and_contents(tmp_path):
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "notes.txt").write_text("not a source\n")
+    d1 = cache_stamp.sources_digest(str(tmp_path))
+    (tmp_path / "notes.txt").write_text("changed\n")
+    assert cache_stamp.sources_digest(str(tmp_path)) == d1
+    (tmp_path / "a.py").write_text("x = 2\n")
+    d2 = cache_stamp.sources_digest(str(tmp_path))
+    assert d2 != d1
+    (tmp_path / "a.py").rename(tmp_path / "b.py")
+    assert cache_stamp.sources_digest(str(tmp_path)) not in (d1, d2)
+
+
+def test_check_drops_cache_files_only_when_the_stamp_differs(tmp_path, monkeypatch):
+    monkeypatch.delenv("MINIGRAD_CACHE_STAMP", raising=False)
+    for name in ("conv._fwd-1.py311.nbi", "conv._fwd-1.py311.1.nbc", "conv.cpython-311.pyc"):
+        (tmp_path / name).write_text("x")
+    assert "2 cached kernel files dropped" in cache_stamp.check(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["conv.cpython-311.pyc", cache_stamp.STAMP_NAME]
+    assert (tmp_path / cache_stamp.STAMP_NAME).read_text().strip() == \
+        cache_stamp.sources_digest()
+    (tmp_path / "conv._fwd-1.py311.nbi").write_text("x")
+    assert cache_stamp.check(str(tmp_path)) == "cache matches the sources"
+    assert (tmp_path / "conv._fwd-1.py311.nbi").exists()
+    (tmp_path / cache_stamp.STAMP_NAME).write_text("an older digest\n")
+    assert "1 cached kernel files dropped" in cache_stamp.check(str(tmp_path))
+    assert cache_stamp.check(str(tmp_path)) == "cache matches the sources"
+    assert cache_stamp.status() == "cache matches the sources"
+    monkeypatch.setenv("MINIGRAD_CACHE_STAMP", "0")
+    (tmp_path / cache_stamp.STAMP_NAME).write_text("an older digest\n")
+    (tmp_path / "conv._fwd-1.py311.nbi").write_text("x")
+    assert cache_stamp.check(str(tmp_path)).startswith("off")
+    assert (tmp_path / "conv._fwd-1.py311.nbi").exists()
+
+
+HELPER = "from numba import njit\n\n\n@njit(cache=True)\ndef helper():\n    return {}\n"
+KERNEL = ("from numba import njit\n\nfrom .zz_helper import helper\n\n\n"
+          "@njit(cache=True)\ndef kernel():\n    return helper()\n")
+
+
+def _run(pkg_root, stamp_on):
+    env = dict(os.environ, PYTHONPATH=str(pkg_root), MINIGRAD_CACHE_STAMP="1" if stamp_on else "0")
+    env.pop("NUMBA_CACHE_DIR", None)
+    out = subprocess.run([sys.executable, "-c", "from minigrad.cpu import zz_kernel; "
+                          "print(zz_kernel.kernel())"], env=env, cwd=str(pkg_root),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.split()[-1])
+
+
+@pytest.mark.parametrize("stamp_on", [True, False])
+def test_changed_helper_reaches_a_cached_kernel(tmp_path, stamp_on):
+    shutil.copytree(os.path.join(ROOT, "minigrad"), tmp_path / "minigrad",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    cpu = tmp_path / "minigrad" / "cpu"
+    (cpu / "zz_helper.py").write_text(HELPER.format(1))
+    (cpu / "zz_kernel.py").write_text(KERNEL)
+    assert _run(tmp_path, stamp_on) == 1
+    assert any(n.startswith("zz_kernel.kernel") for n in os.listdir(cpu / "__pycache__"))
+    (cpu / "zz_helper.py").write_text(HELPER.format(2))
+    # with the check the kernel is recompiled; without it the cached kernel still returns 1
+    assert _run(tmp_path, stamp_on) == (2 if stamp_on else 1)
