@@ -6,6 +6,7 @@ with the stamp check the new helper runs; without it (MINIGRAD_CACHE_STAMP=0) Nu
 the stale kernel, which is the bug the check exists for.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,36 +19,51 @@ from minigrad.cpu import cache_stamp
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_digest_follows_names_and_contents(tmp_path):
-    (tmp_path / "a.py").write_text("x = 1\n")
+def test_digests_follow_each_module_and_what_it_imports(tmp_path):
+    (tmp_path / "a.py").write_text("from .b import f\n")
+    (tmp_path / "b.py").write_text("from . import c as cc, os\n")
+    (tmp_path / "c.py").write_text("x = 1\n")
+    (tmp_path / "d.py").write_text("import numpy\n")
     (tmp_path / "notes.txt").write_text("not a source\n")
-    d1 = cache_stamp.sources_digest(str(tmp_path))
+    d1 = cache_stamp.module_digests(str(tmp_path))
+    assert sorted(d1) == ["a", "b", "c", "d"]
     (tmp_path / "notes.txt").write_text("changed\n")
-    assert cache_stamp.sources_digest(str(tmp_path)) == d1
-    (tmp_path / "a.py").write_text("x = 2\n")
-    d2 = cache_stamp.sources_digest(str(tmp_path))
-    assert d2 != d1
-    (tmp_path / "a.py").rename(tmp_path / "b.py")
-    assert cache_stamp.sources_digest(str(tmp_path)) not in (d1, d2)
+    assert cache_stamp.module_digests(str(tmp_path)) == d1
+    (tmp_path / "c.py").write_text("x = 2\n")        # a imports b, which imports c
+    d2 = cache_stamp.module_digests(str(tmp_path))
+    assert all(d2[m] != d1[m] for m in "abc") and d2["d"] == d1["d"]
+    (tmp_path / "a.py").write_text("from .b import f\n# edited\n")
+    d3 = cache_stamp.module_digests(str(tmp_path))
+    assert d3["a"] != d2["a"] and all(d3[m] == d2[m] for m in "bcd")
 
 
-def test_check_drops_cache_files_only_when_the_stamp_differs(tmp_path, monkeypatch):
+def test_check_drops_only_the_changed_modules_files(tmp_path, monkeypatch):
     monkeypatch.delenv("MINIGRAD_CACHE_STAMP", raising=False)
-    for name in ("conv._fwd-1.py311.nbi", "conv._fwd-1.py311.1.nbc", "conv.cpython-311.pyc"):
+    files = ["conv._fwd-1.py311.nbi", "conv._fwd-1.py311.1.nbc", "winograd._bwd-9.py311.nbi",
+             "conv.cpython-311.pyc"]
+    for name in files:
         (tmp_path / name).write_text("x")
-    assert "2 cached kernel files dropped" in cache_stamp.check(str(tmp_path))
+    stamp = tmp_path / cache_stamp.STAMP_NAME
+    # no stamp yet: every module counts as changed
+    assert "3 cached kernel files dropped" in cache_stamp.check(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["conv.cpython-311.pyc", cache_stamp.STAMP_NAME]
-    assert (tmp_path / cache_stamp.STAMP_NAME).read_text().strip() == \
-        cache_stamp.sources_digest()
-    (tmp_path / "conv._fwd-1.py311.nbi").write_text("x")
-    assert cache_stamp.check(str(tmp_path)) == "cache matches the sources"
-    assert (tmp_path / "conv._fwd-1.py311.nbi").exists()
-    (tmp_path / cache_stamp.STAMP_NAME).write_text("an older digest\n")
-    assert "1 cached kernel files dropped" in cache_stamp.check(str(tmp_path))
+    assert json.loads(stamp.read_text()) == cache_stamp.module_digests()
+    for name in files:
+        (tmp_path / name).write_text("x")
     assert cache_stamp.check(str(tmp_path)) == "cache matches the sources"
     assert cache_stamp.status() == "cache matches the sources"
+    assert all((tmp_path / name).exists() for name in files)
+    # a stamp that disagrees on one module: only that module's kernels go
+    old = cache_stamp.module_digests()
+    old["winograd"] = "an older digest"
+    stamp.write_text(json.dumps(old))
+    assert "1 cached kernel files dropped" in cache_stamp.check(str(tmp_path))
+    assert not (tmp_path / "winograd._bwd-9.py311.nbi").exists()
+    assert (tmp_path / "conv._fwd-1.py311.nbi").exists()
+    stamp.write_text("not json")
+    assert "2 cached kernel files dropped" in cache_stamp.check(str(tmp_path))
     monkeypatch.setenv("MINIGRAD_CACHE_STAMP", "0")
-    (tmp_path / cache_stamp.STAMP_NAME).write_text("an older digest\n")
+    stamp.write_text("{}")
     (tmp_path / "conv._fwd-1.py311.nbi").write_text("x")
     assert cache_stamp.check(str(tmp_path)).startswith("off")
     assert (tmp_path / "conv._fwd-1.py311.nbi").exists()

@@ -28,6 +28,8 @@ CASES = {
     "scatter": (_B, _B, {"accumulate": True}),
     "odd shapes": (((1, -1, 0), (0, 0, 0)), ((-1,), (1,), (0,), (1,)), {"accumulate": True,
                                                                      "bias": True}),
+    "other coefficients": (((4, 0, -5, 0.5), (0, -2, 1, 8)), ((1, 2, -4), (0.25, 0, 1)),
+                           {"in_mask": True}),
 }
 
 
@@ -85,8 +87,10 @@ def test_transform_matches_numpy(name, n, dtype, pad, mask, seed):
 
 
 def test_make_rejects_bad_matrices():
-    with pytest.raises(ValueError, match="-1, 0 and 1"):
-        channel_tf.make(((2, 0),), ((1,),))
+    with pytest.raises(ValueError, match="finite numbers"):
+        channel_tf.make(((float("nan"), 0),), ((1,),))
+    with pytest.raises(ValueError, match="finite numbers"):
+        channel_tf.make((("2", 0),), ((1,),))
     with pytest.raises(ValueError, match="rectangular"):
         channel_tf.make(((1, 0), (1,)), ((1,),))
     with pytest.raises(ValueError, match="one mask"):

@@ -69,7 +69,7 @@ def wino_case(draw):
                 K=draw(st.integers(3, 21)), H=H, W=W, pad=(ph, pw),
                 dtype=draw(st.sampled_from([np.float32, np.float64])),
                 bias=draw(st.booleans()), layout=draw(st.integers(0, 2)),
-                whole=draw(st.booleans()),
+                whole=draw(st.booleans()), f43=draw(st.booleans()),
                 seed=draw(st.integers(0, 2 ** 31 - 1)))
 
 
@@ -77,13 +77,15 @@ def wino_case(draw):
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=wino_case())
 def test_winograd_matches_reference(force_winograd, case):
-    """Both variants: blocks of tiles per thread, and the whole batch at once."""
-    saved = winograd.WHOLE_BATCH_RATIO
+    """All variants: F(2x2, 3x3) in blocks of tiles per thread and for the whole batch at once,
+    F(4x4, 3x3) in blocks."""
+    saved = winograd.WHOLE_BATCH_RATIO, winograd.USE_F43, winograd.MIN_SIZE_F43
     winograd.WHOLE_BATCH_RATIO = 0.0 if case["whole"] else 1e30
+    winograd.USE_F43, winograd.MIN_SIZE_F43 = case["f43"], 1
     try:
         _check_case(force_winograd, case)
     finally:
-        winograd.WHOLE_BATCH_RATIO = saved
+        winograd.WHOLE_BATCH_RATIO, winograd.USE_F43, winograd.MIN_SIZE_F43 = saved
 
 
 def _check_case(force_winograd, case):
@@ -97,6 +99,7 @@ def _check_case(force_winograd, case):
     before = dict(force_winograd)
     y, saved = conv.conv2d(xv, w, b, *args, return_weights=True)
     assert force_winograd["forward"] == before["forward"] + 1
+    assert saved.shape == ((36 if case["f43"] and not case["whole"] else 16), K, C)
     yr = reference.conv2d(x, w, b, *args)
     assert y.shape == yr.shape and y.dtype == dt
     np.testing.assert_allclose(y, yr, **_tol(dt))
@@ -158,15 +161,20 @@ def test_winograd_through_autograd(force_winograd):
     assert force_winograd == {"forward": 1, "backward": 1}
 
 
-def test_winograd_float32_error_close_to_im2col(monkeypatch):
+@pytest.mark.parametrize("f43,factor", [(False, 4), (True, 64)])
+def test_winograd_float32_error_close_to_im2col(monkeypatch, f43, factor):
     """On a ResNet-like layer at the default thresholds the Winograd path is taken and its
-    float32 error stays within 4x that of the im2col path (same inputs)."""
+    float32 error stays within 4x that of the im2col path (same inputs) for F(2x2, 3x3), and
+    within 64x and 1e-5 of the largest value for F(4x4, 3x3), which multiplies by up to 8
+    and divides by 6 and 24."""
+    monkeypatch.setattr(winograd, "USE_F43", f43)
     rng = np.random.default_rng(5)
     x = rng.standard_normal((8, 32, 16, 16)).astype(np.float32)
     w = (rng.standard_normal((32, 32, 3, 3)) / np.sqrt(288)).astype(np.float32)
     gy = rng.standard_normal((8, 32, 16, 16)).astype(np.float32)
     args = ((1, 1), (1, 1), (1, 1))
     assert winograd.applicable(8, 32, 32, 3, 3, 16, 16, (1, 1), (1, 1))
+    assert winograd.tile_size(8, 32, 32, 16, 16) == (4 if f43 else 2)
     yr = reference.conv2d(x, w, None, *args)
     gxr, gwr, _ = reference.conv2d_grads(x, w, gy, *args)
     errs = {}
@@ -178,7 +186,7 @@ def test_winograd_float32_error_close_to_im2col(monkeypatch):
                      for a, r in ((y, yr), (gx, gxr), (gw, gwr))]
     for e_wino, e_gemm in zip(errs[True], errs[False]):
         assert e_wino < 1e-5
-        assert e_wino <= 4 * e_gemm + 1e-7
+        assert e_wino <= factor * e_gemm + 1e-7
 
 
 @pytest.mark.parametrize("N,C,K,H,R,stride,dil", [
@@ -205,10 +213,14 @@ def test_winograd_switch_from_environment():
         assert out == expect
 
 
+@pytest.mark.parametrize("f43", [False, True])
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
-def test_winograd_non_finite_input_never_hidden(force_winograd, monkeypatch, bad):
+def test_winograd_non_finite_input_never_hidden(force_winograd, monkeypatch, bad, f43):
     """An Inf/NaN input must make every output it reaches non-finite (as with the im2col
-    path); Winograd may spread it to the rest of the 2x2 tile, never hide it."""
+    path); Winograd may spread it to the rest of the output tile, never hide it."""
+    monkeypatch.setattr(winograd, "USE_F43", f43)
+    monkeypatch.setattr(winograd, "MIN_SIZE_F43", 1)
+    monkeypatch.setattr(winograd, "WHOLE_BATCH_RATIO", 1e30)
     rng = np.random.default_rng(11)
     x = rng.standard_normal((2, 4, 9, 9)).astype(np.float32)
     w = (rng.standard_normal((5, 4, 3, 3)) * 0.3).astype(np.float32)

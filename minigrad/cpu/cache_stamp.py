@@ -8,30 +8,56 @@ changes too.  That happened while measuring (BENCHMARKS_perf.md, change 78), and
 happens to anyone who edits a helper, or pulls a change to one, with a warm cache.
 
 :func:`check` (run once, when ``minigrad.cpu`` is imported, before any kernel is loaded)
-hashes the package's ``*.py`` files and compares the hash with a stamp kept next to the
-cache files.  When they differ it deletes the package's cache files (``*.nbi``, ``*.nbc``)
-and writes the new stamp, so every kernel recompiles once against the current sources.
+hashes each module of the package together with the package modules it imports, directly or
+not (``from .blas import ...``, ``from . import channel_tf``), and compares the hashes with a
+stamp kept next to the cache files.  For each module whose hash differs it deletes that
+module's cache files (``<module>.*.nbi``, ``.nbc``) and then writes the new stamp, so those
+kernels recompile once against the current sources; the other modules keep their cache.
 ``MINIGRAD_CACHE_STAMP=0`` in the environment turns this off.
 """
 
 import glob
 import hashlib
+import json
 import os
+import re
 
 STAMP_NAME = "minigrad_sources.stamp"
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _state = {"status": "not checked"}
 
 
-def sources_digest(folder=_HERE):
-    """SHA-256 over the names and contents of the ``*.py`` files in ``folder``."""
-    h = hashlib.sha256()
-    for path in sorted(glob.glob(os.path.join(folder, "*.py"))):
-        h.update(os.path.basename(path).encode() + b"\0")
+_IMPORT_FROM = re.compile(r"^\s*from \.(\w+) import", re.M)
+_IMPORT_NAMES = re.compile(r"^\s*from \. import ([\w ,]+)", re.M)
+
+
+def module_digests(folder=_HERE):
+    """{module name: SHA-256 of its source and of every package module it imports,
+    directly or through others} for the ``*.py`` files in ``folder``."""
+    sources = {}
+    for path in glob.glob(os.path.join(folder, "*.py")):
         with open(path, "rb") as f:
-            h.update(f.read())
-        h.update(b"\0")
-    return h.hexdigest()
+            sources[os.path.basename(path)[:-3]] = f.read()
+    imports = {}
+    for name, src in sources.items():
+        text = src.decode("utf-8", "replace")
+        found = set(_IMPORT_FROM.findall(text))
+        for group in _IMPORT_NAMES.findall(text):
+            found.update(part.split(" as ")[0].strip() for part in group.split(","))
+        imports[name] = found & set(sources)
+    digests = {}
+    for name in sources:
+        seen, todo = set(), [name]
+        while todo:
+            mod = todo.pop()
+            if mod not in seen:
+                seen.add(mod)
+                todo.extend(imports[mod])
+        h = hashlib.sha256()
+        for mod in sorted(seen):
+            h.update(mod.encode() + b"\0" + sources[mod] + b"\0")
+        digests[name] = h.hexdigest()
+    return digests
 
 
 def _probe():
@@ -61,30 +87,35 @@ def check(folder=None):
         return _state["status"]
     try:
         folder = folder or cache_folder()
-        digest = sources_digest()
+        digests = module_digests()
         stamp = os.path.join(folder, STAMP_NAME)
         try:
             with open(stamp) as f:
-                if f.read().strip() == digest:
-                    _state["status"] = "cache matches the sources"
-                    return _state["status"]
-        except FileNotFoundError:
-            pass
+                old = json.load(f)
+            if not isinstance(old, dict):
+                old = {}
+        except (FileNotFoundError, ValueError):
+            old = {}
+        changed = sorted(m for m, d in digests.items() if old.get(m) != d)
+        if not changed:
+            _state["status"] = "cache matches the sources"
+            return _state["status"]
         removed = 0
-        for pattern in ("*.nbi", "*.nbc"):
-            for path in glob.glob(os.path.join(folder, pattern)):
-                try:
-                    os.remove(path)
-                    removed += 1
-                except FileNotFoundError:   # another process got there first
-                    pass
+        for mod in changed:
+            for pattern in (f"{mod}.*.nbi", f"{mod}.*.nbc"):
+                for path in glob.glob(os.path.join(folder, pattern)):
+                    try:
+                        os.remove(path)
+                        removed += 1
+                    except FileNotFoundError:   # another process got there first
+                        pass
         os.makedirs(folder, exist_ok=True)
         tmp = f"{stamp}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
-            f.write(digest + "\n")
+            json.dump(digests, f, indent=0, sort_keys=True)
         os.replace(tmp, stamp)
-        _state["status"] = (f"sources changed: {removed} cached kernel files dropped"
-                            if removed else "stamp written (no cached kernels yet)")
+        _state["status"] = (f"{len(changed)} changed modules: {removed} cached kernel files "
+                            f"dropped" if removed else "stamp written (no stale kernels)")
     except OSError as e:   # a read-only cache: Numba itself will not write there either
         _state["status"] = f"not checked ({e.strerror or e})"
     return _state["status"]

@@ -5,7 +5,8 @@ The Winograd transforms (``minigrad.cpu.winograd``) map a small grid of channel 
 
     out[p][q] = sum_a sum_j L[p][a] * in[a][j] * R[q][j]        (out = L in R^T)
 
-with L and R made of -1, 0 and 1, for every channel c of the vectors.  Written as Numba
+with small constant matrices L and R (F(2x2, 3x3)'s hold only -1, 0 and 1), for every
+channel c of the vectors.  Written as Numba
 loops, that is one short loop per row or column with a runtime overlap check each, or one
 loop with 16 output streams that LLVM does not vectorise at all (BENCHMARKS_perf.md, change
 79).  ``make(L, R)`` generates it directly as LLVM IR (a Numba intrinsic): one loop over the
@@ -27,6 +28,9 @@ Every generated function takes the same arguments:
 only when the function was made with those options.
 """
 
+import math
+import numbers
+
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
@@ -39,16 +43,26 @@ def _terms(row):
 
 
 def _combine(builder, values, row, zero):
-    """sum_j row[j] * values[j] for row entries in {-1, 0, 1}, as adds and subtracts."""
+    """sum_j row[j] * values[j]: adds and subtracts for coefficients +-1, a multiply by the
+    constant (rounded to the element type) for the others."""
     acc = None
     for j, s in _terms(row):
+        term = values[j]
+        if abs(s) != 1:
+            term = builder.fmul(_splat_constant(term.type, abs(s)), term)
         if acc is None:
-            acc = values[j] if s > 0 else builder.fneg(values[j])
+            acc = term if s > 0 else builder.fneg(term)
         elif s > 0:
-            acc = builder.fadd(acc, values[j])
+            acc = builder.fadd(acc, term)
         else:
-            acc = builder.fsub(acc, values[j])
+            acc = builder.fsub(acc, term)
     return zero if acc is None else acc
+
+
+def _splat_constant(vt, value):
+    if isinstance(vt, ir.VectorType):
+        return ir.Constant(vt, [float(value)] * vt.count)
+    return ir.Constant(vt, float(value))
 
 
 def _check(L, R):
@@ -56,8 +70,8 @@ def _check(L, R):
     R = [list(r) for r in R]
     if not L or not R or len({len(r) for r in L}) != 1 or len({len(r) for r in R}) != 1:
         raise ValueError(f"L and R must be non-empty rectangular matrices, got {L} and {R}")
-    if any(v not in (-1, 0, 1) for r in L + R for v in r):
-        raise ValueError(f"L and R may only hold -1, 0 and 1, got {L} and {R}")
+    if not all(isinstance(v, numbers.Real) and math.isfinite(v) for r in L + R for v in r):
+        raise ValueError(f"L and R must hold finite numbers, got {L} and {R}")
     return L, R
 
 

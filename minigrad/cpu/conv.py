@@ -11,7 +11,8 @@ Paths (measurements in BENCHMARKS_perf.md):
 
 * **Winograd** (3x3, stride 1, undilated, >= 16 channels in and out; see
   ``minigrad/cpu/winograd.py``): F(2x2, 3x3), 2.25x fewer multiply-adds than the
-  GEMM paths, the same channels-last storage.  ResNet-18's 3x3 stride-1 layers take it.
+  GEMM paths, or F(4x4, 3x3) (4x fewer) on layers with many tiles and outputs of at least
+  16x16; the same channels-last storage.  ResNet-18's 3x3 stride-1 layers take it.
 
 * **tiles** (default for C*K > _DIRECT_MAX_CK): the input is copied once into a
   zero-padded channels-last buffer ``xp`` (N, Hp, Wp, C), where the receptive
@@ -1472,7 +1473,7 @@ def _conv2d(x, w, b, stride, padding, dilation, box, keep_x):
         return y
     x = np.asarray(x, dtype=dt)
     if USE_WINOGRAD and winograd.applicable(N, C, K, R, S, OH, OW, (sh, sw), (dh, dw)):
-        U = winograd.transform_weights(w, dt)
+        U = winograd.transform_weights(w, dt, winograd.tile_size(N, C, K, OH, OW))
         xc = _cl_contig(x)
         if box is not None:
             box.weights = U
@@ -1712,8 +1713,10 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
         return gx, gw, gb, False
     x = np.asarray(x, dtype=dt)
     if USE_WINOGRAD and winograd.applicable(N, C, K, R, S, OH, OW, (sh, sw), (dh, dw)):
-        U = wf if (wf is not None and wf.dtype == dt and wf.shape == (16, K, C)) else \
-            winograd.transform_weights(w, dt)
+        ts = winograd.tile_size(N, C, K, OH, OW)
+        U = wf if (wf is not None and wf.dtype == dt and
+                   wf.shape == (winograd.positions(ts), K, C)) else \
+            winograd.transform_weights(w, dt, ts)
         gx4 = np.empty((N, H, W, C) if need_x else (1, 1, 1, C), dtype=dt)
         xc = _saved_x(saved, (N, H, W, C), dt)
         with _single_blas, _dynamic_schedule():

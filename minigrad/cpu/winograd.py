@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3) convolution for 3x3, stride-1, undilated layers (CPU).
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) convolution for 3x3, stride-1, undilated layers (CPU).
 
 Each 2x2 block of output pixels ("tile") is computed from the 4x4 input patch under
 it.  With the transforms of Lavin & Gray (2015),
@@ -14,10 +14,18 @@ of the (float-rounded) Winograd forward and needs no other transform matrices:
     dM = A dY A^T,  dV[pos] = dM[pos] @ U[pos]^T,  dx += B dV B^T (tiles overlap),
     dU[pos] = V[pos]^T @ dM[pos],  dg = G^T dU G.
 
-Layout: activations are channels-last (N, H, W, C) so that every transform is a
-loop over contiguous channels that LLVM vectorises; the output is channels-last
+F(4x4, 3x3) is the same scheme with 4x4 output tiles from 6x6 input patches (36
+positions, interpolation points 0, +-1, +-2): 2.25 transformed numbers per output pixel
+instead of 4, so 1.78x fewer GEMM FLOPs again.  Its transforms multiply by 2, 4, 5 and 8
+and its weight transform divides by 6 and 24, so its float32 error is larger (3-4e-6 of
+the largest output against 2e-7).  It runs where the blocked variant would (below) on
+outputs of at least MIN_SIZE_F43 pixels a side; ``tile_size`` says which a layer gets, and
+the size of U (16 or 36 positions) tells the kernels.  MINIGRAD_WINOGRAD_F43=0 turns it off.
+
+Layout: activations are channels-last (N, H, W, C) so that every transform is one
+vector loop over contiguous channels (``channel_tf``); the output is channels-last
 storage like the other GEMM paths of ``minigrad.cpu.conv``.  U is stored (16, K, C)
-(contiguous to build) and the GEMMs take it transposed.  Two variants, with single-
+(contiguous to build) and the GEMMs take it transposed.  Two ways to run, with single-
 threaded BLAS per thread as in the im2col tiles path: *blocked* (blocks of tiles handed
 out to the threads, one parallel region per call) for many tiles, and *whole-batch*
 (all tiles transformed, then the 16 GEMMs split between the threads by position so that
@@ -26,13 +34,14 @@ there are few tiles and U is large.  F(2x2, 3x3) only adds and
 halves, so its float32 error stays within a few ulp of a direct convolution's
 (tested against a float64 reference).
 
-Non-finite input: an Inf or NaN anywhere in a 4x4 input patch makes the whole 2x2
-output tile non-finite (usually NaN), where a direct convolution limits it to the
+Non-finite input: an Inf or NaN anywhere in an input patch makes the whole output
+tile non-finite (usually NaN), where a direct convolution limits it to the
 outputs whose 3x3 window holds it (and may give +-Inf).  It is never hidden, so the
 Trainer's non-finite checks still fire at the same layer.  Set MINIGRAD_WINOGRAD=0
 (see ``minigrad.cpu.conv``) for the direct pattern.
 """
 
+import os
 import threading
 
 import numba
@@ -58,6 +67,21 @@ _grad_out_tf = channel_tf.make(_A, _A)                              # dM = A dY 
 _grad_out_tf_edge = channel_tf.make(_A, _A, in_mask=True)
 _scatter_tf = channel_tf.make(_B, _B, accumulate=True)              # dx += B dV B^T
 
+# F(4x4, 3x3) (Lavin & Gray, interpolation points 0, +-1, +-2): 6x6 input patches, 4x4 outputs.
+_BT6 = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
+        (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1))
+_B6 = tuple(zip(*_BT6))
+_AT4 = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
+_A6 = tuple(zip(*_AT4))
+_G6 = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
+       (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
+_input_tf6 = channel_tf.make(_BT6, _BT6)
+_input_tf6_edge = channel_tf.make(_BT6, _BT6, in_mask=True)
+_output_tf4 = channel_tf.make(_AT4, _AT4, bias=True, out_mask=True)
+_grad_out_tf6 = channel_tf.make(_A6, _A6)
+_grad_out_tf6_edge = channel_tf.make(_A6, _A6, in_mask=True)
+_scatter_tf6 = channel_tf.make(_B6, _B6, accumulate=True)
+
 
 # The 16 matrices of a block (one per position) lie this many elements apart: the size of
 # one, rounded up to 4 KB plus 3 cache lines.  With a multiple of 4 KB (e.g. 128 tiles x 64
@@ -71,13 +95,19 @@ def _pos_stride(n, itemsize):
 
 
 @njit(cache=True)
-def _tile_origin(tile, tpi, tw):
-    """(image, top output row, left output column) of tile number ``tile``: tiles run
-    image by image, row by row, tw per row and tpi per image."""
+def _tile_of(npos):
+    """Output tile size (2 or 4) of the variant with npos transformed positions (16 or 36)."""
+    return 2 if npos == 16 else 4
+
+
+@njit(cache=True)
+def _tile_origin(tile, tpi, tw, ts):
+    """(image, top output row, left output column) of tile number ``tile``: ts x ts output
+    tiles run image by image, row by row, tw per row and tpi per image."""
     n = tile // tpi
     rem = tile - n * tpi
     ty = rem // tw
-    return n, 2 * ty, 2 * (rem - ty * tw)
+    return n, ts * ty, ts * (rem - ty * tw)
 
 
 @njit(cache=True, inline="always")
@@ -94,68 +124,88 @@ def _inside_mask(r0, nr, rows, c0, nc, cols):
 
 
 @njit(cache=True)
-def _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, tb, v, voff, vs):
-    """Input transform of tiles t0 .. t0+tb-1: row i of matrix pos at v[pos*vs + voff + i*C]
-    (pixels of the 4x4 patch outside the image count as 0)."""
+def _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, tb, v, voff, vs, ts):
+    """Input transform of tiles t0 .. t0+tb-1 (output tiles ts x ts): row i of matrix pos at
+    v[pos*vs + voff + i*C] (pixels of the input patch outside the image count as 0)."""
+    p = ts + 2
     for i in range(tb):
-        n, oh, ow = _tile_origin(t0 + i, tpi, tw)
+        n, oh, ow = _tile_origin(t0 + i, tpi, tw, ts)
         h0 = oh - ph
         w0 = ow - pw
         base = ((n * H + h0) * W + w0) * C
-        if h0 >= 0 and w0 >= 0 and h0 + 4 <= H and w0 + 4 <= W:
-            _input_tf(C, xf, base, W * C, C, v, voff + i * C, 4 * vs, vs, xf, 0)
+        o = voff + i * C
+        inside = h0 >= 0 and w0 >= 0 and h0 + p <= H and w0 + p <= W
+        mask = 0 if inside else _inside_mask(h0, p, H, w0, p, W)
+        if ts == 2:
+            if inside:
+                _input_tf(C, xf, base, W * C, C, v, o, p * vs, vs, xf, 0)
+            else:
+                _input_tf_edge(C, xf, base, W * C, C, v, o, p * vs, vs, xf, mask)
+        elif inside:
+            _input_tf6(C, xf, base, W * C, C, v, o, p * vs, vs, xf, 0)
         else:
-            _input_tf_edge(C, xf, base, W * C, C, v, voff + i * C, 4 * vs, vs, xf,
-                           _inside_mask(h0, 4, H, w0, 4, W))
+            _input_tf6_edge(C, xf, base, W * C, C, v, o, p * vs, vs, xf, mask)
 
 
 @njit(cache=True)
-def _grad_out_block(gf, OH, OW, K, tpi, tw, t0, tb, m, moff, ms):
-    """A dY A^T for the 2x2 output-gradient tile of tiles t0 .. t0+tb-1 (zero beyond the
+def _grad_out_block(gf, OH, OW, K, tpi, tw, t0, tb, m, moff, ms, ts):
+    """A dY A^T for the ts x ts output-gradient tile of tiles t0 .. t0+tb-1 (zero beyond the
     output's edge): row i of matrix pos at m[pos*ms + moff + i*K]."""
+    p = ts + 2
     for i in range(tb):
-        n, oh, ow = _tile_origin(t0 + i, tpi, tw)
+        n, oh, ow = _tile_origin(t0 + i, tpi, tw, ts)
         s = ((n * OH + oh) * OW + ow) * K
-        if oh + 1 < OH and ow + 1 < OW:
-            _grad_out_tf(K, gf, s, OW * K, K, m, moff + i * K, 4 * ms, ms, gf, 0)
+        o = moff + i * K
+        inside = oh + ts <= OH and ow + ts <= OW
+        mask = 0 if inside else _inside_mask(oh, ts, OH, ow, ts, OW)
+        if ts == 2:
+            if inside:
+                _grad_out_tf(K, gf, s, OW * K, K, m, o, p * ms, ms, gf, 0)
+            else:
+                _grad_out_tf_edge(K, gf, s, OW * K, K, m, o, p * ms, ms, gf, mask)
+        elif inside:
+            _grad_out_tf6(K, gf, s, OW * K, K, m, o, p * ms, ms, gf, 0)
         else:
-            _grad_out_tf_edge(K, gf, s, OW * K, K, m, moff + i * K, 4 * ms, ms, gf,
-                              _inside_mask(oh, 2, OH, ow, 2, OW))
+            _grad_out_tf6_edge(K, gf, s, OW * K, K, m, o, p * ms, ms, gf, mask)
 
 
 @njit(cache=True)
-def _fwd_block(xf, H, W, C, Uf, K, b, ph, pw, OH, OW, tpi, tw, t0, tb, v, m, yf):
+def _fwd_block(xf, H, W, C, Uf, K, b, ph, pw, OH, OW, tpi, tw, t0, tb, v, m, yf, ts):
     """Tiles t0 .. t0+tb-1 of _fwd (one thread's work unit)."""
     vs = _pos_stride(tb * C, v.itemsize)
     ms = _pos_stride(tb * K, m.itemsize)
-    _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, tb, v, 0, vs)
-    for pos in range(16):
+    _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, tb, v, 0, vs, ts)
+    for pos in range((ts + 2) * (ts + 2)):
         gemm_rm(False, True, tb, K, C, 1.0, v[pos * vs:], C, Uf[pos * K * C:], C,
                 0.0, m[pos * ms:], K)
-    _output_block(m, 0, ms, K, b, yf, OH, OW, tpi, tw, t0, tb)
+    _output_block(m, 0, ms, K, b, yf, OH, OW, tpi, tw, t0, tb, ts)
 
 
 @njit(cache=True)
-def _output_block(m, moff, ms, K, b, yf, OH, OW, tpi, tw, t0, tb):
+def _output_block(m, moff, ms, K, b, yf, OH, OW, tpi, tw, t0, tb, ts):
     """Output transform (plus bias) of tiles t0 .. t0+tb-1 whose M rows are
-    m[pos*ms + moff + i*K], into the channels-last output yf."""
+    m[pos*ms + moff + i*K], into the channels-last output yf (the pixels of each ts x ts
+    tile that lie inside it)."""
+    p = ts + 2
     for i in range(tb):
-        n, oh, ow = _tile_origin(t0 + i, tpi, tw)
-        right = ow + 1 < OW
-        down = oh + 1 < OH
-        # which of the tile's outputs (0, 0), (0, 1), (1, 0), (1, 1) lie inside the output
-        mask = 1 | (2 if right else 0) | (4 if down else 0) | (8 if right and down else 0)
-        _output_tf(K, m, moff + i * K, 4 * ms, ms, yf, ((n * OH + oh) * OW + ow) * K, OW * K, K,
-                   b, mask)
+        n, oh, ow = _tile_origin(t0 + i, tpi, tw, ts)
+        mask = _inside_mask(oh, ts, OH, ow, ts, OW)
+        d = ((n * OH + oh) * OW + ow) * K
+        if ts == 2:
+            _output_tf(K, m, moff + i * K, p * ms, ms, yf, d, OW * K, K, b, mask)
+        else:
+            _output_tf4(K, m, moff + i * K, p * ms, ms, yf, d, OW * K, K, b, mask)
 
 
 @njit(parallel=True, cache=True)
 def _fwd(x, U, b, ph, pw, OH, OW, TB, nt, y, vbuf, mbuf):
-    """y (N, OH, OW, K) = Winograd conv of x (N, H, W, C) with U (16, K, C), plus b (K,)."""
+    """y (N, OH, OW, K) = Winograd conv of x (N, H, W, C) with U (16 or 36, K, C): F(2x2, 3x3)
+    or F(4x4, 3x3) by U's size, plus b (K,)."""
     N, H, W, C = x.shape
     K = U.shape[1]
-    tw = (OW + 1) // 2
-    tpi = ((OH + 1) // 2) * tw
+    ts = _tile_of(U.shape[0])
+    tw = (OW + ts - 1) // ts
+    tpi = ((OH + ts - 1) // ts) * tw
     ntiles = N * tpi
     nblocks = (ntiles + TB - 1) // TB
     xf = x.reshape(-1)
@@ -165,13 +215,14 @@ def _fwd(x, U, b, ph, pw, OH, OW, TB, nt, y, vbuf, mbuf):
         t = numba.get_thread_id()
         t0 = bi * TB
         _fwd_block(xf, H, W, C, Uf, K, b, ph, pw, OH, OW, tpi, tw, t0, min(TB, ntiles - t0),
-                   vbuf[t], mbuf[t], yf)
+                   vbuf[t], mbuf[t], yf, ts)
 
 
 @njit(cache=True)
 def _bwd_group(xf, gf, Uf, H, W, C, K, OH, OW, ph, pw, tw, tpi, Hq, Wq, n_a, n_b, TB,
-               need_x, need_w, v, m, dv, gxp, acc, gxf, addf):
+               need_x, need_w, v, m, dv, gxp, acc, gxf, addf, ts):
     """Images n_a .. n_b-1 of _bwd (one thread's work unit)."""
+    npos = (ts + 2) * (ts + 2)
     if need_x:
         for j in range((n_b - n_a) * Hq * Wq * C):
             gxp[j] = 0.0
@@ -179,48 +230,53 @@ def _bwd_group(xf, gf, Uf, H, W, C, K, OH, OW, ph, pw, tw, tpi, Hq, Wq, n_a, n_b
         tb = min(TB, n_b * tpi - t0)
         vs = _pos_stride(tb * C, v.itemsize)
         ms = _pos_stride(tb * K, m.itemsize)
-        _grad_out_block(gf, OH, OW, K, tpi, tw, t0, tb, m, 0, ms)
+        _grad_out_block(gf, OH, OW, K, tpi, tw, t0, tb, m, 0, ms, ts)
         if need_w:
-            _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, tb, v, 0, vs)
-            for pos in range(16):
+            _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, tb, v, 0, vs, ts)
+            for pos in range(npos):
                 gemm_rm(True, False, K, C, tb, 1.0, m[pos * ms:], K, v[pos * vs:],
                         C, 1.0, acc[pos * K * C:], C)
         if need_x:
-            for pos in range(16):
+            for pos in range(npos):
                 gemm_rm(False, False, tb, C, K, 1.0, m[pos * ms:], K, Uf[pos * K * C:],
                         C, 0.0, dv[pos * vs:], C)
-            _scatter_block(dv, 0, vs, C, gxp, n_a, Hq, Wq, tpi, tw, t0, tb)
+            _scatter_block(dv, 0, vs, C, gxp, n_a, Hq, Wq, tpi, tw, t0, tb, ts)
     if need_x:
         crop_padded(gxp, n_a, n_b, H, W, C, Hq, Wq, ph, pw, gxf, addf)
 
 
 @njit(cache=True)
-def _scatter_block(dv, voff, vs, C, gxp, n_a, Hq, Wq, tpi, tw, t0, tb):
+def _scatter_block(dv, voff, vs, C, gxp, n_a, Hq, Wq, tpi, tw, t0, tb, ts):
     """Adds B dV B^T of tiles t0 .. t0+tb-1 (dV rows at dv[pos*vs + voff + i*C]) into the
     padded dX buffer gxp (images from n_a, (Hq, Wq, C) each, offset by the padding)."""
+    p = ts + 2
     for i in range(tb):
-        n, oh, ow = _tile_origin(t0 + i, tpi, tw)
+        n, oh, ow = _tile_origin(t0 + i, tpi, tw, ts)
         # the patch's top-left in the padded buffer: (oh - ph) + ph, (ow - pw) + pw
-        _scatter_tf(C, dv, voff + i * C, 4 * vs, vs, gxp, (((n - n_a) * Hq + oh) * Wq + ow) * C,
-                    Wq * C, C, dv, 0)
+        d = (((n - n_a) * Hq + oh) * Wq + ow) * C
+        if ts == 2:
+            _scatter_tf(C, dv, voff + i * C, p * vs, vs, gxp, d, Wq * C, C, dv, 0)
+        else:
+            _scatter_tf6(C, dv, voff + i * C, p * vs, vs, gxp, d, Wq * C, C, dv, 0)
 
 
 @njit(parallel=True, cache=True)
 def _bwd(x, gy, U, ph, pw, g, TB, nt, need_x, need_w, gx, addf, duacc, vbuf, mbuf, dvbuf,
          gxpbuf):
     """Gradients of _fwd: gx (N, H, W, C) (plus addf, flat, unless it is empty) and
-    per-thread duacc (nt, 16*C*K) += dU (zeroed by the caller).  Work unit: g whole images,
+    per-thread duacc (nt, npos*C*K) += dU (zeroed by the caller).  Work unit: g whole images,
     so that the overlapping dX tiles of an image are summed by one thread in its own padded
     buffer."""
     N, H, W, C = x.shape
     OH = gy.shape[1]
     OW = gy.shape[2]
     K = U.shape[1]
-    th = (OH + 1) // 2
-    tw = (OW + 1) // 2
+    ts = _tile_of(U.shape[0])
+    th = (OH + ts - 1) // ts
+    tw = (OW + ts - 1) // ts
     tpi = th * tw
-    Hq = 2 * th + 2
-    Wq = 2 * tw + 2
+    Hq = ts * th + 2
+    Wq = ts * tw + 2
     ngroups = (N + g - 1) // g
     xf = x.reshape(-1)
     gf = gy.reshape(-1)
@@ -231,7 +287,7 @@ def _bwd(x, gy, U, ph, pw, g, TB, nt, need_x, need_w, gx, addf, duacc, vbuf, mbu
         n_a = gi * g
         _bwd_group(xf, gf, Uf, H, W, C, K, OH, OW, ph, pw, tw, tpi, Hq, Wq, n_a,
                    min(N, n_a + g), TB, need_x, need_w, vbuf[t], mbuf[t], dvbuf[t],
-                   gxpbuf[t], duacc[t], gxf, addf)
+                   gxpbuf[t], duacc[t], gxf, addf, ts)
 
 
 @njit(parallel=True, cache=True)
@@ -254,7 +310,7 @@ def _fwd_whole(x, U, b, ph, pw, OH, OW, nt, y, V, M):
         t = numba.get_thread_id()
         t0 = j * chunk
         if t0 < Q:
-            _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, min(chunk, Q - t0), V, t0 * C, vs)
+            _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, min(chunk, Q - t0), V, t0 * C, vs, 2)
     for pos in prange(16):
         gemm_rm(False, True, Q, K, C, 1.0, V[pos * vs:], C, Uf[pos * K * C:], C, 0.0,
                 M[pos * ms:], K)
@@ -262,7 +318,7 @@ def _fwd_whole(x, U, b, ph, pw, OH, OW, nt, y, V, M):
         t = numba.get_thread_id()
         t0 = j * chunk
         if t0 < Q:
-            _output_block(M, t0 * K, ms, K, b, yf, OH, OW, tpi, tw, t0, min(chunk, Q - t0))
+            _output_block(M, t0 * K, ms, K, b, yf, OH, OW, tpi, tw, t0, min(chunk, Q - t0), 2)
 
 
 @njit(parallel=True, cache=True)
@@ -291,9 +347,9 @@ def _bwd_whole(x, gy, U, ph, pw, nt, need_x, need_w, gx, addf, du, V, M, gxpbuf)
         t0 = j * chunk
         if t0 < Q:
             tb = min(chunk, Q - t0)
-            _grad_out_block(gf, OH, OW, K, tpi, tw, t0, tb, M, t0 * K, ms)
+            _grad_out_block(gf, OH, OW, K, tpi, tw, t0, tb, M, t0 * K, ms, 2)
             if need_w:
-                _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, tb, V, t0 * C, vs)
+                _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, tb, V, t0 * C, vs, 2)
     for pos in prange(16):
         if need_w:
             gemm_rm(True, False, K, C, Q, 1.0, M[pos * ms:], K, V[pos * vs:], C, 0.0,
@@ -307,7 +363,7 @@ def _bwd_whole(x, gy, U, ph, pw, nt, need_x, need_w, gx, addf, du, V, M, gxpbuf)
             gxp = gxpbuf[t]
             for j in range(Hq * Wq * C):
                 gxp[j] = 0.0
-            _scatter_block(V, n * tpi * C, vs, C, gxp, n, Hq, Wq, tpi, tw, n * tpi, tpi)
+            _scatter_block(V, n * tpi * C, vs, C, gxp, n, Hq, Wq, tpi, tw, n * tpi, tpi, 2)
             crop_padded(gxp, n, n + 1, H, W, C, Hq, Wq, ph, pw, gxf, addf)
 
 
@@ -383,6 +439,62 @@ def _weights_grad(duacc, gw):
                     gw[k, c0 + c, r, 2] = 0.5 * (t1 + t2) + t3
 
 
+@pjit(size_arg=1)
+def _weights_tf6(w, U, G):
+    """U (36, K, C) = G g G^T for w (K, C, 3, 3) with F(4x4, 3x3)'s G (6 x 3, float64),
+    computed in float64.  Each weight row k is transformed into a (36, C) float64 block,
+    then written as 36 contiguous runs."""
+    K, C = w.shape[0], w.shape[1]
+    for k in prange(K):
+        t = np.empty((6, 3))
+        blk = np.empty((36, C))
+        for c in range(C):
+            for a in range(6):
+                for j in range(3):
+                    t[a, j] = G[a, 0] * w[k, c, 0, j] + G[a, 1] * w[k, c, 1, j] + \
+                        G[a, 2] * w[k, c, 2, j]
+            for a in range(6):
+                for b in range(6):
+                    blk[a * 6 + b, c] = t[a, 0] * G[b, 0] + t[a, 1] * G[b, 1] + t[a, 2] * G[b, 2]
+        for p in range(36):
+            for c in range(C):
+                U[p, k, c] = blk[p, c]
+
+
+@pjit(size_arg=0)
+def _weights_grad6(duacc, gw, G):
+    """gw (K, C, 3, 3) = G^T dU G for F(4x4, 3x3), dU (36, K, C) = the sum over duacc's rows
+    (float64); 64 channels at a time (see _weights_grad)."""
+    nt = duacc.shape[0]
+    K, C = gw.shape[0], gw.shape[1]
+    CB = 64
+    for k in prange(K):
+        du = np.empty((36, CB))
+        t = np.empty((3, 6))
+        for c0 in range(0, C, CB):
+            cn = min(CB, C - c0)
+            for p in range(36):
+                o = (p * K + k) * C + c0
+                for c in range(cn):
+                    du[p, c] = duacc[0, o + c]
+                for j in range(1, nt):
+                    for c in range(cn):
+                        du[p, c] += duacc[j, o + c]
+            for c in range(cn):
+                for r in range(3):
+                    for b in range(6):
+                        acc = 0.0
+                        for a in range(6):
+                            acc += G[a, r] * du[a * 6 + b, c]
+                        t[r, b] = acc
+                for r in range(3):
+                    for j in range(3):
+                        acc = 0.0
+                        for b in range(6):
+                            acc += t[r, b] * G[b, j]
+                        gw[k, c0 + c, r, j] = acc
+
+
 # ---------------------------------------------------------------------------
 # planning and entry points (called by minigrad.cpu.conv)
 # ---------------------------------------------------------------------------
@@ -402,6 +514,17 @@ WHOLE_BATCH_RATIO = 1 / 16
 _BLOCK_BYTES = 1 << 20
 _MIN_TB = 128
 _MAX_TB = 1024
+# F(4x4, 3x3) (36 positions, 4x4 output tiles: 1.78x fewer multiply-adds than F(2x2, 3x3),
+# 2.25 instead of 4 transformed numbers per output pixel) for the layers that would run the
+# blocked kernels, with outputs of at least MIN_SIZE_F43 pixels a side.  Its float32 error
+# is larger (3-4e-6 of the largest output against 2e-7: it multiplies by 2, 4, 5 and 8 and
+# its weight transform divides by 6 and 24).  MINIGRAD_WINOGRAD_F43=0 keeps F(2x2, 3x3).
+USE_F43 = os.environ.get("MINIGRAD_WINOGRAD_F43", "1") != "0"
+MIN_SIZE_F43 = 16
+# Its blocks hold 64 tiles or more: f+b of 64->64 at 32x32, batch 32, with 32 / 64 / 128 /
+# 256 tiles: 31.7 / 27.1 / 31.2 / 34.4 ms (128->128 at 16x16: 35.5 / 32.9 / 32.1 / 31.9).
+_MIN_TB_F43 = 64
+_G6_ARRAY = np.array(_G6, dtype=np.float64)
 
 
 def applicable(N, C, K, R, S, OH, OW, stride, dilation):
@@ -411,24 +534,40 @@ def applicable(N, C, K, R, S, OH, OW, stride, dilation):
             and N * ((OH + 1) // 2) * ((OW + 1) // 2) >= MIN_TILES)
 
 
-def _tile_count(ntiles, C, K, itemsize, nt):
+def _tile_count(ntiles, C, K, itemsize, nt, npos=16):
     """Tiles per block: about _BLOCK_BYTES of transformed data, at least _MIN_TB
     (thinner GEMMs lose speed), at least one block per thread, two when there are
     enough tiles (dynamic scheduling balances them)."""
-    tb = _BLOCK_BYTES // max(1, 16 * (C + K) * itemsize)
-    tb = max(_MIN_TB, min(_MAX_TB, tb))
-    if ntiles >= 2 * nt * _MIN_TB:
+    min_tb = _MIN_TB if npos == 16 else _MIN_TB_F43
+    tb = _BLOCK_BYTES // max(1, npos * (C + K) * itemsize)
+    tb = max(min_tb, min(_MAX_TB, tb))
+    if ntiles >= 2 * nt * min_tb:
         tb = min(tb, -(-ntiles // (2 * nt)))
     else:
         tb = min(tb, -(-ntiles // nt))
     return int(max(1, tb))
 
 
-def transform_weights(w, dt):
-    """U (16, K, C) for weights w (K, C, 3, 3)."""
+def tile_size(N, C, K, OH, OW):
+    """Output tile size of the Winograd variant a layer runs: 4 for F(4x4, 3x3) (see
+    USE_F43), else 2."""
+    blocked = not _whole(N * ((OH + 1) // 2) * ((OW + 1) // 2), C, K)
+    return 4 if USE_F43 and blocked and min(OH, OW) >= MIN_SIZE_F43 else 2
+
+
+def positions(ts):
+    """Transformed positions per tile (16 or 36) of the variant with output tiles ts x ts."""
+    return (ts + 2) * (ts + 2)
+
+
+def transform_weights(w, dt, ts=2):
+    """U (positions(ts), K, C) for weights w (K, C, 3, 3)."""
     K, C = w.shape[0], w.shape[1]
-    U = np.empty((16, K, C), dtype=dt)
-    _weights_tf(np.ascontiguousarray(w, dtype=dt), U)
+    U = np.empty((positions(ts), K, C), dtype=dt)
+    if ts == 2:
+        _weights_tf(np.ascontiguousarray(w, dtype=dt), U)
+    else:
+        _weights_tf6(np.ascontiguousarray(w, dtype=dt), U, _G6_ARRAY)
     return U
 
 
@@ -454,27 +593,29 @@ class _Scratch(threading.local):
 _scratch = _Scratch()
 
 
-def _positions(name, copies, n, dt):
-    """Scratch for ``copies`` sets (one per thread, or one for the whole batch) of the 16
-    position matrices of n elements each, _pos_stride apart: a (copies, 16 * stride) array."""
+def _positions(name, copies, n, dt, npos=16):
+    """Scratch for ``copies`` sets (one per thread, or one for the whole batch) of the npos
+    position matrices of n elements each, _pos_stride apart: a (copies, npos * stride) array."""
     stride = _pos_stride(n, np.dtype(dt).itemsize)
-    return _scratch.get(name, copies * 16 * stride, dt).reshape(copies, -1)
+    return _scratch.get(name, copies * npos * stride, dt).reshape(copies, -1)
 
 
 def forward(xcl, U, b, ph, pw, OH, OW, y4):
-    """y4 (N, OH, OW, K) from channels-last contiguous xcl (N, H, W, C)."""
+    """y4 (N, OH, OW, K) from channels-last contiguous xcl (N, H, W, C); U from
+    transform_weights (its size says the variant)."""
     nt = numba.get_num_threads()
     N = xcl.shape[0]
-    K, C = U.shape[1], U.shape[2]
+    npos, K, C = U.shape
+    ts = 2 if npos == 16 else 4
     dt = xcl.dtype
-    ntiles = N * ((OH + 1) // 2) * ((OW + 1) // 2)
-    if _whole(ntiles, C, K):
+    ntiles = N * ((OH + ts - 1) // ts) * ((OW + ts - 1) // ts)
+    if ts == 2 and _whole(ntiles, C, K):
         _fwd_whole(xcl, U, b, ph, pw, OH, OW, nt, y4, _positions("v", 1, ntiles * C, dt)[0],
                    _positions("m", 1, ntiles * K, dt)[0])
         return
-    TB = _tile_count(ntiles, C, K, xcl.itemsize, nt)
+    TB = _tile_count(ntiles, C, K, xcl.itemsize, nt, npos)
     _fwd(xcl, U, b, ph, pw, OH, OW, TB, nt, y4,
-         _positions("v", nt, TB * C, dt), _positions("m", nt, TB * K, dt))
+         _positions("v", nt, TB * C, dt, npos), _positions("m", nt, TB * K, dt, npos))
 
 
 def backward(xcl, gycl, U, ph, pw, need_x, need_w, gx4, addf):
@@ -483,30 +624,35 @@ def backward(xcl, gycl, U, ph, pw, need_x, need_w, gx4, addf):
     nt = numba.get_num_threads()
     N, H, W, C = xcl.shape
     OH, OW = gycl.shape[1], gycl.shape[2]
-    K = U.shape[1]
+    npos, K = U.shape[0], U.shape[1]
+    ts = 2 if npos == 16 else 4
     dt = xcl.dtype
-    th, tw = (OH + 1) // 2, (OW + 1) // 2
+    th, tw = (OH + ts - 1) // ts, (OW + ts - 1) // ts
     tpi = th * tw
-    Hq, Wq = 2 * th + 2, 2 * tw + 2
+    Hq, Wq = ts * th + 2, ts * tw + 2
     need_x, need_w = bool(need_x), bool(need_w)
-    if _whole(N * tpi, C, K):
+    if ts == 2 and _whole(N * tpi, C, K):
         Q = N * tpi
         du = _scratch.get("du", 16 * C * K if need_w else 1, dt).reshape(1, -1)
         _bwd_whole(xcl, gycl, U, ph, pw, nt, need_x, need_w, gx4, addf, du.reshape(-1),
                    _positions("v", 1, Q * C, dt)[0], _positions("m", 1, Q * K, dt)[0],
                    _scratch.get("gxp", nt * Hq * Wq * C if need_x else nt, dt).reshape(nt, -1))
     else:
-        TB = _tile_count(N * tpi, C, K, xcl.itemsize, nt)
+        TB = _tile_count(N * tpi, C, K, xcl.itemsize, nt, npos)
         g = max(1, min(-(-TB // tpi), -(-N // (2 * nt))))   # whole images per work unit
         TB = min(TB, g * tpi)
-        du = _scratch.get("du", nt * 16 * C * K if need_w else nt, dt).reshape(nt, -1)
+        du = _scratch.get("du", nt * npos * C * K if need_w else nt, dt).reshape(nt, -1)
         du.fill(0)
         _bwd(xcl, gycl, U, ph, pw, g, TB, nt, need_x, need_w, gx4, addf, du,
-             _positions("v", nt, TB * C if need_w else 0, dt), _positions("m", nt, TB * K, dt),
-             _positions("dv", nt, TB * C if need_x else 0, dt),
+             _positions("v", nt, TB * C if need_w else 0, dt, npos),
+             _positions("m", nt, TB * K, dt, npos),
+             _positions("dv", nt, TB * C if need_x else 0, dt, npos),
              _scratch.get("gxp", nt * g * Hq * Wq * C if need_x else nt, dt).reshape(nt, -1))
     if not need_w:
         return None
     gw = np.empty((K, C, 3, 3), dtype=dt)
-    _weights_grad(du, gw)
+    if ts == 2:
+        _weights_grad(du, gw)
+    else:
+        _weights_grad6(du, gw, _G6_ARRAY)
     return gw
