@@ -6,10 +6,9 @@ The Winograd transforms (``minigrad.cpu.winograd``) map a small grid of channel 
     out[p][q] = sum_a sum_j L[p][a] * in[a][j] * R[q][j]        (out = L in R^T)
 
 with small constant matrices L and R (F(2x2, 3x3)'s hold only -1, 0 and 1), for every
-channel c of the vectors.  Written as Numba
-loops, that is one short loop per row or column with a runtime overlap check each, or one
-loop with 16 output streams that LLVM does not vectorise at all (BENCHMARKS_perf.md, change
-79).  ``make(L, R)`` generates it directly as LLVM IR (a Numba intrinsic): one loop over the
+channel c of the vectors.  Written as Numba loops, that is one short loop per row or column
+with a runtime overlap check each, or one loop with 16 output streams that LLVM does not
+vectorise at all (BENCHMARKS_perf.md, change 79).  ``make(L, R)`` generates it directly as LLVM IR (a Numba intrinsic): one loop over the
 channels, 32 bytes at a time, that loads the whole input grid into vector registers,
 combines it in two passes (in R^T, then L (in R^T)) and stores the output grid, then a
 scalar loop over the last channels.  Nothing is written but the outputs.
@@ -21,7 +20,8 @@ Grid addressing, in elements of 1-D C-contiguous arrays of one float dtype:
 
 Options of ``make``: ``accumulate`` (dst += out instead of dst = out), ``bias`` (out[p][q]
 + bias[c]), ``in_mask`` (in[a][j] is read only where bit a*len(R[0])+j of ``mask`` is set,
-and is 0 elsewhere: its address may then lie outside src), ``out_mask`` (out[p][q] is
+and is 0 elsewhere: its address may then lie outside src, which must hold at least n
+elements: src[c] is loaded in its place), ``out_mask`` (out[p][q] is
 stored only where bit p*len(R)+q of ``mask`` is set).
 Every generated function takes the same arguments:
 ``(n, src, s0, srs, scs, dst, d0, drs, dcs, bias, mask)``; ``bias`` and ``mask`` are read

@@ -606,7 +606,7 @@ def forward(xcl, U, b, ph, pw, OH, OW, y4):
     nt = numba.get_num_threads()
     N = xcl.shape[0]
     npos, K, C = U.shape
-    ts = 2 if npos == 16 else 4
+    ts = _tile_of(npos)
     dt = xcl.dtype
     ntiles = N * ((OH + ts - 1) // ts) * ((OW + ts - 1) // ts)
     if ts == 2 and _whole(ntiles, C, K):
@@ -625,7 +625,7 @@ def backward(xcl, gycl, U, ph, pw, need_x, need_w, gx4, addf):
     N, H, W, C = xcl.shape
     OH, OW = gycl.shape[1], gycl.shape[2]
     npos, K = U.shape[0], U.shape[1]
-    ts = 2 if npos == 16 else 4
+    ts = _tile_of(npos)
     dt = xcl.dtype
     th, tw = (OH + ts - 1) // ts, (OW + ts - 1) // ts
     tpi = th * tw
