@@ -24,7 +24,7 @@ the size of U (16 or 36 positions) tells the kernels.  MINIGRAD_WINOGRAD_F43=0 t
 
 Layout: activations are channels-last (N, H, W, C) so that every transform is one
 vector loop over contiguous channels (``channel_tf``); the output is channels-last
-storage like the other GEMM paths of ``minigrad.cpu.conv``.  U is stored (16, K, C)
+storage like the other GEMM paths of ``minigrad.cpu.conv``.  U is stored (positions, K, C)
 (contiguous to build) and the GEMMs take it transposed.  Two ways to run, with single-
 threaded BLAS per thread as in the im2col tiles path: *blocked* (blocks of tiles handed
 out to the threads, one parallel region per call) for many tiles, and *whole-batch*
@@ -83,10 +83,10 @@ _grad_out_tf6_edge = channel_tf.make(_A6, _A6, in_mask=True)
 _scatter_tf6 = channel_tf.make(_B6, _B6, accumulate=True)
 
 
-# The 16 matrices of a block (one per position) lie this many elements apart: the size of
-# one, rounded up to 4 KB plus 3 cache lines.  With a multiple of 4 KB (e.g. 128 tiles x 64
-# channels of float32), the transforms' 16 load or store streams all fall into the same L1
-# cache sets and evict each other (measured: BENCHMARKS_perf.md, change 79).
+# The 16 (or 36) matrices of a block, one per position, lie this many elements apart: the
+# size of one, rounded up to 4 KB plus 3 cache lines.  With a multiple of 4 KB (e.g. 128 tiles
+# x 64 channels of float32), the transforms' 16 load or store streams all fall into the same
+# L1 cache sets and evict each other (measured: BENCHMARKS_perf.md, change 79).
 @njit(cache=True)
 def _pos_stride(n, itemsize):
     """Elements between consecutive position matrices of n elements each."""
