@@ -8,10 +8,11 @@ The Winograd transforms (``minigrad.cpu.winograd``) map a small grid of channel 
 with small constant matrices L and R (F(2x2, 3x3)'s hold only -1, 0 and 1), for every
 channel c of the vectors.  Written as Numba loops, that is one short loop per row or column
 with a runtime overlap check each, or one loop with 16 output streams that LLVM does not
-vectorise at all (BENCHMARKS_perf.md, change 79).  ``make(L, R)`` generates it directly as LLVM IR (a Numba intrinsic): one loop over the
-channels, 32 bytes at a time, that loads the whole input grid into vector registers,
-combines it in two passes (in R^T, then L (in R^T)) and stores the output grid, then a
-scalar loop over the last channels.  Nothing is written but the outputs.
+vectorise at all (BENCHMARKS_perf.md, change 79).  ``make(L, R)`` generates it directly as
+LLVM IR (a Numba intrinsic): one loop over the channels, 32 bytes at a time, that loads the
+whole input grid into vector registers, combines it in two passes (in R^T, then L (in R^T))
+and stores the output grid, then a scalar loop over the last channels.  Nothing is written
+but the outputs.
 
 Grid addressing, in elements of 1-D C-contiguous arrays of one float dtype:
 
