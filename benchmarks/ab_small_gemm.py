@@ -16,10 +16,8 @@ import statistics
 import numpy as np
 
 import minigrad as mg
-import minigrad.nn.functional as F
-import minigrad.optim as optim
 import zoo
-from benchmarks.run_all import timeit
+from benchmarks.run_all import mg_train_step, timeit
 from minigrad.cpu import small_gemm
 
 
@@ -27,17 +25,9 @@ def _train_step(model_name):
     batch = 128 if model_name == "lenet" else 32
     rng = np.random.default_rng(0)
     shape = (batch, 1, 28, 28) if model_name == "lenet" else (batch, 3, 32, 32)
-    x = mg.tensor(rng.standard_normal(shape).astype(np.float32))
-    y = mg.tensor(rng.integers(0, 10, batch))
     model = zoo.lenet5() if model_name == "lenet" else zoo.resnet18(num_classes=10, stem="cifar")
-    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-    def step():
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return step
+    return mg_train_step(model, rng.standard_normal(shape).astype(np.float32),
+                         rng.integers(0, 10, batch))
 
 
 def _conv_row(cin, cout, h, k, s, channels_last):

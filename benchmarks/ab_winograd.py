@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks.run_all import timeit  # noqa: E402
+from benchmarks.run_all import mg_train_step, timeit  # noqa: E402
 
 SHAPES = [(64, 32), (128, 16), (256, 8), (512, 4)]   # C = K, H = W
 
@@ -100,22 +100,12 @@ def layers(old, new, rounds, batch):
 
 def resnet(old, new, rounds, batch):
     """Whole ResNet-18 train steps (SGD momentum), conv.winograd switched each round."""
-    import minigrad as mg
-    import minigrad.nn.functional as F
-    import minigrad.optim as optim
     import zoo
     from minigrad.cpu import conv
 
-    model = zoo.resnet18(num_classes=10, stem="cifar")
-    x = mg.tensor(np.random.default_rng(1).standard_normal((batch, 3, 32, 32)).astype(np.float32))
-    y = mg.tensor(np.random.default_rng(0).integers(0, 10, batch))
-    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-    def step():
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    step = mg_train_step(zoo.resnet18(num_classes=10, stem="cifar"),
+                         np.random.default_rng(1).standard_normal((batch, 3, 32, 32))
+                         .astype(np.float32), np.random.default_rng(0).integers(0, 10, batch))
 
     times = {"old": [], "new": []}
     try:

@@ -215,18 +215,25 @@ def sgemm_rate(repeat):
     return SGEMM_FLOPS / timeit(sgemm_call(), repeat) / 1e9
 
 
+def mg_train_step(model, x, y):
+    """A function running one minigrad SGD-momentum train step (forward, cross-entropy,
+    backward, update) of ``model`` on the arrays x, y."""
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    xm, ym = mg.tensor(x), mg.tensor(y)
+
+    def step():
+        loss = F.cross_entropy(model(xm), ym)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return step
+
+
 def train_step_pair(name, mg_model, torch_model, shape, classes, repeat):
     """One SGD-momentum train step (forward, loss, backward, update) in both frameworks."""
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     y = _labels(shape[0], classes)
-    opt = optim.SGD(mg_model.parameters(), lr=0.01, momentum=0.9)
-    xm, ym = mg.tensor(x), mg.tensor(y)
-
-    def mg_step():
-        loss = F.cross_entropy(mg_model(xm), ym)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    mg_step = mg_train_step(mg_model, x, y)
 
     torch_step = None
     if torch is not None and torch_model is not None:
