@@ -45,6 +45,21 @@ def _openblas(transa, transb, m, n, k, a, lda, b, ldb, c, ldc):
     gemm_rm(transa, transb, m, n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc)
 
 
+@njit(cache=True)
+def _small_entry(transa, transb, m, n, k, a, lda, b, ldb, c, ldc):
+    small_gemm.sgemm_entry(np.int32(transa), np.int32(transb), m, n, k, a.ctypes, lda, b.ctypes,
+                           ldb, np.float32(0.0), c.ctypes, ldc)
+
+
+def _small(transa, transb, m, n, k, a, lda, b, ldb, c, ldc):
+    """small_gemm's sgemm called as the kernels call it (its symbol, from jitted code) where
+    it is registered; elsewhere through its Python entry (which checks its arguments)."""
+    if small_gemm.SUPPORTED:
+        _small_entry(transa, transb, m, n, k, a, lda, b, ldb, c, ldc)
+    else:
+        small_gemm.sgemm(transa, transb, m, n, k, a, lda, b, ldb, 0.0, c, ldc)
+
+
 def main(argv=None):
     """Print the table of OpenBLAS against small_gemm per shape (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -72,13 +87,13 @@ def _table(rng, args):
             call = (bool(ta), bool(tb), m, n, k, a.reshape(-1), a.shape[1], b.reshape(-1),
                     b.shape[1])
             ref = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b)
-            small_gemm.sgemm(*call, 0.0, c.reshape(-1), n)
+            _small(*call, c.reshape(-1), n)
             err = np.abs(c - ref).max() / max(1.0, np.abs(ref).max())
             assert err < 1e-5, (what, err)
             t_ob, t_sg = [], []
             for _ in range(args.rounds):
                 t_ob.append(1e3 * timeit(lambda: _openblas(*call, c.reshape(-1), n), args.calls, 1))
-                t_sg.append(1e3 * timeit(lambda: small_gemm.sgemm(*call, 0.0, c.reshape(-1), n),
+                t_sg.append(1e3 * timeit(lambda: _small(*call, c.reshape(-1), n),
                                          args.calls, 1))
             gf = 2 * m * n * k / 1e6
             pref = small_gemm.preferred(bool(ta), bool(tb), m, n, k)

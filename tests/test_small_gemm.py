@@ -116,3 +116,20 @@ def test_switch_decides_at_run_time_which_gemm_runs():
             assert np.array_equal(c, ours) == on
     finally:
         small_gemm.set_enabled(was)
+
+
+def test_sgemm_rejects_bad_operands():
+    """The Python entry checks what the compiled code cannot: dtype, layout, sizes, writability."""
+    a = np.zeros(12, np.float32)
+    b = np.zeros(12, np.float32)
+    c = np.zeros(9, np.float32)
+    small_gemm.sgemm(False, False, 3, 3, 4, a, 4, b, 3, 0.0, c, 3)
+    with pytest.raises(TypeError, match="a must be a contiguous 1-D float32"):
+        small_gemm.sgemm(False, False, 3, 3, 4, a.astype(np.float64), 4, b, 3, 0.0, c, 3)
+    with pytest.raises(TypeError, match="c must be"):
+        small_gemm.sgemm(False, False, 3, 3, 4, a, 4, b, 3, 0.0, c.reshape(3, 3), 3)
+    with pytest.raises(ValueError, match="b holds 12 elements.*need 15"):
+        small_gemm.sgemm(False, False, 3, 3, 4, a, 4, b, 4, 0.0, c, 3)
+    c.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        small_gemm.sgemm(False, False, 3, 3, 4, a, 4, b, 3, 0.0, c, 3)

@@ -713,7 +713,11 @@ def _sum_rows(a, rows, cols, out, nt):
             row = a[i * cols:(i + 1) * cols]
             for j in range(cols):
                 acc[j] += row[j]
-        part[t] = acc
+        # an element loop, not part[t] = acc: Numba compiles an array assignment with its
+        # shape-mismatch error, whose message formatting took 3.7 s of this kernel's 6.0 s
+        # cold compile (BENCHMARKS_perf.md, change 83)
+        for j in range(cols):
+            part[t, j] = acc[j]
     for j in range(cols):
         s = 0.0
         for t in range(nt):

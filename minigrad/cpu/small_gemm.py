@@ -178,11 +178,10 @@ def _pack_b(transb, b, ldb, k0, kc, j0, nb, bp):
                 bp[base + p * NR + jj] = 0.0
 
 
-@njit(cache=True)
-def sgemm(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc):
-    """Row-major C[m, n] = op(A) @ op(B) + beta * C on 1-D float32 views (as blas.gemm_rm
-    with alpha 1): each view starts at its matrix's top-left element, lda/ldb/ldc are row
-    strides in elements; C is not read when beta is 0.  Single-threaded."""
+@njit(inline="always")
+def _sgemm_views(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc):
+    """sgemm on 1-D float32 views; inlined (at Numba IR level) into the one compiled entry
+    point, _sgemm_c, so that its code is compiled and optimised once."""
     if transa:
         ars, acs = 1, lda
     else:
@@ -250,11 +249,23 @@ def preferred(transa, transb, m, n, k):
 
 # Kernels call sgemm through one compiled C entry point, as they call OpenBLAS: inlined into
 # each of the ~30 GEMM call sites it raised the empty-cache compile of the CPU kernel set
-# from 181-189 s to 233 s.
+# from 181-189 s to 233 s.  The entry point is the only compilation of the GEMM: with a
+# separate njit sgemm, linked into it and optimised again, a cold import of this module took
+# 3.8-4.8 s instead of 3.0-4.1 s, and a warm one 0.68-0.74 s instead of 0.49-0.69 s
+# (BENCHMARKS_perf.md, change 83).
 _SYMBOL = "minigrad_small_sgemm"
 _F32P = types.CPointer(types.float32)
 _C_SIG = types.void(types.int32, types.int32, types.int64, types.int64, types.int64, _F32P,
                     types.int64, _F32P, types.int64, types.float32, _F32P, types.int64)
+
+
+def _extents(transa, transb, m, n, k, lda, ldb, ldc):
+    """Elements each operand's view must hold: (A, B, C), 0 where nothing is read."""
+    if m == 0 or n == 0:
+        return 0, 0, 0
+    asize = ((k - 1) * lda + m if transa else (m - 1) * lda + k) if k > 0 else 0
+    bsize = ((n - 1) * ldb + k if transb else (k - 1) * ldb + n) if k > 0 else 0
+    return asize, bsize, (m - 1) * ldc + n
 
 
 def _sgemm_c(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc):
@@ -263,12 +274,49 @@ def _sgemm_c(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc):
         return
     asize = (k - 1) * lda + m if ta else (m - 1) * lda + k
     bsize = (n - 1) * ldb + k if tb else (k - 1) * ldb + n
-    sgemm(ta, tb, m, n, k, carray(a, max(asize, 1)), lda, carray(b, max(bsize, 1)), ldb,
-          beta, carray(c, (m - 1) * ldc + n), ldc)
+    _sgemm_views(ta, tb, m, n, k, carray(a, max(asize, 1)), lda, carray(b, max(bsize, 1)), ldb,
+                 beta, carray(c, (m - 1) * ldc + n), ldc)
+
+
+_compiled = None
+
+
+def _entry():
+    """The compiled entry point (a Numba cfunc, cached on disk), compiled on first need."""
+    global _compiled
+    if _compiled is None:
+        _compiled = cfunc(_C_SIG, cache=True)(_sgemm_c)
+    return _compiled
+
+
+def sgemm(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc):
+    """Row-major C[m, n] = op(A) @ op(B) + beta * C on 1-D float32 arrays (as blas.gemm_rm
+    with alpha 1): each array starts at its matrix's top-left element, lda/ldb/ldc are row
+    strides in elements; C is not read when beta is 0.  Single-threaded.  Jitted kernels
+    reach the same code through blas.gemm_rm; this is the entry for Python callers."""
+    m, n, k, lda, ldb, ldc = (int(v) for v in (m, n, k, lda, ldb, ldc))
+    if min(m, n, k) < 0:
+        raise ValueError(f"sgemm: negative size m={m}, n={n}, k={k}")
+    need = _extents(transa, transb, m, n, k, lda, ldb, ldc)
+    for name, arr, size in zip("abc", (a, b, c), need):
+        if not (isinstance(arr, np.ndarray) and arr.dtype == np.float32 and arr.ndim == 1
+                and arr.flags.c_contiguous):
+            raise TypeError(f"sgemm: {name} must be a contiguous 1-D float32 array, got "
+                            f"{getattr(arr, 'dtype', type(arr))} of shape {np.shape(arr)}")
+        if arr.size < size:
+            raise ValueError(f"sgemm: {name} holds {arr.size} elements; m={m}, n={n}, k={k} "
+                             f"with its leading dimension need {size}")
+    if not c.flags.writeable:
+        raise ValueError("sgemm: c is read-only")
+    if m == 0 or n == 0:
+        return
+    f32p = ctypes.POINTER(ctypes.c_float)
+    _entry().ctypes(int(bool(transa)), int(bool(transb)), m, n, k, a.ctypes.data_as(f32p), lda,
+                    b.ctypes.data_as(f32p), ldb, float(beta), c.ctypes.data_as(f32p), ldc)
 
 
 if SUPPORTED:
-    _llvm.add_symbol(_SYMBOL, cfunc(_C_SIG, cache=True)(_sgemm_c).address)
+    _llvm.add_symbol(_SYMBOL, _entry().address)
     set_enabled(os.environ.get("MINIGRAD_SMALL_GEMM", "1") != "0")
 
 # sgemm as an external function for jitted callers (blas.gemm_rm); only when SUPPORTED.
