@@ -77,15 +77,17 @@ def wino_case(draw):
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=wino_case())
 def test_winograd_matches_reference(force_winograd, case):
-    """All variants: F(2x2, 3x3) in blocks of tiles per thread and for the whole batch at once,
-    F(4x4, 3x3) in blocks."""
-    saved = winograd.WHOLE_BATCH_RATIO, winograd.USE_F43, winograd.MIN_SIZE_F43
-    winograd.WHOLE_BATCH_RATIO = 0.0 if case["whole"] else 1e30
-    winograd.USE_F43, winograd.MIN_SIZE_F43 = case["f43"], 1
+    """All variants: F(2x2, 3x3) and F(4x4, 3x3), each in blocks of tiles per thread and for
+    the whole batch at once."""
+    names = ("WHOLE_BATCH_RATIO", "USE_F43", "MIN_SIZE_F43", "MIN_TILES_F43_WHOLE")
+    saved = [getattr(winograd, n) for n in names]
+    for n, v in zip(names, (0.0 if case["whole"] else 1e30, case["f43"], 1, 1)):
+        setattr(winograd, n, v)
     try:
         _check_case(force_winograd, case)
     finally:
-        winograd.WHOLE_BATCH_RATIO, winograd.USE_F43, winograd.MIN_SIZE_F43 = saved
+        for n, v in zip(names, saved):
+            setattr(winograd, n, v)
 
 
 def _check_case(force_winograd, case):
@@ -99,7 +101,7 @@ def _check_case(force_winograd, case):
     before = dict(force_winograd)
     y, saved = conv.conv2d(xv, w, b, *args, return_weights=True)
     assert force_winograd["forward"] == before["forward"] + 1
-    assert saved.shape == ((36 if case["f43"] and not case["whole"] else 16), K, C)
+    assert saved.shape == ((36 if case["f43"] else 16), K, C)
     yr = reference.conv2d(x, w, b, *args)
     assert y.shape == yr.shape and y.dtype == dt
     np.testing.assert_allclose(y, yr, **_tol(dt))
@@ -175,6 +177,13 @@ def test_winograd_float32_error_close_to_im2col(monkeypatch, f43, factor):
     args = ((1, 1), (1, 1), (1, 1))
     assert winograd.applicable(8, 32, 32, 3, 3, 16, 16, (1, 1), (1, 1))
     assert winograd.tile_size(8, 32, 32, 16, 16) == (4 if f43 else 2)
+    # the whole-batch kernels: F(4x4, 3x3) for ResNet-18's 256-channel layers (8x8) at batch 32
+    # (128 tiles), not at batch 16 (64 tiles), nor for its 512-channel layers (4x4)
+    for N, C, H in ((32, 256, 8), (16, 256, 8), (128, 512, 4)):
+        assert winograd._whole_layer(N, C, C, H, H)
+    assert winograd.tile_size(32, 256, 256, 8, 8) == (4 if f43 else 2)
+    assert winograd.tile_size(16, 256, 256, 8, 8) == 2
+    assert winograd.tile_size(128, 512, 512, 4, 4) == 2
     yr = reference.conv2d(x, w, None, *args)
     gxr, gwr, _ = reference.conv2d_grads(x, w, gy, *args)
     errs = {}
@@ -213,14 +222,15 @@ def test_winograd_switch_from_environment():
         assert out == expect
 
 
-@pytest.mark.parametrize("f43", [False, True])
+@pytest.mark.parametrize("f43,whole", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
-def test_winograd_non_finite_input_never_hidden(force_winograd, monkeypatch, bad, f43):
+def test_winograd_non_finite_input_never_hidden(force_winograd, monkeypatch, bad, f43, whole):
     """An Inf/NaN input must make every output it reaches non-finite (as with the im2col
     path); Winograd may spread it to the rest of the output tile, never hide it."""
     monkeypatch.setattr(winograd, "USE_F43", f43)
     monkeypatch.setattr(winograd, "MIN_SIZE_F43", 1)
-    monkeypatch.setattr(winograd, "WHOLE_BATCH_RATIO", 1e30)
+    monkeypatch.setattr(winograd, "MIN_TILES_F43_WHOLE", 1)
+    monkeypatch.setattr(winograd, "WHOLE_BATCH_RATIO", 0.0 if whole else 1e30)
     rng = np.random.default_rng(11)
     x = rng.standard_normal((2, 4, 9, 9)).astype(np.float32)
     w = (rng.standard_normal((5, 4, 3, 3)) * 0.3).astype(np.float32)

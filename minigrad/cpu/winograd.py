@@ -292,13 +292,15 @@ def _bwd(x, gy, U, ph, pw, g, TB, nt, need_x, need_w, gx, addf, duacc, vbuf, mbu
 
 @njit(parallel=True, cache=True)
 def _fwd_whole(x, U, b, ph, pw, OH, OW, nt, y, V, M):
-    """_fwd for few tiles: transform all tiles, then one GEMM per position with the 16
-    positions split between the threads (each reads its U[pos] once), then the output
+    """_fwd for few tiles: transform all tiles, then one GEMM per position with the 16 (or
+    36) positions split between the threads (each reads its U[pos] once), then the output
     transform.  Three parallel regions; for deep layers whose U is bigger than V and M."""
     N, H, W, C = x.shape
+    npos = U.shape[0]
     K = U.shape[1]
-    tw = (OW + 1) // 2
-    tpi = ((OH + 1) // 2) * tw
+    ts = _tile_of(npos)
+    tw = (OW + ts - 1) // ts
+    tpi = ((OH + ts - 1) // ts) * tw
     Q = N * tpi
     xf = x.reshape(-1)
     Uf = U.reshape(-1)
@@ -310,30 +312,32 @@ def _fwd_whole(x, U, b, ph, pw, OH, OW, nt, y, V, M):
         t = numba.get_thread_id()
         t0 = j * chunk
         if t0 < Q:
-            _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, min(chunk, Q - t0), V, t0 * C, vs, 2)
-    for pos in prange(16):
+            _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, min(chunk, Q - t0), V, t0 * C, vs, ts)
+    for pos in prange(npos):
         gemm_rm(False, True, Q, K, C, 1.0, V[pos * vs:], C, Uf[pos * K * C:], C, 0.0,
                 M[pos * ms:], K)
     for j in prange(nt):
         t = numba.get_thread_id()
         t0 = j * chunk
         if t0 < Q:
-            _output_block(M, t0 * K, ms, K, b, yf, OH, OW, tpi, tw, t0, min(chunk, Q - t0), 2)
+            _output_block(M, t0 * K, ms, K, b, yf, OH, OW, tpi, tw, t0, min(chunk, Q - t0), ts)
 
 
 @njit(parallel=True, cache=True)
 def _bwd_whole(x, gy, U, ph, pw, nt, need_x, need_w, gx, addf, du, V, M, gxpbuf):
-    """_bwd for few tiles (see _fwd_whole): du (16*C*K) = dU (no per-thread sums); gx
+    """_bwd for few tiles (see _fwd_whole): du (npos*C*K) = dU (no per-thread sums); gx
     includes addf as in _bwd."""
     N, H, W, C = x.shape
     OH = gy.shape[1]
     OW = gy.shape[2]
+    npos = U.shape[0]
     K = U.shape[1]
-    th = (OH + 1) // 2
-    tw = (OW + 1) // 2
+    ts = _tile_of(npos)
+    th = (OH + ts - 1) // ts
+    tw = (OW + ts - 1) // ts
     tpi = th * tw
-    Hq = 2 * th + 2
-    Wq = 2 * tw + 2
+    Hq = ts * th + 2
+    Wq = ts * tw + 2
     Q = N * tpi
     xf = x.reshape(-1)
     gf = gy.reshape(-1)
@@ -347,10 +351,10 @@ def _bwd_whole(x, gy, U, ph, pw, nt, need_x, need_w, gx, addf, du, V, M, gxpbuf)
         t0 = j * chunk
         if t0 < Q:
             tb = min(chunk, Q - t0)
-            _grad_out_block(gf, OH, OW, K, tpi, tw, t0, tb, M, t0 * K, ms, 2)
+            _grad_out_block(gf, OH, OW, K, tpi, tw, t0, tb, M, t0 * K, ms, ts)
             if need_w:
-                _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, tb, V, t0 * C, vs, 2)
-    for pos in prange(16):
+                _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, tb, V, t0 * C, vs, ts)
+    for pos in prange(npos):
         if need_w:
             gemm_rm(True, False, K, C, Q, 1.0, M[pos * ms:], K, V[pos * vs:], C, 0.0,
                     du[pos * K * C:], C)
@@ -363,7 +367,7 @@ def _bwd_whole(x, gy, U, ph, pw, nt, need_x, need_w, gx, addf, du, V, M, gxpbuf)
             gxp = gxpbuf[t]
             for j in range(Hq * Wq * C):
                 gxp[j] = 0.0
-            _scatter_block(V, n * tpi * C, vs, C, gxp, n, Hq, Wq, tpi, tw, n * tpi, tpi, 2)
+            _scatter_block(V, n * tpi * C, vs, C, gxp, n, Hq, Wq, tpi, tw, n * tpi, tpi, ts)
             crop_padded(gxp, n, n + 1, H, W, C, Hq, Wq, ph, pw, gxf, addf)
 
 
@@ -521,6 +525,14 @@ _MAX_TB = 1024
 # its weight transform divides by 6 and 24).  MINIGRAD_WINOGRAD_F43=0 keeps F(2x2, 3x3).
 USE_F43 = os.environ.get("MINIGRAD_WINOGRAD_F43", "1") != "0"
 MIN_SIZE_F43 = 16
+# The whole-batch kernels take F(4x4, 3x3) when there are at least MIN_TILES_F43_WHOLE of its
+# 4x4 tiles and at most MAX_CHANNELS_F43_WHOLE channels in and out: its U is 2.25x bigger than
+# F(2x2, 3x3)'s and is made (and its gradient reduced) on every step, which only many tiles
+# pay for.  F(2x2) time over F(4x4) time, f+b (BENCHMARKS_perf.md, change 84): 256->256 at 8x8
+# with 32 / 64 / 128 / 256 / 512 tiles 0.63 / 0.83 / 1.24 / 1.29 / 1.57x; 128 and 256
+# channels at 128 tiles 1.06-1.14x; 512->512 at 128 tiles 0.97-1.02x.
+MIN_TILES_F43_WHOLE = 128
+MAX_CHANNELS_F43_WHOLE = 256
 # Its blocks hold 64 tiles or more: f+b of 64->64 at 32x32, batch 32, with 32 / 64 / 128 /
 # 256 tiles: 31.7 / 27.1 / 31.2 / 34.4 ms (128->128 at 16x16: 35.5 / 32.9 / 32.1 / 31.9).
 _MIN_TB_F43 = 64
@@ -551,8 +563,12 @@ def _tile_count(ntiles, C, K, itemsize, nt, npos=16):
 def tile_size(N, C, K, OH, OW):
     """Output tile size of the Winograd variant a layer runs: 4 for F(4x4, 3x3) (see
     USE_F43), else 2."""
-    blocked = not _whole(N * ((OH + 1) // 2) * ((OW + 1) // 2), C, K)
-    return 4 if USE_F43 and blocked and min(OH, OW) >= MIN_SIZE_F43 else 2
+    if not USE_F43:
+        return 2
+    if _whole_layer(N, C, K, OH, OW):
+        big = N * ((OH + 3) // 4) * ((OW + 3) // 4) >= MIN_TILES_F43_WHOLE
+        return 4 if big and max(C, K) <= MAX_CHANNELS_F43_WHOLE else 2
+    return 4 if min(OH, OW) >= MIN_SIZE_F43 else 2
 
 
 def positions(ts):
@@ -574,6 +590,12 @@ def transform_weights(w, dt, ts=2):
 def _whole(ntiles, C, K):
     """Whole-batch variant when the 16 transformed weight matrices outweigh the tiles."""
     return WHOLE_BATCH_RATIO * ntiles * (C + K) <= C * K
+
+
+def _whole_layer(N, C, K, OH, OW):
+    """_whole for a layer, counted in F(2x2, 3x3) tiles whatever the tile size (so that
+    tile_size, forward and backward agree)."""
+    return _whole(N * ((OH + 1) // 2) * ((OW + 1) // 2), C, K)
 
 
 class _Scratch(threading.local):
@@ -609,9 +631,10 @@ def forward(xcl, U, b, ph, pw, OH, OW, y4):
     ts = _tile_of(npos)
     dt = xcl.dtype
     ntiles = N * ((OH + ts - 1) // ts) * ((OW + ts - 1) // ts)
-    if ts == 2 and _whole(ntiles, C, K):
-        _fwd_whole(xcl, U, b, ph, pw, OH, OW, nt, y4, _positions("v", 1, ntiles * C, dt)[0],
-                   _positions("m", 1, ntiles * K, dt)[0])
+    if _whole_layer(N, C, K, OH, OW):
+        _fwd_whole(xcl, U, b, ph, pw, OH, OW, nt, y4,
+                   _positions("v", 1, ntiles * C, dt, npos)[0],
+                   _positions("m", 1, ntiles * K, dt, npos)[0])
         return
     TB = _tile_count(ntiles, C, K, xcl.itemsize, nt, npos)
     _fwd(xcl, U, b, ph, pw, OH, OW, TB, nt, y4,
@@ -631,11 +654,11 @@ def backward(xcl, gycl, U, ph, pw, need_x, need_w, gx4, addf):
     tpi = th * tw
     Hq, Wq = ts * th + 2, ts * tw + 2
     need_x, need_w = bool(need_x), bool(need_w)
-    if ts == 2 and _whole(N * tpi, C, K):
+    if _whole_layer(N, C, K, OH, OW):
         Q = N * tpi
-        du = _scratch.get("du", 16 * C * K if need_w else 1, dt).reshape(1, -1)
+        du = _scratch.get("du", npos * C * K if need_w else 1, dt).reshape(1, -1)
         _bwd_whole(xcl, gycl, U, ph, pw, nt, need_x, need_w, gx4, addf, du.reshape(-1),
-                   _positions("v", 1, Q * C, dt)[0], _positions("m", 1, Q * K, dt)[0],
+                   _positions("v", 1, Q * C, dt, npos)[0], _positions("m", 1, Q * K, dt, npos)[0],
                    _scratch.get("gxp", nt * Hq * Wq * C if need_x else nt, dt).reshape(nt, -1))
     else:
         TB = _tile_count(N * tpi, C, K, xcl.itemsize, nt, npos)
