@@ -535,8 +535,9 @@ def format_table(rows, sgemm):
     if any("flops" in r and ("conv" in r["workload"] or "ResNet" in r["workload"]) for r in rows):
         lines.append("")
         lines.append("GFLOP/s and % of sgemm count the FLOPs of a direct convolution. 3x3 stride-1 "
-                     "layers with >= 16 channels run Winograd F(2x2, 3x3), or F(4x4, 3x3) where there are "
-                     "many tiles and outputs of 16x16 or more (2.25x / 4x fewer multiply-adds; "
+                     "layers with >= 16 channels run Winograd F(2x2, 3x3), or F(4x4, 3x3) on layers with "
+                     "many tiles (winograd.tile_size: here 64 to 256 channels) (2.25x / 4x fewer "
+                     "multiply-adds; "
                      "MINIGRAD_WINOGRAD=0 turns it off), so their effective rate can exceed sgemm.")
     if any(r["workload"].startswith("conv ") for r in rows):
         lines.append("conv rows: input and output gradient NCHW-contiguous, or channels-last in both "
