@@ -19,8 +19,10 @@ positions, interpolation points 0, +-1, +-2): 2.25 transformed numbers per outpu
 instead of 4, so 1.78x fewer GEMM FLOPs again.  Its transforms multiply by 2, 4, 5 and 8
 and its weight transform divides by 6 and 24, so its float32 error is larger (3-4e-6 of
 the largest output against 2e-7).  It runs where the blocked variant would (below) on
-outputs of at least MIN_SIZE_F43 pixels a side; ``tile_size`` says which a layer gets, and
-the size of U (16 or 36 positions) tells the kernels.  MINIGRAD_WINOGRAD_F43=0 turns it off.
+outputs of at least MIN_SIZE_F43 pixels a side, and in the whole-batch kernels on layers
+with at least MIN_TILES_F43_WHOLE of its tiles and at most MAX_CHANNELS_F43_WHOLE channels;
+``tile_size`` says which a layer gets, and the size of U (16 or 36 positions) tells the
+kernels.  MINIGRAD_WINOGRAD_F43=0 turns it off.
 
 Layout: activations are channels-last (N, H, W, C) so that every transform is one
 vector loop over contiguous channels (``channel_tf``); the output is channels-last
