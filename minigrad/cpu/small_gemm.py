@@ -259,6 +259,7 @@ _C_SIG = types.void(types.int32, types.int32, types.int64, types.int64, types.in
                     types.int64, _F32P, types.int64, types.float32, _F32P, types.int64)
 
 
+@njit(cache=True, inline="always")
 def _extents(transa, transb, m, n, k, lda, ldb, ldc):
     """Elements each operand's view must hold: (A, B, C), 0 where nothing is read."""
     if m == 0 or n == 0:
@@ -272,10 +273,9 @@ def _sgemm_c(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc):
     ta, tb = transa != 0, transb != 0
     if m == 0 or n == 0:
         return
-    asize = (k - 1) * lda + m if ta else (m - 1) * lda + k
-    bsize = (n - 1) * ldb + k if tb else (k - 1) * ldb + n
+    asize, bsize, csize = _extents(ta, tb, m, n, k, lda, ldb, ldc)
     _sgemm_views(ta, tb, m, n, k, carray(a, max(asize, 1)), lda, carray(b, max(bsize, 1)), ldb,
-                 beta, carray(c, (m - 1) * ldc + n), ldc)
+                 beta, carray(c, csize), ldc)
 
 
 _compiled = None
@@ -297,7 +297,7 @@ def sgemm(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc):
     m, n, k, lda, ldb, ldc = (int(v) for v in (m, n, k, lda, ldb, ldc))
     if min(m, n, k) < 0:
         raise ValueError(f"sgemm: negative size m={m}, n={n}, k={k}")
-    need = _extents(transa, transb, m, n, k, lda, ldb, ldc)
+    need = _extents(bool(transa), bool(transb), m, n, k, lda, ldb, ldc)
     for name, arr, size in zip("abc", (a, b, c), need):
         if not (isinstance(arr, np.ndarray) and arr.dtype == np.float32 and arr.ndim == 1
                 and arr.flags.c_contiguous):
