@@ -110,3 +110,6 @@ from . import summary as _summary_module  # noqa: E402
 
 summary = _summary_module.summary
 layer_grad_norms = _summary_module.layer_grad_norms
+
+# As in PyTorch, ``import minigrad as mg`` is enough for ``mg.nn`` and ``mg.optim``.
+from . import nn, optim  # noqa: E402,F401

@@ -145,3 +145,18 @@ def test_attribute_rules_and_hooks():
         m.nope
     p = nn.Parameter(mg.ones(3))
     assert p.requires_grad and "Parameter containing" in repr(p)
+
+
+def test_nn_and_optim_reachable_from_a_bare_import():
+    """``import minigrad as mg`` alone gives mg.nn and mg.optim, as torch.nn / torch.optim."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import minigrad as mg; m = mg.nn.Linear(2, 1); "
+            "mg.optim.SGD(m.parameters(), lr=0.1); print(mg.nn.functional.relu.__name__)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "relu"
