@@ -18,7 +18,7 @@ from .tensor import (Tensor, bool_, float32, float64, int32, int64, tensor, uint
 from . import backend as _backend_registry
 from .ops.elementwise import (abs, clamp, exp, log, maximum, minimum, relu, sigmoid, sqrt,
                               tanh, where)
-from .ops.reduce import argmax, max, mean, min, sum, var
+from .ops.reduce import argmax, argmin, max, mean, min, sum, var
 from .ops.shape import (cat, concatenate, expand, flatten, pad, permute, reshape, squeeze,
                         stack, transpose, unsqueeze)
 from .ops.matmul import linear, matmul
@@ -82,6 +82,16 @@ def rand(*shape, dtype=float32, device="cpu", requires_grad=False):
     """Uniform [0, 1) samples from the global generator."""
     shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
     return _new(_random.generator().random(shape).astype(dtype), requires_grad, device)
+
+
+def randn_like(x, requires_grad=False):
+    """Standard-normal samples with the shape, dtype and device of ``x``."""
+    return randn(x.shape, dtype=x.dtype, device=x.device, requires_grad=requires_grad)
+
+
+def rand_like(x, requires_grad=False):
+    """Uniform [0, 1) samples with the shape, dtype and device of ``x``."""
+    return rand(x.shape, dtype=x.dtype, device=x.device, requires_grad=requires_grad)
 
 
 def arange(start, stop=None, step=1, dtype=None, device="cpu"):

@@ -213,6 +213,12 @@ class Tensor:
         """Convert to int64 (not differentiable)."""
         return Tensor._make(self.be.astype(self.data, int64), self.device)
 
+    def clone(self):
+        """A copy with its own storage; the gradient flows back to ``self`` (as torch.clone)."""
+        from .ops.elementwise import Cast
+
+        return Cast.apply(self, dtype=self.dtype)
+
     def contiguous(self):
         """Returns self (storage layout is the backend's concern)."""
         return self

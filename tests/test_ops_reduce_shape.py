@@ -46,6 +46,48 @@ def test_torch_style_dim_keepdim_and_errors():
     np.testing.assert_allclose(mg.tensor(x).var(1).numpy(), x.var(1, ddof=1))
 
 
+@given(shape=shapes, seed=st.integers(0, 50), data=st.data())
+def test_argmax_argmin_match_numpy(shape, seed, data):
+    x = np.random.default_rng(seed).integers(-3, 3, shape).astype(float)   # ties: first wins
+    axis = data.draw(st.none() | st.integers(-len(shape), len(shape) - 1))
+    keep = data.draw(st.booleans())
+    for name in ("argmax", "argmin"):
+        want = getattr(np, name)(x, axis=axis, keepdims=keep if axis is not None else False)
+        got = getattr(mg.tensor(x), name)(dim=axis, keepdim=keep)
+        assert got.dtype == mg.int64
+        np.testing.assert_array_equal(got.numpy(), want)
+        np.testing.assert_array_equal(getattr(mg, name)(mg.tensor(x), axis).numpy(),
+                                      getattr(np, name)(x, axis=axis))
+
+
+def test_argmax_errors_name_the_shape():
+    with pytest.raises(ValueError, match=r"empty dimension 1 of a tensor of shape \(2, 0\)"):
+        mg.zeros(2, 0).argmax(dim=1)
+    with pytest.raises(ValueError, match="empty tensor"):
+        mg.zeros(0).argmin()
+    with pytest.raises(ValueError, match="out of range"):
+        mg.zeros(2, 3).argmax(dim=2)
+
+
+def test_clone_copies_storage_and_passes_gradient():
+    x = mg.tensor([1.0, 2.0], requires_grad=True)
+    y = x.clone()
+    y.data[0] = 5.0                      # its own storage
+    assert x.numpy().tolist() == [1.0, 2.0]
+    (y * 3).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [3.0, 3.0])
+    assert mg.tensor([1, 2]).clone().dtype == mg.int64
+
+
+def test_like_factories():
+    mg.manual_seed(0)
+    x = mg.zeros(3, 2, dtype=mg.float64)
+    for t in (mg.randn_like(x), mg.rand_like(x)):
+        assert t.shape == (3, 2) and t.dtype == mg.float64 and t.device == "cpu"
+    r = mg.rand_like(x).numpy()
+    assert ((r >= 0) & (r < 1)).all()
+
+
 @given(shape=shapes, seed=st.integers(0, 50))
 def test_reshape_flatten_transpose(shape, seed):
     x = np.random.default_rng(seed).standard_normal(shape)

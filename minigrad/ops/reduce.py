@@ -105,12 +105,34 @@ def var(x, axis=None, keepdims=False, unbiased=True):
     return sum(centred * centred, axes, keepdims) * (1.0 / (count - 1 if unbiased else count))
 
 
-def argmax(x, axis=None):
-    """Indices of the maxima (int64, no gradient)."""
+def _arg_extreme(np_fn, x, axis, keepdims, dim, keepdim):
     from ..tensor import Tensor
 
-    return Tensor(np.argmax(x.numpy(), axis=axis), device=x.device)
+    if dim is not None:
+        axis = dim
+    if keepdim is not None:
+        keepdims = keepdim
+    if axis is None:
+        if 0 in x.shape:
+            raise ValueError(f"{np_fn.__name__} of an empty tensor of shape {x.shape}")
+        return Tensor(np.asarray(np_fn(x.numpy())), device=x.device)
+    (axis,) = normalize_axes(axis, x.ndim, "dim")
+    if x.shape[axis] == 0:
+        raise ValueError(f"{np_fn.__name__} over an empty dimension {axis} of a tensor of shape "
+                         f"{x.shape}")
+    return Tensor(np_fn(x.numpy(), axis=axis, keepdims=bool(keepdims)), device=x.device)
+
+
+def argmax(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
+    """Indices of the maxima along ``axis`` (``dim``), or into the flattened tensor when None
+    (int64, no gradient; the first one among ties, as PyTorch)."""
+    return _arg_extreme(np.argmax, x, axis, keepdims, dim, keepdim)
+
+
+def argmin(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
+    """Indices of the minima, as :func:`argmax`."""
+    return _arg_extreme(np.argmin, x, axis, keepdims, dim, keepdim)
 
 
 TENSOR_METHODS = {"sum": sum, "mean": mean, "max": max, "min": min, "var": var, "argmax": argmax,
-                  "amax": max}
+                  "argmin": argmin, "amax": max}
