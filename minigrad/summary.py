@@ -23,7 +23,7 @@ FLOPs and activation memory summed over the calls (``calls`` in the row says how
 FLOPs are forward FLOPs for the whole batch, a multiply-add counting as 2:
 
 ==================  ===========================================================
-Conv2d              ``2*Cin*KH*KW*Cout*OH*OW`` per image, ``+ Cout*OH*OW`` with bias
+Conv2d              ``2*(Cin/groups)*KH*KW*Cout*OH*OW`` per image, ``+ Cout*OH*OW`` with bias
 Linear              ``2*in*out`` per row, ``+ out`` with bias
 BatchNorm1d/2d      2 per output element (normalise + affine folded into one
                     multiply-add, as at inference)

@@ -68,8 +68,58 @@ def test_conv2d_errors_name_shapes():
         mg.conv2d(mg.zeros(3, 8, 8), mg.zeros(4, 3, 3, 3))
     with pytest.raises(TypeError, match="floating point"):
         mg.conv2d(mg.tensor(np.zeros((1, 1, 4, 4), dtype=np.int64)), mg.zeros(1, 1, 3, 3))
-    with pytest.raises(ValueError, match="groups=1"):
-        mg.conv2d(mg.zeros(1, 2, 4, 4), mg.zeros(2, 1, 3, 3), groups=2)
+    with pytest.raises(ValueError, match=r"groups=2 must divide.*\(1, 3, 4, 4\)"):
+        mg.conv2d(mg.zeros(1, 3, 4, 4), mg.zeros(2, 1, 3, 3), groups=2)
+    with pytest.raises(ValueError, match=r"with groups=2 expects 4"):
+        mg.conv2d(mg.zeros(1, 2, 4, 4), mg.zeros(2, 2, 3, 3), groups=2)
+    with pytest.raises(ValueError, match="positive int"):
+        mg.conv2d(mg.zeros(1, 2, 4, 4), mg.zeros(2, 2, 3, 3), groups=0)
+
+
+def _block_diagonal(w, groups, c):
+    """The (K, C, R, S) weight of ungrouped conv equal to a grouped one."""
+    k, cg = w.shape[:2]
+    full = np.zeros((k, c) + w.shape[2:])
+    kg = k // groups
+    for g in range(groups):
+        full[g * kg:(g + 1) * kg, g * cg:(g + 1) * cg] = w[g * kg:(g + 1) * kg]
+    return full
+
+
+@given(groups=st.integers(1, 3), cg=st.integers(1, 2), kg=st.integers(1, 2), ks=st.integers(1, 3),
+       stride=st.integers(1, 2), padding=st.integers(0, 1), bias=st.booleans(),
+       seed=st.integers(0, 50))
+def test_grouped_conv2d_matches_block_diagonal_weight(groups, cg, kg, ks, stride, padding, bias,
+                                                      seed):
+    rng = np.random.default_rng(seed)
+    c, k = groups * cg, groups * kg
+    x = rng.standard_normal((2, c, 5, 4))
+    w = rng.standard_normal((k, cg, ks, ks))
+    b = rng.standard_normal(k)
+    conf = dict(stride=stride, padding=padding, groups=groups)
+    args = [x, w, b] if bias else [x, w]
+    out = mg.conv2d(*[mg.tensor(a) for a in args], **conf).numpy()
+    ref = reference.conv2d(x, _block_diagonal(w, groups, c), b if bias else None, (stride,) * 2,
+                           (padding,) * 2, (1, 1))
+    np.testing.assert_allclose(out, ref, rtol=1e-9, atol=1e-9)
+    check_grad(lambda *t: mg.conv2d(*t, **conf), args, seed, atol=1e-5, rtol=1e-4)
+
+
+def test_grouped_conv2d_module_shapes_init_and_float32():
+    mg.manual_seed(0)
+    depthwise = mg.nn.Conv2d(4, 8, 3, padding=1, groups=4)
+    assert depthwise.weight.shape == (8, 1, 3, 3) and "groups=4" in repr(depthwise)
+    bound = 1 / np.sqrt(9)                      # fan_in = in_channels / groups * 3 * 3
+    assert np.abs(depthwise.bias.numpy()).max() <= bound
+    x = mg.randn(2, 4, 6, 6)
+    y = depthwise(x)
+    ref = reference.conv2d(x.numpy(), _block_diagonal(depthwise.weight.numpy(), 4, 4),
+                           depthwise.bias.numpy(), (1, 1), (1, 1), (1, 1))
+    assert y.dtype == mg.float32
+    np.testing.assert_allclose(y.numpy(), ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="dividing in_channels=3"):
+        mg.nn.Conv2d(3, 6, 3, groups=2)
+    assert mg.nn.Conv2d(2, 2, 3, 1, 0, 1, 2, False).bias is None   # PyTorch's positional order
 
 
 @pytest.mark.parametrize("mode", ["max", "avg"])

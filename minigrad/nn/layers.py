@@ -140,16 +140,21 @@ class Linear(Module):
 
 
 class Conv2d(Module):
-    """2-D convolution (NCHW, groups=1); PyTorch's arguments and default initialisation.
+    """2-D convolution (NCHW); PyTorch's arguments, in PyTorch's order, and its default
+    initialisation.
 
-    ``padding`` is an int, a pair, ``"same"`` (stride 1) or ``"valid"``.
+    ``padding`` is an int, a pair, ``"same"`` (stride 1) or ``"valid"``.  ``groups`` must
+    divide both channel counts; the weight is (out, in / groups, kH, kW).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 bias=True, groups=1):
+                 groups=1, bias=True):
         super().__init__()
-        if groups != 1:
-            raise ValueError(f"Conv2d: only groups=1 is supported, got {groups}")
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or \
+                in_channels % groups or out_channels % groups:
+            raise ValueError(f"Conv2d: groups={groups!r} must be a positive int dividing "
+                             f"in_channels={in_channels} and out_channels={out_channels}")
+        self.groups = groups
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = pair(stride, "stride")
@@ -159,7 +164,7 @@ class Conv2d(Module):
             self.padding = padding
         else:
             self.padding = pair(padding, "padding")
-        self.weight = _empty(self.out_channels, self.in_channels, *self.kernel_size)
+        self.weight = _empty(self.out_channels, self.in_channels // groups, *self.kernel_size)
         if bias:
             self.bias = _empty(self.out_channels)
         else:
@@ -176,7 +181,8 @@ class Conv2d(Module):
 
     def forward(self, x):
         """Cross-correlation of ``x`` with the weight, plus bias."""
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                        self.groups)
 
     def extra_repr(self):
         """PyTorch's Conv2d description."""
@@ -185,6 +191,8 @@ class Conv2d(Module):
             s += f", padding={self.padding!r}" if isinstance(self.padding, str) else f", padding={self.padding}"
         if self.dilation != (1, 1):
             s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
         if self.bias is None:
             s += ", bias=False"
         return s

@@ -1,4 +1,6 @@
-"""2-D convolution (cross-correlation, NCHW, groups=1) with stride, padding and dilation."""
+"""2-D convolution (cross-correlation, NCHW) with stride, padding, dilation and groups."""
+
+import numpy as np
 
 from ..autograd import Function
 
@@ -79,9 +81,14 @@ class Conv2d(Function):
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """2-D cross-correlation as ``torch.nn.functional.conv2d`` (``groups=1`` only)."""
-    if groups != 1:
-        raise ValueError(f"conv2d: only groups=1 is supported, got groups={groups}")
+    """2-D cross-correlation as ``torch.nn.functional.conv2d``.
+
+    ``groups`` > 1 splits the input channels and the filters into that many groups, each
+    convolved on its own (weight (out, in / groups, kH, kW)); it runs one convolution per
+    group on the channel slices and concatenates the outputs."""
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(f"conv2d: groups must be a positive int, got {groups!r}")
+    groups = int(groups)
     if x.ndim != 4:
         raise ValueError(f"conv2d: input must be 4-D (N, C, H, W), got shape {x.shape}")
     if weight.ndim != 4:
@@ -90,10 +97,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         raise TypeError(f"conv2d: input must be floating point, got {x.dtype}; convert with .float()")
     if x.dtype != weight.dtype:
         raise TypeError(f"conv2d: input dtype {x.dtype} differs from weight dtype {weight.dtype}")
-    if x.shape[1] != weight.shape[1]:
+    if x.shape[1] % groups or weight.shape[0] % groups:
+        raise ValueError(
+            f"conv2d: groups={groups} must divide the input channels of {x.shape} and the "
+            f"output channels of weight {weight.shape}")
+    if x.shape[1] != weight.shape[1] * groups:
         raise ValueError(
             f"conv2d: input {x.shape} has {x.shape[1]} channels but weight {weight.shape} "
-            f"expects {weight.shape[1]}")
+            f"with groups={groups} expects {weight.shape[1] * groups}")
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f"conv2d: bias shape {bias.shape} != ({weight.shape[0]},)")
     kernel = weight.shape[2:]
@@ -108,5 +119,15 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
             raise ValueError(
                 f"conv2d: kernel {tuple(kernel)} (dilation {dilation}) is larger than the padded "
                 f"input {x.shape[2] + 2 * padding[0]}x{x.shape[3] + 2 * padding[1]} of input {x.shape}")
+    if groups > 1:
+        from .shape import concatenate
+
+        cin, cout = weight.shape[1], weight.shape[0] // groups
+        outs = []
+        for g in range(groups):
+            ws = slice(g * cout, (g + 1) * cout)
+            outs.append(conv2d(x[:, g * cin:(g + 1) * cin], weight[ws],
+                               None if bias is None else bias[ws], stride, padding, dilation))
+        return concatenate(outs, 1)
     args = (x, weight) if bias is None else (x, weight, bias)
     return Conv2d.apply(*args, stride=stride, padding=padding, dilation=dilation)

@@ -94,6 +94,17 @@ def test_conv_pool_stack():
     check(outs[0], outs[1], [(xc, xg), (wc, wg), (bc, bg)], tol=2e-4)
 
 
+def test_grouped_conv():
+    """groups > 1 slices the channels (non-contiguous views) and concatenates on the device."""
+    (xc, xg), (wc, wg), (bc, bg) = pair(2, 4, 6, 6), pair(6, 2, 3, 3, scale=0.3), pair(6)
+    outs = []
+    for x, w, b in ((xc, wc, bc), (xg, wg, bg)):
+        outs.append((mg.conv2d(x, w, b, padding=1, groups=2) ** 2).sum())
+    for o in outs:
+        o.backward()
+    check(outs[0], outs[1], [(xc, xg), (wc, wg), (bc, bg)], tol=2e-4)
+
+
 def test_gradients_gathered_before_conv_and_log_softmax():
     """Conv2d and LogSoftmax take the gradient already gathered for their input as an
     addend (autograd.Function.grad_addend_inputs): a second backward into the same
