@@ -177,6 +177,48 @@ def test_cross_entropy_extreme_logits_and_errors():
         F.cross_entropy(x, mg.tensor([1]), reduction="avg")
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_cross_entropy_and_nll_ignore_index(reduction, eps):
+    """Ignored targets add nothing; "mean" averages over the others (PyTorch's rule)."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((6, 4)) * 2
+    y = np.array([0, -100, 3, 1, -100, 2])
+    keep = y != -100
+    per = ce_ref(x[keep], y[keep], eps, "none")
+    if reduction == "none":
+        want = np.zeros(6)
+        want[keep] = per
+    else:
+        want = per.sum() if reduction == "sum" else per.mean()
+    out = F.cross_entropy(_t(x, False), mg.tensor(y), reduction=reduction, label_smoothing=eps)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-12)
+    check_grads(lambda t: F.cross_entropy(t, y, reduction=reduction, label_smoothing=eps), [x])
+    xt = _t(x, True)
+    F.cross_entropy(xt, y, reduction=reduction, label_smoothing=eps).sum().backward()
+    assert not xt.grad.numpy()[~keep].any()            # no gradient through ignored rows
+    loss = nn.CrossEntropyLoss(reduction=reduction, label_smoothing=eps, ignore_index=7)
+    np.testing.assert_allclose(loss(mg.tensor(x), mg.tensor(np.where(keep, y, 7))).numpy(), want,
+                               rtol=1e-12)
+    if eps == 0.0:
+        lp = F.log_softmax(_t(x, False), 1)
+        np.testing.assert_allclose(F.nll_loss(lp, y, reduction=reduction).numpy(), want, rtol=1e-12)
+        check_grads(lambda t: F.nll_loss(t, y, reduction=reduction), [x])
+        np.testing.assert_allclose(
+            nn.NLLLoss(reduction=reduction, ignore_index=5)(lp, np.where(keep, y, 5)).numpy(), want,
+            rtol=1e-12)
+
+
+def test_ignore_index_edge_cases():
+    x = mg.tensor(np.zeros((2, 3), np.float32))
+    assert np.isnan(F.cross_entropy(x, [-100, -100]).item())           # as PyTorch: 0 / 0
+    assert F.cross_entropy(x, [-100, -100], reduction="sum").item() == 0.0
+    with pytest.raises(ValueError, match=r"target value -1 .* or -100 \(ignore_index\)"):
+        F.cross_entropy(x, [-1, -100])
+    with pytest.raises(ValueError, match="target value -100"):
+        F.cross_entropy(x, [-100, 0], ignore_index=None)
+
+
 def test_nll_and_mse_loss():
     rng = np.random.default_rng(8)
     x = rng.standard_normal((4, 3))

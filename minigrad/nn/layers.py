@@ -445,32 +445,36 @@ class Flatten(Module):
 class CrossEntropyLoss(Module):
     """Softmax cross-entropy of logits (N, C) and class indices (N,), with reduction and label smoothing."""
 
-    def __init__(self, reduction="mean", label_smoothing=0.0):
+    def __init__(self, reduction="mean", label_smoothing=0.0, ignore_index=-100):
         super().__init__()
         self.reduction, self.label_smoothing = reduction, label_smoothing
+        self.ignore_index = ignore_index
 
     def forward(self, input, target):  # noqa: A002
         """The loss."""
-        return F.cross_entropy(input, target, reduction=self.reduction, label_smoothing=self.label_smoothing)
+        return F.cross_entropy(input, target, reduction=self.reduction,
+                               label_smoothing=self.label_smoothing, ignore_index=self.ignore_index)
 
     def extra_repr(self):
-        """Reduction and smoothing when not default."""
+        """Reduction, smoothing and ignore_index when not default."""
         s = f"reduction={self.reduction!r}" if self.reduction != "mean" else ""
         if self.label_smoothing:
             s += (", " if s else "") + f"label_smoothing={self.label_smoothing}"
+        if self.ignore_index != -100:
+            s += (", " if s else "") + f"ignore_index={self.ignore_index}"
         return s
 
 
 class NLLLoss(Module):
     """Negative log-likelihood of log-probabilities."""
 
-    def __init__(self, reduction="mean"):
+    def __init__(self, reduction="mean", ignore_index=-100):
         super().__init__()
-        self.reduction = reduction
+        self.reduction, self.ignore_index = reduction, ignore_index
 
     def forward(self, input, target):  # noqa: A002
         """The loss."""
-        return F.nll_loss(input, target, reduction=self.reduction)
+        return F.nll_loss(input, target, reduction=self.reduction, ignore_index=self.ignore_index)
 
 
 class MSELoss(Module):

@@ -67,8 +67,10 @@ def _check_reduction(reduction, what):
         raise ValueError(f"{what}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
-def _labels(target, logits, what):
-    """``target`` as an int64 Tensor (N,) on the logits' device with values in [0, C)."""
+def _labels(target, logits, what, ignore_index=None):
+    """``target`` as an int64 Tensor (N,) on the logits' device with values in [0, C), and
+    None or, when some values equal ``ignore_index``, a bool mask of the others (the ignored
+    entries then read 0 in the returned labels)."""
     if not isinstance(target, Tensor):
         arr = np.asarray(target)
         if arr.dtype.kind not in "iu":
@@ -82,6 +84,11 @@ def _labels(target, logits, what):
     if target.shape != (n,):
         raise ValueError(f"{what}: target shape {target.shape} must be ({n},) for input of shape {logits.shape}")
     values = target.numpy()
+    keep = None
+    if ignore_index is not None and values.size and (values == ignore_index).any():
+        keep = values != ignore_index
+        values = np.where(keep, values, 0)
+        target = Tensor(values.astype(np.int64), device=logits.device)
     if values.size:
         lo, hi = int(values.min()), int(values.max())
         if lo < 0 or hi >= c:
@@ -89,19 +96,37 @@ def _labels(target, logits, what):
             pos = int(np.argmax(values == bad))
             raise ValueError(
                 f"{what}: target value {bad} (at index {pos}) is out of range for {c} classes; "
-                f"labels must be in [0, {c})")
+                f"labels must be in [0, {c})" + ("" if ignore_index is None else
+                                                 f" or {ignore_index} (ignore_index)"))
     if target.dtype != np.int64:
         target = target.long()
     if target.device != logits.device:
         target = target.to(logits.device)
-    return target
+    return target, keep
 
 
-def cross_entropy(input, target, reduction="mean", label_smoothing=0.0):  # noqa: A002
+def _masked(per_sample, keep, reduction):
+    """Reduce per-sample losses over the kept samples only (PyTorch's ignore_index: the
+    mean divides by their count, and is NaN when there are none)."""
+    mask = Tensor(keep.astype(per_sample.dtype), device=per_sample.device)
+    kept = per_sample * mask
+    if reduction == "none":
+        return kept
+    total = kept.sum()
+    if reduction == "sum":
+        return total
+    n = int(keep.sum())
+    return total * (1.0 / n) if n else total * float("nan")
+
+
+def cross_entropy(input, target, reduction="mean", label_smoothing=0.0,  # noqa: A002
+                  ignore_index=-100):
     """Softmax cross-entropy as ``torch.nn.functional.cross_entropy`` (class-index targets).
 
     ``input`` is (N, C) logits, ``target`` (N,) int class indices; ``label_smoothing``
-    mixes the one-hot target with the uniform distribution, PyTorch's formula.
+    mixes the one-hot target with the uniform distribution, PyTorch's formula.  Samples
+    whose target is ``ignore_index`` add nothing to the loss or the gradient, and "mean"
+    averages over the others.
     """
     _check_reduction(reduction, "cross_entropy")
     if input.ndim != 2:
@@ -112,17 +137,24 @@ def cross_entropy(input, target, reduction="mean", label_smoothing=0.0):  # noqa
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
     if input.shape[0] == 0:
         raise ValueError(f"cross_entropy: empty batch, input shape {input.shape}")
-    labels = _labels(target, input, "cross_entropy")
+    labels, keep = _labels(target, input, "cross_entropy", ignore_index)
+    if keep is not None:
+        per_sample = SoftmaxCrossEntropy.apply(input, labels, label_smoothing=float(label_smoothing),
+                                               reduction="none")
+        return _masked(per_sample, keep, reduction)
     return SoftmaxCrossEntropy.apply(input, labels, label_smoothing=float(label_smoothing),
                                      reduction=reduction)
 
 
-def nll_loss(input, target, reduction="mean"):  # noqa: A002
-    """Negative log-likelihood of log-probabilities (N, C) at int class indices (N,)."""
+def nll_loss(input, target, reduction="mean", ignore_index=-100):  # noqa: A002
+    """Negative log-likelihood of log-probabilities (N, C) at int class indices (N,);
+    ``ignore_index`` as in :func:`cross_entropy`."""
     _check_reduction(reduction, "nll_loss")
     if input.ndim != 2:
         raise ValueError(f"nll_loss: input must be 2-D (N, C), got shape {input.shape}")
-    labels = _labels(target, input, "nll_loss")
+    labels, keep = _labels(target, input, "nll_loss", ignore_index)
+    if keep is not None:
+        return _masked(NLLLoss.apply(input, labels.numpy(), reduction="none"), keep, reduction)
     return NLLLoss.apply(input, labels.numpy(), reduction=reduction)
 
 

@@ -105,6 +105,15 @@ def test_grouped_conv():
     check(outs[0], outs[1], [(xc, xg), (wc, wg), (bc, bg)], tol=2e-4)
 
 
+def test_cross_entropy_ignore_index():
+    (xc, xg) = pair(5, 4)
+    y = np.array([1, -100, 3, 0, -100])
+    outs = [F.cross_entropy(x, y, label_smoothing=0.1) for x in (xc, xg)]
+    for o in outs:
+        o.backward()
+    check(outs[0], outs[1], [(xc, xg)])
+
+
 def test_gradients_gathered_before_conv_and_log_softmax():
     """Conv2d and LogSoftmax take the gradient already gathered for their input as an
     addend (autograd.Function.grad_addend_inputs): a second backward into the same
