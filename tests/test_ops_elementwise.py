@@ -116,6 +116,18 @@ def test_comparisons_have_no_grad():
         assert not out.requires_grad
 
 
+def test_leaky_relu():
+    x = np.array([-2.0, -0.5, 0.0, 0.5, 3.0])
+    want = np.where(x > 0, x, 0.2 * x)
+    np.testing.assert_allclose(mg.nn.functional.leaky_relu(mg.tensor(x), 0.2).numpy(), want)
+    check_grad(lambda t: mg.nn.functional.leaky_relu(t, 0.2), [x[x != 0]])
+    t = mg.tensor(x, requires_grad=True)
+    mg.nn.LeakyReLU(0.2)(t).sum().backward()
+    np.testing.assert_allclose(t.grad.numpy(), [0.2, 0.2, 0.2, 1.0, 1.0])   # PyTorch's slope at 0
+    assert repr(mg.nn.LeakyReLU()) == "LeakyReLU(negative_slope=0.01)"
+    assert mg.nn.LeakyReLU()(mg.ones(2)).dtype == mg.float32
+
+
 def test_where_and_clamp():
     x = np.array([-2.0, 0.5, 3.0])
     check_grad(lambda t: mg.clamp(t, -1.0, 1.0), [x])

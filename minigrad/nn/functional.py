@@ -2,7 +2,7 @@
 
 from ..ops.conv import conv2d
 from ..ops.dropout import dropout
-from ..ops.elementwise import relu, sigmoid, tanh
+from ..ops.elementwise import leaky_relu, relu, sigmoid, tanh
 from ..ops.loss import cross_entropy, mse_loss, nll_loss
 from ..ops.matmul import linear
 from ..ops.norm import batch_norm, local_response_norm
@@ -11,7 +11,7 @@ from ..ops.shape import flatten
 from ..ops.shape import pad as _pad_pairs
 from ..ops.softmax import log_softmax, softmax
 
-__all__ = ["conv2d", "dropout", "relu", "sigmoid", "tanh", "cross_entropy", "mse_loss", "nll_loss",
+__all__ = ["conv2d", "dropout", "relu", "leaky_relu", "sigmoid", "tanh", "cross_entropy", "mse_loss", "nll_loss",
            "linear", "batch_norm", "local_response_norm", "adaptive_avg_pool2d", "avg_pool2d",
            "max_pool2d", "flatten", "log_softmax", "softmax", "pad"]
 

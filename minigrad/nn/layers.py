@@ -384,6 +384,22 @@ class ReLU(Module):
         return "inplace=True" if self.inplace else ""
 
 
+class LeakyReLU(Module):
+    """``x`` where positive, else ``negative_slope * x``."""
+
+    def __init__(self, negative_slope=0.01, inplace=False):
+        super().__init__()
+        self.negative_slope, self.inplace = float(negative_slope), inplace
+
+    def forward(self, x):
+        """Rectify with a leak."""
+        return F.leaky_relu(x, self.negative_slope)
+
+    def extra_repr(self):
+        """The slope (and ``inplace=True`` when requested; computed out of place anyway)."""
+        return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
+
+
 class Sigmoid(Module):
     """Logistic function."""
 

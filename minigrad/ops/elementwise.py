@@ -297,6 +297,12 @@ def relu(x):
     return unary("relu", x)
 
 
+def leaky_relu(x, negative_slope=0.01):
+    """``x`` where positive, else ``negative_slope * x`` (as PyTorch, the gradient at 0 is
+    ``negative_slope``)."""
+    return where(x > 0, x, x * float(negative_slope))
+
+
 def sigmoid(x):
     """1 / (1 + exp(-x)), computed stably."""
     return unary("sigmoid", x)
