@@ -236,6 +236,58 @@ def test_nll_and_mse_loss():
     check_grads(lambda a: F.mse_loss(a, _t(t, False), reduction="sum"), [x])
 
 
+# --- layer norm and embedding --------------------------------------------------
+
+@pytest.mark.parametrize("shape,norm", [((4, 5), (5,)), ((2, 3, 4), (3, 4)), ((3, 6), 6)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm(shape, norm, affine):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape) * 3 + 1
+    ns = (norm,) if isinstance(norm, int) else norm
+    w, b = rng.standard_normal(ns), rng.standard_normal(ns)
+    axes = tuple(range(len(shape) - len(ns), len(shape)))
+    ref = (x - x.mean(axes, keepdims=True)) / np.sqrt(x.var(axes, keepdims=True) + 1e-5)
+    if affine:
+        ref = ref * w + b
+        args, fn = [x, w, b], lambda a, g, c: F.layer_norm(a, norm, g, c)
+    else:
+        args, fn = [x], lambda a: F.layer_norm(a, norm)
+    np.testing.assert_allclose(fn(*[_t(a, False) for a in args]).numpy(), ref, rtol=1e-10, atol=1e-12)
+    check_grads(fn, args)
+    m = nn.LayerNorm(norm, elementwise_affine=affine)
+    assert [n for n, _ in m.named_parameters()] == (["weight", "bias"] if affine else [])
+    y = m(mg.tensor(x.astype(np.float32)))
+    assert y.dtype == mg.float32
+    np.testing.assert_allclose(y.numpy(), (ref - b) / w if affine else ref, rtol=1e-4, atol=1e-4)
+
+
+def test_layer_norm_errors_name_shapes():
+    with pytest.raises(ValueError, match=r"normalized_shape \(4,\) .* \(2, 3\)"):
+        F.layer_norm(mg.zeros(2, 3), 4)
+    with pytest.raises(ValueError, match=r"weight shape \(2,\)"):
+        F.layer_norm(mg.zeros(2, 3), 3, mg.ones(2))
+
+
+def test_embedding_lookup_gradient_and_errors():
+    mg.manual_seed(0)
+    emb = nn.Embedding(5, 3)
+    assert emb.weight.shape == (5, 3) and repr(emb) == "Embedding(5, 3)"
+    idx = mg.tensor([[1, 4, 1], [0, 1, 2]])
+    out = emb(idx)
+    assert out.shape == (2, 3, 3)
+    np.testing.assert_array_equal(out.numpy(), emb.weight.numpy()[idx.numpy()])
+    out.sum().backward()
+    counts = np.bincount(idx.numpy().ravel(), minlength=5)      # repeated rows accumulate
+    np.testing.assert_array_equal(emb.weight.grad.numpy(), np.repeat(counts[:, None], 3, 1))
+    check_grads(lambda w: F.embedding(np.array([3, 0, 3]), w), [np.arange(8.0).reshape(4, 2)])
+    with pytest.raises(ValueError, match="index 5 is out of range for 5"):
+        emb(mg.tensor([5]))
+    with pytest.raises(ValueError, match="index -1"):
+        emb(mg.tensor([-1]))
+    with pytest.raises(TypeError, match="integers"):
+        emb(mg.tensor([1.0]))
+
+
 # --- dropout -----------------------------------------------------------------
 
 def test_dropout_train_eval_and_determinism():

@@ -5,14 +5,15 @@ from ..ops.dropout import dropout
 from ..ops.elementwise import leaky_relu, relu, sigmoid, tanh
 from ..ops.loss import cross_entropy, mse_loss, nll_loss
 from ..ops.matmul import linear
-from ..ops.norm import batch_norm, local_response_norm
+from ..ops.embedding import embedding
+from ..ops.norm import batch_norm, layer_norm, local_response_norm
 from ..ops.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 from ..ops.shape import flatten
 from ..ops.shape import pad as _pad_pairs
 from ..ops.softmax import log_softmax, softmax
 
 __all__ = ["conv2d", "dropout", "relu", "leaky_relu", "sigmoid", "tanh", "cross_entropy", "mse_loss", "nll_loss",
-           "linear", "batch_norm", "local_response_norm", "adaptive_avg_pool2d", "avg_pool2d",
+           "linear", "batch_norm", "layer_norm", "local_response_norm", "embedding", "adaptive_avg_pool2d", "avg_pool2d",
            "max_pool2d", "flatten", "log_softmax", "softmax", "pad"]
 
 

@@ -332,6 +332,52 @@ class BatchNorm2d(_BatchNorm):
     _ndims = (4,)
 
 
+class LayerNorm(Module):
+    """Normalisation over the trailing ``normalized_shape`` dimensions of each sample, as
+    ``torch.nn.LayerNorm`` (weight ones, bias zeros when ``elementwise_affine``)."""
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True):
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        self.normalized_shape, self.eps = tuple(int(n) for n in shape), eps
+        self.elementwise_affine = elementwise_affine
+        if elementwise_affine:
+            self.weight = Parameter(np.ones(self.normalized_shape, dtype=np.float32))
+        else:
+            self.register_parameter("weight", None)
+        if elementwise_affine and bias:
+            self.bias = Parameter(np.zeros(self.normalized_shape, dtype=np.float32))
+        else:
+            self.register_parameter("bias", None)
+
+    def forward(self, x):
+        """Normalise, scale, shift."""
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        """PyTorch's LayerNorm description."""
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
+
+class Embedding(Module):
+    """A lookup table of ``num_embeddings`` vectors of size ``embedding_dim`` (initialised from
+    N(0, 1), as ``torch.nn.Embedding``); indexed by integer tensors of any shape."""
+
+    def __init__(self, num_embeddings, embedding_dim):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
+        self.weight = _empty(self.num_embeddings, self.embedding_dim)
+        init.normal_(self.weight)
+
+    def forward(self, input):  # noqa: A002
+        """The rows of the weight at ``input``: shape ``input.shape + (embedding_dim,)``."""
+        return F.embedding(input, self.weight)
+
+    def extra_repr(self):
+        """Sizes."""
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
 class Dropout(Module):
     """Inverted dropout with probability ``p`` in training mode; identity in eval mode."""
 

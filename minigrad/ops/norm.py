@@ -1,10 +1,13 @@
-"""Batch normalisation and local response normalisation as differentiable ops.
+"""Batch, layer and local response normalisation as differentiable ops.
 
 Training-mode batch norm is one fused backend kernel forward and one backward
 (``batch_norm_train`` / ``batch_norm_backward``); eval mode uses
 ``batch_norm_eval`` and a per-channel scale for its gradient.  Running-statistic
 updates happen outside the graph, in place, through backend elementwise calls.
+Layer norm is composed of elementwise ops and reductions.
 """
+
+import numpy as np
 
 from ..autograd import Function
 
@@ -147,3 +150,23 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):
         raise ValueError(f"local_response_norm: size must be positive, got {size}")
     return LocalResponseNorm.apply(x, size=int(size), alpha=float(alpha), beta=float(beta), k=float(k))
 
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """``torch.nn.functional.layer_norm``: normalise over the trailing ``normalized_shape``
+    dimensions with the biased variance, then scale by ``weight`` and shift by ``bias``
+    (both of that shape, optional).  Composed of differentiable ops."""
+    shape = (int(normalized_shape),) if isinstance(normalized_shape, (int, np.integer)) \
+        else tuple(int(n) for n in normalized_shape)
+    if not shape or tuple(x.shape[x.ndim - len(shape):]) != shape or len(shape) > x.ndim:
+        raise ValueError(f"layer_norm: normalized_shape {shape} must be the trailing dimensions "
+                         f"of the input's shape {x.shape}")
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and tuple(p.shape) != shape:
+            raise ValueError(f"layer_norm: {name} shape {p.shape} != normalized_shape {shape}")
+    axes = tuple(range(x.ndim - len(shape), x.ndim))
+    centred = x - x.mean(axes, keepdims=True)
+    y = centred * ((centred * centred).mean(axes, keepdims=True) + eps) ** -0.5
+    if weight is not None:
+        y = y * weight
+    return y + bias if bias is not None else y

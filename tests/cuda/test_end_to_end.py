@@ -114,6 +114,19 @@ def test_cross_entropy_ignore_index():
     check(outs[0], outs[1], [(xc, xg)])
 
 
+def test_layer_norm_embedding_leaky_relu():
+    """The composed ops (layer_norm, embedding, leaky_relu) on the device."""
+    (xc, xg), (wc, wg), (ec, eg) = pair(3, 4), pair(4), pair(6, 4)
+    idx = np.array([5, 0, 5])
+    outs = []
+    for x, w, e in ((xc, wc, ec), (xg, wg, eg)):
+        y = F.layer_norm(x + F.embedding(idx, e), 4, w)
+        outs.append((F.leaky_relu(y, 0.1) ** 2).sum())
+    for o in outs:
+        o.backward()
+    check(outs[0], outs[1], [(xc, xg), (wc, wg), (ec, eg)])
+
+
 def test_gradients_gathered_before_conv_and_log_softmax():
     """Conv2d and LogSoftmax take the gradient already gathered for their input as an
     addend (autograd.Function.grad_addend_inputs): a second backward into the same
