@@ -16,7 +16,7 @@ from .random import get_rng_state, manual_seed, set_rng_state
 from .tensor import (Tensor, bool_, float32, float64, int32, int64, tensor, uint8,
                      _as_numpy, _install_methods)
 from . import backend as _backend_registry
-from .ops.elementwise import (abs, clamp, exp, log, maximum, minimum, relu, sigmoid, sqrt,
+from .ops.elementwise import (abs, clamp, erf, exp, log, maximum, minimum, relu, sigmoid, sqrt,
                               tanh, where)
 from .ops.reduce import argmax, argmin, max, mean, min, sum, var
 from .ops.shape import (cat, concatenate, expand, flatten, pad, permute, reshape, squeeze,

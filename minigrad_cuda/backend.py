@@ -33,6 +33,7 @@ _NP_BINARY = {
 _NP_UNARY = {
     "neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "relu": None,
     "sigmoid": scipy.special.expit, "tanh": np.tanh, "abs": np.abs, "sign": np.sign,
+    "erf": scipy.special.erf,
 }
 _ACT_GRADS = {"relu": "relu_grad", "sigmoid": "sigmoid_grad", "tanh": "tanh_grad"}
 
@@ -208,7 +209,7 @@ class CUDABackend(Backend):
         return out
 
     def unary(self, op, x):
-        """Elementwise ``op`` (neg, exp, log, sqrt, relu, sigmoid, tanh, abs, sign)."""
+        """Elementwise ``op`` (neg, exp, log, sqrt, relu, sigmoid, tanh, abs, sign, erf)."""
         x = self._c(x)
         out = self.empty(x.shape, _unary_dtype(op, np.dtype(x.dtype)))
         n = _prod(x.shape)

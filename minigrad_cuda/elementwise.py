@@ -165,9 +165,14 @@ def _sign(x):
     return x * 0
 
 
+@cuda.jit(device=True, inline=True)
+def _erf(x):
+    return math.erf(x)
+
+
 UNARY_FUNCS = {
     "neg": _neg, "exp": _exp, "log": _log, "sqrt": _sqrt, "relu": _relu,
-    "sigmoid": _sigmoid, "tanh": _tanh, "abs": _abs, "sign": _sign,
+    "sigmoid": _sigmoid, "tanh": _tanh, "abs": _abs, "sign": _sign, "erf": _erf,
 }
 
 

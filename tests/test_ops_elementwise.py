@@ -1,5 +1,7 @@
 """Elementwise ops: forward vs NumPy float64, gradients vs central differences and formulas."""
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -56,6 +58,8 @@ UNARY = {
     "sigmoid": (lambda x: 1 / (1 + np.exp(-x)), lambda x: np.exp(-x) / (1 + np.exp(-x)) ** 2, (-3, 3)),
     "tanh": (np.tanh, lambda x: 1 - np.tanh(x) ** 2, (-2, 2)),
     "neg": (np.negative, lambda x: -np.ones_like(x), (-2, 2)),
+    "erf": (np.vectorize(math.erf, otypes=[float]), lambda x: 2 / np.sqrt(np.pi) * np.exp(-x * x),
+            (-3, 3)),
 }
 
 
@@ -126,6 +130,24 @@ def test_leaky_relu():
     np.testing.assert_allclose(t.grad.numpy(), [0.2, 0.2, 0.2, 1.0, 1.0])   # PyTorch's slope at 0
     assert repr(mg.nn.LeakyReLU()) == "LeakyReLU(negative_slope=0.01)"
     assert mg.nn.LeakyReLU()(mg.ones(2)).dtype == mg.float32
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu(approximate):
+    x = np.linspace(-4, 4, 17)
+    if approximate == "none":
+        want = x * 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+    else:
+        want = 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    F = mg.nn.functional
+    np.testing.assert_allclose(F.gelu(mg.tensor(x), approximate).numpy(), want, rtol=1e-12,
+                               atol=1e-15)
+    check_grad(lambda t: F.gelu(t, approximate), [x])
+    m = mg.nn.GELU(approximate)
+    assert m(mg.ones(3)).dtype == mg.float32
+    assert repr(m) == ("GELU()" if approximate == "none" else "GELU(approximate='tanh')")
+    with pytest.raises(ValueError, match="approximate"):
+        F.gelu(mg.tensor(x), "erf")
 
 
 def test_where_and_clamp():

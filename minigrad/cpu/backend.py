@@ -27,6 +27,7 @@ _COMPARE = {
 _UNARY = {
     "neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt,
     "sigmoid": scipy.special.expit, "tanh": np.tanh, "abs": np.abs, "sign": np.sign,
+    "erf": scipy.special.erf,
 }
 _ACT_GRAD = {"relu": kernels.relu_grad, "sigmoid": kernels.sigmoid_grad, "tanh": kernels.tanh_grad}
 

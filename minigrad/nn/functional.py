@@ -2,7 +2,7 @@
 
 from ..ops.conv import conv2d
 from ..ops.dropout import dropout
-from ..ops.elementwise import leaky_relu, relu, sigmoid, tanh
+from ..ops.elementwise import gelu, leaky_relu, relu, sigmoid, tanh
 from ..ops.loss import cross_entropy, mse_loss, nll_loss
 from ..ops.matmul import linear
 from ..ops.embedding import embedding
@@ -12,7 +12,7 @@ from ..ops.shape import flatten
 from ..ops.shape import pad as _pad_pairs
 from ..ops.softmax import log_softmax, softmax
 
-__all__ = ["conv2d", "dropout", "relu", "leaky_relu", "sigmoid", "tanh", "cross_entropy", "mse_loss", "nll_loss",
+__all__ = ["conv2d", "dropout", "relu", "leaky_relu", "gelu", "sigmoid", "tanh", "cross_entropy", "mse_loss", "nll_loss",
            "linear", "batch_norm", "layer_norm", "local_response_norm", "embedding", "adaptive_avg_pool2d", "avg_pool2d",
            "max_pool2d", "flatten", "log_softmax", "softmax", "pad"]
 

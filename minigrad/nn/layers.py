@@ -446,6 +446,24 @@ class LeakyReLU(Module):
         return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
 
 
+class GELU(Module):
+    """``x * Phi(x)`` (``approximate="tanh"``: PyTorch's tanh formula)."""
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x):
+        """Gaussian error linear unit."""
+        return F.gelu(x, self.approximate)
+
+    def extra_repr(self):
+        """The approximation when not exact."""
+        return f"approximate={self.approximate!r}" if self.approximate != "none" else ""
+
+
 class Sigmoid(Module):
     """Logistic function."""
 

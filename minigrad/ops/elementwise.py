@@ -1,5 +1,7 @@
 """Elementwise ops with NumPy broadcasting: arithmetic, activations, comparisons."""
 
+import math
+
 import numpy as np
 
 from ..autograd import Function
@@ -189,6 +191,9 @@ class Unary(Function):
             return (be.activation_grad(op, out, g),)
         if op == "abs":
             return (be.binary("mul", g, be.unary("sign", x)),)
+        if op == "erf":   # 2 / sqrt(pi) * exp(-x^2)
+            bump = be.unary("exp", be.unary("neg", be.binary("mul", x, x)))
+            return (be.binary("mul", g, be.scalar("mul", bump, 2.0 / math.sqrt(math.pi))),)
         raise ValueError(f"no gradient for {op!r}")
 
 
@@ -297,6 +302,22 @@ def relu(x):
     return unary("relu", x)
 
 
+def erf(x):
+    """The error function."""
+    return unary("erf", x)
+
+
+def gelu(x, approximate="none"):
+    """``x * Phi(x)`` with Phi the standard normal CDF, as ``torch.nn.functional.gelu``;
+    ``approximate="tanh"`` uses PyTorch's tanh formula instead of erf."""
+    if approximate == "none":
+        return x * (erf(x * (1.0 / math.sqrt(2.0))) + 1.0) * 0.5
+    if approximate == "tanh":
+        inner = (x + x * x * x * 0.044715) * math.sqrt(2.0 / math.pi)
+        return x * (tanh(inner) + 1.0) * 0.5
+    raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+
+
 def leaky_relu(x, negative_slope=0.01):
     """``x`` where positive, else ``negative_slope * x`` (as PyTorch, the gradient at 0 is
     ``negative_slope``)."""
@@ -369,7 +390,8 @@ TENSOR_METHODS = {
     "__gt__": lambda a, b: compare("gt", a, b),
     "__ge__": lambda a, b: compare("ge", a, b),
     "__abs__": abs,
-    "exp": exp, "log": log, "sqrt": sqrt, "relu": relu, "sigmoid": sigmoid, "tanh": tanh,
+    "exp": exp, "log": log, "sqrt": sqrt, "erf": erf, "relu": relu, "sigmoid": sigmoid,
+    "tanh": tanh,
     "abs": abs, "maximum": maximum, "minimum": minimum, "clamp": clamp,
     "neg": lambda a: unary("neg", a),
 }

@@ -65,7 +65,7 @@ def test_full_astype_copy_fill(be):
 
 # --- elementwise ------------------------------------------------------------------
 
-UNARY = ["neg", "exp", "log", "sqrt", "relu", "sigmoid", "tanh", "abs", "sign"]
+UNARY = ["neg", "exp", "log", "sqrt", "relu", "sigmoid", "tanh", "abs", "sign", "erf"]
 
 
 @pytest.mark.parametrize("op", UNARY)

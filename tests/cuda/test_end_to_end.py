@@ -115,13 +115,13 @@ def test_cross_entropy_ignore_index():
 
 
 def test_layer_norm_embedding_leaky_relu():
-    """The composed ops (layer_norm, embedding, leaky_relu) on the device."""
+    """The composed ops (layer_norm, embedding, leaky_relu, gelu) on the device."""
     (xc, xg), (wc, wg), (ec, eg) = pair(3, 4), pair(4), pair(6, 4)
     idx = np.array([5, 0, 5])
     outs = []
     for x, w, e in ((xc, wc, ec), (xg, wg, eg)):
         y = F.layer_norm(x + F.embedding(idx, e), 4, w)
-        outs.append((F.leaky_relu(y, 0.1) ** 2).sum())
+        outs.append((F.leaky_relu(y, 0.1) ** 2).sum() + F.gelu(y).sum())
     for o in outs:
         o.backward()
     check(outs[0], outs[1], [(xc, xg), (wc, wg), (ec, eg)])
