@@ -151,14 +151,13 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):
     return LocalResponseNorm.apply(x, size=int(size), alpha=float(alpha), beta=float(beta), k=float(k))
 
 
-
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     """``torch.nn.functional.layer_norm``: normalise over the trailing ``normalized_shape``
     dimensions with the biased variance, then scale by ``weight`` and shift by ``bias``
     (both of that shape, optional).  Composed of differentiable ops."""
     shape = (int(normalized_shape),) if isinstance(normalized_shape, (int, np.integer)) \
         else tuple(int(n) for n in normalized_shape)
-    if not shape or tuple(x.shape[x.ndim - len(shape):]) != shape or len(shape) > x.ndim:
+    if not shape or len(shape) > x.ndim or tuple(x.shape[x.ndim - len(shape):]) != shape:
         raise ValueError(f"layer_norm: normalized_shape {shape} must be the trailing dimensions "
                          f"of the input's shape {x.shape}")
     for name, p in (("weight", weight), ("bias", bias)):
