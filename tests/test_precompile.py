@@ -28,6 +28,16 @@ def test_manifest_entries_name_existing_kernels():
     assert seconds == sorted(seconds, reverse=True)
 
 
+def test_test_manifest_entries_name_existing_kernels():
+    """tests/kernel_manifest.json (conftest's parallel precompile) names kernels that exist;
+    regenerate it with tools/make_test_kernel_manifest.py when this fails."""
+    entries = precompile.load_manifest(path=os.path.join(ROOT, "tests", "kernel_manifest.json"))
+    assert len(entries) > 100
+    for e in entries:
+        d = precompile.resolve(e)
+        assert len(precompile.signature(e)) == d.py_func.__code__.co_argcount, (e["module"], e["name"])
+
+
 def test_manifest_filter_by_model_and_unknown_model():
     lenet = precompile.load_manifest(["lenet5"])
     assert lenet and all("lenet5" in e["models"] for e in lenet)
