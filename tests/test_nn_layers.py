@@ -209,6 +209,46 @@ def test_cross_entropy_and_nll_ignore_index(reduction, eps):
             rtol=1e-12)
 
 
+def weighted_ce_ref(x, y, w, eps, reduction, ignore=-100):
+    """PyTorch's documented class-weighted, label-smoothed cross-entropy in float64."""
+    lp = x - x.max(1, keepdims=True)
+    lp = lp - np.log(np.exp(lp).sum(1, keepdims=True))
+    keep = y != ignore
+    yk = np.where(keep, y, 0)
+    wy = w[yk] * keep
+    per = -(1 - eps) * wy * lp[np.arange(len(y)), yk] - eps / x.shape[1] * (lp * w).sum(1) * keep
+    if reduction == "none":
+        return per
+    return per.sum() if reduction == "sum" else per.sum() / wy.sum()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("eps", [0.0, 0.3])
+def test_cross_entropy_and_nll_class_weights(reduction, eps):
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((7, 4)) * 2
+    y = np.array([0, 3, -100, 1, 3, 2, 0])
+    w = np.array([0.5, 2.0, 1.0, 3.0])
+    want = weighted_ce_ref(x, y, w, eps, reduction)
+    out = F.cross_entropy(_t(x, False), y, reduction=reduction, label_smoothing=eps, weight=w)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-12)
+    check_grads(lambda t: F.cross_entropy(t, y, reduction=reduction, label_smoothing=eps,
+                                          weight=mg.tensor(w)), [x])
+    loss = nn.CrossEntropyLoss(reduction=reduction, label_smoothing=eps, weight=w)
+    assert set(loss.state_dict()) == {"weight"}
+    np.testing.assert_allclose(loss(mg.tensor(x.astype(np.float32)), mg.tensor(y)).numpy(), want,
+                               rtol=1e-5, atol=1e-6)
+    if eps == 0.0:
+        lp = F.log_softmax(_t(x, False), 1)
+        np.testing.assert_allclose(F.nll_loss(lp, y, reduction=reduction, weight=w).numpy(), want,
+                                   rtol=1e-12)
+        check_grads(lambda t: F.nll_loss(t, y, reduction=reduction, weight=w), [x])
+        np.testing.assert_allclose(nn.NLLLoss(reduction=reduction, weight=w)(lp, y).numpy(), want,
+                                   rtol=1e-12)
+    with pytest.raises(ValueError, match=r"one number per class, shape \(4,\); got shape \(3,\)"):
+        F.cross_entropy(_t(x, False), y, weight=w[:3])
+
+
 def test_ignore_index_edge_cases():
     x = mg.tensor(np.zeros((2, 3), np.float32))
     assert np.isnan(F.cross_entropy(x, [-100, -100]).item())           # as PyTorch: 0 / 0

@@ -522,18 +522,28 @@ class Flatten(Module):
 
 # --- losses ------------------------------------------------------------------------
 
+def _class_weight_buffer(weight):
+    """A loss module's per-class ``weight`` as a Tensor buffer (PyTorch keeps it in the state
+    dict under "weight"), or None."""
+    if weight is None or isinstance(weight, Tensor):
+        return weight
+    return Tensor(np.asarray(weight, dtype=np.float32))
+
+
 class CrossEntropyLoss(Module):
     """Softmax cross-entropy of logits (N, C) and class indices (N,), with reduction and label smoothing."""
 
-    def __init__(self, reduction="mean", label_smoothing=0.0, ignore_index=-100):
+    def __init__(self, reduction="mean", label_smoothing=0.0, ignore_index=-100, weight=None):
         super().__init__()
         self.reduction, self.label_smoothing = reduction, label_smoothing
         self.ignore_index = ignore_index
+        self.register_buffer("weight", _class_weight_buffer(weight))
 
     def forward(self, input, target):  # noqa: A002
         """The loss."""
         return F.cross_entropy(input, target, reduction=self.reduction,
-                               label_smoothing=self.label_smoothing, ignore_index=self.ignore_index)
+                               label_smoothing=self.label_smoothing, ignore_index=self.ignore_index,
+                               weight=self.weight)
 
     def extra_repr(self):
         """Reduction, smoothing and ignore_index when not default."""
@@ -548,13 +558,15 @@ class CrossEntropyLoss(Module):
 class NLLLoss(Module):
     """Negative log-likelihood of log-probabilities."""
 
-    def __init__(self, reduction="mean", ignore_index=-100):
+    def __init__(self, reduction="mean", ignore_index=-100, weight=None):
         super().__init__()
         self.reduction, self.ignore_index = reduction, ignore_index
+        self.register_buffer("weight", _class_weight_buffer(weight))
 
     def forward(self, input, target):  # noqa: A002
         """The loss."""
-        return F.nll_loss(input, target, reduction=self.reduction, ignore_index=self.ignore_index)
+        return F.nll_loss(input, target, reduction=self.reduction, ignore_index=self.ignore_index,
+                          weight=self.weight)
 
 
 class MSELoss(Module):

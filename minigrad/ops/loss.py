@@ -119,14 +119,51 @@ def _masked(per_sample, keep, reduction):
     return total * (1.0 / n) if n else total * float("nan")
 
 
+def _class_weights(weight, c, what):
+    """``weight`` (None, or C per-class weights) as a float64 host array, or None."""
+    if weight is None:
+        return None
+    w = weight.numpy() if isinstance(weight, Tensor) else np.asarray(weight)
+    if w.shape != (c,) or w.dtype.kind not in "fiu":
+        raise ValueError(f"{what}: weight must hold one number per class, shape ({c},); got "
+                         f"shape {w.shape}, dtype {w.dtype}")
+    return w.astype(np.float64)
+
+
+def _weighted_nll(logp, labels, keep, w, eps, reduction):
+    """PyTorch's class-weighted loss from log-probabilities: sample i adds
+    ``-(1 - eps) * w[y_i] * logp[i, y_i] - eps / C * sum_c w[c] * logp[i, c]``, and "mean"
+    divides the sum by that of ``w[y_i]`` over the samples not ignored."""
+    n, c = logp.shape
+    kept = np.ones(n) if keep is None else keep.astype(np.float64)
+    wy = w[labels] * kept
+
+    def const(a):
+        return Tensor(np.asarray(a, dtype=logp.dtype), device=logp.device)
+
+    per = NLLLoss.apply(logp, labels, reduction="none") * const(wy * (1.0 - eps))
+    if eps:
+        smooth = (logp * const(w[None, :] * (eps / c))).sum(1)
+        per = per - smooth * const(kept)
+    if reduction == "none":
+        return per
+    total = per.sum()
+    if reduction == "sum":
+        return total
+    denom = float(wy.sum())
+    return total * (1.0 / denom) if denom else total * float("nan")
+
+
 def cross_entropy(input, target, reduction="mean", label_smoothing=0.0,  # noqa: A002
-                  ignore_index=-100):
+                  ignore_index=-100, weight=None):
     """Softmax cross-entropy as ``torch.nn.functional.cross_entropy`` (class-index targets).
 
     ``input`` is (N, C) logits, ``target`` (N,) int class indices; ``label_smoothing``
     mixes the one-hot target with the uniform distribution, PyTorch's formula.  Samples
     whose target is ``ignore_index`` add nothing to the loss or the gradient, and "mean"
-    averages over the others.
+    averages over the others.  ``weight``: one number per class (a constant: it gets no
+    gradient), weighting each sample's loss as PyTorch does; "mean" then divides by the
+    summed weights of the samples' targets.
     """
     _check_reduction(reduction, "cross_entropy")
     if input.ndim != 2:
@@ -138,6 +175,12 @@ def cross_entropy(input, target, reduction="mean", label_smoothing=0.0,  # noqa:
     if input.shape[0] == 0:
         raise ValueError(f"cross_entropy: empty batch, input shape {input.shape}")
     labels, keep = _labels(target, input, "cross_entropy", ignore_index)
+    w = _class_weights(weight, input.shape[1], "cross_entropy")
+    if w is not None:
+        from .softmax import log_softmax
+
+        return _weighted_nll(log_softmax(input, 1), labels.numpy(), keep, w,
+                             float(label_smoothing), reduction)
     if keep is not None:
         per_sample = SoftmaxCrossEntropy.apply(input, labels, label_smoothing=float(label_smoothing),
                                                reduction="none")
@@ -146,13 +189,16 @@ def cross_entropy(input, target, reduction="mean", label_smoothing=0.0,  # noqa:
                                      reduction=reduction)
 
 
-def nll_loss(input, target, reduction="mean", ignore_index=-100):  # noqa: A002
+def nll_loss(input, target, reduction="mean", ignore_index=-100, weight=None):  # noqa: A002
     """Negative log-likelihood of log-probabilities (N, C) at int class indices (N,);
-    ``ignore_index`` as in :func:`cross_entropy`."""
+    ``ignore_index`` and ``weight`` as in :func:`cross_entropy`."""
     _check_reduction(reduction, "nll_loss")
     if input.ndim != 2:
         raise ValueError(f"nll_loss: input must be 2-D (N, C), got shape {input.shape}")
     labels, keep = _labels(target, input, "nll_loss", ignore_index)
+    w = _class_weights(weight, input.shape[1], "nll_loss")
+    if w is not None:
+        return _weighted_nll(input, labels.numpy(), keep, w, 0.0, reduction)
     if keep is not None:
         return _masked(NLLLoss.apply(input, labels.numpy(), reduction="none"), keep, reduction)
     return NLLLoss.apply(input, labels.numpy(), reduction=reduction)

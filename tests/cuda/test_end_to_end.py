@@ -105,10 +105,12 @@ def test_grouped_conv():
     check(outs[0], outs[1], [(xc, xg), (wc, wg), (bc, bg)], tol=2e-4)
 
 
-def test_cross_entropy_ignore_index():
+def test_cross_entropy_ignore_index_and_class_weights():
     (xc, xg) = pair(5, 4)
     y = np.array([1, -100, 3, 0, -100])
-    outs = [F.cross_entropy(x, y, label_smoothing=0.1) for x in (xc, xg)]
+    w = np.array([1.0, 0.5, 2.0, 1.5])
+    outs = [F.cross_entropy(x, y, label_smoothing=0.1) + F.cross_entropy(x, y, weight=w)
+            for x in (xc, xg)]
     for o in outs:
         o.backward()
     check(outs[0], outs[1], [(xc, xg)])
