@@ -105,18 +105,22 @@ def _labels(target, logits, what, ignore_index=None):
     return target, keep
 
 
-def _masked(per_sample, keep, reduction):
-    """Reduce per-sample losses over the kept samples only (PyTorch's ignore_index: the
-    mean divides by their count, and is NaN when there are none)."""
-    mask = Tensor(keep.astype(per_sample.dtype), device=per_sample.device)
-    kept = per_sample * mask
+def _reduce(per_sample, reduction, denominator):
+    """Per-sample losses as they are ("none"), summed ("sum"), or summed and divided by
+    ``denominator`` ("mean"; NaN when it is 0, as PyTorch's 0 / 0)."""
     if reduction == "none":
-        return kept
-    total = kept.sum()
+        return per_sample
+    total = per_sample.sum()
     if reduction == "sum":
         return total
-    n = int(keep.sum())
-    return total * (1.0 / n) if n else total * float("nan")
+    return total * (1.0 / denominator) if denominator else total * float("nan")
+
+
+def _masked(per_sample, keep, reduction):
+    """Reduce per-sample losses over the kept samples only (PyTorch's ignore_index: the
+    mean divides by their count)."""
+    mask = Tensor(keep.astype(per_sample.dtype), device=per_sample.device)
+    return _reduce(per_sample * mask, reduction, float(keep.sum()))
 
 
 def _class_weights(weight, c, what):
@@ -145,13 +149,7 @@ def _weighted_nll(logp, labels, keep, w, eps, reduction):
     if eps:
         smooth = (logp * const(w[None, :] * (eps / c))).sum(1)
         per = per - smooth * const(kept)
-    if reduction == "none":
-        return per
-    total = per.sum()
-    if reduction == "sum":
-        return total
-    denom = float(wy.sum())
-    return total * (1.0 / denom) if denom else total * float("nan")
+    return _reduce(per, reduction, float(wy.sum()))
 
 
 def cross_entropy(input, target, reduction="mean", label_smoothing=0.0,  # noqa: A002
