@@ -65,12 +65,7 @@ def main():
                     old["models"].append(model)
                     old["seconds"] = max(old["seconds"], e["seconds"])
     entries = sorted(merged.values(), key=lambda e: -e["seconds"])
-    tmp = precompile.MANIFEST + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write('{"made_by": "tools/make_kernel_manifest.py", "kernels": [\n')
-        fh.write(",\n".join(json.dumps(e) for e in entries))
-        fh.write("\n]}\n")
-    os.replace(tmp, precompile.MANIFEST)
+    precompile.save_manifest(entries, precompile.MANIFEST, "tools/make_kernel_manifest.py")
     for model in WORKLOADS:
         mine = [e for e in entries if model in e["models"]]
         print(f"{model}: {len(mine)} kernel signatures, {sum(e['seconds'] for e in mine):.1f} s "

@@ -50,12 +50,9 @@ def main():
                        cwd=ROOT)
         with open(path, encoding="utf-8") as fh:
             entries = [e for e in json.load(fh) if e["seconds"] > 0]
-    tmp_out = OUT + ".tmp"
-    with open(tmp_out, "w", encoding="utf-8") as fh:
-        fh.write('{"made_by": "tools/make_test_kernel_manifest.py", "kernels": [\n')
-        fh.write(",\n".join(json.dumps(e) for e in entries))
-        fh.write("\n]}\n")
-    os.replace(tmp_out, OUT)
+    from minigrad.cpu import precompile
+
+    precompile.save_manifest(entries, OUT, "tools/make_test_kernel_manifest.py")
     print(f"{len(entries)} kernel signatures, {sum(e['seconds'] for e in entries):.1f} s of "
           f"compile recorded (nested calls counted in their callers too) -> {OUT}")
 

@@ -99,6 +99,17 @@ def load_manifest(models=None, path=MANIFEST):
     return sorted(entries, key=lambda e: -e.get("seconds", 0.0))
 
 
+def save_manifest(entries, path, made_by):
+    """Write ``entries`` (as :func:`record` returns them) for :func:`load_manifest`, one per
+    line, atomically (temp file, then rename)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps({"made_by": made_by})[:-1] + ', "kernels": [\n')
+        fh.write(",\n".join(json.dumps(e) for e in entries))
+        fh.write("\n]}\n")
+    os.replace(tmp, path)
+
+
 def is_cached(entry):
     """True when the on-disk Numba cache holds this entry's compiled code (None: unknown)."""
     try:
