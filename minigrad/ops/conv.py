@@ -119,15 +119,15 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
             raise ValueError(
                 f"conv2d: kernel {tuple(kernel)} (dilation {dilation}) is larger than the padded "
                 f"input {x.shape[2] + 2 * padding[0]}x{x.shape[3] + 2 * padding[1]} of input {x.shape}")
-    if groups > 1:
-        from .shape import concatenate
+    conf = dict(stride=stride, padding=padding, dilation=dilation)
+    if groups == 1:
+        return Conv2d.apply(*((x, weight) if bias is None else (x, weight, bias)), **conf)
+    from .shape import concatenate
 
-        cin, cout = weight.shape[1], weight.shape[0] // groups
-        outs = []
-        for g in range(groups):
-            ws = slice(g * cout, (g + 1) * cout)
-            outs.append(conv2d(x[:, g * cin:(g + 1) * cin], weight[ws],
-                               None if bias is None else bias[ws], stride, padding, dilation))
-        return concatenate(outs, 1)
-    args = (x, weight) if bias is None else (x, weight, bias)
-    return Conv2d.apply(*args, stride=stride, padding=padding, dilation=dilation)
+    cin, cout = weight.shape[1], weight.shape[0] // groups
+    outs = []
+    for g in range(groups):
+        ws = slice(g * cout, (g + 1) * cout)
+        args = (x[:, g * cin:(g + 1) * cin], weight[ws]) + (() if bias is None else (bias[ws],))
+        outs.append(Conv2d.apply(*args, **conf))
+    return concatenate(outs, 1)
