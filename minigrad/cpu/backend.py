@@ -251,6 +251,22 @@ class CPUBackend(Backend):
                                     saved=saved, gx_addend=gx_addend,
                                     addend_writable=addend_writable)
 
+    # CPU-only extension used by ops.conv.conv2d when present: groups equal to the input
+    # channels, computed plane by plane instead of one convolution per channel.
+    def depthwise_conv2d(self, x, w, b, stride, padding, dilation):
+        """Depthwise convolution of x (N, C, H, W) with w (K, 1, R, S), K a multiple of C."""
+        from . import depthwise
+
+        return depthwise.conv2d(x, w, b, stride, padding, dilation)
+
+    def depthwise_conv2d_backward(self, x, w, gy, stride, padding, dilation, need_x, need_w,
+                                  need_b):
+        """Gradients ``(gx, gw, gb)`` of depthwise_conv2d; entries not needed are None."""
+        from . import depthwise
+
+        return depthwise.conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w,
+                                         need_b)
+
     def max_pool2d(self, x, kernel, stride, padding):
         from . import pool
 

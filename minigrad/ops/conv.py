@@ -80,12 +80,30 @@ class Conv2d(Function):
         return gx, gw, gb
 
 
+class DepthwiseConv2d(Function):
+    """Depthwise y = conv(x, w) + b (groups equal to the input channels, w (K, 1, R, S) with
+    K a multiple of C); for backends with depthwise kernels (``depthwise_conv2d``)."""
+
+    def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+        self.conf = (stride, padding, dilation)
+        self.save(x, w)
+        return self.be.depthwise_conv2d(x, w, b, stride, padding, dilation)
+
+    def backward(self, g):
+        x, w = self.saved
+        need = self.needs_grad
+        return self.be.depthwise_conv2d_backward(x, w, g, *self.conf, need[0], need[1],
+                                                 len(need) > 2 and need[2])
+
+
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D cross-correlation as ``torch.nn.functional.conv2d``.
 
     ``groups`` > 1 splits the input channels and the filters into that many groups, each
-    convolved on its own (weight (out, in / groups, kH, kW)); it runs one convolution per
-    group on the channel slices and concatenates the outputs."""
+    convolved on its own (weight (out, in / groups, kH, kW)).  Depthwise convolutions
+    (groups equal to the input channels) run the backend's depthwise kernels where it has
+    them (the CPU); other groupings run one convolution per group on the channel slices
+    and concatenate the outputs."""
     if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
         raise ValueError(f"conv2d: groups must be a positive int, got {groups!r}")
     groups = int(groups)
@@ -120,8 +138,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
                 f"conv2d: kernel {tuple(kernel)} (dilation {dilation}) is larger than the padded "
                 f"input {x.shape[2] + 2 * padding[0]}x{x.shape[3] + 2 * padding[1]} of input {x.shape}")
     conf = dict(stride=stride, padding=padding, dilation=dilation)
+    args = (x, weight) if bias is None else (x, weight, bias)
     if groups == 1:
-        return Conv2d.apply(*((x, weight) if bias is None else (x, weight, bias)), **conf)
+        return Conv2d.apply(*args, **conf)
+    if groups == x.shape[1] and hasattr(x.be, "depthwise_conv2d"):
+        return DepthwiseConv2d.apply(*args, **conf)
     from .shape import concatenate
 
     cin, cout = weight.shape[1], weight.shape[0] // groups
