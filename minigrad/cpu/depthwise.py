@@ -2,16 +2,30 @@
 
 Output channel o = c*m + j (m = K / C, the channel multiplier) reads input channel c only:
 
-    y[n, o]  = b[o] + sum_{r,s} w[o, 0, r, s] * xpad[n, c, oh*sh + r*dh, ow*sw + s*dw]
+    y[n, o] = b[o] + sum_{r,s} w[o, 0, r, s] * xpad[n, c, oh*sh + r*dh, ow*sw + s*dw]
 
-Each (image, channel) plane is a few KB, so the kernels work plane by plane in L1: the
-forward pads one input plane into a per-thread buffer and adds the R*S shifted, scaled
-planes into the output plane (rows of the output are the vectorised inner loop); the
-backward handles one input channel per work unit, so dW for its m filters and dX for its
-planes are summed without sharing anything between threads.  One pass over dY serves both.
+Each (image, channel) plane is a few KB, so the kernels work plane by plane in L1, with
+the forward parallel over planes and the backward over input channels (dW of a channel's
+m filters and dX of its planes are then summed without sharing anything between threads;
+one pass over dY serves both).
 
-A GEMM formulation (what ``groups`` did before, one convolution per group) has one
-input channel per GEMM: 3x3 depthwise over 32 channels ran at 0.14x PyTorch's speed that way.
+**Sweeps.**  With stride 1, output (oh, ow) reads the padded plane, laid out flat with row
+length Wp, at oh*Wp + ow + tap offset: each tap is then one long vectorised loop over the
+whole plane ("sweep"; the Wp - OW columns past each output row are computed and dropped).
+Stride 2 with a 3x3 filter gets the same through the plane's four polyphase components
+(even/odd rows x even/odd columns, each of row length Wh = Wp/2): tap (r, s) reads
+component ((r*dh) % 2, (s*dw) % 2) at oh*Wh + ow + offset.  Other strides go row by row.
+dX is a gather: dX = sum over taps of the weight times dY shifted back, over dY laid out
+as the padded plane (spread to every second pixel at stride 2), with zeros around it.
+
+**Vectorising in Numba.**  Each tap is its own array view indexed by the loop counter
+alone: an index like q + offset keeps Numba's negative-index check in the loop, and LLVM
+then does not vectorise it.  A sweep handles three taps: LLVM vectorises a loop that
+stores into one array and loads from others only after run-time checks that they do
+not overlap, and it gives up when there are too many.
+
+A GEMM formulation (what ``groups`` did before: one convolution per input channel) ran 3x3
+depthwise over 32 channels at 0.14x PyTorch's speed (BENCHMARKS_perf.md, change 87).
 """
 
 import numba
@@ -21,28 +35,36 @@ from numba import njit, prange
 
 @njit(cache=True)
 def _pad_plane(src, ph, pw, dst):
-    """dst (Hp, Wp) = src (H, W) with ph / pw rows and columns of zeros around it."""
+    """dst = src (H, W) with ph / pw rows and columns of zeros before it, zeros after."""
     H, W = src.shape
-    Hp, Wp = dst.shape
-    for i in range(Hp):
-        for j in range(Wp):
+    Hd, Wd = dst.shape
+    for i in range(Hd):
+        for j in range(Wd):
             dst[i, j] = 0
     for i in range(H):
-        row = dst[ph + i, pw:]   # views, not index offsets: see _taps1x3
+        row = dst[ph + i, pw:]
         s = src[i]
         for j in range(W):
             row[j] = s[j]
 
 
-@njit(fastmath=True, cache=True)
-def _taps1x3(src, dw, w0, w1, w2, L, out, first, bias):
-    """out[q] (= bias when first, else +=) + w0*src[q] + w1*src[q+dw] + w2*src[q+2dw].
+@njit(cache=True)
+def _polyphase(xp, ph4):
+    """ph4[2a + b] (Hh, Wh) = xp[a::2, b::2] for xp (2*Hh, 2*Wh)."""
+    Hh, Wh = ph4.shape[1], ph4.shape[2]
+    for a in range(2):
+        for b in range(2):
+            dst = ph4[2 * a + b]
+            for i in range(Hh):
+                src = xp[2 * i + a, b:]
+                row = dst[i]
+                for k in range(Wh):
+                    row[k] = src[2 * k]
 
-    Each tap is its own view indexed by q alone (an index q + offset keeps Numba's
-    negative-index check in the loop, which stops it from vectorising), and one call
-    handles three taps: LLVM vectorises only with run-time checks that the output does
-    not overlap each input, and gives up when there are too many."""
-    t0, t1, t2 = src[0:], src[dw:], src[2 * dw:]
+
+@njit(fastmath=True, cache=True)
+def _sweep3(t0, t1, t2, w0, w1, w2, L, out, first, bias):
+    """out[q] (= bias when first, else +=) + w0*t0[q] + w1*t1[q] + w2*t2[q] for q < L."""
     if first:
         for q in range(L):
             out[q] = bias + w0 * t0[q] + w1 * t1[q] + w2 * t2[q]
@@ -52,33 +74,35 @@ def _taps1x3(src, dw, w0, w1, w2, L, out, first, bias):
 
 
 @njit(fastmath=True, cache=True)
-def _taps3x3(src, Wp, dh, dw, wt, bias, L, out):
-    """out[q] = bias + sum_{r,s} wt[r, s] * src[q + r*dh*Wp + s*dw] for q < L, a row of
-    taps per sweep."""
-    for r in range(3):
-        _taps1x3(src[r * dh * Wp:], dw, wt[r, 0], wt[r, 1], wt[r, 2], L, out, r == 0, bias)
+def _dot3(e, t0, t1, t2, L, zero, acc):
+    """acc[s] += sum_{q < L} e[q] * t_s[q] for s = 0, 1, 2; ``zero`` is 0 in the arrays'
+    dtype, so the sums vectorise in it (acc is float64)."""
+    s0 = s1 = s2 = zero
+    for q in range(L):
+        g = e[q]
+        s0 += g * t0[q]
+        s1 += g * t1[q]
+        s2 += g * t2[q]
+    acc[0] += s0
+    acc[1] += s1
+    acc[2] += s2
 
 
 @njit(fastmath=True, cache=True)
-def _grad_w3x3(e, src, Wp, dh, dw, L, acc):
-    """acc[r, s] += sum_q e[q] * src[q + r*dh*Wp + s*dw] for a 3x3 filter, in one sweep."""
-    r1, r2 = dh * Wp, 2 * dh * Wp
-    a0, a1, a2 = src[0:], src[dw:], src[2 * dw:]
-    b0, b1, b2 = src[r1:], src[r1 + dw:], src[r1 + 2 * dw:]
-    c0, c1, c2 = src[r2:], src[r2 + dw:], src[r2 + 2 * dw:]
-    z = e[0] - e[0]
-    s00 = s01 = s02 = s10 = s11 = s12 = s20 = s21 = s22 = z
+def _dot9(e, t00, t01, t02, t10, t11, t12, t20, t21, t22, L, zero, acc):
+    """acc[r, s] += sum_{q < L} e[q] * t_rs[q] for a 3x3 filter: one sweep over e."""
+    s00 = s01 = s02 = s10 = s11 = s12 = s20 = s21 = s22 = zero
     for q in range(L):
         g = e[q]
-        s00 += g * a0[q]
-        s01 += g * a1[q]
-        s02 += g * a2[q]
-        s10 += g * b0[q]
-        s11 += g * b1[q]
-        s12 += g * b2[q]
-        s20 += g * c0[q]
-        s21 += g * c1[q]
-        s22 += g * c2[q]
+        s00 += g * t00[q]
+        s01 += g * t01[q]
+        s02 += g * t02[q]
+        s10 += g * t10[q]
+        s11 += g * t11[q]
+        s12 += g * t12[q]
+        s20 += g * t20[q]
+        s21 += g * t21[q]
+        s22 += g * t22[q]
     acc[0, 0] += s00
     acc[0, 1] += s01
     acc[0, 2] += s02
@@ -90,49 +114,82 @@ def _grad_w3x3(e, src, Wp, dh, dw, L, acc):
     acc[2, 2] += s22
 
 
+@njit(cache=True)
+def _tap(planes, st, Wr, dh, dw, r, s):
+    """The flat view that tap (r, s) reads at q = oh*Wr + ow: the padded plane
+    (planes[0], row length Wr) at stride 1, its polyphase component at stride 2."""
+    if st == 1:
+        return planes[0].reshape(-1)[r * dh * Wr + s * dw:]
+    a, b = (r * dh) % 2, (s * dw) % 2
+    return planes[2 * a + b].reshape(-1)[((r * dh) // 2) * Wr + (s * dw) // 2:]
+
+
+@njit(cache=True)
+def _sweep_stride(sh, sw, R, S):
+    """1 or 2 when the kernels sweep whole planes (stride 1, or stride 2 with a 3x3
+    filter); 0 when they go row by row."""
+    if sh == 1 and sw == 1:
+        return 1
+    if sh == 2 and sw == 2 and R == 3 and S == 3:
+        return 2
+    return 0
+
+
+@njit(cache=True)
+def _geometry(H, W, ph, pw, st):
+    """(rows, cols) of the padded-plane buffer and Wr, the row length of the sweeps."""
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    if st == 2:
+        Hp += Hp % 2
+        Wp += Wp % 2
+        return Hp, Wp, Wp // 2
+    return Hp, Wp, Wp
+
+
 @njit(parallel=True, fastmath=True, cache=True)
-def forward(x, w, b, has_b, sh, sw, ph, pw, dh, dw, y, nt):
-    """y (N, K, OH, OW) = depthwise conv of x (N, C, H, W) with w (K, 1, R, S), plus b (K,)
-    when has_b; all C-contiguous, K a multiple of C."""
+def forward(x, w, b, sh, sw, ph, pw, dh, dw, y, nt):
+    """y (N, K, OH, OW) = depthwise conv of x (N, C, H, W) with w (K, 1, R, S), plus b (K,);
+    all C-contiguous, K a multiple of C."""
     N, C, H, W = x.shape
     K, _, R, S = w.shape
     m = K // C
     OH, OW = y.shape[2], y.shape[3]
-    Hp, Wp = H + 2 * ph, W + 2 * pw
-    flat = sh == 1 and sw == 1
-    L = (OH - 1) * Wp + OW
-    xbuf = np.empty((nt, Hp, Wp), dtype=x.dtype)
-    ebuf = np.empty((nt, L if flat else 0), dtype=x.dtype)
+    st = _sweep_stride(sh, sw, R, S)
+    Hb, Wb, Wr = _geometry(H, W, ph, pw, st)
+    L = (OH - 1) * Wr + OW
+    xbuf = np.empty((nt, Hb, Wb), dtype=x.dtype)
+    pbuf = np.empty((nt, 4 if st == 2 else 0, Hb // 2, Wr), dtype=x.dtype)
+    ebuf = np.empty((nt, L if st else 0), dtype=x.dtype)
+    zero = np.zeros(1, dtype=x.dtype)[0]
     for task in prange(N * C):
         t = numba.get_thread_id()
         n = task // C
         c = task % C
         xp = xbuf[t]
         _pad_plane(x[n, c], ph, pw, xp)
-        xpf = xp.reshape(-1)
+        planes = xp.reshape((1, Hb, Wb))
+        if st == 2:
+            planes = pbuf[t]
+            _polyphase(xp, planes)
         e = ebuf[t]
         for j in range(m):
             o = c * m + j
             out = y[n, o]
-            bo = b[o]                   # zeros when not has_b; x's dtype keeps the sums in it
-            if flat:
-                # stride 1: output pixel (oh, ow) reads xpf[oh*Wp + ow + tap offset], so each
-                # tap is one long loop over the plane's rows laid end to end (Wp - OW
-                # columns of each row are computed and dropped)
-                if R == 3 and S == 3:
-                    _taps3x3(xpf, Wp, dh, dw, w[o, 0], bo, L, e)
-                else:
-                    for q in range(L):
-                        e[q] = bo
-                    for r in range(R):
-                        for s in range(S):
-                            wv = w[o, 0, r, s]
-                            src = xpf[r * dh * Wp + s * dw:]
-                            for q in range(L):
-                                e[q] += wv * src[q]
+            bo = b[o]
+            if st:
+                for r in range(R):
+                    for s0 in range(0, S, 3):
+                        # three taps per sweep (one or two at the end of a row of taps)
+                        s1, s2 = min(s0 + 1, S - 1), min(s0 + 2, S - 1)
+                        w1 = w[o, 0, r, s1] if s0 + 1 < S else zero
+                        w2 = w[o, 0, r, s2] if s0 + 2 < S else zero
+                        _sweep3(_tap(planes, st, Wr, dh, dw, r, s0),
+                                _tap(planes, st, Wr, dh, dw, r, s1),
+                                _tap(planes, st, Wr, dh, dw, r, s2),
+                                w[o, 0, r, s0], w1, w2, L, e, r == 0 and s0 == 0, bo)
                 for oh in range(OH):
                     row = out[oh]
-                    src = e[oh * Wp:]
+                    src = e[oh * Wr:]
                     for ow in range(OW):
                         row[ow] = src[ow]
                 continue
@@ -163,71 +220,97 @@ def backward(x, w, gy, sh, sw, ph, pw, dh, dw, need_x, need_w, gx, gw, nt):
     m = K // C
     OH, OW = gy.shape[2], gy.shape[3]
     Hp, Wp = H + 2 * ph, W + 2 * pw
-    flat = sh == 1 and sw == 1
-    taps3 = flat and R == 3 and S == 3
-    L = (OH - 1) * Wp + OW
-    M = (R - 1) * dh * Wp + (S - 1) * dw       # the largest tap offset
-    xbuf = np.empty((nt, Hp if need_w else 0, Wp), dtype=x.dtype)
+    st = _sweep_stride(sh, sw, R, S)
+    Hb, Wb, Wr = _geometry(H, W, ph, pw, st)
+    L = (OH - 1) * Wr + OW
+    M = (R - 1) * dh * Wp + (S - 1) * dw       # the largest tap offset in the padded plane
+    xbuf = np.empty((nt, Hb if need_w else 0, Wb), dtype=x.dtype)
+    pbuf = np.empty((nt, 4 if st == 2 and need_w else 0, Hb // 2, Wr), dtype=x.dtype)
     gbuf = np.empty((nt, Hp if need_x else 0, Wp), dtype=x.dtype)
-    # flat: dY of one plane laid out as the forward's rows end to end (zeros in the
-    # dropped columns), with M zeros before and after it for the gathering dX sweeps
-    ebuf = np.empty((nt, Hp * Wp + 2 * M if flat else 0), dtype=x.dtype)
+    # dY of one plane laid out as the forward's output rows (row length Wr, zeros in the
+    # dropped columns) for the dW sweeps; and as the padded input plane (row length Wp,
+    # at every second pixel at stride 2) with M zeros before and after, for dX
+    ebuf = np.empty((nt, L if st and need_w else 0), dtype=x.dtype)
+    ubuf = np.empty((nt, Hp * Wp + 2 * M if st and need_x else 0), dtype=x.dtype)
     for c in prange(C):
         t = numba.get_thread_id()
         xp = xbuf[t]
         gp = gbuf[t]
-        xpf = xp.reshape(-1)
         gpf = gp.reshape(-1)
-        ef = ebuf[t]
-        e = ef[M:]
+        e = ebuf[t]
+        uf = ubuf[t]
+        u = uf[M:]
         acc = np.zeros((m, R, S))                 # dW sums in float64 over the batch
+        part = np.zeros(3)
         zero = np.zeros(1, dtype=x.dtype)[0]
+        planes = xp.reshape((1, xp.shape[0], Wb))
         for n in range(N):
             if need_w:
                 _pad_plane(x[n, c], ph, pw, xp)
-            if need_x and not taps3:
+                if st == 2:
+                    _polyphase(xp, pbuf[t])
+                    planes = pbuf[t]
+            if need_x and not st:
                 for i in range(Hp):
                     for k in range(Wp):
                         gp[i, k] = 0
             for j in range(m):
                 o = c * m + j
                 g = gy[n, o]
-                if not flat:
+                if not st:
                     _strided_taps(g, xp, gp, w[o, 0], sh, sw, dh, dw, need_w, need_x, zero,
                                   acc[j])
                     continue
-                for q in range(ef.size):
-                    ef[q] = 0
-                for oh in range(OH):
-                    grow = g[oh]
-                    dst = e[oh * Wp:]
-                    for ow in range(OW):
-                        dst[ow] = grow[ow]
-                if taps3:
-                    if need_w:
-                        _grad_w3x3(e, xpf, Wp, dh, dw, L, acc[j])
-                    if need_x:
-                        # dX[p] = sum_{r,s} w[r,s] * dY_flat[p - offset(r,s)]: a gather per
-                        # row of taps, weights reversed, over the rows gx keeps
-                        for r in range(3):
-                            src = ef[M - r * dh * Wp - 2 * dw + ph * Wp:]
-                            _taps1x3(src, dw, w[o, 0, r, 2], w[o, 0, r, 1], w[o, 0, r, 0],
-                                     H * Wp, gpf[ph * Wp:], j == 0 and r == 0, zero)
-                    continue
-                for r in range(R):
-                    for s in range(S):
-                        off = r * dh * Wp + s * dw
-                        if need_w:
-                            src = xpf[off:]
-                            part = zero      # one plane's sum in x's dtype vectorises
-                            for q in range(L):
-                                part += e[q] * src[q]
-                            acc[j, r, s] += part
-                        if need_x:
-                            wv = w[o, 0, r, s]
-                            dst = gpf[off:]
-                            for q in range(L):
-                                dst[q] += wv * e[q]
+                if need_w:
+                    for q in range(L):
+                        e[q] = 0
+                    for oh in range(OH):
+                        grow = g[oh]
+                        dst = e[oh * Wr:]
+                        for ow in range(OW):
+                            dst[ow] = grow[ow]
+                    if R == 3 and S == 3:
+                        _dot9(e, _tap(planes, st, Wr, dh, dw, 0, 0),
+                              _tap(planes, st, Wr, dh, dw, 0, 1),
+                              _tap(planes, st, Wr, dh, dw, 0, 2),
+                              _tap(planes, st, Wr, dh, dw, 1, 0),
+                              _tap(planes, st, Wr, dh, dw, 1, 1),
+                              _tap(planes, st, Wr, dh, dw, 1, 2),
+                              _tap(planes, st, Wr, dh, dw, 2, 0),
+                              _tap(planes, st, Wr, dh, dw, 2, 1),
+                              _tap(planes, st, Wr, dh, dw, 2, 2), L, zero, acc[j])
+                    for r in range(R if not (R == 3 and S == 3) else 0):
+                        for s0 in range(0, S, 3):
+                            s1, s2 = min(s0 + 1, S - 1), min(s0 + 2, S - 1)
+                            part[:] = 0.0
+                            _dot3(e, _tap(planes, st, Wr, dh, dw, r, s0),
+                                  _tap(planes, st, Wr, dh, dw, r, s1),
+                                  _tap(planes, st, Wr, dh, dw, r, s2), L, zero, part)
+                            for k in range(min(3, S - s0)):
+                                acc[j, r, s0 + k] += part[k]
+                if need_x:
+                    for q in range(uf.size):
+                        uf[q] = 0
+                    for oh in range(OH):
+                        grow = g[oh]
+                        dst = u[st * oh * Wp:]
+                        if st == 1:
+                            for ow in range(OW):
+                                dst[ow] = grow[ow]
+                        else:
+                            for ow in range(OW):
+                                dst[2 * ow] = grow[ow]
+                    # dX[p] = sum_{r,s} w[r,s] * dY_spread[p - offset(r,s)] over the rows gx
+                    # keeps: three taps per sweep, weights in reverse order
+                    for r in range(R):
+                        base = M - r * dh * Wp + ph * Wp
+                        for s0 in range(0, S, 3):
+                            s1, s2 = min(s0 + 1, S - 1), min(s0 + 2, S - 1)
+                            w1 = w[o, 0, r, s1] if s0 + 1 < S else zero
+                            w2 = w[o, 0, r, s2] if s0 + 2 < S else zero
+                            _sweep3(uf[base - s0 * dw:], uf[base - s1 * dw:],
+                                    uf[base - s2 * dw:], w[o, 0, r, s0], w1, w2, H * Wp,
+                                    gpf[ph * Wp:], j == 0 and r == 0 and s0 == 0, zero)
             if need_x:
                 for i in range(H):
                     src = gp[ph + i, pw:]
@@ -243,8 +326,8 @@ def backward(x, w, gy, sh, sw, ph, pw, dh, dw, need_x, need_w, gx, gw, nt):
 
 @njit(fastmath=True, cache=True)
 def _strided_taps(g, xp, gp, wt, sh, sw, dh, dw, need_w, need_x, zero, acc):
-    """One output plane g of a strided convolution: acc[r, s] += its dW sums (from the
-    padded input plane xp) and gp += its dX (padded), row by row."""
+    """One output plane g of a convolution the sweeps do not cover: acc[r, s] += its dW
+    sums (from the padded input plane xp) and gp += its dX (padded), row by row."""
     OH, OW = g.shape
     R, S = wt.shape
     for r in range(R):
@@ -288,7 +371,7 @@ def conv2d(x, w, b, stride, padding, dilation):
     OH, OW = _out_size(H, R, sh, ph, dh), _out_size(W, S, sw, pw, dw)
     y = np.empty((N, K, OH, OW), dtype=x.dtype)
     bb = np.ascontiguousarray(b, dtype=x.dtype) if b is not None else np.zeros(K, dtype=x.dtype)
-    forward(x, w, bb, b is not None, sh, sw, ph, pw, dh, dw, y, numba.get_num_threads())
+    forward(x, w, bb, sh, sw, ph, pw, dh, dw, y, numba.get_num_threads())
     return y
 
 
