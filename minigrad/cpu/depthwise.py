@@ -39,27 +39,43 @@ def _pad_plane(src, ph, pw, dst):
     H, W = src.shape
     Hd, Wd = dst.shape
     for i in range(Hd):
-        for j in range(Wd):
-            dst[i, j] = 0
-    for i in range(H):
-        row = dst[ph + i, pw:]
-        s = src[i]
+        row = dst[i]
+        if i < ph or i >= ph + H:
+            for j in range(Wd):
+                row[j] = 0
+            continue
+        for j in range(pw):
+            row[j] = 0
+        inner = row[pw:]
+        s = src[i - ph]
         for j in range(W):
-            row[j] = s[j]
+            inner[j] = s[j]
+        tail = row[pw + W:]
+        for j in range(Wd - pw - W):
+            tail[j] = 0
 
 
 @njit(cache=True)
-def _polyphase(xp, ph4):
-    """ph4[2a + b] (Hh, Wh) = xp[a::2, b::2] for xp (2*Hh, 2*Wh)."""
-    Hh, Wh = ph4.shape[1], ph4.shape[2]
-    for a in range(2):
+def _polyphase(src, ph, pw, out):
+    """out[2a + b] (Hh, Wh) = xpad[a::2, b::2], where xpad is src (H, W) with ph / pw rows
+    and columns of zeros before it and zeros after, straight from src."""
+    H, W = src.shape
+    Hh, Wh = out.shape[1], out.shape[2]
+    flat = out.reshape(-1)
+    for q in range(flat.size):
+        flat[q] = 0
+    for h in range(H):
+        i, a = (h + ph) // 2, (h + ph) % 2
+        row = src[h]
         for b in range(2):
-            dst = ph4[2 * a + b]
-            for i in range(Hh):
-                src = xp[2 * i + a, b:]
-                row = dst[i]
-                for k in range(Wh):
-                    row[k] = src[2 * k]
+            # padded column 2k + b is source column 2k + b - pw
+            j0 = (b - pw) % 2                       # first source column of this phase
+            k0 = (j0 + pw - b) // 2
+            n = (W - j0 + 1) // 2
+            dst = out[2 * a + b, i, k0:]
+            s = row[j0:]
+            for k in range(n):
+                dst[k] = s[2 * k]
 
 
 @njit(fastmath=True, cache=True)
@@ -157,7 +173,7 @@ def forward(x, w, b, sh, sw, ph, pw, dh, dw, y, nt):
     st = _sweep_stride(sh, sw, R, S)
     Hb, Wb, Wr = _geometry(H, W, ph, pw, st)
     L = (OH - 1) * Wr + OW
-    xbuf = np.empty((nt, Hb, Wb), dtype=x.dtype)
+    xbuf = np.empty((nt, 0 if st == 2 else Hb, Wb), dtype=x.dtype)
     pbuf = np.empty((nt, 4 if st == 2 else 0, Hb // 2, Wr), dtype=x.dtype)
     ebuf = np.empty((nt, L if st else 0), dtype=x.dtype)
     zero = np.zeros(1, dtype=x.dtype)[0]
@@ -166,11 +182,12 @@ def forward(x, w, b, sh, sw, ph, pw, dh, dw, y, nt):
         n = task // C
         c = task % C
         xp = xbuf[t]
-        _pad_plane(x[n, c], ph, pw, xp)
-        planes = xp.reshape((1, Hb, Wb))
+        planes = xp.reshape((1, xp.shape[0], Wb))
         if st == 2:
             planes = pbuf[t]
-            _polyphase(xp, planes)
+            _polyphase(x[n, c], ph, pw, planes)
+        else:
+            _pad_plane(x[n, c], ph, pw, xp)
         e = ebuf[t]
         for j in range(m):
             o = c * m + j
@@ -224,7 +241,7 @@ def backward(x, w, gy, sh, sw, ph, pw, dh, dw, need_x, need_w, gx, gw, nt):
     Hb, Wb, Wr = _geometry(H, W, ph, pw, st)
     L = (OH - 1) * Wr + OW
     M = (R - 1) * dh * Wp + (S - 1) * dw       # the largest tap offset in the padded plane
-    xbuf = np.empty((nt, Hb if need_w else 0, Wb), dtype=x.dtype)
+    xbuf = np.empty((nt, Hb if need_w and st != 2 else 0, Wb), dtype=x.dtype)
     pbuf = np.empty((nt, 4 if st == 2 and need_w else 0, Hb // 2, Wr), dtype=x.dtype)
     gbuf = np.empty((nt, Hp if need_x else 0, Wp), dtype=x.dtype)
     # dY of one plane laid out as the forward's output rows (row length Wr, zeros in the
@@ -246,10 +263,11 @@ def backward(x, w, gy, sh, sw, ph, pw, dh, dw, need_x, need_w, gx, gw, nt):
         planes = xp.reshape((1, xp.shape[0], Wb))
         for n in range(N):
             if need_w:
-                _pad_plane(x[n, c], ph, pw, xp)
                 if st == 2:
-                    _polyphase(xp, pbuf[t])
+                    _polyphase(x[n, c], ph, pw, pbuf[t])
                     planes = pbuf[t]
+                else:
+                    _pad_plane(x[n, c], ph, pw, xp)
             if need_x and not st:
                 for i in range(Hp):
                     for k in range(Wp):
