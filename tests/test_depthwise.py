@@ -56,6 +56,26 @@ def test_kernels_match_reference(n, c, m, h, ks, stride, padding, dilation, seed
     np.testing.assert_array_equal(only_w[1], gw)
 
 
+@pytest.mark.parametrize("h, w_", [(7, 7), (8, 9), (5, 12)])
+@pytest.mark.parametrize("padding, dilation", [(0, 1), (1, 1), (2, 1), (2, 2)])
+def test_strided_3x3_sweeps_match_reference(h, w_, padding, dilation):
+    """Stride 2 with a 3x3 filter has its own sweeps (dX through dY spread to the input's
+    pixels); odd and even sizes, padding and dilation move where rows end."""
+    rng = np.random.default_rng(h * w_ + padding)
+    for m in (1, 2):
+        x, w, b = _case(rng, 2, 3, m, h, w_, 3)
+        conf = ((2, 2), (padding, padding), (dilation, dilation))
+        full = _full_weight(w, 3)
+        y = depthwise.conv2d(x, w, b, *conf)
+        np.testing.assert_allclose(y, reference.conv2d(x, full, b, *conf), rtol=1e-12, atol=1e-12)
+        gy = rng.standard_normal(y.shape)
+        gx, gw, _ = depthwise.conv2d_backward(x, w, gy, *conf, True, True, False)
+        rx, rw, _ = reference.conv2d_grads(x, full, gy, *conf)
+        np.testing.assert_allclose(gx, rx, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(gw, np.stack([rw[o, o // m] for o in range(3 * m)])[:, None],
+                                   rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("stride, padding, dilation, m", [(1, 1, 1, 1), (2, 1, 1, 2), (1, 2, 2, 1)])
 def test_conv2d_groups_dispatches_and_gradchecks(stride, padding, dilation, m):
     rng = np.random.default_rng(stride + 3 * m)
