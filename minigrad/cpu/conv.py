@@ -250,18 +250,21 @@ def _pad_cl(xt, ph, pw, xbuf, Hp, Wp):
         hp = t - n * Hp
         h = hp - ph
         base = t * Wp * C
+        row = xbuf[base:]   # views: an index like base + j is not vectorised
         if h < 0 or h >= H:
             for j in range(Wp * C):
-                xbuf[base + j] = 0
+                row[j] = 0
             continue
         for j in range(pw * C):
-            xbuf[base + j] = 0
-        for j in range((pw + W) * C, Wp * C):
-            xbuf[base + j] = 0
+            row[j] = 0
+        tail = row[(pw + W) * C:]
+        for j in range((Wp - pw - W) * C):
+            tail[j] = 0
         for w in range(W):
-            o = base + (w + pw) * C
+            d = row[(w + pw) * C:]
+            src = xt[n, h, w]
             for c in range(C):
-                xbuf[o + c] = xt[n, h, w, c]
+                d[c] = src[c]
     for j in range(Q * C, xbuf.size):
         xbuf[j] = 0
 
@@ -305,14 +308,16 @@ def _pad_cl_from_nchw(x, ph, pw, xbuf, Hp, Wp):
         hp = t - n * Hp
         h = hp - ph
         base = t * Wp * C
+        row = xbuf[base:]   # views: an index like base + j is not vectorised
         if h < 0 or h >= H:
             for j in range(Wp * C):
-                xbuf[base + j] = 0
+                row[j] = 0
             continue
         for j in range(pw * C):
-            xbuf[base + j] = 0
-        for j in range((pw + W) * C, Wp * C):
-            xbuf[base + j] = 0
+            row[j] = 0
+        tail = row[(pw + W) * C:]
+        for j in range((Wp - pw - W) * C):
+            tail[j] = 0
         for c in range(C):
             for w in range(W):
                 xbuf[base + (w + pw) * C + c] = x[n, c, h, w]
@@ -380,16 +385,19 @@ def _fill_ext(gt, front, Hp, Wp, gbuf):
         n = t // Hp
         hp = t - n * Hp
         base = (front + t * Wp) * K
+        row = gbuf[base:]   # views: an index like base + j is not vectorised
         if hp >= OH:
             for j in range(Wp * K):
-                gbuf[base + j] = 0
+                row[j] = 0
             continue
         for w in range(OW):
-            o = base + w * K
+            d = row[w * K:]
+            src = gt[n, hp, w]
             for k in range(K):
-                gbuf[o + k] = gt[n, hp, w, k]
-        for j in range(OW * K, Wp * K):
-            gbuf[base + j] = 0
+                d[k] = src[k]
+        tail = row[OW * K:]
+        for j in range((Wp - OW) * K):
+            tail[j] = 0
     for j in range((front + Q) * K, gbuf.size):
         gbuf[j] = 0
 
@@ -405,15 +413,17 @@ def _fill_ext_from_nchw(g, front, Hp, Wp, gbuf):
         n = t // Hp
         hp = t - n * Hp
         base = (front + t * Wp) * K
+        row = gbuf[base:]   # views: an index like base + j is not vectorised
         if hp >= OH:
             for j in range(Wp * K):
-                gbuf[base + j] = 0
+                row[j] = 0
             continue
         for k in range(K):
             for w in range(OW):
                 gbuf[base + w * K + k] = g[n, k, hp, w]
-        for j in range(OW * K, Wp * K):
-            gbuf[base + j] = 0
+        tail = row[OW * K:]
+        for j in range((Wp - OW) * K):
+            tail[j] = 0
     for j in range((front + Q) * K, gbuf.size):
         gbuf[j] = 0
 
@@ -498,14 +508,14 @@ def _fwd_shift(xbuf, wf, b, has_b, N, Hp, Wp, C, K, R, S, dh, dw, OH, OW, T, nt,
                 hp = rem // Wp
                 wp = rem - hp * Wp
                 if hp < OH and wp < OW:
-                    o = ((n * OH + hp) * OW + wp) * K
-                    a = i * K
+                    d = yf[((n * OH + hp) * OW + wp) * K:]
+                    src = acc[i * K:]
                     if has_b:
                         for k in range(K):
-                            yf[o + k] = acc[a + k] + b[k]
+                            d[k] = src[k] + b[k]
                     else:
                         for k in range(K):
-                            yf[o + k] = acc[a + k]
+                            d[k] = src[k]
 
 
 @njit(parallel=True, cache=True)
@@ -549,10 +559,10 @@ def _bwd_shift(xbuf, wf, gbuf, front, N, Hp, Wp, C, K, R, S, dh, dw, ph, pw, H, 
                     h = hp - ph
                     w = wp - pw
                     if h >= 0 and h < H and w >= 0 and w < W:
-                        o = ((n * H + h) * W + w) * C
-                        a = i * C
+                        d = gxf[((n * H + h) * W + w) * C:]
+                        src = gxt[i * C:]
                         for c in range(C):
-                            gxf[o + c] = gxt[a + c]
+                            d[c] = src[c]
 
 
 # ---------------------------------------------------------------------------
@@ -590,9 +600,9 @@ def _fwd_cols(xp, wd, krsc, b, has_b, R, S, sh, sw, dh, dw, OH, OW, T, direct, n
                     yf[q0 * K:], K)
         if has_b:
             for i in range(tp):
-                o = (q0 + i) * K
+                d = yf[(q0 + i) * K:]
                 for k in range(K):
-                    yf[o + k] += b[k]
+                    d[k] += b[k]
 
 
 # How _bwd_cols writes dX (its x_mode argument).
@@ -760,8 +770,10 @@ def _pad_nchw(x, ph, pw, xp):
             else:
                 for wq in range(pw):
                     xp[n, c, hp, wq] = 0
+                drow = xp[n, c, hp, pw:]
+                srow = x[n, c, h]
                 for w in range(W):
-                    xp[n, c, hp, w + pw] = x[n, c, h, w]
+                    drow[w] = srow[w]
                 for wq in range(pw + W, Wp):
                     xp[n, c, hp, wq] = 0
 
@@ -1090,9 +1102,9 @@ def _col2im_gather(dcol, n0, n1, H, W, C, OH, OW, R, S, sh, sw, ph, pw, dh, dw, 
 def _fill_bias(yf, q0, q1, b):
     K = b.shape[0]
     for q in prange(q0, q1):
-        o = q * K
+        d = yf[q * K:]
         for k in range(K):
-            yf[o + k] = b[k]
+            d[k] = b[k]
 
 
 @njit(cache=True)

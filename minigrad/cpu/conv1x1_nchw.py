@@ -98,10 +98,12 @@ def _group_rows(a, n_a, n_b, R, P, out):
     for i in range(n_b - n_a):
         src = (n_a + i) * R * P
         for r in range(R):
-            s = src + r * P
-            d = r * G + i * P
+            # views indexed by p alone: an index like d + p keeps Numba's negative-index
+            # check in the loop, which stops LLVM from vectorising it (3-4x slower copies)
+            s = a[src + r * P:]
+            d = out[r * G + i * P:]
             for p in range(P):
-                out[d + p] = a[s + p]
+                d[p] = s[p]
 
 
 @njit(parallel=True, cache=True)
@@ -139,13 +141,14 @@ def forward(x, wf, b, has_b, sh, sw, OH, OW, g, keep, xs, y, nt):
                         row[p] += b[k]
         else:
             gemm_rm(False, False, K, G, C, 1.0, wf, C, src, G, 0.0, ybuf[t], G)
+            yb = ybuf[t]
             for i in range(n_b - n_a):
                 for k in range(K):
-                    bk = b[k] if has_b else 0.0
-                    s = k * G + i * P
-                    d = ((n_a + i) * K + k) * P
+                    bk = b[k]       # zeros when not has_b, in x's dtype
+                    s = yb[k * G + i * P:]
+                    d = yf[((n_a + i) * K + k) * P:]
                     for p in range(P):
-                        yf[d + p] = ybuf[t, s + p] + bk
+                        d[p] = s[p] + bk
 
 
 # How backward writes dX (its x_mode argument).
@@ -201,8 +204,9 @@ def backward(x, xs, have_xs, wf, gy, sh, sw, g, need_x, need_w, x_mode, gx, gwac
             if x_mode == DX_ADD_IN_PLACE:
                 beta = 1.0
             elif addf.size > 0:
+                src = addf[n_a * C * HW:]
                 for j in range(C * HW):
-                    out[j] = addf[n_a * C * HW + j]
+                    out[j] = src[j]
                 beta = 1.0
             gemm_rm(True, False, C, P, K, 1.0, wf, C, gyg, G, beta, out, P)
             continue
@@ -211,10 +215,12 @@ def backward(x, xs, have_xs, wf, gy, sh, sw, g, need_x, need_w, x_mode, gx, gwac
         for i in range(n_b - n_a):
             base = (n_a + i) * C * HW
             if x_mode == DX_WRITE:
+                dst = gxf[base:]
                 if addf.size > 0:
+                    src = addf[base:]
                     for j in range(C * HW):
-                        gxf[base + j] = addf[base + j]
+                        dst[j] = src[j]
                 else:
                     for j in range(C * HW):
-                        gxf[base + j] = 0.0
+                        dst[j] = 0.0
             _scatter_add(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base)
