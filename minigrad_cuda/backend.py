@@ -18,6 +18,7 @@ from numba import cuda
 
 from minigrad.backend import Backend
 
+from . import depthwise as dk
 from . import elementwise as ew
 from . import gemm as gm
 from . import nn as nk
@@ -629,6 +630,52 @@ class CUDABackend(Backend):
                         gw = self.sum(part, (0,), False).reshape(w.shape)
                     else:
                         self._gemm("conv_bwd_weight", gy, x, gw, dummy, K, C * R * S, Kd, P, batch=N)
+        if need_b:
+            gb = self.sum(gy, (0, 2, 3), False)
+        return gx, gw, gb
+
+    # Used by ops.conv.conv2d when present: groups equal to the input channels.
+    def depthwise_conv2d(self, x, w, b, stride, padding, dilation):
+        """Depthwise convolution of x (N, C, H, W) with w (K, 1, R, S), K a multiple of C:
+        one thread per output, bias fused."""
+        x, w = self._c(x), self._c(w)
+        dtype = np.result_type(x.dtype, w.dtype)
+        x, w = self._as_dtype(x, dtype), self._as_dtype(w, dtype)
+        N, C, H, W, K, R, S, OH, OW, P = self._conv_params(x, w, stride, padding, dilation, False)
+        y = self.empty((N, K, OH, OW), dtype)
+        n = _prod(y.shape)
+        if n == 0:
+            return y
+        bias = self._as_dtype(self._c(b), dtype) if b is not None else self.full((K,), 0, dtype)
+        self._launch1d(dk.depthwise_fwd, n, self._flat(x), self._flat(w), bias, self._flat(y),
+                       n, C, H, W, K // C, R, S, OH, OW, *P[7:13])
+        return y
+
+    def depthwise_conv2d_backward(self, x, w, gy, stride, padding, dilation, need_x, need_w,
+                                  need_b):
+        """``(gx, gw, gb)`` of depthwise_conv2d: dX gathered per input pixel, dW one block
+        per weight element."""
+        x, w, gy = self._c(x), self._c(w), self._c(gy)
+        dtype = np.dtype(gy.dtype)
+        x, w = self._as_dtype(x, dtype), self._as_dtype(w, dtype)
+        N, C, H, W, K, R, S, OH, OW, P = self._conv_params(x, w, stride, padding, dilation, False)
+        geo = (C, H, W, K // C, R, S, OH, OW) + tuple(P[7:13])
+        gx = gw = gb = None
+        if need_x:
+            gx = self.empty(x.shape, dtype)
+            n = _prod(gx.shape)
+            if n:
+                self._launch1d(dk.depthwise_bwd_data, n, self._flat(gy), self._flat(w),
+                               self._flat(gx), n, *geo, np_scalar(0, dtype))
+        if need_w:
+            gw = self.empty(w.shape, dtype)
+            if _prod(gw.shape):
+                if N * OH * OW == 0:
+                    self.fill_(gw, 0)
+                else:
+                    dk.depthwise_bwd_weight[min(K * R * S, 65535), red_block(N * OH * OW),
+                                            self.stream](
+                        self._flat(x), self._flat(gy), self._flat(gw), N, *geo)
         if need_b:
             gb = self.sum(gy, (0, 2, 3), False)
         return gx, gw, gb

@@ -101,9 +101,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
     ``groups`` > 1 splits the input channels and the filters into that many groups, each
     convolved on its own (weight (out, in / groups, kH, kW)).  Depthwise convolutions
-    (groups equal to the input channels) run the backend's depthwise kernels where it has
-    them (the CPU); other groupings run one convolution per group on the channel slices
-    and concatenate the outputs."""
+    (groups equal to the input channels) run the backend's depthwise kernels (both
+    backends have them); other groupings run one convolution per group on the channel
+    slices and concatenate the outputs."""
     if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
         raise ValueError(f"conv2d: groups must be a positive int, got {groups!r}")
     groups = int(groups)

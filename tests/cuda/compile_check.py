@@ -27,6 +27,7 @@ class _FakeDevice:
 
 _dispatcher.get_current_device = lambda: _FakeDevice()  # device functions ask the driver
 
+from minigrad_cuda import depthwise as dk  # noqa: E402
 from minigrad_cuda import elementwise as ew  # noqa: E402
 from minigrad_cuda import gemm as gm  # noqa: E402
 from minigrad_cuda import nn as nk  # noqa: E402
@@ -86,6 +87,10 @@ def cases():
                                 (T, T, T, T, I64, i64, i64, i64, i64, i64, i64, tup(plen))))
     out.append(("max_pool_fwd", nk.max_pool_fwd, (A, A, I32, i64) + (i64,) * 10))
     out.append(("max_pool_bwd", nk.max_pool_bwd, (A, I32, A, i64, i64, i64)))
+    geo = (i64,) * 14                       # C H W m R S OH OW sh sw ph pw dh dw
+    out.append(("depthwise_fwd", dk.depthwise_fwd, (A, A, A, A, i64) + geo))
+    out.append(("depthwise_bwd_data", dk.depthwise_bwd_data, (A, A, A, i64) + geo + (f32,)))
+    out.append(("depthwise_bwd_weight", dk.depthwise_bwd_weight, (A, A, A, i64) + geo))
     out.append(("avg_pool_fwd", nk.avg_pool_fwd, (A, A, i64) + (i64,) * 10 + (b1, f32)))
     out.append(("avg_pool_bwd", nk.avg_pool_bwd, (A, A, i64) + (i64,) * 10 + (b1, f32)))
     out.append(("log_softmax_rows", nk.log_softmax_rows, (A, A, i64, i64)))

@@ -282,6 +282,40 @@ def test_conv2d(be, cpu, xs, ws, stride, padding, dilation):
     assert none[0] is None and none[2] is None
 
 
+DEPTHWISE = [  # x shape, channel multiplier, kernel, stride, padding, dilation
+    ((2, 3, 5, 6), 1, (3, 3), (1, 1), (1, 1), (1, 1)),
+    ((1, 2, 7, 7), 2, (3, 3), (2, 2), (1, 1), (1, 1)),
+    ((2, 2, 6, 5), 1, (2, 3), (2, 1), (0, 2), (2, 1)),
+]
+
+
+@pytest.mark.parametrize("xs,m,k,stride,padding,dilation", DEPTHWISE)
+def test_depthwise_conv2d(be, cpu, xs, m, k, stride, padding, dilation):
+    """groups equal to the input channels, against the ungrouped reference with a
+    block-diagonal weight, and against the CPU's depthwise kernels."""
+    c = xs[1]
+    x, w, b = rand(*xs), rand(c * m, 1, *k), rand(c * m)
+    full = np.zeros((c * m, c) + k, np.float32)
+    for o in range(c * m):
+        full[o, o // m] = w[o, 0]
+    want = ref.conv2d(x, full, b, stride, padding, dilation)
+    got = be.to_numpy(be.depthwise_conv2d(be.from_numpy(x), be.from_numpy(w), be.from_numpy(b),
+                                          stride, padding, dilation))
+    close(got, want, 1e-4)
+    close(got, cpu.depthwise_conv2d(x, w, b, stride, padding, dilation), 1e-4)
+    gy = rand(*want.shape)
+    gx, gw, gb = be.depthwise_conv2d_backward(be.from_numpy(x), be.from_numpy(w),
+                                              be.from_numpy(gy), stride, padding, dilation,
+                                              True, True, True)
+    rx, rw, rb = ref.conv2d_grads(x, full, gy, stride, padding, dilation)
+    close(be.to_numpy(gx), rx, 1e-4)
+    close(be.to_numpy(gw), np.stack([rw[o, o // m] for o in range(c * m)])[:, None], 1e-4)
+    close(be.to_numpy(gb), rb, 1e-4)
+    only_w = be.depthwise_conv2d_backward(be.from_numpy(x), be.from_numpy(w), be.from_numpy(gy),
+                                          stride, padding, dilation, False, True, False)
+    assert only_w[0] is None and only_w[2] is None
+
+
 def test_conv2d_weight_grad_split_k(be):
     """A long N*OH*OW reduction goes through the split-K path."""
     x, w = rand(4, 2, 12, 12), rand(3, 2, 3, 3)

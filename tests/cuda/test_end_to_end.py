@@ -105,6 +105,19 @@ def test_grouped_conv():
     check(outs[0], outs[1], [(xc, xg), (wc, wg), (bc, bg)], tol=2e-4)
 
 
+def test_depthwise_conv():
+    """groups equal to the input channels runs the depthwise kernels on both devices."""
+    (xc, xg), (wc, wg), (bc, bg) = pair(2, 3, 5, 5), pair(6, 1, 3, 3, scale=0.3), pair(6)
+    outs = []
+    for x, w, b in ((xc, wc, bc), (xg, wg, bg)):
+        y = mg.conv2d(x, w, b, stride=2, padding=1, groups=3)
+        assert type(y._ctx).__name__ == "DepthwiseConv2d"
+        outs.append((y ** 2).sum())
+    for o in outs:
+        o.backward()
+    check(outs[0], outs[1], [(xc, xg), (wc, wg), (bc, bg)], tol=2e-4)
+
+
 def test_cross_entropy_ignore_index_and_class_weights():
     (xc, xg) = pair(5, 4)
     y = np.array([1, -100, 3, 0, -100])
