@@ -251,8 +251,9 @@ class CPUBackend(Backend):
                                     saved=saved, gx_addend=gx_addend,
                                     addend_writable=addend_writable)
 
-    # CPU-only extension used by ops.conv.conv2d when present: groups equal to the input
-    # channels, computed plane by plane instead of one convolution per channel.
+    # Optional backend method (the CUDA backend has it too), used by ops.conv.conv2d when
+    # present: groups equal to the input channels, computed plane by plane instead of one
+    # convolution per channel.
     def depthwise_conv2d(self, x, w, b, stride, padding, dilation):
         """Depthwise convolution of x (N, C, H, W) with w (K, 1, R, S), K a multiple of C."""
         from . import depthwise
