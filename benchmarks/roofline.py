@@ -32,14 +32,12 @@ cache lines only channels-last with at least 16 channels (64-byte lines).
 """
 
 import argparse
-import statistics
-import time
 
 import numba
 import numpy as np
 from numba import njit, prange
 
-from benchmarks.run_all import RESNET_CONV_SHAPES, SGEMM_FLOPS, THREADS, sgemm_call
+from benchmarks.run_all import RESNET_CONV_SHAPES, SGEMM_FLOPS, THREADS, sgemm_call, timeit
 
 BATCH = 32
 FLOAT = 4
@@ -107,29 +105,19 @@ def _copy(a, b, nt):
             b[i] = a[i]
 
 
-def _median_seconds(fn, repeat):
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def measure_bandwidth(nbytes=BANDWIDTH_BYTES, threads=THREADS, repeat=7):
     """Median read, write and copy bandwidth in bytes/s of ``threads`` Numba threads over
     float32 buffers of ``nbytes`` (copy: bytes read plus bytes written)."""
     a = np.ones(nbytes // FLOAT, dtype=np.float32)
     b = np.ones_like(a)
-    return {"read": nbytes / _median_seconds(lambda: _read(a, threads), repeat),
-            "write": nbytes / _median_seconds(lambda: _write(a, threads), repeat),
-            "copy": 2 * nbytes / _median_seconds(lambda: _copy(a, b, threads), repeat)}
+    return {"read": nbytes / timeit(lambda: _read(a, threads), repeat, warmup=1),
+            "write": nbytes / timeit(lambda: _write(a, threads), repeat, warmup=1),
+            "copy": 2 * nbytes / timeit(lambda: _copy(a, b, threads), repeat, warmup=1)}
 
 
 def measure_sgemm(repeat=5):
     """NumPy's float32 GEMM rate (FLOP/s), as ``cli.py bench`` measures it."""
-    return SGEMM_FLOPS / _median_seconds(sgemm_call(), repeat)
+    return SGEMM_FLOPS / timeit(sgemm_call(), repeat, warmup=1)
 
 
 def _minigrad_row(cin, cout, h, k, stride, channels_last, repeat):
@@ -144,8 +132,8 @@ def _minigrad_row(cin, cout, h, k, stride, channels_last, repeat):
     if channels_last:
         x, gy = _channels_last(x), _channels_last(gy)
     xm, wm, gym = mg.tensor(x, requires_grad=True), mg.tensor(w, requires_grad=True), mg.tensor(gy)
-    return _median_seconds(lambda: mg.conv2d(xm, wm, stride=stride, padding=pad).backward(gym),
-                           repeat)
+    return timeit(lambda: mg.conv2d(xm, wm, stride=stride, padding=pad).backward(gym), repeat,
+                  warmup=1)
 
 
 def main(argv=None):

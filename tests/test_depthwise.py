@@ -22,6 +22,26 @@ def _full_weight(w, c):
     return full
 
 
+def _depthwise_of(full_grad, c, m):
+    """The (K, 1, R, S) depthwise part of an ungrouped weight gradient."""
+    return np.stack([full_grad[o, o // m] for o in range(c * m)])[:, None]
+
+
+def _check_kernels(rng, x, w, b, conf):
+    """depthwise.conv2d and its backward against the float64 reference; returns (gy, gx, gw)."""
+    c, m = x.shape[1], w.shape[0] // x.shape[1]
+    full = _full_weight(w, c)
+    y = depthwise.conv2d(x, w, b, *conf)
+    np.testing.assert_allclose(y, reference.conv2d(x, full, b, *conf), rtol=1e-12, atol=1e-12)
+    gy = rng.standard_normal(y.shape)
+    gx, gw, gb = depthwise.conv2d_backward(x, w, gy, *conf, True, True, True)
+    rx, rw, rb = reference.conv2d_grads(x, full, gy, *conf)
+    np.testing.assert_allclose(gx, rx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gw, _depthwise_of(rw, c, m), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gb, rb, rtol=1e-12, atol=1e-12)
+    return gy, gx, gw
+
+
 def _case(rng, n, c, m, h, w_, ks):
     x = rng.standard_normal((n, c, h, w_))
     w = rng.standard_normal((c * m, 1, ks, ks))
@@ -39,16 +59,7 @@ def test_kernels_match_reference(n, c, m, h, ks, stride, padding, dilation, seed
     rng = np.random.default_rng(seed)
     x, w, b = _case(rng, n, c, m, h, h + 1, ks)
     conf = ((stride, stride), (padding, padding), (dilation, dilation))
-    full = _full_weight(w, c)
-    y = depthwise.conv2d(x, w, b, *conf)
-    np.testing.assert_allclose(y, reference.conv2d(x, full, b, *conf), rtol=1e-12, atol=1e-12)
-    gy = rng.standard_normal(y.shape)
-    gx, gw, gb = depthwise.conv2d_backward(x, w, gy, *conf, True, True, True)
-    rx, rw, rb = reference.conv2d_grads(x, full, gy, *conf)
-    np.testing.assert_allclose(gx, rx, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(gw, np.stack([rw[o, o // m] for o in range(c * m)])[:, None],
-                               rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(gb, rb, rtol=1e-12, atol=1e-12)
+    gy, gx, gw = _check_kernels(rng, x, w, b, conf)
     only_x = depthwise.conv2d_backward(x, w, gy, *conf, True, False, False)
     only_w = depthwise.conv2d_backward(x, w, gy, *conf, False, True, False)
     assert only_x[1] is None and only_x[2] is None and only_w[0] is None
@@ -64,16 +75,7 @@ def test_strided_3x3_sweeps_match_reference(h, w_, padding, dilation):
     rng = np.random.default_rng(h * w_ + padding)
     for m in (1, 2):
         x, w, b = _case(rng, 2, 3, m, h, w_, 3)
-        conf = ((2, 2), (padding, padding), (dilation, dilation))
-        full = _full_weight(w, 3)
-        y = depthwise.conv2d(x, w, b, *conf)
-        np.testing.assert_allclose(y, reference.conv2d(x, full, b, *conf), rtol=1e-12, atol=1e-12)
-        gy = rng.standard_normal(y.shape)
-        gx, gw, _ = depthwise.conv2d_backward(x, w, gy, *conf, True, True, False)
-        rx, rw, _ = reference.conv2d_grads(x, full, gy, *conf)
-        np.testing.assert_allclose(gx, rx, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(gw, np.stack([rw[o, o // m] for o in range(3 * m)])[:, None],
-                                   rtol=1e-12, atol=1e-12)
+        _check_kernels(rng, x, w, b, ((2, 2), (padding, padding), (dilation, dilation)))
 
 
 @pytest.mark.parametrize("stride, padding, dilation, m", [(1, 1, 1, 1), (2, 1, 1, 2), (1, 2, 2, 1)])
@@ -102,7 +104,6 @@ def test_float32_channels_last_input_and_module():
     y.backward(mg.tensor(gy))
     rx, rw, rb = reference.conv2d_grads(x, _full_weight(w, 8), gy, (2, 2), (1, 1), (1, 1))
     np.testing.assert_allclose(xt.grad.numpy(), rx, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(layer.weight.grad.numpy(),
-                               np.stack([rw[o, o // 2] for o in range(16)])[:, None],
+    np.testing.assert_allclose(layer.weight.grad.numpy(), _depthwise_of(rw, 8, 2),
                                rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(layer.bias.grad.numpy(), rb, rtol=1e-4, atol=1e-4)
