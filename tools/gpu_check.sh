@@ -36,6 +36,7 @@ cat "$LOG/gpu.log" "$LOG/env.log"
 
 step tests 900 python3 -m pytest -q -p no:cacheprovider tests/cuda
 step bench 420 python3 benchmarks/bench_cuda.py --repeat 5
+step depthwise 120 python3 -m benchmarks.bench_depthwise --device cuda --repeat 10
 if [ -d "${MINIGRAD_DATA:-}/mnist" ]; then
     step lenet 300 python3 cli.py train lenet --device cuda --epochs 2 --no-progress
 else
