@@ -131,6 +131,17 @@ def _dot9(e, t00, t01, t02, t10, t11, t12, t20, t21, t22, L, zero, acc):
 
 
 @njit(cache=True)
+def _three(wrow, s0, zero):
+    """Taps s0, s1, s2 of one filter row for a three-tap sweep, and their weights: past the
+    row's end a tap repeats the last one with weight zero."""
+    S = wrow.shape[0]
+    s1, s2 = min(s0 + 1, S - 1), min(s0 + 2, S - 1)
+    w1 = wrow[s1] if s0 + 1 < S else zero
+    w2 = wrow[s2] if s0 + 2 < S else zero
+    return s1, s2, wrow[s0], w1, w2
+
+
+@njit(cache=True)
 def _tap(planes, st, Wr, dh, dw, r, s):
     """The flat view that tap (r, s) reads at q = oh*Wr + ow: the padded plane
     (planes[0], row length Wr) at stride 1, its polyphase component at stride 2."""
@@ -196,14 +207,11 @@ def forward(x, w, b, sh, sw, ph, pw, dh, dw, y, nt):
             if st:
                 for r in range(R):
                     for s0 in range(0, S, 3):
-                        # three taps per sweep (one or two at the end of a row of taps)
-                        s1, s2 = min(s0 + 1, S - 1), min(s0 + 2, S - 1)
-                        w1 = w[o, 0, r, s1] if s0 + 1 < S else zero
-                        w2 = w[o, 0, r, s2] if s0 + 2 < S else zero
+                        s1, s2, w0, w1, w2 = _three(w[o, 0, r], s0, zero)
                         _sweep3(_tap(planes, st, Wr, dh, dw, r, s0),
                                 _tap(planes, st, Wr, dh, dw, r, s1),
                                 _tap(planes, st, Wr, dh, dw, r, s2),
-                                w[o, 0, r, s0], w1, w2, L, e, r == 0 and s0 == 0, bo)
+                                w0, w1, w2, L, e, r == 0 and s0 == 0, bo)
                 for oh in range(OH):
                     row = out[oh]
                     src = e[oh * Wr:]
@@ -297,15 +305,16 @@ def backward(x, w, gy, sh, sw, ph, pw, dh, dw, need_x, need_w, gx, gw, nt):
                               _tap(planes, st, Wr, dh, dw, 2, 0),
                               _tap(planes, st, Wr, dh, dw, 2, 1),
                               _tap(planes, st, Wr, dh, dw, 2, 2), L, zero, acc[j])
-                    for r in range(R if not (R == 3 and S == 3) else 0):
-                        for s0 in range(0, S, 3):
-                            s1, s2 = min(s0 + 1, S - 1), min(s0 + 2, S - 1)
-                            part[:] = 0.0
-                            _dot3(e, _tap(planes, st, Wr, dh, dw, r, s0),
-                                  _tap(planes, st, Wr, dh, dw, r, s1),
-                                  _tap(planes, st, Wr, dh, dw, r, s2), L, zero, part)
-                            for k in range(min(3, S - s0)):
-                                acc[j, r, s0 + k] += part[k]
+                    else:
+                        for r in range(R):
+                            for s0 in range(0, S, 3):
+                                s1, s2 = _three(w[o, 0, r], s0, zero)[:2]
+                                part[:] = 0.0
+                                _dot3(e, _tap(planes, st, Wr, dh, dw, r, s0),
+                                      _tap(planes, st, Wr, dh, dw, r, s1),
+                                      _tap(planes, st, Wr, dh, dw, r, s2), L, zero, part)
+                                for k in range(min(3, S - s0)):
+                                    acc[j, r, s0 + k] += part[k]
                 if need_x:
                     for q in range(uf.size):
                         uf[q] = 0
@@ -323,11 +332,9 @@ def backward(x, w, gy, sh, sw, ph, pw, dh, dw, need_x, need_w, gx, gw, nt):
                     for r in range(R):
                         base = M - r * dh * Wp + ph * Wp
                         for s0 in range(0, S, 3):
-                            s1, s2 = min(s0 + 1, S - 1), min(s0 + 2, S - 1)
-                            w1 = w[o, 0, r, s1] if s0 + 1 < S else zero
-                            w2 = w[o, 0, r, s2] if s0 + 2 < S else zero
+                            s1, s2, w0, w1, w2 = _three(w[o, 0, r], s0, zero)
                             _sweep3(uf[base - s0 * dw:], uf[base - s1 * dw:],
-                                    uf[base - s2 * dw:], w[o, 0, r, s0], w1, w2, H * Wp,
+                                    uf[base - s2 * dw:], w0, w1, w2, H * Wp,
                                     gpf[ph * Wp:], j == 0 and r == 0 and s0 == 0, zero)
             if need_x:
                 for i in range(H):
