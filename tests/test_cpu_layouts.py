@@ -8,7 +8,7 @@ NCHW references for float32 and float64 and for both input layouts.
 import numpy as np
 import pytest
 
-from minigrad.cpu import conv, norm
+from minigrad.cpu import conv, norm, small_gemm
 from minigrad.cpu.backend import CPUBackend
 from test_cpu_conv_pool_kernels import ref_conv, ref_conv_grads
 
@@ -165,6 +165,38 @@ def test_big_weights_use_the_krsc_layout_in_both_passes(monkeypatch):
     saved.weights_krsc = np.zeros_like(saved.weights_krsc)
     gx, _, _ = conv.conv2d_backward(x, w, G, (2, 2), (1, 1), (1, 1), True, False, False, saved=saved)
     assert not gx.any()
+
+
+@pytest.mark.skipif(not small_gemm.SUPPORTED, reason="no small_gemm dispatch on this CPU")
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("case", [(3, 3, 9, 9, 16, 3, 3, (1, 1), (1, 1)),    # stem-like: 27 -> 32
+                                  (2, 1, 12, 11, 20, 5, 5, (2, 1), (2, 2))])  # 25 -> 32, strided
+def test_dx_gemm_on_zero_padded_columns(case, layout, monkeypatch):
+    """float32 dX GEMMs with R*S*C a few columns short of 32 run on zero-padded weights and
+    column tiles; col2im skips the padding.  NCHW dY (64+ pixels) is read in place."""
+    N, C, H, W, K, R, S, st, pd = case
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((K, C, R, S)).astype(np.float32)
+    y = conv.conv2d(cl(x) if layout == "cl" else x, w, None, st, pd, (1, 1))
+    G = rng.standard_normal(y.shape).astype(np.float32)
+    gxr, gwr, _ = ref_conv_grads(x, w, G, st, pd, (1, 1))
+    padded = []
+    make = conv._weights_krsc_padded
+    monkeypatch.setattr(conv, "_weights_krsc_padded",
+                        lambda w, dt, cols: padded.append(cols) or make(w, dt, cols))
+    was = small_gemm.enabled()
+    try:
+        for on in (True, False):
+            small_gemm.set_enabled(on)
+            gx, gw, _ = conv.conv2d_backward(cl(x) if layout == "cl" else x, w,
+                                             cl(G) if layout == "cl" else G, st, pd, (1, 1),
+                                             True, True, False)
+            np.testing.assert_allclose(gx, gxr, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(gw, gwr, rtol=1e-4, atol=1e-4)
+            assert padded == [32]             # only with the switch on
+    finally:
+        small_gemm.set_enabled(was)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

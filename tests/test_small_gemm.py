@@ -92,6 +92,29 @@ def test_preferred_shapes():
     assert not pref(True, False, 576, 128, 512)
     assert not pref(True, False, 64, 128, 512)      # 1.37x alone, 0.97x inside the 1x1 row
     assert not pref(False, True, 512, 27, 64)
+    assert pref(False, False, 512, 32, 64)          # 32 columns, reduction up to 128
+    assert pref(True, False, 512, 32, 128)          # ... A transposed (NCHW dY)
+    assert not pref(False, False, 512, 32, 129)
+    assert not pref(False, False, 512, 48, 64)      # 48 columns: only with k <= 32
+    assert not pref(False, False, 512, 27, 64)      # not a multiple of 16
+
+
+def test_padded_columns():
+    """27 columns (the stem's dX) become 32 where sgemm takes the padded shape."""
+    was = small_gemm.enabled()
+    try:
+        small_gemm.set_enabled(True)
+        on = small_gemm.enabled()
+        assert small_gemm.padded_columns(False, 512, 27, 64) == (32 if on else 27)
+        assert small_gemm.padded_columns(True, 512, 27, 64) == (32 if on else 27)
+        assert small_gemm.padded_columns(False, 512, 25, 16) == (32 if on else 25)
+        assert small_gemm.padded_columns(False, 512, 32, 64) == 32      # already whole
+        assert small_gemm.padded_columns(False, 512, 27, 200) == 27     # k too long
+        assert small_gemm.padded_columns(False, 512, 100, 64) == 100    # 112: OpenBLAS
+        small_gemm.set_enabled(False)
+        assert small_gemm.padded_columns(False, 512, 27, 64) == 27
+    finally:
+        small_gemm.set_enabled(was)
 
 
 @pytest.mark.skipif(not small_gemm.SUPPORTED, reason="gemm_rm never calls small_gemm on this CPU")

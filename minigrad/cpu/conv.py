@@ -54,7 +54,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import conv1x1_nchw, winograd
+from . import conv1x1_nchw, small_gemm, winograd
 from ._jit import pjit
 from .blas import gemm_rm
 from .kernels import add_flat, crop_padded
@@ -204,17 +204,19 @@ def _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT):
 
 @njit(cache=True)
 def _col2im_tile(dcolT, q0, tp, P, OW, R, S, sh, sw, dh, dw, gxp, n_base=0):
-    """Adjoint of _im2col_tile: gxp[n - n_base, ...] += dcolT[...]."""
+    """Adjoint of _im2col_tile: gxp[n - n_base, ...] += dcolT[...].  dcolT's rows may be
+    wider than R*S*C (zero-padded columns, ignored)."""
     N, Hp, Wp, C = gxp.shape
     gf = gxp.reshape(-1)
     cf = dcolT.reshape(-1)
+    ld = dcolT.shape[1]
     run = S * C
     OH = P // OW
     n, oh, ow = _pixel_of(q0, P, OW)
     n -= n_base
     rstep = dh * Wp * C
-    o = 0
     for i in range(tp):
+        o = i * ld
         dst0 = ((n * Hp + oh * sh) * Wp + ow * sw) * C
         for r in range(R):
             if dw == 1:
@@ -627,11 +629,12 @@ def _scatter_add_1x1(dcolT, q0, tp, P, OW, sh, sw, H, W, gxf):
 
 
 @njit(parallel=True, cache=True)
-def _bwd_cols(xp, wd, krsc, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, g, direct_w,
-              x_mode, nt, need_x, need_w, gx4, gwacc, addf):
+def _bwd_cols(xp, wd, krsc, RSCd, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, g,
+              direct_w, x_mode, nt, need_x, need_w, gx4, gwacc, addf):
     """gwacc (nt, RSC*K), zeroed by the caller: per-thread dW sums; gx4 (N, H, W, C) dX;
-    wd: the weights for dX, a flat (K, R*S*C) matrix when ``krsc`` (_weights_krsc), else
-    the forward's (R*S*C, K) layout (_weights_rsck), read transposed.
+    wd: the weights for dX, a flat (K, RSCd) matrix when ``krsc`` (_weights_krsc, or
+    _weights_krsc_padded when RSCd > R*S*C), else the forward's (R*S*C, K) layout
+    (_weights_rsck), read transposed.  The dX GEMMs write tiles of RSCd columns.
 
     Work unit: a group of g whole images (handed out dynamically).  Its dX is
     scattered into the running thread's own padded buffer and the interior copied
@@ -654,9 +657,9 @@ def _bwd_cols(xp, wd, krsc, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, O
     RSC = R * S * C
     P = OH * OW
     ngroups = (N + g - 1) // g
-    ldw = RSC if krsc else K
+    ldw = RSCd if krsc else K
     colbuf = np.empty((nt, T * RSC), dtype=xp.dtype)
-    dcolbuf = np.empty((nt, T * RSC), dtype=xp.dtype)
+    dcolbuf = np.empty((nt, T * RSCd), dtype=xp.dtype)
     gpad = g if (need_x and x_mode == _DX_PADDED) else 0
     gxpbuf = np.empty((nt, gpad, Hp, Wp, C), dtype=xp.dtype)
     xflat = xp.reshape(-1)
@@ -696,9 +699,9 @@ def _bwd_cols(xp, wd, krsc, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, O
                     gemm_rm(gy_nchw, not krsc, tp, RSC, K, 1.0, gyt, ldg, wd, ldw, 0.0,
                             gxflat[q0 * C:], C)
                 else:
-                    gemm_rm(gy_nchw, not krsc, tp, RSC, K, 1.0, gyt, ldg, wd, ldw, 0.0,
-                            dcolbuf[t], RSC)
-                    dcolT = dcolbuf[t, :tp * RSC].reshape((tp, RSC))
+                    gemm_rm(gy_nchw, not krsc, tp, RSCd, K, 1.0, gyt, ldg, wd, ldw, 0.0,
+                            dcolbuf[t], RSCd)
+                    dcolT = dcolbuf[t, :tp * RSCd].reshape((tp, RSCd))
                     if x_mode == _DX_SCATTER_ADD:
                         _scatter_add_1x1(dcolT, q0, tp, P, OW, sh, sw, H, W, gxflat)
                     else:
@@ -1405,6 +1408,14 @@ def _weights_krsc(w, dt):
     return out
 
 
+def _weights_krsc_padded(w, dt, cols):
+    """_weights_krsc's (K, R*S*C) matrix with zero columns appended up to ``cols``."""
+    K, C, R, S = w.shape
+    out = np.zeros((K, cols), dtype=dt)
+    out[:, :R * S * C] = _weights_krsc(w, dt).reshape(K, R * S * C)
+    return out.reshape(-1)
+
+
 def _weights_grad_kcrs(gf, K, C, R, S):
     """Sum of (nt, R*S*C*K) per-thread weight gradients (or one flat one) -> (K, C, R, S)."""
     out = np.empty((K, C, R, S), dtype=gf.dtype)
@@ -1811,9 +1822,17 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
         if need_x and addf_writable and R == 1 and S == 1 and ph == 0 and pw == 0 and not direct:
             x_mode = _DX_SCATTER_ADD
             gx4 = addf.reshape(N, H, W, C)
-        krsc = _big_weights(w, dt) or not gy_nchw
+        # dX GEMMs with a few columns short of a multiple of 16 (the stem's 27) run faster
+        # in small_gemm on zero-padded columns (BENCHMARKS_perf.md, change 93).  Big
+        # weights keep the forward's unpadded (K, R*S*C) array instead.
+        RSCd = RSC
+        if need_x and x_mode == _DX_PADDED and dt == np.float32 and not _big_weights(w, dt):
+            RSCd = small_gemm.padded_columns(gy_nchw, T, RSC, K)
+        krsc = RSCd > RSC or _big_weights(w, dt) or not gy_nchw
         if not need_x:
             wd = _EMPTY[dt.char]
+        elif RSCd > RSC:
+            wd = _weights_krsc_padded(w, dt, RSCd)
         elif krsc:
             kept = saved.weights_krsc if saved is not None else None
             wd = kept if kept is not None and kept.dtype == dt and kept.size == w.size else \
@@ -1822,7 +1841,7 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
             wd = wf if wf is not None and wf.dtype == dt and wf.size == w.size else \
                 _weights_rsck(w, dt)
         with _single_blas, _dynamic_schedule():
-            _bwd_cols(xp, wd, krsc, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, g,
+            _bwd_cols(xp, wd, krsc, RSCd, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, g,
                       direct or sampled, x_mode, nt, bool(need_x), bool(need_w), gx4, gwacc,
                       addf)
         folded = bool(need_x) and x_mode != _DX_DIRECT and addf.size > 0

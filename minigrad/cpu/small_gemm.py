@@ -238,13 +238,28 @@ def _sgemm_views(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc):
 @njit(cache=True)
 def preferred(transa, transb, m, n, k):
     """True for the shapes on which sgemm beat single-threaded OpenBLAS by 1.1x or more
-    (benchmarks/bench_small_gemm.py; BENCHMARKS_perf.md, change 78): weight gradients with a
-    small output (A transposed), 16-column products, and reductions of at most 32."""
+    (benchmarks/bench_small_gemm.py; BENCHMARKS_perf.md, changes 78 and 93): weight gradients
+    with a small output (A transposed), 16-column products, reductions of at most 32, and
+    32-column products with reductions of at most 128."""
     if transb:
         return transa and n <= NR
+    if transa and m * n <= 4096:
+        return True
+    if n % NR != 0:
+        return False
     if transa:
-        return m * n <= 4096
-    return n % NR == 0 and (n <= NR or k <= 32)
+        return n == 2 * NR and k <= 128
+    return n <= NR or k <= 32 or (n == 2 * NR and k <= 128)
+
+
+def padded_columns(transa, m, n, k):
+    """Columns for an (m x n, reduction k) GEMM with B untransposed whose B can be padded
+    with zero columns: n rounded up to a multiple of NR when that shape is ``preferred`` and
+    sgemm is on (the stem's dX: 27 -> 32 columns), else n."""
+    if not enabled() or n % NR == 0:
+        return n
+    p = -(-n // NR) * NR
+    return p if preferred(bool(transa), False, m, p, k) else n
 
 
 # Kernels call sgemm through one compiled C entry point, as they call OpenBLAS: inlined into
