@@ -58,6 +58,7 @@ from . import conv1x1_nchw, small_gemm, winograd
 from ._jit import pjit
 from .blas import gemm_rm
 from .kernels import add_flat, crop_padded
+from .prefetch import prefetch_span
 
 # Pixels per im2col tile (rows of the per-tile GEMMs), forward and backward.  Tiles
 # used to grow to 512 KiB of column matrix (up to 4096 pixels) for layers with few input
@@ -170,11 +171,13 @@ def _next_pixel(n, oh, ow, OH, OW):
 
 
 @njit(cache=True)
-def _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT):
+def _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT, pf, pf0, pf_step):
     """colT[i, (r*S+s)*C + c] = xp[n, oh*sh + r*dh, ow*sw + s*dw, c] for pixel q0+i.
 
     The pixel's (n, oh, ow) are stepped, not divided out of q0+i: two 64-bit divisions a
-    pixel cost more than copying the stem's 27 values (tile 0.45 -> 0.24 ms)."""
+    pixel cost more than copying the stem's 27 values (tile 0.45 -> 0.24 ms).
+    With pixel i it also prefetches pf[pf0 + i*pf_step : pf0 + (i+1)*pf_step] (nothing
+    when pf_step is 0): the next tile's operand, loaded while this one copies."""
     N, Hp, Wp, C = xp.shape
     xf = xp.reshape(-1)
     cf = colT.reshape(-1)
@@ -199,6 +202,8 @@ def _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT):
                         d[c] = src[c]
             o += run
             src0 += rstep
+        if pf_step:
+            prefetch_span(pf, pf0 + i * pf_step, pf_step)
         n, oh, ow = _next_pixel(n, oh, ow, OH, OW)
 
 
@@ -597,7 +602,7 @@ def _fwd_cols(xp, wd, krsc, b, has_b, R, S, sh, sw, dh, dw, OH, OW, T, direct, n
                     yf[q0 * K:], K)
         else:
             colT = colbuf[t, :tp * RSC].reshape((tp, RSC))
-            _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT)
+            _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT, yf, 0, 0)
             gemm_rm(False, krsc, tp, K, RSC, 1.0, colbuf[t], RSC, wd, ldw, 0.0,
                     yf[q0 * K:], K)
         if has_b:
@@ -630,7 +635,7 @@ def _scatter_add_1x1(dcolT, q0, tp, P, OW, sh, sw, H, W, gxf):
 
 @njit(parallel=True, cache=True)
 def _bwd_cols(xp, wd, krsc, RSCd, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, g,
-              direct_w, x_mode, nt, need_x, need_w, gx4, gwacc, addf):
+              direct_w, x_mode, nt, need_x, need_w, gx4, gwacc, addf, prefetch_dy):
     """gwacc (nt, RSC*K), zeroed by the caller: per-thread dW sums; gx4 (N, H, W, C) dX;
     wd: the weights for dX, a flat (K, RSCd) matrix when ``krsc`` (_weights_krsc, or
     _weights_krsc_padded when RSCd > R*S*C), else the forward's (R*S*C, K) layout
@@ -691,7 +696,13 @@ def _bwd_cols(xp, wd, krsc, RSCd, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw,
                             gacc, K)
                 else:
                     colT = colbuf[t, :tp * RSC].reshape((tp, RSC))
-                    _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT)
+                    # the next tile's dY (channels-last, small tiles): first read by its
+                    # dW GEMM, so load it from memory while this tile copies and multiplies
+                    # (for NCHW dY, read as 64+ row streams, it did not pay)
+                    q1 = q0 + tp
+                    pf_step = K if (prefetch_dy and not gy_nchw and q1 < n_b * P) else 0
+                    _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT, gyf,
+                                 q1 * K, pf_step)
                     gemm_rm(True, gy_nchw, RSC, K, tp, 1.0, colbuf[t], RSC, gyt, ldg, 1.0,
                             gacc, K)
             if need_x:
@@ -1843,7 +1854,7 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
         with _single_blas, _dynamic_schedule():
             _bwd_cols(xp, wd, krsc, RSCd, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, g,
                       direct or sampled, x_mode, nt, bool(need_x), bool(need_w), gx4, gwacc,
-                      addf)
+                      addf, T * K * x.itemsize <= _PREFETCH_DY_MAX_BYTES)
         folded = bool(need_x) and x_mode != _DX_DIRECT and addf.size > 0
     if need_w:
         gw = _weights_grad_kcrs(gwacc, K, C, R, S)
@@ -1865,6 +1876,10 @@ _KRSC_WEIGHTS_MIN = 2 << 20
 def _big_weights(w, dt):
     """True when w (K, C, R, S) in dtype dt is bigger than _KRSC_WEIGHTS_MIN bytes."""
     return w.size * np.dtype(dt).itemsize > _KRSC_WEIGHTS_MIN
+
+# _bwd_cols prefetches each next tile's channels-last dY while it copies the current
+# tile's columns when a dY tile is at most this big (it must stay in L2 until used).
+_PREFETCH_DY_MAX_BYTES = 128 << 10
 
 # NCHW dY with at least this many pixels per image is read in place by _bwd_cols (tiles
 # then stop at image boundaries); smaller images are copied to channels-last first.

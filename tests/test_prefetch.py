@@ -1,0 +1,49 @@
+"""Software prefetch (minigrad.cpu.prefetch): it compiles to prefetch instructions, never
+changes a value, and tolerates spans past either end of the array."""
+
+import numpy as np
+import pytest
+from numba import njit
+
+from minigrad.cpu import conv
+from minigrad.cpu.prefetch import prefetch_span
+from test_cpu_layouts import cl
+
+
+@njit(cache=False)
+def _touch(a, start, n):
+    prefetch_span(a, start, n)
+    return a.sum()
+
+
+def test_prefetch_span_compiles_to_prefetch_instructions():
+    a = np.arange(100, dtype=np.float32)
+    assert _touch(a, 0, 100) == a.sum()
+    asm = _touch.inspect_asm(_touch.signatures[0])
+    assert "prefetch" in asm
+
+
+@pytest.mark.parametrize("start,n", [(-50, 40), (-10, 30), (90, 100), (1000, 5), (0, 0)])
+def test_prefetch_span_clips_to_the_array(start, n):
+    a = np.arange(100, dtype=np.float64)
+    before = a.copy()
+    assert _touch(a, start, n) == before.sum()
+    np.testing.assert_array_equal(a, before)
+
+
+@pytest.mark.parametrize("need_x", [False, True])
+def test_backward_with_dy_prefetch_is_bitwise_the_same(need_x, monkeypatch):
+    """The im2col backward prefetches each next channels-last dY tile (stem-sized tiles):
+    the gradients are bit for bit those computed without it."""
+    rng = np.random.default_rng(3)
+    x = cl(rng.standard_normal((3, 3, 24, 24)).astype(np.float32))
+    w = rng.standard_normal((64, 3, 3, 3)).astype(np.float32)
+    gy = cl(rng.standard_normal((3, 64, 24, 24)).astype(np.float32))
+    out = {}
+    for limit in (128 << 10, 0):
+        monkeypatch.setattr(conv, "_PREFETCH_DY_MAX_BYTES", limit)
+        gx, gw, _ = conv.conv2d_backward(x, w, gy, (1, 1), (1, 1), (1, 1), need_x, True, False)
+        out[limit] = (gx, gw)
+    np.testing.assert_array_equal(out[0][1], out[128 << 10][1])
+    if need_x:
+        np.testing.assert_array_equal(out[0][0], out[128 << 10][0])
