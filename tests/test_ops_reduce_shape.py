@@ -122,6 +122,33 @@ def test_getitem(index):
     check_grad(lambda t: t[index], [x])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", ["arange", "repeated", "reversed"])
+def test_index_add_one_entry_per_row(rows, dtype):
+    """The CPU backend's index_add writes x[arange(n), cols]'s gradient in one pass (NLL
+    loss); other row indices (repeats add up) take NumPy's scatter; both match np.add.at,
+    negative columns included."""
+    from minigrad.cpu.backend import CPUBackend
+
+    rng = np.random.default_rng(2)
+    n, c = 70, 9
+    r = {"arange": np.arange(n), "repeated": np.zeros(n, np.int64),
+         "reversed": np.arange(n)[::-1].copy()}[rows]
+    cols = rng.integers(-c, c, n)
+    g = rng.standard_normal(n).astype(dtype)
+    expected = np.zeros((n, c), dtype)
+    np.add.at(expected, (r, cols), g)
+    out = CPUBackend().index_add((n, c), (r, cols), g)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, expected)
+    # a broadcast gradient (a mean's) works too
+    out = CPUBackend().index_add((n, c), (np.arange(n), cols), np.broadcast_to(dtype(0.5), (n,)))
+    np.testing.assert_array_equal(out[np.arange(n), cols], 0.5)
+    assert np.count_nonzero(out) == n
+    with pytest.raises(IndexError):
+        CPUBackend().index_add((n, c), (np.arange(n), np.full(n, c)), g)
+
+
 def test_getitem_out_of_range():
     with pytest.raises(IndexError, match=r"\(3, 4\)"):
         mg.zeros(3, 4)[5]

@@ -72,6 +72,26 @@ def _result_dtype(a):
     return a.dtype if a.dtype.kind == "f" else np.dtype(np.float32)
 
 
+def _one_per_row(shape, index):
+    """For index == (arange(n), cols) into an (n, c) array with every col in [-c, c): cols
+    as int64 in [0, c) (each row gets one entry, so an index_add is a plain write); else
+    None."""
+    if len(shape) != 2 or not isinstance(index, tuple) or len(index) != 2:
+        return None
+    rows, cols = index
+    n, c = shape
+    if not (isinstance(rows, np.ndarray) and isinstance(cols, np.ndarray)
+            and rows.shape == (n,) and cols.shape == (n,)
+            and rows.dtype.kind in "iu" and cols.dtype.kind in "iu"):
+        return None
+    if n == 0 or c == 0 or not np.array_equal(rows, np.arange(n)):
+        return None
+    cols = cols.astype(np.int64)
+    if cols.min() < -c or cols.max() >= c:
+        return None           # numpy's path raises the IndexError
+    return np.where(cols < 0, cols + c, cols)
+
+
 class CPUBackend(Backend):
     """Kernels for device "cpu"."""
 
@@ -182,6 +202,12 @@ class CPUBackend(Backend):
         return np.asarray(x[index])
 
     def index_add(self, shape, index, g):
+        cols = _one_per_row(shape, index)
+        if cols is not None and g.dtype in (np.float32, np.float64):
+            vals = np.ascontiguousarray(np.broadcast_to(g, cols.shape))
+            out = np.empty(shape, dtype=g.dtype)
+            kernels.one_per_row(cols, vals, out)
+            return out
         out = np.zeros(shape, dtype=g.dtype)
         items = index if isinstance(index, tuple) else (index,)
         if any(isinstance(i, np.ndarray) for i in items):
