@@ -1,18 +1,19 @@
-"""Software prefetch (minigrad.cpu.prefetch): it compiles to prefetch instructions, never
-changes a value, and tolerates spans past either end of the array."""
+"""Software prefetch (minigrad.cpu.prefetch): it compiles to prefetch instructions and never
+changes a value."""
 
 import numpy as np
 import pytest
 from numba import njit
 
 from minigrad.cpu import conv
-from minigrad.cpu.prefetch import prefetch_span
+from minigrad.cpu.prefetch import prefetch
 from test_cpu_layouts import cl
 
 
 @njit(cache=False)
 def _touch(a, start, n):
-    prefetch_span(a, start, n)
+    for i in range(start, start + n, 16):
+        prefetch(a, i)
     return a.sum()
 
 
@@ -23,11 +24,10 @@ def test_prefetch_span_compiles_to_prefetch_instructions():
     assert "prefetch" in asm
 
 
-@pytest.mark.parametrize("start,n", [(-50, 40), (-10, 30), (90, 100), (1000, 5), (0, 0)])
-def test_prefetch_span_clips_to_the_array(start, n):
-    a = np.arange(100, dtype=np.float64)
+def test_prefetch_leaves_values_alone():
+    a = np.arange(1000, dtype=np.float64)
     before = a.copy()
-    assert _touch(a, start, n) == before.sum()
+    assert _touch(a, 0, 1000) == before.sum()
     np.testing.assert_array_equal(a, before)
 
 

@@ -58,7 +58,7 @@ from . import conv1x1_nchw, small_gemm, winograd
 from ._jit import pjit
 from .blas import gemm_rm
 from .kernels import add_flat, crop_padded
-from .prefetch import prefetch_span
+from .prefetch import prefetch
 
 # Pixels per im2col tile (rows of the per-tile GEMMs), forward and backward.  Tiles
 # used to grow to 512 KiB of column matrix (up to 4096 pixels) for layers with few input
@@ -171,13 +171,14 @@ def _next_pixel(n, oh, ow, OH, OW):
 
 
 @njit(cache=True)
-def _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT, pf, pf0, pf_step):
+def _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT, pf, pf0, pf_step, pf_n):
     """colT[i, (r*S+s)*C + c] = xp[n, oh*sh + r*dh, ow*sw + s*dw, c] for pixel q0+i.
 
     The pixel's (n, oh, ow) are stepped, not divided out of q0+i: two 64-bit divisions a
     pixel cost more than copying the stem's 27 values (tile 0.45 -> 0.24 ms).
-    With pixel i it also prefetches pf[pf0 + i*pf_step : pf0 + (i+1)*pf_step] (nothing
-    when pf_step is 0): the next tile's operand, loaded while this one copies."""
+    With each pixel i < pf_n it also prefetches pf[pf0 + i*pf_step : pf0 + (i+1)*pf_step],
+    every 16th element (a 64-byte line of float32): the next tile's operand, loaded from
+    memory while this tile copies."""
     N, Hp, Wp, C = xp.shape
     xf = xp.reshape(-1)
     cf = colT.reshape(-1)
@@ -202,8 +203,9 @@ def _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT, pf, pf0, pf_step
                         d[c] = src[c]
             o += run
             src0 += rstep
-        if pf_step:
-            prefetch_span(pf, pf0 + i * pf_step, pf_step)
+        if i < pf_n:
+            for j in range(0, pf_step, 16):
+                prefetch(pf, pf0 + i * pf_step + j)
         n, oh, ow = _next_pixel(n, oh, ow, OH, OW)
 
 
@@ -602,7 +604,7 @@ def _fwd_cols(xp, wd, krsc, b, has_b, R, S, sh, sw, dh, dw, OH, OW, T, direct, n
                     yf[q0 * K:], K)
         else:
             colT = colbuf[t, :tp * RSC].reshape((tp, RSC))
-            _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT, yf, 0, 0)
+            _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT, yf, 0, 0, 0)
             gemm_rm(False, krsc, tp, K, RSC, 1.0, colbuf[t], RSC, wd, ldw, 0.0,
                     yf[q0 * K:], K)
         if has_b:
@@ -700,9 +702,9 @@ def _bwd_cols(xp, wd, krsc, RSCd, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw,
                     # dW GEMM, so load it from memory while this tile copies and multiplies
                     # (for NCHW dY, read as 64+ row streams, it did not pay)
                     q1 = q0 + tp
-                    pf_step = K if (prefetch_dy and not gy_nchw and q1 < n_b * P) else 0
+                    pf_n = min(tp, n_b * P - q1) if (prefetch_dy and not gy_nchw) else 0
                     _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT, gyf,
-                                 q1 * K, pf_step)
+                                 q1 * K, K, pf_n)
                     gemm_rm(True, gy_nchw, RSC, K, tp, 1.0, colbuf[t], RSC, gyt, ldg, 1.0,
                             gacc, K)
             if need_x:

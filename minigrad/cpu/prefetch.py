@@ -7,11 +7,9 @@ faults and never changes a value, only where a line is cached.
 """
 
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
-
-LINE = 64    # bytes per cache line
 
 
 @intrinsic
@@ -26,19 +24,10 @@ def prefetch(typingctx, arr, i):
         i32 = ir.IntType(32)
         fn = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-            "llvm.prefetch.p0")
+            "llvm.prefetch." + i8p.intrinsic_name)    # p0i8 (typed) or p0 (opaque pointers)
         addr = builder.bitcast(builder.gep(data, [idx]), i8p)
         # read, highest temporal locality (keep in every level), data cache
         builder.call(fn, [addr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
         return context.get_dummy_value()
 
     return sig, codegen
-
-
-@njit(cache=True, inline="always")
-def prefetch_span(arr, start, n):
-    """Prefetch arr[start:start+n] (clipped to arr), one prefetch per cache line."""
-    step = max(1, LINE // arr.itemsize)
-    stop = min(start + n, arr.size)
-    for i in range(max(start, 0), stop, step):
-        prefetch(arr, i)
