@@ -1854,9 +1854,9 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
             wd = wf if wf is not None and wf.dtype == dt and wf.size == w.size else \
                 _weights_rsck(w, dt)
         with _single_blas, _dynamic_schedule():
-            _bwd_cols(xp, wd, krsc, RSCd, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, g,
-                      direct or sampled, x_mode, nt, bool(need_x), bool(need_w), gx4, gwacc,
-                      addf, T * K * x.itemsize <= _PREFETCH_DY_MAX_BYTES)
+            _bwd_cols(xp, wd, krsc, RSCd, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW,
+                      T, g, direct or sampled, x_mode, nt, bool(need_x), bool(need_w), gx4,
+                      gwacc, addf, T * K * x.itemsize <= _PREFETCH_DY_MAX_BYTES)
         folded = bool(need_x) and x_mode != _DX_DIRECT and addf.size > 0
     if need_w:
         gw = _weights_grad_kcrs(gwacc, K, C, R, S)
