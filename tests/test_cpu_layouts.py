@@ -199,6 +199,42 @@ def test_dx_gemm_on_zero_padded_columns(case, layout, monkeypatch):
         small_gemm.set_enabled(was)
 
 
+@pytest.mark.skipif(not small_gemm.SUPPORTED, reason="no small_gemm dispatch on this CPU")
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("case", [(3, 3, 9, 9, 16, 3, 3, (1, 1), (1, 1)),    # stem-like: 27 -> 32
+                                  (2, 1, 12, 11, 20, 5, 5, (2, 1), (2, 2)),   # 25 -> 32, strided
+                                  (5, 3, 16, 16, 8, 3, 3, (1, 1), (1, 1))])   # 5 images, tiles
+def test_dw_transposed_on_zero_padded_columns(case, layout, monkeypatch):
+    """float32 dW with NCHW dY and R*S*C a few columns short of 32 is summed as
+    dW^T = dY @ columns padded to 32 (small_gemm's shape), then cut and transposed; with
+    channels-last dY, or the switch off, the (R*S*C, K) layout stays."""
+    N, C, H, W, K, R, S, st, pd = case
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((K, C, R, S)).astype(np.float32)
+    y = conv.conv2d(cl(x) if layout == "cl" else x, w, None, st, pd, (1, 1))
+    G = rng.standard_normal(y.shape).astype(np.float32)
+    gxr, gwr, _ = ref_conv_grads(x, w, G, st, pd, (1, 1))
+    widths = []
+    cut = conv._weights_grad_from_kx
+    monkeypatch.setattr(conv, "_weights_grad_from_kx",
+                        lambda g, K, C, R, S, ld: widths.append(ld) or cut(g, K, C, R, S, ld))
+    was = small_gemm.enabled()
+    try:
+        for on in (True, False):
+            small_gemm.set_enabled(on)
+            for need_x in (True, False):
+                gx, gw, _ = conv.conv2d_backward(cl(x) if layout == "cl" else x, w,
+                                                 cl(G) if layout == "cl" else G, st, pd, (1, 1),
+                                                 need_x, True, False)
+                np.testing.assert_allclose(gw, gwr, rtol=1e-4, atol=1e-4)
+                if need_x:
+                    np.testing.assert_allclose(gx, gxr, rtol=1e-4, atol=1e-4)
+        assert widths == ([32, 32] if layout == "nchw" else [])   # only with the switch on
+    finally:
+        small_gemm.set_enabled(was)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_batch_norm_channels_last_matches_nchw(dtype):
     rng = np.random.default_rng(1)

@@ -173,6 +173,7 @@ def _next_pixel(n, oh, ow, OH, OW):
 @njit(cache=True)
 def _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT, pf, pf0, pf_step, pf_n):
     """colT[i, (r*S+s)*C + c] = xp[n, oh*sh + r*dh, ow*sw + s*dw, c] for pixel q0+i.
+    colT's rows may be wider than R*S*C; their other columns are left as they are.
 
     The pixel's (n, oh, ow) are stepped, not divided out of q0+i: two 64-bit divisions a
     pixel cost more than copying the stem's 27 values (tile 0.45 -> 0.24 ms).
@@ -182,12 +183,13 @@ def _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT, pf, pf0, pf_step
     N, Hp, Wp, C = xp.shape
     xf = xp.reshape(-1)
     cf = colT.reshape(-1)
+    ld = colT.shape[1]
     run = S * C
     OH = P // OW
     n, oh, ow = _pixel_of(q0, P, OW)
     rstep = dh * Wp * C
-    o = 0
     for i in range(tp):
+        o = i * ld
         src0 = ((n * Hp + oh * sh) * Wp + ow * sw) * C
         for r in range(R):
             if dw == 1:
@@ -636,9 +638,12 @@ def _scatter_add_1x1(dcolT, q0, tp, P, OW, sh, sw, H, W, gxf):
 
 
 @njit(parallel=True, cache=True)
-def _bwd_cols(xp, wd, krsc, RSCd, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW, T, g,
-              direct_w, x_mode, nt, need_x, need_w, gx4, gwacc, addf, prefetch_dy):
-    """gwacc (nt, RSC*K), zeroed by the caller: per-thread dW sums; gx4 (N, H, W, C) dX;
+def _bwd_cols(xp, wd, krsc, RSCd, RSCw, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW,
+              T, g, direct_w, x_mode, nt, need_x, need_w, gx4, gwacc, addf, prefetch_dy):
+    """gwacc (nt, RSC*K), zeroed by the caller: per-thread dW sums, (R*S*C, K) matrices, or
+    (K, RSCw) ones when RSCw > 0 (only with NCHW dY: dW^T = dY (K x pixels) @ columns
+    zero-padded to RSCw, a shape small_gemm runs fast; the first R*S*C columns hold dW^T);
+    gx4 (N, H, W, C) dX;
     wd: the weights for dX, a flat (K, RSCd) matrix when ``krsc`` (_weights_krsc, or
     _weights_krsc_padded when RSCd > R*S*C), else the forward's (R*S*C, K) layout
     (_weights_rsck), read transposed.  The dX GEMMs write tiles of RSCd columns.
@@ -665,7 +670,14 @@ def _bwd_cols(xp, wd, krsc, RSCd, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw,
     P = OH * OW
     ngroups = (N + g - 1) // g
     ldw = RSCd if krsc else K
-    colbuf = np.empty((nt, T * RSC), dtype=xp.dtype)
+    ldcol = RSCw if RSCw > 0 else RSC
+    colbuf = np.empty((nt, T * ldcol), dtype=xp.dtype)
+    if RSCw > RSC:
+        # the padding columns stay 0.  A serial loop: np.zeros here would be a parallel
+        # loop too, run with the caller's chunk size of 1 (32,768 chunks: 2.0 -> 19 ms)
+        cbf = colbuf.reshape(-1)
+        for j in range(cbf.size):
+            cbf[j] = 0
     dcolbuf = np.empty((nt, T * RSCd), dtype=xp.dtype)
     gpad = g if (need_x and x_mode == _DX_PADDED) else 0
     gxpbuf = np.empty((nt, gpad, Hp, Wp, C), dtype=xp.dtype)
@@ -697,7 +709,7 @@ def _bwd_cols(xp, wd, krsc, RSCd, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw,
                     gemm_rm(True, gy_nchw, RSC, K, tp, 1.0, xflat[q0 * C:], C, gyt, ldg, 1.0,
                             gacc, K)
                 else:
-                    colT = colbuf[t, :tp * RSC].reshape((tp, RSC))
+                    colT = colbuf[t, :tp * ldcol].reshape((tp, ldcol))
                     # the next tile's dY (channels-last, small tiles): first read by its
                     # dW GEMM, so load it from memory while this tile copies and multiplies
                     # (for NCHW dY, read as 64+ row streams, it did not pay)
@@ -705,8 +717,12 @@ def _bwd_cols(xp, wd, krsc, RSCd, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw,
                     pf_n = min(tp, n_b * P - q1) if (prefetch_dy and not gy_nchw) else 0
                     _im2col_tile(xp, q0, tp, P, OW, R, S, sh, sw, dh, dw, colT, gyf,
                                  q1 * K, K, pf_n)
-                    gemm_rm(True, gy_nchw, RSC, K, tp, 1.0, colbuf[t], RSC, gyt, ldg, 1.0,
-                            gacc, K)
+                    if RSCw > 0:
+                        gemm_rm(False, False, K, RSCw, tp, 1.0, gyt, ldg, colbuf[t], RSCw, 1.0,
+                                gacc, RSCw)
+                    else:
+                        gemm_rm(True, gy_nchw, RSC, K, tp, 1.0, colbuf[t], RSC, gyt, ldg, 1.0,
+                                gacc, K)
             if need_x:
                 if x_mode == _DX_DIRECT:
                     gemm_rm(gy_nchw, not krsc, tp, RSC, K, 1.0, gyt, ldg, wd, ldw, 0.0,
@@ -1436,6 +1452,13 @@ def _weights_grad_kcrs(gf, K, C, R, S):
     return out
 
 
+def _weights_grad_from_kx(gf, K, C, R, S, ld):
+    """Sum of (nt, K*ld) per-thread transposed weight gradients, whose (K, ld) rows start
+    with the R*S*C values of dW[k] in (R, S, C) order -> (K, C, R, S)."""
+    g = gf.sum(axis=0).reshape(K, ld)[:, :R * S * C].reshape(K, R, S, C)
+    return np.ascontiguousarray(g.transpose(0, 3, 1, 2))
+
+
 class Saved:
     """What a forward hands its backward: ``weights``, the (R*S*C, K) GEMM (or Winograd)
     layout of w, or ``weights_krsc``, its (K, R*S*C) layout (big weights on the im2col
@@ -1779,6 +1802,7 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
             gx = gx4.transpose(0, 3, 1, 2)
         return gx, gw, gb, False
     gwacc = np.empty((nt, RSC * K) if need_w else (nt, 1), dtype=dt)
+    RSCw = 0
     folded = False
     if shift:
         max_off = (R - 1) * dh * Wp + (S - 1) * dw
@@ -1830,7 +1854,13 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
         if RSC * K * x.itemsize <= _BALANCE_MAX_W:
             g = min(g, max(1, -(-N // (_BALANCE * nt))))
         T = min(T, g * OH * OW)
-        gwacc = np.zeros((nt, RSC * K) if need_w else (nt, 1), dtype=dt)
+        # With NCHW dY, dW^T = dY @ columns runs in small_gemm when the columns can be
+        # zero-padded to its shape (the stem's 27 -> 32; BENCHMARKS_perf.md, change 96).
+        RSCw = 0
+        if need_w and gy_nchw and not (direct or sampled) and dt == np.float32:
+            RSCw = small_gemm.padded_columns(False, K, RSC, T)
+            RSCw = RSCw if RSCw > RSC else 0
+        gwacc = np.zeros((nt, max(RSC, RSCw) * K) if need_w else (nt, 1), dtype=dt)
         x_mode = _DX_DIRECT if direct else _DX_PADDED
         if need_x and addf_writable and R == 1 and S == 1 and ph == 0 and pw == 0 and not direct:
             x_mode = _DX_SCATTER_ADD
@@ -1854,12 +1884,13 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
             wd = wf if wf is not None and wf.dtype == dt and wf.size == w.size else \
                 _weights_rsck(w, dt)
         with _single_blas, _dynamic_schedule():
-            _bwd_cols(xp, wd, krsc, RSCd, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw, OH, OW,
-                      T, g, direct or sampled, x_mode, nt, bool(need_x), bool(need_w), gx4,
-                      gwacc, addf, T * K * x.itemsize <= _PREFETCH_DY_MAX_BYTES)
+            _bwd_cols(xp, wd, krsc, RSCd, RSCw, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, ph, pw,
+                      OH, OW, T, g, direct or sampled, x_mode, nt, bool(need_x), bool(need_w),
+                      gx4, gwacc, addf, T * K * x.itemsize <= _PREFETCH_DY_MAX_BYTES)
         folded = bool(need_x) and x_mode != _DX_DIRECT and addf.size > 0
     if need_w:
-        gw = _weights_grad_kcrs(gwacc, K, C, R, S)
+        gw = _weights_grad_kcrs(gwacc, K, C, R, S) if RSCw == 0 else \
+            _weights_grad_from_kx(gwacc, K, C, R, S, RSCw)
     if need_x:
         gx = gx4.transpose(0, 3, 1, 2)
     return gx, gw, gb, folded

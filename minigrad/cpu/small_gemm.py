@@ -240,7 +240,8 @@ def preferred(transa, transb, m, n, k):
     """True for the shapes on which sgemm beat single-threaded OpenBLAS by 1.1x or more
     (benchmarks/bench_small_gemm.py; BENCHMARKS_perf.md, changes 78 and 93): weight gradients
     with a small output (A transposed), 16-column products, reductions of at most 32, and
-    32-column products with reductions of at most 128."""
+    32-column products with reductions of at most 128 or at most 64 rows (the stem's
+    transposed weight gradient, 64 x 32 summed over 512 pixels: change 96)."""
     if transb:
         return transa and n <= NR
     if transa and m * n <= 4096:
@@ -249,7 +250,7 @@ def preferred(transa, transb, m, n, k):
         return False
     if transa:
         return n == 2 * NR and k <= 128
-    return n <= NR or k <= 32 or (n == 2 * NR and k <= 128)
+    return n <= NR or k <= 32 or (n == 2 * NR and (k <= 128 or m <= 64))
 
 
 def padded_columns(transa, m, n, k):
