@@ -2,7 +2,9 @@
 
 import time
 
-from benchmarks import run_all
+import pytest
+
+from benchmarks import ab_pairs, run_all
 
 
 def test_time_pair_alternates_blocks_and_takes_medians(monkeypatch):
@@ -77,3 +79,27 @@ def test_reference_call_is_timed_around_the_row_and_used_for_it(monkeypatch):
     assert "| conv x | 2.00 s | - |  | 9 | 50% |" in text      # its own sgemm: 1 s per call
     assert "| conv y | 2.00 s | - |  | 9 | 200% |" in text     # the run's sgemm: 4 s per call
     assert "timed just before and after each row" in text
+
+
+def test_paired_ratios_alternate_within_pairs():
+    state, calls = {"b": False}, []
+
+    def run():
+        calls.append("B" if state["b"] else "A")
+        if state["b"]:
+            time.sleep(0.002)
+
+    a, b = ab_pairs.paired_ratios(run, lambda on: state.update(b=on), pairs=4, warmup=1)
+    assert calls == ["A", "B"] + ["B", "A", "A", "B"] * 2     # warm-up, then alternating order
+    assert len(a) == len(b) == 4 and min(b) >= 0.002 and max(a) < min(b)
+    assert state["b"] is False                                # left in state A
+    line = ab_pairs.summary(a, b)
+    assert line.endswith("4 pairs") and float(line.split("A/B per pair ")[1].split()[0]) < 1
+
+
+def test_ab_pairs_setting_parser():
+    module, attr, value = ab_pairs.setting("minigrad.cpu.conv1x1_nchw._MIN_COLUMNS=512")
+    assert attr == "_MIN_COLUMNS" and value == 512 and module.__name__.endswith("conv1x1_nchw")
+    for bad in ("minigrad.cpu.conv1x1_nchw._MIN_COLUMNS", "minigrad.cpu.conv1x1_nchw.nope=1"):
+        with pytest.raises(ValueError, match="--set|no attribute"):
+            ab_pairs.setting(bad)
