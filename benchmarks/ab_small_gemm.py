@@ -15,8 +15,8 @@ import statistics
 
 import numpy as np
 
-import minigrad as mg
 import zoo
+from benchmarks.ab_pairs import conv_row
 from benchmarks.run_all import mg_train_step, timeit
 from minigrad.cpu import small_gemm
 
@@ -30,30 +30,14 @@ def _train_step(model_name):
                          rng.integers(0, 10, batch))
 
 
-def _conv_row(cin, cout, h, k, s, channels_last):
-    rng = np.random.default_rng(0)
-    p = k // 2
-    oh = (h + 2 * p - k) // s + 1
-    x = rng.standard_normal((32, cin, h, h)).astype(np.float32)
-    w = (rng.standard_normal((cout, cin, k, k)) * 0.05).astype(np.float32)
-    gy = np.ones((32, cout, oh, oh), np.float32)
-    if channels_last:
-        x, gy = (np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2) for a in (x, gy))
-    xm, wm, gym = mg.tensor(x, requires_grad=True), mg.tensor(w, requires_grad=True), mg.tensor(gy)
-
-    def step():
-        mg.conv2d(xm, wm, stride=s, padding=p).backward(gym)
-    return step
-
-
 WORKLOADS = {
     "lenet": ("LeNet-5 train step, batch 128", lambda: _train_step("lenet"), 30),
     "resnet": ("ResNet-18 CIFAR train step, batch 32", lambda: _train_step("resnet"), 3),
-    "stem": ("conv 3->64 32x32 k3 s1 fwd+bwd", lambda: _conv_row(3, 64, 32, 3, 1, False), 30),
+    "stem": ("conv 3->64 32x32 k3 s1 fwd+bwd", lambda: conv_row(3, 64, 32, 3, 1, False), 30),
     "stem-cl": ("conv 3->64 32x32 k3 s1 fwd+bwd, channels-last",
-                lambda: _conv_row(3, 64, 32, 3, 1, True), 30),
+                lambda: conv_row(3, 64, 32, 3, 1, True), 30),
     "1x1-cl": ("conv 64->128 32x32 k1 s2 fwd+bwd, channels-last",
-               lambda: _conv_row(64, 128, 32, 1, 2, True), 30),
+               lambda: conv_row(64, 128, 32, 1, 2, True), 30),
 }
 
 

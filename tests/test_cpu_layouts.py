@@ -167,6 +167,21 @@ def test_big_weights_use_the_krsc_layout_in_both_passes(monkeypatch):
     assert not gx.any()
 
 
+def _conv_case(case, layout, seed):
+    """(x, w, dY, stride, padding, reference dX, reference dW) for a float32 case
+    (N, C, H, W, K, R, S, stride, padding); x and dY channels-last when layout is "cl"."""
+    N, C, H, W, K, R, S, st, pd = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((K, C, R, S)).astype(np.float32)
+    y = conv.conv2d(x, w, None, st, pd, (1, 1))
+    G = rng.standard_normal(y.shape).astype(np.float32)
+    gxr, gwr, _ = ref_conv_grads(x, w, G, st, pd, (1, 1))
+    if layout == "cl":
+        x, G = cl(x), cl(G)
+    return x, w, G, st, pd, gxr, gwr
+
+
 @pytest.mark.skipif(not small_gemm.SUPPORTED, reason="no small_gemm dispatch on this CPU")
 @pytest.mark.parametrize("layout", ["nchw", "cl"])
 @pytest.mark.parametrize("case", [(3, 3, 9, 9, 16, 3, 3, (1, 1), (1, 1)),    # stem-like: 27 -> 32
@@ -174,13 +189,7 @@ def test_big_weights_use_the_krsc_layout_in_both_passes(monkeypatch):
 def test_dx_gemm_on_zero_padded_columns(case, layout, monkeypatch):
     """float32 dX GEMMs with R*S*C a few columns short of 32 run on zero-padded weights and
     column tiles; col2im skips the padding.  NCHW dY (64+ pixels) is read in place."""
-    N, C, H, W, K, R, S, st, pd = case
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
-    w = rng.standard_normal((K, C, R, S)).astype(np.float32)
-    y = conv.conv2d(cl(x) if layout == "cl" else x, w, None, st, pd, (1, 1))
-    G = rng.standard_normal(y.shape).astype(np.float32)
-    gxr, gwr, _ = ref_conv_grads(x, w, G, st, pd, (1, 1))
+    x, w, G, st, pd, gxr, gwr = _conv_case(case, layout, 7)
     padded = []
     make = conv._weights_krsc_padded
     monkeypatch.setattr(conv, "_weights_krsc_padded",
@@ -189,9 +198,7 @@ def test_dx_gemm_on_zero_padded_columns(case, layout, monkeypatch):
     try:
         for on in (True, False):
             small_gemm.set_enabled(on)
-            gx, gw, _ = conv.conv2d_backward(cl(x) if layout == "cl" else x, w,
-                                             cl(G) if layout == "cl" else G, st, pd, (1, 1),
-                                             True, True, False)
+            gx, gw, _ = conv.conv2d_backward(x, w, G, st, pd, (1, 1), True, True, False)
             np.testing.assert_allclose(gx, gxr, rtol=1e-4, atol=1e-4)
             np.testing.assert_allclose(gw, gwr, rtol=1e-4, atol=1e-4)
             assert padded == [32]             # only with the switch on
@@ -208,13 +215,7 @@ def test_dw_transposed_on_zero_padded_columns(case, layout, monkeypatch):
     """float32 dW with NCHW dY and R*S*C a few columns short of 32 is summed as
     dW^T = dY @ columns padded to 32 (small_gemm's shape), then cut and transposed; with
     channels-last dY, or the switch off, the (R*S*C, K) layout stays."""
-    N, C, H, W, K, R, S, st, pd = case
-    rng = np.random.default_rng(11)
-    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
-    w = rng.standard_normal((K, C, R, S)).astype(np.float32)
-    y = conv.conv2d(cl(x) if layout == "cl" else x, w, None, st, pd, (1, 1))
-    G = rng.standard_normal(y.shape).astype(np.float32)
-    gxr, gwr, _ = ref_conv_grads(x, w, G, st, pd, (1, 1))
+    x, w, G, st, pd, gxr, gwr = _conv_case(case, layout, 11)
     widths = []
     cut = conv._weights_grad_from_kx
     monkeypatch.setattr(conv, "_weights_grad_from_kx",
@@ -224,9 +225,7 @@ def test_dw_transposed_on_zero_padded_columns(case, layout, monkeypatch):
         for on in (True, False):
             small_gemm.set_enabled(on)
             for need_x in (True, False):
-                gx, gw, _ = conv.conv2d_backward(cl(x) if layout == "cl" else x, w,
-                                                 cl(G) if layout == "cl" else G, st, pd, (1, 1),
-                                                 need_x, True, False)
+                gx, gw, _ = conv.conv2d_backward(x, w, G, st, pd, (1, 1), need_x, True, False)
                 np.testing.assert_allclose(gw, gwr, rtol=1e-4, atol=1e-4)
                 if need_x:
                     np.testing.assert_allclose(gx, gxr, rtol=1e-4, atol=1e-4)
