@@ -1856,7 +1856,6 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
         T = min(T, g * OH * OW)
         # With NCHW dY, dW^T = dY @ columns runs in small_gemm when the columns can be
         # zero-padded to its shape (the stem's 27 -> 32; BENCHMARKS_perf.md, change 96).
-        RSCw = 0
         if need_w and gy_nchw and not (direct or sampled) and dt == np.float32:
             RSCw = small_gemm.padded_columns(False, K, RSC, T)
             RSCw = RSCw if RSCw > RSC else 0
