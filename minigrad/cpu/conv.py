@@ -1921,5 +1921,8 @@ _GY_NCHW_MIN_PIXELS = 64
 
 # dW by output-channel split over the whole batch (see conv2d_backward) when the weight
 # gradient is bigger than this and the batch's column matrix is at most _MAX_COL bytes.
-_GW_SPLIT_K_MIN_W = 4 << 20
+# Paired A/Bs (BENCHMARKS_perf.md, change 97): 3x3 128->256 stride 2 (1.2 MB of weights)
+# 1.02-1.06x channels-last and 1.09-1.14x NCHW at batch 16-64 when split; 3x3 64->128
+# stride 2 (0.3 MB) 0.94x / 0.82x and 1x1 256->512 (0.5 MB) 0.99-1.02x, so not below 1 MB.
+_GW_SPLIT_K_MIN_W = 1 << 20
 _GW_SPLIT_K_MAX_COL = 32 << 20
