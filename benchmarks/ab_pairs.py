@@ -62,7 +62,12 @@ def setting(spec):
     module = importlib.import_module(modname)
     if not hasattr(module, attr):
         raise ValueError(f"{modname} has no attribute {attr!r}")
-    return module, attr, ast.literal_eval(text)
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ValueError(f"--set {spec!r}: {text!r} is not a Python literal "
+                         "(write numbers out: 1048576, not 1 << 20)") from None
+    return module, attr, value
 
 
 def conv_row(cin, cout, size, k, stride, channels_last, forward_only=False):

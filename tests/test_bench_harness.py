@@ -100,6 +100,7 @@ def test_paired_ratios_alternate_within_pairs():
 def test_ab_pairs_setting_parser():
     module, attr, value = ab_pairs.setting("minigrad.cpu.conv1x1_nchw._MIN_COLUMNS=512")
     assert attr == "_MIN_COLUMNS" and value == 512 and module.__name__.endswith("conv1x1_nchw")
-    for bad in ("minigrad.cpu.conv1x1_nchw._MIN_COLUMNS", "minigrad.cpu.conv1x1_nchw.nope=1"):
-        with pytest.raises(ValueError, match="--set|no attribute"):
+    for bad in ("minigrad.cpu.conv1x1_nchw._MIN_COLUMNS", "minigrad.cpu.conv1x1_nchw.nope=1",
+                "minigrad.cpu.conv1x1_nchw._MIN_COLUMNS=1 << 9"):
+        with pytest.raises(ValueError, match="--set|no attribute|not a Python literal"):
             ab_pairs.setting(bad)
