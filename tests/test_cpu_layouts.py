@@ -428,10 +428,14 @@ def test_backward_reuses_the_forward_copy_of_x(layout, conf, monkeypatch):
     nchw_1x1 = layout == "nchw" and R == 1   # conv1x1_nchw: keeps the sampled x, no weights
     copied = not nchw_1x1 and (layout == "nchw" or (p > 0 and not (R == 3 and s == 1 and C >= 16)))
     assert (saved.x_cl is not None) == copied
-    assert (saved.weights is not None) == (not nchw_1x1)
+    cl_1x1 = layout == "cl" and R == 1   # the (K, C) layout of 1x1 weights is w's own
+    assert (saved.weights is not None) == (not nchw_1x1 and not cl_1x1)
+    assert (saved.weights_krsc is not None and np.shares_memory(saved.weights_krsc, w)) == cl_1x1
     assert (saved.x_sampled is not None) == (nchw_1x1 and s > 1)
     gy = rng.standard_normal(y.shape)
+    w0 = w.copy()
     gx, gw, _ = conv.conv2d_backward(xv, w, gy, *args, True, True, False, saved=saved)
+    np.testing.assert_array_equal(w, w0)   # the weights the passes share are only read
     rgx, rgw, _ = ref_conv_grads(x, w, gy, *args)
     np.testing.assert_allclose(gx, rgx, **tol(np.float64))
     np.testing.assert_allclose(gw, rgw, **tol(np.float64))
@@ -461,3 +465,14 @@ def test_column_sums_both_compilations(rows, cols, dtype):
     np.testing.assert_allclose(conv._bias_grad_any(gy, np.dtype(dtype)), ref,
                                rtol=1e-5 if dtype == np.float32 else 1e-12,
                                atol=1e-4 if dtype == np.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("nt, C, K", [(1, 5, 7), (2, 96, 700), (3, 33, 65), (2, 256, 512)])
+def test_sum_transposed_matches_numpy(nt, C, K):
+    """_sum_transposed (1x1 weight gradients, 32 x 32 blocks) sums the per-thread (C, K)
+    matrices and transposes them, partial blocks included; the two larger cases run the
+    parallel compilation."""
+    g = np.random.default_rng(5).standard_normal((nt, C, K)).astype(np.float32)
+    out = np.full((K, C), np.nan, np.float32)
+    conv._sum_transposed(g, out)
+    np.testing.assert_allclose(out, g.sum(axis=0).T, rtol=1e-6, atol=1e-6)

@@ -490,6 +490,38 @@ def _xck_to_kcx(g, out):
                     out[k, c, x] = acc
 
 
+_TRANSPOSE_BLOCK = 32
+
+
+@pjit()
+def _sum_transposed(g, out):
+    """out (K, C) = the sum over t of g[t].T for g (nt, C, K) (per-thread 1x1 weight
+    gradients CK -> KC), in 32 x 32 blocks: both sides read and written a cache line at a
+    time (_xck_to_kcx's column reads took 257 against 143 us for 256 x 512)."""
+    nt, C, K = g.shape
+    B = _TRANSPOSE_BLOCK
+    nkb = (K + B - 1) // B
+    for blk in prange(((C + B - 1) // B) * nkb):
+        c0 = (blk // nkb) * B
+        k0 = (blk % nkb) * B
+        c1 = min(C, c0 + B)
+        k1 = min(K, k0 + B)
+        tile = np.empty((B, B), dtype=g.dtype)
+        for c in range(c0, c1):
+            row = tile[c - c0]
+            src = g[0, c]
+            for k in range(k0, k1):
+                row[k - k0] = src[k]
+            for t in range(1, nt):
+                src = g[t, c]
+                for k in range(k0, k1):
+                    row[k - k0] += src[k]
+        for k in range(k0, k1):
+            dst = out[k]
+            for c in range(c0, c1):
+                dst[c] = tile[c - c0, k - k0]
+
+
 # ---------------------------------------------------------------------------
 # shifted-GEMM path (stride 1)
 # ---------------------------------------------------------------------------
@@ -1429,9 +1461,13 @@ def _weights_rsck(w, dt):
 def _weights_krsc(w, dt):
     """Weights as a flat (K, R, S, C) array: the (K x R*S*C) B matrix of the dX GEMMs,
     which OpenBLAS runs faster untransposed (stem: 1.6x, 3x3 stride 2: 1.04-1.07x) than
-    as the transpose of the forward's (R*S*C x K) layout."""
+    as the transpose of the forward's (R*S*C x K) layout.  For 1x1 weights (or one input
+    channel) that is w's own order: a view of w when w is contiguous in dtype dt
+    (read-only for the caller)."""
     K, C, R, S = w.shape
     w = np.ascontiguousarray(w, dtype=dt)
+    if R * S == 1 or C == 1:   # the same order: w itself
+        return w.reshape(-1)
     out = np.empty(K * R * S * C, dtype=dt)
     _transpose_each(w.reshape(K, C, R * S), out.reshape(K, R * S, C))
     return out
@@ -1448,7 +1484,10 @@ def _weights_krsc_padded(w, dt, cols):
 def _weights_grad_kcrs(gf, K, C, R, S):
     """Sum of (nt, R*S*C*K) per-thread weight gradients (or one flat one) -> (K, C, R, S)."""
     out = np.empty((K, C, R, S), dtype=gf.dtype)
-    _xck_to_kcx(gf.reshape(-1, R * S, C, K), out.reshape(K, C, R * S))
+    if R * S == 1:
+        _sum_transposed(gf.reshape(-1, C, K), out.reshape(K, C))
+    else:
+        _xck_to_kcx(gf.reshape(-1, R * S, C, K), out.reshape(K, C, R * S))
     return out
 
 
@@ -1548,7 +1587,8 @@ def _conv2d(x, w, b, stride, padding, dilation, box, keep_x):
     if _nchw_1x1(x, w, (ph, pw), dt):
         return _conv1x1_nchw(x, w, b, bb, sh, sw, OH, OW, box, keep_x)
     shift = _use_shift(N, C, H, W, K, R, S, (sh, sw), (ph, pw), (dh, dw))
-    krsc = _GEMM_PATH != "chunked" and not shift and _big_weights(w, dt)
+    krsc = _GEMM_PATH != "chunked" and not shift and (
+        _big_weights(w, dt) or (R == 1 and S == 1))
     wf = _weights_krsc(w, dt) if krsc else _weights_rsck(w, dt)
     if box is not None:
         if krsc:
@@ -1901,7 +1941,10 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
 # _weights_krsc, except with NCHW dY (itself a transposed operand: the stem row was then
 # 0.95-0.97x) and for weights above this size, whose forward reads the (K, R*S*C) layout
 # transposed too: it is 3.4x cheaper to make (0.39 against 1.33 ms for 256->512 3x3) and
-# the backward reuses it.
+# the backward reuses it, and for 1x1 weights, whose (K, C) layout is w itself (forward and
+# backward then copy no weights; with _sum_transposed for dW, the channels-last 1x1 stride-2
+# rows ran 1.11x (256->512), 1.03x (128->256), 1.02x (64->128) faster: BENCHMARKS_perf.md,
+# change 98).
 _KRSC_WEIGHTS_MIN = 2 << 20
 
 
