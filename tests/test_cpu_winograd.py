@@ -247,3 +247,23 @@ def test_winograd_non_finite_input_never_hidden(force_winograd, monkeypatch, bad
     assert (~np.isfinite(y))[bad_ref].all()
     ok = np.isfinite(y)
     np.testing.assert_allclose(y[ok], y_ref[ok], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("K, C, nt", [(3, 5, 1), (40, 300, 2), (24, 256, 1)])
+def test_f43_weight_transforms_match_float64(K, C, nt):
+    """_weights_tf6 (U = G g G^T) and _weights_grad6 (dg = G^T (sum of dU) G) against float64
+    einsums, for one and two tasks per output channel (300 channels: 256 and a partial run),
+    serial and parallel compilations."""
+    rng = np.random.default_rng(7)
+    G = winograd._G6_ARRAY
+    w = rng.standard_normal((K, C, 3, 3)).astype(np.float32)
+    U = np.full((36, K, C), np.nan, np.float32)
+    winograd._weights_tf6(w, U, G)
+    ref_u = np.einsum("ai,kcij,bj->abkc", G, w.astype(np.float64), G).reshape(36, K, C)
+    np.testing.assert_allclose(U, ref_u, rtol=1e-6, atol=1e-6)
+    du = rng.standard_normal((nt, 36 * K * C)).astype(np.float32)
+    gw = np.full((K, C, 3, 3), np.nan, np.float32)
+    winograd._weights_grad6(du, gw, G)
+    dsum = du.astype(np.float64).sum(axis=0).reshape(6, 6, K, C)
+    ref_g = np.einsum("ai,abkc,bj->kcij", G, dsum, G)
+    np.testing.assert_allclose(gw, ref_g, rtol=1e-5, atol=1e-5)

@@ -445,60 +445,103 @@ def _weights_grad(duacc, gw):
                     gw[k, c0 + c, r, 2] = 0.5 * (t1 + t2) + t3
 
 
+# Input channels per task of the F(4x4, 3x3) weight transforms: whole rows of up to 256
+# channels, the float64 blocks (at most 36 x 256) in L2.  Against the per-channel scalar
+# loops these replaced, 256 x 256: transform 4.3-4.9 -> 0.9-1.5 ms, gradient (one partial
+# sum) 2.8-3.7 -> 2.2-2.3 ms; 64-channel tasks made the transform 2.1 ms (BENCHMARKS_perf.md,
+# change 99).  F(2x2, 3x3)'s scalar kernels above stay: this form ran them 1.3-1.7x slower
+# at 512 x 512, where they move memory at the machine's rate already.
+_WT6_CHANNELS = 256
+
+
 @pjit(size_arg=1)
 def _weights_tf6(w, U, G):
     """U (36, K, C) = G g G^T for w (K, C, 3, 3) with F(4x4, 3x3)'s G (6 x 3, float64),
-    computed in float64.  Each weight row k is transformed into a (36, C) float64 block,
-    then written as 36 contiguous runs."""
+    computed in float64.  Each task takes one output channel's run of up to _WT6_CHANNELS
+    input channels and computes every row of G g and of U as one vector loop over them."""
     K, C = w.shape[0], w.shape[1]
-    for k in prange(K):
-        t = np.empty((6, 3))
-        blk = np.empty((36, C))
-        for c in range(C):
-            for a in range(6):
+    CB = min(C, _WT6_CHANNELS)
+    nb = (C + CB - 1) // CB
+    for task in prange(K * nb):
+        k = task // nb
+        c0 = (task - k * nb) * CB
+        cn = min(CB, C - c0)
+        wb = np.empty((9, CB))
+        t = np.empty((18, CB))           # row a * 3 + j: (G g)[a, j]
+        src = w[k]
+        for c in range(cn):
+            for i in range(3):
                 for j in range(3):
-                    t[a, j] = G[a, 0] * w[k, c, 0, j] + G[a, 1] * w[k, c, 1, j] + \
-                        G[a, 2] * w[k, c, 2, j]
-            for a in range(6):
-                for b in range(6):
-                    blk[a * 6 + b, c] = t[a, 0] * G[b, 0] + t[a, 1] * G[b, 1] + t[a, 2] * G[b, 2]
-        for p in range(36):
-            for c in range(C):
-                U[p, k, c] = blk[p, c]
+                    wb[i * 3 + j, c] = src[c0 + c, i, j]
+        for a in range(6):
+            g0, g1, g2 = G[a, 0], G[a, 1], G[a, 2]
+            for j in range(3):
+                r0, r1, r2, d = wb[j], wb[3 + j], wb[6 + j], t[a * 3 + j]
+                for c in range(cn):
+                    d[c] = g0 * r0[c] + g1 * r1[c] + g2 * r2[c]
+        for a in range(6):
+            t0, t1, t2 = t[a * 3], t[a * 3 + 1], t[a * 3 + 2]
+            for b in range(6):
+                h0, h1, h2 = G[b, 0], G[b, 1], G[b, 2]
+                d = U[a * 6 + b, k, c0:c0 + cn]
+                for c in range(cn):
+                    d[c] = t0[c] * h0 + t1[c] * h1 + t2[c] * h2
 
 
 @pjit(size_arg=0)
 def _weights_grad6(duacc, gw, G):
     """gw (K, C, 3, 3) = G^T dU G for F(4x4, 3x3), dU (36, K, C) = the sum over duacc's rows
-    (float64); 64 channels at a time (see _weights_grad)."""
+    (float64); tasks and vector loops as in _weights_tf6."""
     nt = duacc.shape[0]
     K, C = gw.shape[0], gw.shape[1]
-    CB = 64
-    for k in prange(K):
+    CB = min(C, _WT6_CHANNELS)
+    nb = (C + CB - 1) // CB
+    for task in prange(K * nb):
+        k = task // nb
+        c0 = (task - k * nb) * CB
+        cn = min(CB, C - c0)
         du = np.empty((36, CB))
-        t = np.empty((3, 6))
-        for c0 in range(0, C, CB):
-            cn = min(CB, C - c0)
-            for p in range(36):
-                o = (p * K + k) * C + c0
-                for c in range(cn):
-                    du[p, c] = duacc[0, o + c]
-                for j in range(1, nt):
-                    for c in range(cn):
-                        du[p, c] += duacc[j, o + c]
+        t = np.empty((18, CB))           # row r * 6 + b: (G^T dU)[r, b]
+        o = np.empty((9, CB))            # row r * 3 + j: (G^T dU G)[r, j]
+        for p in range(36):
+            off = (p * K + k) * C + c0
+            d = du[p]
+            src = duacc[0, off:off + cn]
             for c in range(cn):
-                for r in range(3):
-                    for b in range(6):
-                        acc = 0.0
-                        for a in range(6):
-                            acc += G[a, r] * du[a * 6 + b, c]
-                        t[r, b] = acc
-                for r in range(3):
-                    for j in range(3):
-                        acc = 0.0
-                        for b in range(6):
-                            acc += t[r, b] * G[b, j]
-                        gw[k, c0 + c, r, j] = acc
+                d[c] = src[c]
+            for j in range(1, nt):
+                src = duacc[j, off:off + cn]
+                for c in range(cn):
+                    d[c] += src[c]
+        for r in range(3):
+            for b in range(6):
+                d = t[r * 6 + b]
+                g = G[0, r]
+                s = du[b]
+                for c in range(cn):
+                    d[c] = g * s[c]
+                for a in range(1, 6):
+                    g = G[a, r]
+                    s = du[a * 6 + b]
+                    for c in range(cn):
+                        d[c] += g * s[c]
+        for r in range(3):
+            for j in range(3):
+                d = o[r * 3 + j]
+                h = G[0, j]
+                s = t[r * 6]
+                for c in range(cn):
+                    d[c] = h * s[c]
+                for b in range(1, 6):
+                    h = G[b, j]
+                    s = t[r * 6 + b]
+                    for c in range(cn):
+                        d[c] += h * s[c]
+        dst = gw[k]
+        for c in range(cn):
+            for r in range(3):
+                for j in range(3):
+                    dst[c0 + c, r, j] = o[r * 3 + j, c]
 
 
 # ---------------------------------------------------------------------------
