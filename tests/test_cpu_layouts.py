@@ -370,13 +370,16 @@ def test_max_pool_2x2_kernels_match_general_kernel(dtype, layout):
 
 
 @pytest.mark.parametrize("shape,pad", [((2, 3, 5, 7), (1, 2)), ((3, 17, 4, 4), (0, 0)),
-                                       ((2, 33, 32, 32), (1, 1)), ((1, 16, 6, 5), (2, 0))])
+                                       ((2, 33, 32, 32), (1, 1)), ((1, 16, 6, 5), (2, 0)),
+                                       ((2, 70, 16, 16), (2, 1))])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("plane_bytes", [0, 1 << 30])
-def test_nchw_to_channels_last_padded_copy(shape, pad, dtype, plane_bytes, monkeypatch):
-    """Both NCHW -> padded channels-last kernels (by row, by 16-channel block) give np.pad,
-    zero border and slack included, whatever the buffer held before."""
-    monkeypatch.setattr(conv, "_PLANE_TASK_BYTES", plane_bytes)
+@pytest.mark.parametrize("kernel", ["rows", "planes", "blocks"])
+def test_nchw_to_channels_last_padded_copy(shape, pad, dtype, kernel, monkeypatch):
+    """The NCHW -> padded channels-last kernels (by row, by 16-channel block of rows, by
+    32-channel block of whole planes; the last needs 32 channels) give np.pad, zero border
+    and slack included, whatever the buffer held before."""
+    monkeypatch.setattr(conv, "_PLANE_TASK_BYTES", 0 if kernel == "planes" else 1 << 30)
+    monkeypatch.setattr(conv, "_CL_BLOCK_MIN_PLANE", 0 if kernel == "blocks" else 1 << 30)
     x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
     ph, pw = pad
     want = np.pad(x.transpose(0, 2, 3, 1), ((0, 0), (ph, ph), (pw, pw), (0, 0))).reshape(-1)

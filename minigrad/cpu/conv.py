@@ -371,17 +371,65 @@ def _pad_cl_from_nchw_planes(x, ph, pw, xbuf, Hp, Wp):
         xbuf[j] = 0
 
 
+_CL_BLOCK = 32
+
+
+@njit(parallel=True, cache=True)
+def _pad_cl_from_nchw_blocks(x, ph, pw, out):
+    """out (N, Hp, Wp, C) = x (N, C, H, W) zero-padded, one task per (image, block of 32
+    channels), each plane read from top to bottom: the task's stores run through the whole
+    image at a stride of C floats and stay in L2 until each 128-byte run is complete.
+    (_pad_cl_from_nchw_planes's row-by-row order ran 3-4x slower for 64 channels of 32x32,
+    and _pad_cl_from_nchw's row tasks 2-6x slower for 128 of 16x16, depending on how the
+    two buffers lie modulo 4 KB.)"""
+    N, C, H, W = x.shape
+    Hp, Wp = out.shape[1], out.shape[2]
+    CB = _CL_BLOCK
+    nb = (C + CB - 1) // CB
+    for t in prange(N * nb):
+        n = t // nb
+        c0 = (t - n * nb) * CB
+        c1 = min(C, c0 + CB)
+        for hp in range(Hp):
+            h = hp - ph
+            if h < 0 or h >= H:
+                for w in range(Wp):
+                    for c in range(c0, c1):
+                        out[n, hp, w, c] = 0
+            else:
+                for w in range(pw):
+                    for c in range(c0, c1):
+                        out[n, hp, w, c] = 0
+                for w in range(pw + W, Wp):
+                    for c in range(c0, c1):
+                        out[n, hp, w, c] = 0
+        for c in range(c0, c1):
+            for h in range(H):
+                for w in range(W):
+                    out[n, h + ph, w + pw, c] = x[n, c, h, w]
+
+
 def _nchw_to_cl(x, ph, pw, xbuf, Hp, Wp):
-    """Padded channels-last copy of NCHW-contiguous x into flat xbuf, by the faster kernel
-    for the plane size."""
-    if x.shape[2] * x.shape[3] * x.itemsize >= _PLANE_TASK_BYTES:
+    """Padded channels-last copy of NCHW-ordered x (contiguous, or a strided view of an
+    NCHW array) into flat xbuf (zeros after the copy), by the faster kernel for the
+    shape."""
+    N, C, H, W = x.shape
+    if C >= _CL_BLOCK and H * W * x.itemsize >= _CL_BLOCK_MIN_PLANE:
+        q = N * Hp * Wp * C
+        _pad_cl_from_nchw_blocks(x, ph, pw, xbuf[:q].reshape(N, Hp, Wp, C))
+        xbuf[q:] = 0
+    elif H * W * x.itemsize >= _PLANE_TASK_BYTES:
         _pad_cl_from_nchw_planes(x, ph, pw, xbuf, Hp, Wp)
     else:
         _pad_cl_from_nchw(x, ph, pw, xbuf, Hp, Wp)
 
 
-# Planes at least this big are converted by _pad_cl_from_nchw_planes.
+# Planes at least this big are converted by _pad_cl_from_nchw_planes (when the blocks
+# kernel does not take them: fewer than 32 channels, or planes under 1 KB, where it ran
+# slower: 0.62 against 0.52 ms for 32 x 16 x 32 x 32, 0.84-0.93 against 0.42-0.46 for
+# 32 x 256 x 8 x 8).
 _PLANE_TASK_BYTES = 4096
+_CL_BLOCK_MIN_PLANE = 1024
 
 
 @pjit()
