@@ -371,7 +371,7 @@ def test_max_pool_2x2_kernels_match_general_kernel(dtype, layout):
 
 @pytest.mark.parametrize("shape,pad", [((2, 3, 5, 7), (1, 2)), ((3, 17, 4, 4), (0, 0)),
                                        ((2, 33, 32, 32), (1, 1)), ((1, 16, 6, 5), (2, 0)),
-                                       ((2, 70, 16, 16), (2, 1))])
+                                       ((2, 70, 16, 16), (2, 1)), ((3, 40, 16, 17), (0, 0))])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kernel", ["rows", "planes", "blocks"])
 def test_nchw_to_channels_last_padded_copy(shape, pad, dtype, kernel, monkeypatch):
