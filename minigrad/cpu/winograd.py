@@ -454,6 +454,15 @@ def _weights_grad(duacc, gw):
 _WT6_CHANNELS = 256
 
 
+@njit(cache=True)
+def _channel_run(task, nb, CB, C):
+    """(k, c0, cn) of task ``task`` of the F(4x4) weight kernels: output channel k, input
+    channels c0 .. c0+cn-1 (nb runs of up to CB channels per output channel)."""
+    k = task // nb
+    c0 = (task - k * nb) * CB
+    return k, c0, min(CB, C - c0)
+
+
 @pjit(size_arg=1)
 def _weights_tf6(w, U, G):
     """U (36, K, C) = G g G^T for w (K, C, 3, 3) with F(4x4, 3x3)'s G (6 x 3, float64),
@@ -463,9 +472,7 @@ def _weights_tf6(w, U, G):
     CB = min(C, _WT6_CHANNELS)
     nb = (C + CB - 1) // CB
     for task in prange(K * nb):
-        k = task // nb
-        c0 = (task - k * nb) * CB
-        cn = min(CB, C - c0)
+        k, c0, cn = _channel_run(task, nb, CB, C)
         wb = np.empty((9, CB))
         t = np.empty((18, CB))           # row a * 3 + j: (G g)[a, j]
         src = w[k]
@@ -497,9 +504,7 @@ def _weights_grad6(duacc, gw, G):
     CB = min(C, _WT6_CHANNELS)
     nb = (C + CB - 1) // CB
     for task in prange(K * nb):
-        k = task // nb
-        c0 = (task - k * nb) * CB
-        cn = min(CB, C - c0)
+        k, c0, cn = _channel_run(task, nb, CB, C)
         du = np.empty((36, CB))
         t = np.empty((18, CB))           # row r * 6 + b: (G^T dU)[r, b]
         o = np.empty((9, CB))            # row r * 3 + j: (G^T dU G)[r, j]
@@ -513,6 +518,8 @@ def _weights_grad6(duacc, gw, G):
                 src = duacc[j, off:off + cn]
                 for c in range(cn):
                     d[c] += src[c]
+        # the two contractions stay written out: through a shared helper taking a column
+        # of G this kernel ran 8-20% slower (BENCHMARKS_perf.md, change 99)
         for r in range(3):
             for b in range(6):
                 d = t[r * 6 + b]
