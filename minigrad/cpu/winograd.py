@@ -447,8 +447,8 @@ def _weights_grad(duacc, gw):
 
 # Input channels per task of the F(4x4, 3x3) weight transforms: whole rows of up to 256
 # channels, the float64 blocks (at most 36 x 256) in L2.  Against the per-channel scalar
-# loops these replaced, 256 x 256: transform 4.3-4.9 -> 0.9-1.5 ms, gradient (one partial
-# sum) 2.8-3.7 -> 2.2-2.3 ms; 64-channel tasks made the transform 2.1 ms (BENCHMARKS_perf.md,
+# loops these replaced, 256 x 256: transform 4.1-4.9 -> 0.9-1.5 ms, gradient (one partial
+# sum) 2.8-4.4 -> 2.1-2.3 ms; 64-channel tasks made the transform 2.1 ms (BENCHMARKS_perf.md,
 # change 99).  F(2x2, 3x3)'s scalar kernels above stay: this form ran them 1.3-1.7x slower
 # at 512 x 512, where they move memory at the machine's rate already.
 _WT6_CHANNELS = 256
