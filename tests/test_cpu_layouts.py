@@ -429,7 +429,9 @@ def test_backward_reuses_the_forward_copy_of_x(layout, conf, monkeypatch):
     y, saved = conv.conv2d_saving(xv, w, None, *args, True)
     np.testing.assert_allclose(y, ref_conv(x, w, None, *args), **tol(np.float64))
     nchw_1x1 = layout == "nchw" and R == 1   # conv1x1_nchw: keeps the sampled x, no weights
-    copied = not nchw_1x1 and (layout == "nchw" or (p > 0 and not (R == 3 and s == 1 and C >= 16)))
+    # conv1x1_cl (channels-last 1x1, few pixels) keeps the strided sample of x
+    copied = not nchw_1x1 and (layout == "nchw" or (p > 0 and not (R == 3 and s == 1 and C >= 16))
+                               or (R == 1 and s > 1))
     assert (saved.x_cl is not None) == copied
     cl_1x1 = layout == "cl" and R == 1   # the (K, C) layout of 1x1 weights is w's own
     assert (saved.weights is not None) == (not nchw_1x1 and not cl_1x1)

@@ -101,6 +101,23 @@ def _gemm_rm_overload(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, l
     return None
 
 
+def gemm_rm_blas(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """gemm_rm always through OpenBLAS (never small_gemm, which is single-threaded): for
+    whole-batch products, which OpenBLAS splits between its own threads; jitted code only."""
+    raise NotImplementedError("gemm_rm_blas is callable from njit code only")
+
+
+@overload(gemm_rm_blas, jit_options={"cache": True})
+def _gemm_rm_blas_overload(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    if not isinstance(c, types.Array):
+        return None
+    if c.dtype == types.float32:
+        return _make_impl(_sgemm, np.float32)
+    if c.dtype == types.float64:
+        return _make_impl(_dgemm, np.float64)
+    return None
+
+
 @njit(cache=True)
 def _selftest(a, b, c):
     m, k = a.shape

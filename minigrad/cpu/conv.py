@@ -54,7 +54,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import conv1x1_nchw, small_gemm, winograd
+from . import conv1x1_cl, conv1x1_nchw, small_gemm, winograd
 from ._jit import pjit
 from .blas import gemm_rm
 from .kernels import add_flat, crop_padded
@@ -1634,6 +1634,8 @@ def _conv2d(x, w, b, stride, padding, dilation, box, keep_x):
         return y4.transpose(0, 3, 1, 2)
     if _nchw_1x1(x, w, (ph, pw), dt):
         return _conv1x1_nchw(x, w, b, bb, sh, sw, OH, OW, box, keep_x)
+    if _whole_1x1(w, (ph, pw), N * OH * OW):
+        return _conv1x1_cl(x, w, b, bb, sh, sw, OH, OW, box, keep_x)
     shift = _use_shift(N, C, H, W, K, R, S, (sh, sw), (ph, pw), (dh, dw))
     krsc = _GEMM_PATH != "chunked" and not shift and (
         _big_weights(w, dt) or (R == 1 and S == 1))
@@ -1746,6 +1748,94 @@ def _conv1x1_nchw_backward(x, w, gy, stride, need_x, need_w, saved, gx_addend, a
                               sh, sw, g, bool(need_x), bool(need_w), mode, gx, gwacc, addf, nt)
     gw = gwacc.sum(axis=0).reshape(K, C, 1, 1) if need_w else None
     return (gx if need_x else None), gw, fused
+
+
+# Other unpadded 1x1 convolutions with few output pixels (channels-last input above all:
+# ResNet-18's last downsampling layer at batch 32) run one GEMM per thread and pass
+# (conv1x1_cl).  Paired against the im2col tiles, channels-last, batch 32: 256->512 stride 2
+# on 8x8 (512 rows) 1.11-1.14x, stride 1 on 4x4 (512 rows) 1.20-1.23x; 1,024 rows 1.03-1.09x;
+# 2,048 rows 0.97-1.02x; 8,192 rows 0.82x, where the tiles' dW and dX, which read each dY tile
+# once from cache, win (BENCHMARKS_perf.md, change 101).
+USE_WHOLE_1X1 = True
+_WHOLE_1X1_MAX_ROWS = 1024
+
+
+def _whole_1x1(w, padding, rows):
+    """True when conv1x1_cl computes this convolution (checked after the NCHW 1x1 path):
+    w 1x1, no padding, at most _WHOLE_1X1_MAX_ROWS output pixels (``rows``) in the batch."""
+    return (USE_WHOLE_1X1 and _GEMM_PATH != "chunked" and w.shape[2] == 1 and w.shape[3] == 1
+            and tuple(padding) == (0, 0) and rows <= _WHOLE_1X1_MAX_ROWS)
+
+
+def _sampled_rows(x, sh, sw, OH, OW):
+    """(x4, xs, gathered) for the whole-share 1x1 path: x4 channels-last x (N, H, W, C), and
+    xs the flat (N*OH*OW*C,) Xs matrix: x4's own rows at stride 1 (gathered False), else a
+    new array that conv1x1_cl.forward fills (gathered True), or, for x not stored
+    channels-last, the sampled pixels copied here (_sampled_cl: only those are read)."""
+    N, C = x.shape[0], x.shape[1]
+    if (sh, sw) == (1, 1):
+        x4 = _cl_contig(x)
+        return x4, x4.reshape(-1), False
+    if is_channels_last(x):
+        return x.transpose(0, 2, 3, 1), np.empty(N * OH * OW * C, dtype=x.dtype), True
+    xs = _sampled_cl(x, sh, sw, OH, OW)
+    return xs, xs.reshape(-1), False
+
+
+def _conv1x1_cl(x, w, b, bb, sh, sw, OH, OW, box, keep_x):
+    """Forward of the whole-share 1x1 path; channels-last output.  Keeps the sampled x (a
+    copy at strides above 1) and the (K, C) weights in ``box`` when asked to."""
+    N, C = x.shape[0], x.shape[1]
+    K = w.shape[0]
+    dt = x.dtype
+    x4, xs, gathered = _sampled_rows(x, sh, sw, OH, OW)
+    wk = _weights_krsc(w, dt)
+    y4 = np.empty((N, OH, OW, K), dtype=dt)
+    with _single_blas:
+        conv1x1_cl.forward(x4, sh, sw, OH, OW, gathered, xs, wk, bb, b is not None,
+                           y4.reshape(-1), numba.get_num_threads())
+    if box is not None:
+        box.weights_krsc = wk
+        _keep_copy(box, keep_x, xs.reshape(N, OH, OW, C), x)
+    return y4.transpose(0, 3, 1, 2)
+
+
+def _conv1x1_cl_backward(x, w, gy, sh, sw, need_x, need_w, saved, addf, addf_writable, dt):
+    """(gx, gw, folded) of the whole-share 1x1 path: gx channels-last, including ``addf``
+    when ``folded`` (in addf's own storage when ``addf_writable``)."""
+    N, C, H, W = x.shape
+    K = w.shape[0]
+    OH, OW = gy.shape[2], gy.shape[3]
+    gyf = _cl_contig(gy).reshape(-1)
+    xs = _EMPTY[dt.char]
+    if need_w:
+        xc = _saved_x(saved, (N, OH, OW, C), dt)
+        if xc is not None:
+            xs = xc.reshape(-1)
+        else:
+            x4, xs, gathered = _sampled_rows(x, sh, sw, OH, OW)
+            if gathered:
+                conv1x1_cl.gather(x4, sh, sw, OH, OW, xs)
+    kept = saved.weights_krsc if saved is not None else None
+    wk = kept if kept is not None and kept.dtype == dt and kept.size == w.size else \
+        _weights_krsc(w, dt)
+    folded = bool(need_x) and addf.size > 0
+    if not need_x:
+        gx4 = np.empty((1, 1, 1, C), dtype=dt)
+    elif folded:
+        gx4 = (addf if addf_writable else addf.copy()).reshape(N, H, W, C)
+    elif (sh, sw) == (1, 1):
+        gx4 = np.empty((N, H, W, C), dtype=dt)
+    else:
+        gx4 = np.zeros((N, H, W, C), dtype=dt)
+    strided = (sh, sw) != (1, 1)
+    dxs = np.empty(N * OH * OW * C if (need_x and strided) else 0, dtype=dt)
+    gw = np.empty((K, C, 1, 1) if need_w else 0, dtype=dt)
+    with _single_blas:
+        conv1x1_cl.backward(xs, wk, gyf, sh, sw, OH, OW, bool(need_x), bool(need_w),
+                            folded or strided, gw.reshape(-1), gx4, dxs,
+                            numba.get_num_threads())
+    return (gx4.transpose(0, 3, 1, 2) if need_x else None), (gw if need_w else None), folded
 
 
 def _bias_grad_any(gy, dt):
@@ -1874,6 +1964,10 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
             gw = winograd.backward(_cl_contig(x) if xc is None else xc, _cl_contig(gy), U, ph, pw,
                                    need_x, need_w, gx4, addf)
         return (gx4.transpose(0, 3, 1, 2) if need_x else None), gw, gb, addf.size > 0
+    if _whole_1x1(w, (ph, pw), N * OH * OW):
+        gx, gw, folded = _conv1x1_cl_backward(x, w, gy, sh, sw, need_x, need_w, saved, addf,
+                                              addf_writable, dt)
+        return gx, gw, gb, folded
     shift = _use_shift(N, C, H, W, K, R, S, (sh, sw), (ph, pw), (dh, dw))
     if (_GEMM_PATH == "chunked" or shift) and (wf is None or wf.dtype != dt or wf.size != w.size):
         wf = _weights_rsck(w, dt) if need_x else np.zeros(R * S * C * K, dtype=dt)
