@@ -1,6 +1,6 @@
 """What share of sgemm each ResNet-18 conv row could reach at best on this machine.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.roofline [--measure]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.roofline [--measure] [--gemm]
 
 The CPU issue asks every conv layer's forward + backward to run at 60% of the sgemm
 GFLOP/s measured in the same run.  This script counts, for each row of ``cli.py bench``
@@ -17,7 +17,13 @@ sgemm:
 A kernel that reaches the serial bound needs nothing cleverer than computing at the
 sgemm rate; between the two bounds it must also overlap its memory traffic with compute.
 ``--measure`` also times minigrad's own row (as ``cli.py bench`` does) to show where it
-stands between them.
+stands between them.  ``--gemm`` also times the row's three im2col products (forward
+(Q x RSC) @ (RSC x K), dW (RSC x Q) @ (Q x K), dX (Q x K) @ (K x RSC), Q the batch's output
+pixels, RSC = C*R*S) as whole-batch NumPy GEMMs on OpenBLAS's own threads, operands ready:
+the share of sgemm a GEMM-based row gets before any layout work or memory traffic of its
+own.  They run before anything else in the process: after a Numba parallel region the
+OpenMP workers spin for a while, and a multi-threaded OpenBLAS call then competes with them
+for the cores.
 
 Compulsory traffic, float32, as the bench row runs (x is a leaf whose .grad accumulates,
 so dX is added into existing storage):
@@ -120,6 +126,27 @@ def measure_sgemm(repeat=5):
     return SGEMM_FLOPS / timeit(sgemm_call(), repeat, warmup=1)
 
 
+def gemm_shapes(n, cin, cout, h, k, stride):
+    """(Q, RSC, K) of a square conv row's im2col products: output pixels of the batch,
+    reduction length of the forward, output channels (padding k // 2, as in the bench)."""
+    pad = k // 2
+    oh = (h + 2 * pad - k) // stride + 1
+    return n * oh * oh, cin * k * k, cout
+
+
+def measure_gemms(q, rsc, k, repeat=10):
+    """Median seconds of the forward, dW and dX products of ``gemm_shapes`` (float32 NumPy
+    GEMMs on OpenBLAS's threads, outputs preallocated)."""
+    rng = np.random.default_rng(0)
+    col = rng.standard_normal((q, rsc)).astype(np.float32)
+    w = rng.standard_normal((rsc, k)).astype(np.float32)
+    dy = rng.standard_normal((q, k)).astype(np.float32)
+    y, gw, dcol = np.empty((q, k), np.float32), np.empty((rsc, k), np.float32), np.empty_like(col)
+    return (timeit(lambda: np.matmul(col, w, out=y), repeat),
+            timeit(lambda: np.matmul(col.T, dy, out=gw), repeat),
+            timeit(lambda: np.matmul(dy, w.T, out=dcol), repeat))
+
+
 def _minigrad_row(cin, cout, h, k, stride, channels_last, repeat):
     import minigrad as mg
     from benchmarks.run_all import _channels_last
@@ -141,8 +168,16 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--measure", action="store_true", help="also time minigrad's rows")
     ap.add_argument("--repeat", type=int, default=10, help="calls per measured row")
+    ap.add_argument("--gemm", action="store_true",
+                    help="also time each row's three products as whole-batch GEMMs")
     args = ap.parse_args(argv)
     numba.set_num_threads(THREADS)
+    gemm_times = {}
+    if args.gemm:   # before any Numba parallel region (see the module docstring)
+        sgemm_g = measure_sgemm()
+        for row in RESNET_CONV_SHAPES:
+            gemm_times[row] = sum(measure_gemms(*gemm_shapes(BATCH, *row), repeat=args.repeat))
+        print(f"sgemm {sgemm_g / 1e9:.0f} GFLOP/s while timing the whole-batch GEMMs")
     sgemm0 = measure_sgemm()
     bw = measure_bandwidth()
     sgemm1 = measure_sgemm()
@@ -153,6 +188,9 @@ def main(argv=None):
           f"copy {bw['copy'] / 1e9:.1f} GB/s")
     head = "| row | GFLOP | MB read | MB written | bound, overlapped | bound, serial |"
     rule = "|---|---:|---:|---:|---:|---:|"
+    if args.gemm:
+        head += " whole-batch GEMMs |"
+        rule += "---:|"
     if args.measure:
         head += " minigrad |"
         rule += "---:|"
@@ -165,6 +203,8 @@ def main(argv=None):
             name = f"conv {cin}->{cout} {h}x{h} k{k} s{s}" + (", channels-last" if channels_last else "")
             line = (f"| {name} | {tr['flops'] / 1e9:.2f} | {tr['read'] / 1e6:.1f} | "
                     f"{tr['write'] / 1e6:.1f} | {100 * over:.0f}% | {100 * serial:.0f}% |")
+            if args.gemm:
+                line += f" {100 * tr['flops'] / gemm_times[(cin, cout, h, k, s)] / sgemm_g:.0f}% |"
             if args.measure:
                 t = _minigrad_row(cin, cout, h, k, s, channels_last, args.repeat)
                 line += f" {100 * tr['flops'] / t / sgemm:.0f}% |"

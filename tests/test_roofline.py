@@ -48,3 +48,14 @@ def test_bandwidth_kernels_touch_every_element():
     b = np.zeros_like(a)
     roofline._copy(a, b, 2)
     assert (a == 1.0).all() and (b == 1.0).all()
+
+
+def test_gemm_shapes_of_the_im2col_products():
+    assert roofline.gemm_shapes(32, 3, 64, 32, 3, 1) == (32 * 32 * 32, 27, 64)       # the stem
+    assert roofline.gemm_shapes(32, 64, 128, 32, 1, 2) == (32 * 16 * 16, 64, 128)    # 1x1 stride 2
+    assert roofline.gemm_shapes(32, 256, 512, 8, 3, 2) == (32 * 4 * 4, 2304, 512)
+
+
+def test_measure_gemms_times_three_products():
+    times = roofline.measure_gemms(64, 27, 16, repeat=2)
+    assert len(times) == 3 and all(t > 0 for t in times)
