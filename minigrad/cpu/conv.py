@@ -1753,7 +1753,7 @@ def _conv1x1_nchw_backward(x, w, gy, stride, need_x, need_w, saved, gx_addend, a
 # Other unpadded 1x1 convolutions with few output pixels (channels-last input above all:
 # ResNet-18's last downsampling layer at batch 32) run one GEMM per thread and pass
 # (conv1x1_cl).  Paired against the im2col tiles, channels-last, batch 32: 256->512 stride 2
-# on 8x8 (512 rows) 1.11-1.14x, stride 1 on 4x4 (512 rows) 1.20-1.23x; 1,024 rows 1.03-1.09x;
+# on 8x8 (512 rows) 1.11-1.17x, stride 1 on 4x4 (512 rows) 1.20-1.23x; 1,024 rows 1.03-1.09x;
 # 2,048 rows 0.97-1.02x; 8,192 rows 0.82x, where the tiles' dW and dX, which read each dY tile
 # once from cache, win (BENCHMARKS_perf.md, change 101).
 USE_WHOLE_1X1 = True
