@@ -4,16 +4,18 @@
 Checked against float64 NumPy references for channels-last, strided-view and NCHW input,
 every stride pattern, shares with no rows (fewer pixels or output channels than threads),
 the kept sampled copy, dW or dX alone, the ways dX meets an addend, the path choice, and
-through autograd with central differences.
+through autograd with central differences.  Random shapes and an addend sharing memory with x
+run in test_conv1x1_nchw.py, for both layouts.
 """
 
 import numba
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
 
 import minigrad as mg
 from minigrad.cpu import conv, conv1x1_cl
+import reference
+from conv_checks import check_addend_modes, check_backward_passes
 from gradcheck import numeric_grad
 
 
@@ -22,15 +24,12 @@ def channels_last(a):
 
 
 def ref_forward(x, w, b, stride):
-    y = np.einsum("nchw,kc->nkhw", x[:, :, ::stride[0], ::stride[1]], w[:, :, 0, 0])
-    return y if b is None else y + b[None, :, None, None]
+    return reference.conv2d(x, w, b, stride, (0, 0), (1, 1))
 
 
 def ref_grads(x, w, gy, stride):
-    gw = np.einsum("nkhw,nchw->kc", gy, x[:, :, ::stride[0], ::stride[1]])[:, :, None, None]
-    gx = np.zeros(x.shape)
-    gx[:, :, ::stride[0], ::stride[1]] = np.einsum("nkhw,kc->nchw", gy, w[:, :, 0, 0])
-    return gx, gw
+    """(gx, gw) in float64."""
+    return reference.conv2d_grads(x, w, gy, stride, (0, 0), (1, 1))[:2]
 
 
 def tol(dt):
@@ -74,20 +73,7 @@ def test_forward_and_gradients_match_the_reference(case, dtype, layout, monkeypa
     assert (saved.x_cl is not None) == copies
     gy = rng.standard_normal(y.shape).astype(dtype)
     gxr, gwr = ref_grads(x64, w64, gy.astype(np.float64), stride)
-    for kept in (saved, None):
-        gx, gw, gb = conv.conv2d_backward(x, w, gy, stride, (0, 0), (1, 1), True, True, True,
-                                          saved=kept)
-        np.testing.assert_allclose(gx, gxr, **tol(dtype))
-        np.testing.assert_allclose(gw, gwr, **tol(dtype))
-        np.testing.assert_allclose(gb, gy.astype(np.float64).sum(axis=(0, 2, 3)), **tol(dtype))
-        assert gx.dtype == gw.dtype == dtype and gw.shape == w.shape
-    gx, gw, _ = conv.conv2d_backward(x, w, gy, stride, (0, 0), (1, 1), False, True, False,
-                                     saved=saved)
-    assert gx is None
-    np.testing.assert_allclose(gw, gwr, **tol(dtype))
-    gx, gw, _ = conv.conv2d_backward(x, w, gy, stride, (0, 0), (1, 1), True, False, False)
-    assert gw is None
-    np.testing.assert_allclose(gx, gxr, **tol(dtype))
+    gx = check_backward_passes(x, w, gy, stride, (0, 0), saved, gxr, gwr, tol(dtype))
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -123,32 +109,8 @@ def test_dx_addend_read_only_written_in_place_or_added_after(stride, addend_layo
         addend = addend.astype(np.float32)
     if addend_layout == "cl":
         addend = channels_last(addend)
-    kept = addend.copy()
-    gx, _, _ = conv.conv2d_backward(x, w, gy, stride, (0, 0), (1, 1), True, False, False,
-                                    gx_addend=addend)
-    np.testing.assert_allclose(gx, gxr + kept, rtol=1e-4, atol=1e-4)
-    np.testing.assert_array_equal(addend, kept)       # only read
-    gx, _, _ = conv.conv2d_backward(x, w, gy, stride, (0, 0), (1, 1), True, False, False,
-                                    gx_addend=addend, addend_writable=True)
-    np.testing.assert_allclose(gx, gxr + kept, rtol=1e-4, atol=1e-4)
     # only a channels-last addend of x's dtype is updated in place; the others are only read
-    assert np.shares_memory(gx, addend) == (addend_layout == "cl")
-    if addend_layout != "cl":
-        np.testing.assert_array_equal(addend, kept)
-
-
-def test_addend_sharing_memory_with_x_is_not_written():
-    rng = np.random.default_rng(9)
-    x = channels_last(rng.standard_normal((2, 4, 6, 6)))
-    w = rng.standard_normal((4, 4, 1, 1))
-    gy = rng.standard_normal((2, 4, 3, 3))
-    gxr = ref_grads(x, w, gy, (2, 2))[0]
-    kept = x.copy()
-    gx, _, _ = conv.conv2d_backward(x, w, gy, (2, 2), (0, 0), (1, 1), True, False, False,
-                                    gx_addend=x, addend_writable=True)
-    assert not np.shares_memory(gx, x)
-    np.testing.assert_array_equal(x, kept)
-    np.testing.assert_allclose(gx, gxr + kept, rtol=1e-10, atol=1e-10)
+    check_addend_modes(x, w, gy, stride, gxr, addend, addend_layout == "cl")
 
 
 def test_path_choice():
@@ -178,23 +140,6 @@ def test_same_values_as_the_tiles(monkeypatch):
     off = run()
     for a, b in zip(on, off):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-
-
-@settings(max_examples=25, deadline=None)
-@given(N=st.integers(1, 5), C=st.integers(1, 9), K=st.integers(1, 9), H=st.integers(1, 9),
-       W=st.integers(1, 9), sh=st.integers(1, 3), sw=st.integers(1, 3), seed=st.integers(0, 99))
-def test_random_shapes(N, C, K, H, W, sh, sw, seed):
-    rng = np.random.default_rng(seed)
-    x = channels_last(rng.standard_normal((N, C, H, W)))
-    w = rng.standard_normal((K, C, 1, 1))
-    y, saved = conv.conv2d_saving(x, w, None, (sh, sw), (0, 0), (1, 1), True)
-    np.testing.assert_allclose(y, ref_forward(x, w, None, (sh, sw)), rtol=1e-10, atol=1e-10)
-    gy = rng.standard_normal(y.shape)
-    gxr, gwr = ref_grads(x, w, gy, (sh, sw))
-    gx, gw, _ = conv.conv2d_backward(x, w, gy, (sh, sw), (0, 0), (1, 1), True, True, False,
-                                     saved=saved)
-    np.testing.assert_allclose(gx, gxr, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(gw, gwr, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("stride", [1, 2, (2, 3)])

@@ -3,7 +3,9 @@
 They run as per-image GEMMs on the planes, with the sampled pixels gathered without a
 transpose; output and dX are NCHW-contiguous.  Checked against float64 NumPy references
 for every stride pattern, grouped small images, the kept sampled copy, the three ways dX
-meets an addend, and through autograd with central differences.
+meets an addend, and through autograd with central differences.  The random-shape and
+addend-sharing-x tests also run channels-last input (conv1x1_cl's path; its own tests are in
+test_conv1x1_cl.py).
 """
 
 import numpy as np
@@ -12,6 +14,7 @@ from hypothesis import given, settings, strategies as st
 
 import minigrad as mg
 from minigrad.cpu import conv, conv1x1_nchw
+from conv_checks import check_addend_modes, check_backward_passes
 from gradcheck import check_grad
 
 
@@ -61,20 +64,8 @@ def test_forward_and_gradients_match_the_reference(case, dtype, bias):
     assert (saved.x_sampled is None) == in_place   # stride 1, one image per unit: x itself
     gy = rng.standard_normal(y.shape).astype(dtype)
     gxr, gwr = ref_grads(x64, w64, gy.astype(np.float64), stride)
-    for kept in (saved, None):
-        gx, gw, gb = conv.conv2d_backward(x, w, gy, stride, (0, 0), (1, 1), True, True, True,
-                                          saved=kept)
-        np.testing.assert_allclose(gx, gxr, **tol(dtype))
-        np.testing.assert_allclose(gw, gwr, **tol(dtype))
-        np.testing.assert_allclose(gb, gy.astype(np.float64).sum(axis=(0, 2, 3)), **tol(dtype))
-        assert gx.flags.c_contiguous and gx.dtype == dtype and gw.dtype == dtype
-    gx, gw, _ = conv.conv2d_backward(x, w, gy, stride, (0, 0), (1, 1), False, True, False,
-                                     saved=saved)
-    assert gx is None
-    np.testing.assert_allclose(gw, gwr, **tol(dtype))
-    gx, gw, _ = conv.conv2d_backward(x, w, gy, stride, (0, 0), (1, 1), True, False, False)
-    assert gw is None
-    np.testing.assert_allclose(gx, gxr, **tol(dtype))
+    gx = check_backward_passes(x, w, gy, stride, (0, 0), saved, gxr, gwr, tol(dtype))
+    assert gx.flags.c_contiguous
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -92,30 +83,23 @@ def test_dx_addend_read_only_written_in_place_or_added_after(case, addend_layout
         addend = addend.astype(np.float32)
     if addend_layout == "cl":
         addend = np.ascontiguousarray(addend.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
-    kept = addend.copy()
-    gx, _, _ = conv.conv2d_backward(x, w, gy, stride, (0, 0), (1, 1), True, False, False,
-                                    gx_addend=addend)
-    np.testing.assert_allclose(gx, gxr + kept, rtol=1e-4, atol=1e-4)
-    np.testing.assert_array_equal(addend, kept)       # only read
-    gx, _, _ = conv.conv2d_backward(x, w, gy, stride, (0, 0), (1, 1), True, False, False,
-                                    gx_addend=addend, addend_writable=True)
-    np.testing.assert_allclose(gx, gxr + kept, rtol=1e-4, atol=1e-4)
     # only an NCHW addend of x's dtype is updated in place; the others are only read
-    assert (gx is addend) == (addend_layout == "nchw")
-    if addend_layout != "nchw":
-        np.testing.assert_array_equal(addend, kept)
+    check_addend_modes(x, w, gy, stride, gxr, addend, addend_layout == "nchw")
 
 
-def test_addend_sharing_memory_with_x_or_gy_is_not_written():
+@pytest.mark.parametrize("layout", ["nchw", "channels-last"])   # channels-last: conv1x1_cl
+def test_addend_sharing_memory_with_x_or_gy_is_not_written(layout):
     rng = np.random.default_rng(9)
     x = rng.standard_normal((2, 4, 6, 6))
+    if layout == "channels-last":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     w = rng.standard_normal((4, 4, 1, 1))
     gy = rng.standard_normal((2, 4, 3, 3))
     gxr = ref_grads(x, w, gy, (2, 2))[0]
     kept = x.copy()
     gx, _, _ = conv.conv2d_backward(x, w, gy, (2, 2), (0, 0), (1, 1), True, False, False,
                                     gx_addend=x, addend_writable=True)
-    assert gx is not x
+    assert not np.shares_memory(gx, x)
     np.testing.assert_array_equal(x, kept)
     np.testing.assert_allclose(gx, gxr + kept, rtol=1e-10, atol=1e-10)
 
@@ -140,12 +124,15 @@ def test_group_size():
     assert conv1x1_nchw.group_size(3, 1, 2) == 1
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels-last"])   # channels-last: conv1x1_cl
 @settings(max_examples=25, deadline=None)
 @given(N=st.integers(1, 6), C=st.integers(1, 9), K=st.integers(1, 9), H=st.integers(1, 9),
        W=st.integers(1, 9), sh=st.integers(1, 3), sw=st.integers(1, 3), seed=st.integers(0, 99))
-def test_random_shapes(N, C, K, H, W, sh, sw, seed):
+def test_random_shapes(layout, N, C, K, H, W, sh, sw, seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, C, H, W))
+    if layout == "channels-last":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     w = rng.standard_normal((K, C, 1, 1))
     y, saved = conv.conv2d_saving(x, w, None, (sh, sw), (0, 0), (1, 1), True)
     OH, OW = (H - 1) // sh + 1, (W - 1) // sw + 1
