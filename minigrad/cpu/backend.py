@@ -5,6 +5,7 @@ GEMM, softmax, norms, losses and optimizer updates call Numba kernels in the
 sibling modules.  Kernels receive contiguous arrays (``_c`` makes them so).
 """
 
+import numba
 import numpy as np
 import scipy.special
 
@@ -44,6 +45,30 @@ def _single_blas():
     from .conv import _single_blas as ctx
 
     return ctx
+
+
+# Bigger GEMMs are split between the Numba threads, each on one BLAS thread
+# (kernels.gemm_threads): OpenBLAS's own threads competed with the OpenMP workers that spin
+# after every Numba parallel region (AlexNet-CIFAR step, batch 128: one BLAS thread ran
+# 1.09x faster than two of OpenBLAS's; BENCHMARKS_perf.md, change 102).
+USE_GEMM_THREADS = True
+_NO_BIAS = {np.dtype(t).char: np.empty(0, dtype=t) for t in (np.float32, np.float64)}
+
+
+def _threads_gemm_ok(a, b):
+    """True when kernels.gemm_threads takes a @ b: 2-D float32 or float64 operands of one
+    dtype (and USE_GEMM_THREADS)."""
+    return USE_GEMM_THREADS and a.dtype == b.dtype and a.dtype.char in _NO_BIAS
+
+
+def _gemm_operand(x):
+    """(C-contiguous data, transposed) for 2-D x: x itself, x.T (a transposed view of a
+    C-contiguous array, so no copy), or a contiguous copy."""
+    if x.flags.c_contiguous:
+        return x, False
+    if x.T.flags.c_contiguous:
+        return x.T, True
+    return np.ascontiguousarray(x), False
 
 
 _CHANNELS_LAST = (0, 2, 3, 1)
@@ -228,6 +253,13 @@ class CPUBackend(Backend):
             if a.shape[0] * a.shape[1] * b.shape[1] < _SMALL_GEMM:
                 with _single_blas():
                     return kernels.gemm(_c(a), _c(b))
+            if _threads_gemm_ok(a, b):
+                (ad, ta), (bd, tb) = _gemm_operand(a), _gemm_operand(b)
+                out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+                with _single_blas():
+                    kernels.gemm_threads(ad, ta, bd, tb, _NO_BIAS[a.dtype.char], False, out,
+                                         numba.get_num_threads())
+                return out
             return kernels.gemm(_c(a), _c(b))
         batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
         a3 = _c(np.broadcast_to(a, batch + a.shape[-2:])).reshape(-1, *a.shape[-2:])
@@ -245,6 +277,13 @@ class CPUBackend(Backend):
         if x.shape[0] * x.shape[1] * wt.shape[1] < _SMALL_GEMM:
             with _single_blas():
                 return kernels.linear_forward(x, wt, bias, b is not None)
+        if _threads_gemm_ok(x, w) and (b is None or (b.dtype == x.dtype and b.ndim == 1)):
+            out = np.empty((x.shape[0], w.shape[0]), dtype=x.dtype)
+            bias = _c(b) if b is not None else _NO_BIAS[x.dtype.char]
+            with _single_blas():
+                kernels.gemm_threads(x, False, _c(w), True, bias, b is not None, out,
+                                     numba.get_num_threads())
+            return out
         return kernels.linear_forward(x, wt, bias, b is not None)
 
     # --- convolution and pooling ----------------------------------------
