@@ -49,8 +49,9 @@ def _single_blas():
 
 # Bigger GEMMs are split between the Numba threads, each on one BLAS thread
 # (kernels.gemm_threads): OpenBLAS's own threads competed with the OpenMP workers that spin
-# after every Numba parallel region (AlexNet-CIFAR step, batch 128: one BLAS thread ran
-# 1.09x faster than two of OpenBLAS's; BENCHMARKS_perf.md, change 102).
+# after every Numba parallel region (AlexNet-CIFAR train step, batch 128: 1.10x over
+# OpenBLAS's threads, paired; isolated 1024^3 / 2048^3 matmuls 0.96x / 0.98x;
+# BENCHMARKS_perf.md, change 102).
 USE_GEMM_THREADS = True
 _NO_BIAS = {np.dtype(t).char: np.empty(0, dtype=t) for t in (np.float32, np.float64)}
 

@@ -103,8 +103,8 @@ def _gemm_rm_overload(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, l
 
 def gemm_rm_blas(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     """gemm_rm always through OpenBLAS, never small_gemm (whose dispatch rule was measured on
-    im2col tile shapes): for conv1x1_cl's products over a thread's whole share of the batch;
-    jitted code only."""
+    im2col tile shapes): for products split by hand between the Numba threads
+    (conv1x1_cl, kernels.gemm_threads); jitted code only."""
     raise NotImplementedError("gemm_rm_blas is callable from njit code only")
 
 
