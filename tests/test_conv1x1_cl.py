@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import minigrad as mg
-from minigrad.cpu import conv, conv1x1_cl
+from minigrad.cpu import conv
 import reference
 from conv_checks import check_addend_modes, check_backward_passes
 from gradcheck import numeric_grad
@@ -162,11 +162,3 @@ def test_autograd_central_differences(stride):
     for i, t in enumerate(tensors):
         np.testing.assert_allclose(t.grad.numpy(), numeric_grad(scalar, arrays, i),
                                    rtol=1e-5, atol=1e-6)
-
-
-def test_gather_and_scatter_are_adjoint():
-    rng = np.random.default_rng(13)
-    x4 = rng.standard_normal((3, 7, 5, 4))
-    xs = np.empty(3 * 4 * 3 * 4)
-    conv1x1_cl.gather(x4, 2, 2, 4, 3, xs)
-    np.testing.assert_array_equal(xs.reshape(3, 4, 3, 4), x4[:, ::2, ::2, :])

@@ -1815,7 +1815,7 @@ def _conv1x1_cl_backward(x, w, gy, sh, sw, need_x, need_w, saved, addf, addf_wri
         else:
             x4, xs, gathered = _sampled_rows(x, sh, sw, OH, OW)
             if gathered:
-                conv1x1_cl.gather(x4, sh, sw, OH, OW, xs)
+                _im2col_rows(x4, 0, N * OH * OW, OH, OW, 1, 1, sh, sw, 1, 1, xs)
     kept = saved.weights_krsc if saved is not None else None
     wk = kept if kept is not None and kept.dtype == dt and kept.size == w.size else \
         _weights_krsc(w, dt)

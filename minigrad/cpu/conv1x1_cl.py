@@ -106,14 +106,3 @@ def backward(xs, w, gy, sh, sw, OH, OW, need_x, need_w, accumulate, gw, gx, dxs,
                              dxs[q0 * C:], C)
                 _scatter_add_rows(dxs, q0, q1, H, W, C, sh, sw, OH, OW, gxf)
 
-
-@njit(parallel=True, cache=True)
-def gather(x, sh, sw, OH, OW, xs):
-    """xs (Q x C, flat) = x (N, H, W, C) at the pixels a stride-(sh, sw) 1x1 conv reads."""
-    N, H, W, C = x.shape
-    Q = N * OH * OW
-    parts = min(Q, 64)
-    xf = x.reshape(-1)
-    for t in prange(parts):
-        q0, q1 = _share(Q, t, parts)
-        _gather_rows(xf, q0, q1, H, W, C, sh, sw, OH, OW, xs)
