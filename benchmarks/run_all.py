@@ -331,6 +331,46 @@ def bench_matmul(repeat):
             torch_run = lambda: at @ bt  # noqa: E731
         rows.append(time_pair({"workload": f"matmul {n}x{n}x{n}", "flops": 2 * n ** 3},
                               lambda: am @ bm, torch_run, repeat))
+    return rows + bench_batched_matmul(repeat)
+
+
+# Batched products, forward + backward (both operands leaves, a given output gradient):
+# attention-sized products (heads x queries x head width), square ones, and a 2-D weight
+# applied to a batch of matrices.
+BATCHED_MATMULS = [((32, 128, 64), (32, 64, 128)), ((16, 256, 256), (16, 256, 256)),
+                   ((64, 128, 256), (256, 256))]
+
+
+def bench_batched_matmul(repeat):
+    rows = []
+    for sa, sb in BATCHED_MATMULS:
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal(sa).astype(np.float32)
+        b = rng.standard_normal(sb).astype(np.float32)
+        gy = rng.standard_normal(np.broadcast_shapes(sa[:-2], sb[:-2]) + (sa[-2], sb[-1]))
+        gy = gy.astype(np.float32)
+        am, bm = mg.tensor(a, requires_grad=True), mg.tensor(b, requires_grad=True)
+        gym = mg.tensor(gy)
+
+        def mg_run():
+            am.grad = bm.grad = None
+            (am @ bm).backward(gym)
+
+        torch_run = None
+        if torch is not None:
+            at = torch.from_numpy(a).requires_grad_()
+            bt = torch.from_numpy(b).requires_grad_()
+            gyt = torch.from_numpy(gy)
+
+            def torch_run():
+                at.grad = bt.grad = None
+                (at @ bt).backward(gyt)
+
+        count = int(np.prod(np.broadcast_shapes(sa[:-2], sb[:-2])))
+        m, k, n = sa[-2], sa[-1], sb[-1]
+        name = "x".join(map(str, sa)) + " @ " + "x".join(map(str, sb))
+        rows.append(time_pair({"workload": f"batched matmul {name} fwd+bwd",
+                               "flops": 3 * 2 * count * m * k * n}, mg_run, torch_run, repeat))
     return rows
 
 

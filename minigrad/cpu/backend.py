@@ -5,12 +5,14 @@ GEMM, softmax, norms, losses and optimizer updates call Numba kernels in the
 sibling modules.  Kernels receive contiguous arrays (``_c`` makes them so).
 """
 
+import math
+
 import numba
 import numpy as np
 import scipy.special
 
 from ..backend import Backend
-from . import kernels
+from . import kernels, small_gemm
 
 
 def _c(x):
@@ -53,6 +55,7 @@ def _single_blas():
 # OpenBLAS's threads, paired; isolated 1024^3 / 2048^3 matmuls 0.96x / 0.98x;
 # BENCHMARKS_perf.md, change 102).
 USE_GEMM_THREADS = True
+USE_BATCHED_SMALL_GEMM = True
 _NO_BIAS = {np.dtype(t).char: np.empty(0, dtype=t) for t in (np.float32, np.float64)}
 
 
@@ -70,6 +73,24 @@ def _gemm_operand(x):
     if x.T.flags.c_contiguous:
         return x.T, True
     return np.ascontiguousarray(x), False
+
+
+def _batch_operand(x, batch):
+    """(x3, transposed, index) for an operand of a batched product: x3 a C-contiguous
+    (B, r, c) array holding x's matrices (or, when ``transposed``, their transposes: x was a
+    transposed view, read in place), and index (the product count of ``batch``,) giving each
+    product's matrix in x3 (broadcast batch entries repeat an index, no copy)."""
+    xb = x.shape[:-2]
+    count = math.prod(xb)
+    swapped = np.swapaxes(x, -1, -2)
+    if x.flags.c_contiguous:
+        x3, transposed = x.reshape(count, *x.shape[-2:]), False
+    elif swapped.flags.c_contiguous:
+        x3, transposed = swapped.reshape(count, *swapped.shape[-2:]), True
+    else:
+        x3, transposed = np.ascontiguousarray(x).reshape(count, *x.shape[-2:]), False
+    index = np.broadcast_to(np.arange(count, dtype=np.int64).reshape(xb), batch)
+    return x3, transposed, np.ascontiguousarray(index).reshape(-1)
 
 
 _CHANNELS_LAST = (0, 2, 3, 1)
@@ -262,14 +283,37 @@ class CPUBackend(Backend):
                                          numba.get_num_threads())
                 return out
             return kernels.gemm(_c(a), _c(b))
-        batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-        a3 = _c(np.broadcast_to(a, batch + a.shape[-2:])).reshape(-1, *a.shape[-2:])
-        b3 = _c(np.broadcast_to(b, batch + b.shape[-2:])).reshape(-1, *b.shape[-2:])
+        return self._batched_matmul(a, b)
+
+    def _batched_matmul(self, a, b):
+        """a @ b with batch dimensions (broadcast as NumPy does)."""
+        batch = tuple(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
         dtype = np.result_type(a.dtype, b.dtype)
-        a3, b3 = a3.astype(dtype, copy=False), b3.astype(dtype, copy=False)
-        out = np.empty((a3.shape[0], a.shape[-2], b.shape[-1]), dtype=dtype)
-        kernels.batched_gemm(a3, b3, out)
-        return out.reshape(batch + out.shape[-2:])
+        if dtype.char not in _NO_BIAS:
+            return np.matmul(a, b)
+        a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
+        M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+        count = math.prod(batch)
+        if math.prod(b.shape[:-2]) == 1 and math.prod(a.shape[:-2]) == count \
+                and a.flags.c_contiguous:
+            # one 2-D product over all of a's rows (a linear map applied to a batch)
+            return self.matmul(a.reshape(-1, K), b.reshape(K, N)).reshape(batch + (M, N))
+        nt = numba.get_num_threads()
+        if count * M * N * K < _SMALL_GEMM or nt == 1:
+            with _single_blas():
+                return np.matmul(a, b)
+        out = np.empty(batch + (M, N), dtype=dtype)
+        if out.size == 0 or K == 0:
+            out[...] = 0
+            return out
+        (a3, ta, ai), (b3, tb, bi) = _batch_operand(a, batch), _batch_operand(b, batch)
+        small = USE_BATCHED_SMALL_GEMM and dtype == np.float32 and \
+            small_gemm.batched_preferred(ta, tb, M, N, K)
+        # whole products per thread when they share out evenly, else row blocks of each
+        splits = 1 if count % nt == 0 or count >= 8 * nt else min(nt, M)
+        with _single_blas():
+            kernels.batched_gemm(a3, ta, ai, b3, tb, bi, out.reshape(count, M, N), splits, small)
+        return out
 
     def linear(self, x, w, b):
         x = _c(x)

@@ -83,21 +83,57 @@ def _gemm_rm_overload(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, l
     if not isinstance(c, types.Array):
         return None
     if c.dtype == types.float32:
-        openblas = _make_impl(_sgemm, np.float32)
         if not small_gemm.SUPPORTED:
-            return openblas
-        openblas = njit(inline="always")(openblas)
+            return _make_impl(_sgemm, np.float32)
 
         def impl(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-            if alpha == 1.0 and small_gemm.switch_on() and \
-                    small_gemm.preferred(transa, transb, m, n, k):
-                small_gemm.sgemm_entry(np.int32(transa), np.int32(transb), m, n, k, a.ctypes,
-                                       lda, b.ctypes, ldb, np.float32(beta), c.ctypes, ldc)
-            else:
-                openblas(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+            _sgemm_either(small_gemm.preferred(transa, transb, m, n, k), transa, transb, m, n,
+                          k, alpha, a, lda, b, ldb, beta, c, ldc)
         return impl
     if c.dtype == types.float64:
         return _make_impl(_dgemm, np.float64)
+    return None
+
+
+if small_gemm.SUPPORTED:
+    _sgemm_openblas = njit(inline="always")(_make_impl(_sgemm, np.float32))
+
+    @njit(inline="always")
+    def _sgemm_either(small, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        """float32 gemm_rm in small_gemm when ``small`` (and alpha is 1 and its switch is
+        on), else in OpenBLAS."""
+        if small and alpha == 1.0 and small_gemm.switch_on():
+            small_gemm.sgemm_entry(np.int32(transa), np.int32(transb), m, n, k, a.ctypes,
+                                   lda, b.ctypes, ldb, np.float32(beta), c.ctypes, ldc)
+        else:
+            _sgemm_openblas(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+
+def gemm_rm_select(small, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """gemm_rm with the caller's choice of kernel instead of small_gemm.preferred's:
+    small_gemm when ``small`` is true (float32, on CPUs small_gemm supports, while its
+    switch is on), else OpenBLAS; for products whose shapes were measured apart from the
+    im2col tiles (kernels.batched_gemm); jitted code only."""
+    raise NotImplementedError("gemm_rm_select is callable from njit code only")
+
+
+@overload(gemm_rm_select, jit_options={"cache": True})
+def _gemm_rm_select_overload(small, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                             ldc):
+    if not isinstance(c, types.Array):
+        return None
+    if c.dtype == types.float32 and small_gemm.SUPPORTED:
+        def impl(small, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+            _sgemm_either(small, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        return impl
+    if c.dtype in (types.float32, types.float64):
+        blas = _make_impl(_sgemm if c.dtype == types.float32 else _dgemm,
+                          np.float32 if c.dtype == types.float32 else np.float64)
+        blas = njit(inline="always")(blas)
+
+        def impl_blas(small, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+            blas(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        return impl_blas
     return None
 
 

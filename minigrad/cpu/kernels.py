@@ -4,7 +4,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._jit import pjit
-from .blas import gemm_rm_blas
+from .blas import gemm_rm_blas, gemm_rm_select
 
 
 @pjit()
@@ -146,11 +146,32 @@ def gemm_threads(a, transa, b, transb, bias, has_bias, out, nt):
                     row[j] += bb[j]
 
 
-@njit(cache=True)
-def batched_gemm(a, b, out):
-    """out[i] = a[i] @ b[i] for contiguous 3-D operands."""
-    for i in range(a.shape[0]):
-        out[i] = np.dot(a[i], b[i])
+@njit(parallel=True, cache=True)
+def batched_gemm(a, transa, a_index, b, transb, b_index, out, splits, small):
+    """out[i] = op(a[a_index[i]]) @ op(b[b_index[i]]) for each of out's (B, M, N) matrices;
+    a (Ba, ., .), b (Bb, ., .) and out C-contiguous floats of one dtype, op(x) being x or,
+    with trans*, x's transpose (so broadcast batch entries and transposed views are read in
+    place, not copied); M, N and the reduction are at least 1.  Each product is cut into
+    ``splits`` row blocks, and the blocks are shared between the Numba threads, each calling
+    single-threaded BLAS (the caller holds conv._single_blas), as gemm_threads does:
+    small_gemm when ``small`` (float32 only), else OpenBLAS."""
+    B, M, N = out.shape
+    K = a.shape[1] if transa else a.shape[2]
+    lda = a.shape[2]
+    ldb = b.shape[2]
+    af = a.reshape(-1)
+    bf = b.reshape(-1)
+    of = out.reshape(-1)
+    for u in prange(B * splits):
+        i = u // splits
+        j = u - i * splits
+        r0 = M * j // splits
+        r1 = M * (j + 1) // splits
+        if r1 > r0:
+            a0 = a_index[i] * a.shape[1] * lda + (r0 if transa else r0 * lda)
+            gemm_rm_select(small, transa, transb, r1 - r0, N, K, 1.0, af[a0:], lda,
+                           bf[b_index[i] * b.shape[1] * ldb:], ldb, 0.0, of[(i * M + r0) * N:],
+                           N)
 
 
 @pjit()

@@ -253,6 +253,18 @@ def preferred(transa, transb, m, n, k):
     return n <= NR or k <= 32 or (n == 2 * NR and (k <= 128 or m <= 64))
 
 
+def batched_preferred(transa, transb, m, n, k):
+    """True for the products of batched matmuls (kernels.batched_gemm) that sgemm ran faster
+    than single-threaded OpenBLAS (BENCHMARKS_perf.md, change 103; one thread, 4-64
+    products): B untransposed with 16k columns, a reduction of at most 512, and at most 128
+    columns (1.1-1.7x: 128x128 by 64, 197x197 by 64, 512x512 by 64, 64^3, 32^3) or, with A
+    untransposed, a reduction of at most 64 (1.04-1.09x: 512x64 by 512, 1024x64 by 1024).
+    It lost on 256^3 and 384^3 (0.81-0.88x), on 197 columns (0.52x) and mostly with B
+    transposed (0.92-1.0x)."""
+    return (not transb and n % NR == 0 and k <= 512
+            and (n <= 8 * NR or (k <= 64 and not transa)))
+
+
 def padded_columns(transa, m, n, k):
     """Columns for an (m x n, reduction k) GEMM with B untransposed whose B can be padded
     with zero columns: n rounded up to a multiple of NR when that shape is ``preferred`` and

@@ -26,9 +26,15 @@ class MatMul(Function):
             if ga.shape != a.shape:
                 ga = be.sum_to_shape(ga, a.shape)
         if self.needs_grad[1]:
-            gb = be.matmul(_swap_last(be, a), g)
-            if gb.shape != b.shape:
-                gb = be.sum_to_shape(gb, b.shape)
+            if len(b.shape) == 2 and len(a.shape) > 2:
+                # one product over all of a's rows, not a batch of products summed afterwards
+                K, N = b.shape
+                gb = be.matmul(be.transpose(be.reshape(a, (-1, K)), (1, 0)),
+                               be.reshape(g, (-1, N)))
+            else:
+                gb = be.matmul(_swap_last(be, a), g)
+                if gb.shape != b.shape:
+                    gb = be.sum_to_shape(gb, b.shape)
         return ga, gb
 
 
