@@ -101,6 +101,29 @@ def test_scalar_ops_and_reverse():
         check_grad(fn, [x])
 
 
+@pytest.mark.parametrize("scalar", [np.float64(0.5), np.float32(0.5), np.int64(3), 0.5])
+def test_numpy_scalars_keep_the_tensor_dtype(scalar):
+    """NumPy scalars act as Python numbers, as in PyTorch: float32 * np.float64(0.5) stays
+    float32 (NumPy 2's own rules would make it float64), both operand orders, every op."""
+    x = np.array([0.5, 1.5, 2.0], np.float32)
+    t = mg.tensor(x, requires_grad=True)
+    s = float(scalar)
+    outs = [t + scalar, scalar + t, t - scalar, scalar - t, t * scalar, scalar * t,
+            t / scalar, scalar / t, t ** scalar, scalar ** t,
+            mg.maximum(t, scalar), mg.minimum(scalar, t)]
+    refs = [x + s, s + x, x - s, s - x, x * s, s * x, x / s, s / x, x ** s, s ** x,
+            np.maximum(x, s), np.minimum(s, x)]
+    for out, ref in zip(outs, refs):
+        assert out.dtype == np.float32
+        np.testing.assert_allclose(out.numpy(), ref, rtol=1e-6)
+    (t * scalar).sum().backward()
+    assert t.grad.dtype == np.float32
+    np.testing.assert_allclose(t.grad.numpy(), np.full(3, s), rtol=1e-7)
+    ints = mg.tensor(np.array([1, 2], np.int64)) * scalar
+    assert ints.dtype == (np.float32 if isinstance(scalar, (float, np.floating)) else np.int64)
+    np.testing.assert_allclose(ints.numpy(), np.array([1, 2]) * s)
+
+
 def test_maximum_minimum_and_ties():
     a = np.array([1.0, 2.0, 3.0])
     b = np.array([3.0, 2.0, 1.0])

@@ -36,6 +36,53 @@ def test_matmul_vectors_and_noncontiguous():
     check_grad(lambda x, y: x @ y, [a[::2, ::-1], b[:3, :2]])
 
 
+@pytest.mark.parametrize("shapes", [((4, 3), (3, 5)), ((300, 200), (200, 150)),     # small, big
+                                    ((2, 4, 3), (3, 5)), ((2, 4, 3), (2, 3, 5))])
+def test_mixed_float_dtypes_promote(shapes):
+    """float32 @ float64 computes in float64 (as elementwise ops promote); each leaf's
+    gradient keeps its own dtype."""
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal(shapes[0]), rng.standard_normal(shapes[1])
+    for da, db in ((np.float32, np.float64), (np.float64, np.float32)):
+        ta = mg.tensor(a.astype(da), requires_grad=True)
+        tb = mg.tensor(b.astype(db), requires_grad=True)
+        out = ta @ tb
+        assert out.dtype == np.float64
+        ref = a.astype(da).astype(np.float64) @ b.astype(db).astype(np.float64)
+        np.testing.assert_allclose(out.numpy(), ref, rtol=1e-10)
+        g = rng.standard_normal(out.shape)
+        out.backward(mg.tensor(g))
+        assert ta.grad.dtype == da and tb.grad.dtype == db
+        gb = np.swapaxes(a.astype(da), -1, -2).astype(np.float64) @ g
+        if gb.ndim > len(shapes[1]):
+            gb = gb.sum(axis=0)
+        np.testing.assert_allclose(ta.grad.numpy(), g @ np.swapaxes(b.astype(db), -1, -2),
+                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(tb.grad.numpy(), gb, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [4, 300])
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_with_mixed_float_dtypes_promotes(rows, bias):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((rows, 200))
+    w = rng.standard_normal((150, 200)).astype(np.float32)
+    b = rng.standard_normal(150).astype(np.float32) if bias else None
+    out = mg.linear(mg.tensor(x), mg.tensor(w), None if b is None else mg.tensor(b))
+    assert out.dtype == np.float64
+    ref = x @ w.T.astype(np.float64) + (b.astype(np.float64) if bias else 0)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-10)
+
+
+def test_integer_matmul_stays_integer():
+    a = np.arange(12, dtype=np.int64).reshape(3, 4)
+    b = np.arange(8, dtype=np.int64).reshape(4, 2)
+    for x, y in ((a, b), (a[None].repeat(2, 0), b)):
+        out = mg.tensor(x) @ mg.tensor(y)
+        assert out.dtype == np.int64
+        np.testing.assert_array_equal(out.numpy(), x @ y)
+
+
 def test_matmul_shape_error_names_shapes():
     with pytest.raises(ValueError, match=r"\(2, 3\) and \(4, 5\)"):
         mg.zeros(2, 3) @ mg.zeros(4, 5)

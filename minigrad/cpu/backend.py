@@ -271,6 +271,10 @@ class CPUBackend(Backend):
 
     # --- linear algebra ------------------------------------------------
     def matmul(self, a, b):
+        dtype = np.result_type(a.dtype, b.dtype)
+        if dtype.char not in _NO_BIAS:
+            return np.matmul(a, b)
+        a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
         if a.ndim == 2 and b.ndim == 2:
             if a.shape[0] * a.shape[1] * b.shape[1] < _SMALL_GEMM:
                 with _single_blas():
@@ -286,12 +290,10 @@ class CPUBackend(Backend):
         return self._batched_matmul(a, b)
 
     def _batched_matmul(self, a, b):
-        """a @ b with batch dimensions (broadcast as NumPy does)."""
+        """a @ b with batch dimensions (broadcast as NumPy does); a and b float32 or float64
+        of one dtype."""
         batch = tuple(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
-        dtype = np.result_type(a.dtype, b.dtype)
-        if dtype.char not in _NO_BIAS:
-            return np.matmul(a, b)
-        a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
+        dtype = a.dtype
         M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
         count = math.prod(batch)
         if math.prod(b.shape[:-2]) == 1 and math.prod(a.shape[:-2]) == count \
@@ -316,6 +318,11 @@ class CPUBackend(Backend):
         return out
 
     def linear(self, x, w, b):
+        dtype = np.result_type(x.dtype, w.dtype)
+        if dtype.char not in _NO_BIAS:
+            return np.matmul(x, w.T) + (b if b is not None else 0)
+        x, w = x.astype(dtype, copy=False), w.astype(dtype, copy=False)
+        b = b.astype(dtype, copy=False) if b is not None else None
         x = _c(x)
         wt = w.T if w.flags.c_contiguous else _c(w).T
         bias = b if b is not None else np.empty(0, dtype=x.dtype)

@@ -240,8 +240,15 @@ def _as_tensor_like(x, ref):
                   device=ref.device)
 
 
+def _weak_scalar(x):
+    """A NumPy scalar as the Python number it holds: as in PyTorch, it does not change the
+    tensor's dtype (float32 * np.float64(0.5) stays float32; NumPy 2 would make it float64)."""
+    return x.item() if isinstance(x, (np.floating, np.integer)) else x
+
+
 def binary(op, a, b):
     """Apply a differentiable broadcasting binary op to Tensors and/or scalars."""
+    a, b = _weak_scalar(a), _weak_scalar(b)
     a_t, b_t = isinstance(a, Tensor), isinstance(b, Tensor)
     if a_t and b_t:
         return _BINARY[op].apply(a, b)
