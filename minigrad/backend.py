@@ -12,6 +12,8 @@ Shapes are NCHW for images, ``(C_out, C_in, KH, KW)`` for conv weights.
 Tuples ``stride``, ``padding``, ``dilation``, ``kernel`` are ``(h, w)`` pairs.
 """
 
+import math
+
 _REGISTRY = {}
 _FACTORIES = {}
 
@@ -67,6 +69,39 @@ class Backend:
     def activation_grad(self, op, y, gy):
         """Gradient of an activation from its *output* ``y``: ``op`` in {"relu","sigmoid","tanh"}."""
         raise NotImplementedError
+
+    def gelu(self, x, approximate):
+        """GELU of float ``x``: ``x * Phi(x)`` (``approximate="none"``) or PyTorch's
+        ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` ("tanh").  This default composes
+        the elementwise methods above; a device with a fused kernel overrides it."""
+        if approximate == "tanh":
+            th = self.unary("tanh", self._gelu_tanh_arg(x))
+            return self.scalar("mul", self.binary("mul", x, self.scalar("add", th, 1.0)), 0.5)
+        phi = self.scalar("mul", self.scalar("add", self.unary(
+            "erf", self.scalar("mul", x, 1.0 / math.sqrt(2.0))), 1.0), 0.5)
+        return self.binary("mul", x, phi)
+
+    def gelu_backward(self, x, g, approximate):
+        """Gradient of :meth:`gelu` at ``x`` for the output's gradient ``g`` (same shape)."""
+        xx = self.binary("mul", x, x)
+        if approximate == "tanh":
+            th = self.unary("tanh", self._gelu_tanh_arg(x))
+            du = self.scalar("mul", self.scalar("add", self.scalar("mul", xx, 3 * 0.044715), 1.0),
+                             math.sqrt(2.0 / math.pi))
+            sech2 = self.scalar("sub", self.binary("mul", th, th), 1.0, reverse=True)
+            d = self.binary("add", self.scalar("add", th, 1.0),
+                            self.binary("mul", self.binary("mul", x, sech2), du))
+            return self.binary("mul", g, self.scalar("mul", d, 0.5))
+        phi = self.scalar("mul", self.scalar("add", self.unary(
+            "erf", self.scalar("mul", x, 1.0 / math.sqrt(2.0))), 1.0), 0.5)
+        pdf = self.scalar("mul", self.unary("exp", self.scalar("mul", xx, -0.5)),
+                          1.0 / math.sqrt(2.0 * math.pi))
+        return self.binary("mul", g, self.binary("add", phi, self.binary("mul", x, pdf)))
+
+    def _gelu_tanh_arg(self, x):
+        cube = self.binary("mul", self.binary("mul", x, x), x)
+        return self.scalar("mul", self.binary("add", x, self.scalar("mul", cube, 0.044715)),
+                           math.sqrt(2.0 / math.pi))
 
     # --- reductions ----------------------------------------------------
     def sum(self, x, axes, keepdims):

@@ -12,6 +12,7 @@ import numpy as np
 import scipy.special
 
 from ..backend import Backend
+from . import gelu as gelu_kernels
 from . import kernels, small_gemm
 
 
@@ -198,6 +199,27 @@ class CPUBackend(Backend):
 
     def where(self, cond, a, b):
         return np.where(cond != 0, a, b)
+
+    def gelu(self, x, approximate):
+        if x.dtype.char not in _NO_BIAS:
+            return super().gelu(x, approximate)
+        order = _storage_order(x)
+        if order is None:
+            x, order = np.ascontiguousarray(x), tuple(range(x.ndim))
+        kernel = gelu_kernels.gelu_tanh if approximate == "tanh" else gelu_kernels.gelu_erf
+        return _flat_map(kernel, order, x)
+
+    def gelu_backward(self, x, g, approximate):
+        if x.dtype.char not in _NO_BIAS or g.shape != x.shape:
+            return super().gelu_backward(x, g, approximate)
+        g = g.astype(x.dtype, copy=False)
+        order = _storage_order(x)
+        if order is None or order != _storage_order(g):
+            x, g = np.ascontiguousarray(x), np.ascontiguousarray(g)
+            order = tuple(range(x.ndim))
+        kernel = (gelu_kernels.gelu_tanh_grad if approximate == "tanh"
+                  else gelu_kernels.gelu_erf_grad)
+        return _flat_map(kernel, order, x, g)
 
     def activation_grad(self, op, y, gy):
         if gy.shape == y.shape and gy.dtype == y.dtype:

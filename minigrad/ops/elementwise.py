@@ -197,6 +197,19 @@ class Unary(Function):
         raise ValueError(f"no gradient for {op!r}")
 
 
+class Gelu(Function):
+    """GELU in one backend call each way (the backend's ``gelu`` / ``gelu_backward``)."""
+
+    def forward(self, x, approximate):
+        self.approximate = approximate
+        self.save(x)
+        return self.be.gelu(x, approximate)
+
+    def backward(self, g):
+        (x,) = self.saved
+        return (self.be.gelu_backward(x, g, self.approximate),)
+
+
 class Cast(Function):
     """Change of dtype; the gradient is cast back."""
 
@@ -317,12 +330,11 @@ def erf(x):
 def gelu(x, approximate="none"):
     """``x * Phi(x)`` with Phi the standard normal CDF, as ``torch.nn.functional.gelu``;
     ``approximate="tanh"`` uses PyTorch's tanh formula instead of erf."""
-    if approximate == "none":
-        return x * (erf(x * (1.0 / math.sqrt(2.0))) + 1.0) * 0.5
-    if approximate == "tanh":
-        inner = (x + x * x * x * 0.044715) * math.sqrt(2.0 / math.pi)
-        return x * (tanh(inner) + 1.0) * 0.5
-    raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    if x.dtype.kind != "f":
+        x = x.float()
+    return Gelu.apply(x, approximate=approximate)
 
 
 def leaky_relu(x, negative_slope=0.01):
