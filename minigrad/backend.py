@@ -197,6 +197,38 @@ class Backend:
         """Gradient w.r.t. logits given per-sample loss gradient ``gloss`` (N,)."""
         raise NotImplementedError
 
+    def layer_norm(self, x, weight, bias, eps):
+        """Layer norm over the rows of a 2-D ``x`` (rows, D): ``(y, mean, rstd)`` with
+        ``y = (x - mean) * rstd * weight + bias``, rstd = 1 / sqrt(biased variance + eps);
+        weight, bias (D,) or None.  mean and rstd are whatever :meth:`layer_norm_backward`
+        takes back.  This default composes the methods above; a device with a fused kernel
+        overrides both."""
+        scale = 1.0 / x.shape[1]
+        mean = self.scalar("mul", self.sum(x, (1,), True), scale)
+        centred = self.binary("sub", x, mean)
+        var = self.scalar("mul", self.sum(self.binary("mul", centred, centred), (1,), True), scale)
+        rstd = self.scalar("pow", self.scalar("add", var, eps), -0.5)
+        y = self.binary("mul", centred, rstd)
+        if weight is not None:
+            y = self.binary("mul", y, weight)
+        if bias is not None:
+            y = self.binary("add", y, bias)
+        return y, mean, rstd
+
+    def layer_norm_backward(self, g, x, weight, mean, rstd):
+        """``(gx, gweight, gbias)`` of :meth:`layer_norm` for the output gradient ``g``
+        (gweight and gbias summed over the rows)."""
+        scale = 1.0 / x.shape[1]
+        xhat = self.binary("mul", self.binary("sub", x, mean), rstd)
+        gw = self.sum(self.binary("mul", g, xhat), (0,), False)
+        gb = self.sum(g, (0,), False)
+        gh = self.binary("mul", g, weight) if weight is not None else g
+        a = self.scalar("mul", self.sum(gh, (1,), True), scale)
+        c = self.scalar("mul", self.sum(self.binary("mul", gh, xhat), (1,), True), scale)
+        gx = self.binary("mul", self.binary("sub", self.binary("sub", gh, a),
+                                            self.binary("mul", xhat, c)), rstd)
+        return gx, gw, gb
+
     def batch_norm_train(self, x, gamma, beta, eps):
         """Batch norm over all axes but 1; returns ``(y, mean, var, invstd)`` (``var`` biased)."""
         raise NotImplementedError

@@ -467,6 +467,20 @@ class CPUBackend(Backend):
 
         return loss.softmax_cross_entropy_backward(probs, labels, label_smoothing, gloss)
 
+    def layer_norm(self, x, weight, bias, eps):
+        if x.dtype.char not in _NO_BIAS:
+            return super().layer_norm(x, weight, bias, eps)
+        from . import norm
+
+        return norm.layer_norm(x, weight, bias, eps)
+
+    def layer_norm_backward(self, g, x, weight, mean, rstd):
+        if x.dtype.char not in _NO_BIAS:
+            return super().layer_norm_backward(g, x, weight, mean, rstd)
+        from . import norm
+
+        return norm.layer_norm_backward(g, x, weight, mean, rstd)
+
     def batch_norm_train(self, x, gamma, beta, eps):
         from . import norm
 

@@ -1,8 +1,9 @@
-"""CPU kernels for batch normalisation and local response normalisation.
+"""CPU kernels for batch, layer and local response normalisation.
 
-Every kernel views its input as ``(N, C, L)`` (``L`` = product of the spatial
-dimensions, 1 for ``(N, C)`` input), runs one ``parallel=True`` Numba loop and
-accumulates sums in float64 whatever the storage dtype (float32 or float64).
+The batch-norm and LRN kernels view their input as ``(N, C, L)`` (``L`` = product of the
+spatial dimensions, 1 for ``(N, C)`` input), layer norm as ``(rows, D)``; each kernel runs
+one ``parallel=True`` Numba loop and accumulates sums in float64 whatever the storage dtype
+(float32 or float64).
 """
 
 import numba
@@ -274,6 +275,88 @@ def batch_norm_backward(gy, x, gamma, mean, invstd):
 
 
 # --- local response norm -----------------------------------------------------
+
+# --- layer norm: each row of a (rows, D) matrix normalised over its D values ----------
+
+@njit(cache=True, parallel=True, fastmath=_FM)
+def _ln_forward(x, w, b, eps, y, mean, rstd):
+    R, D = x.shape
+    for r in prange(R):
+        row = x[r]
+        s = 0.0
+        for j in range(D):
+            s += row[j]
+        m = s / D
+        v = 0.0
+        for j in range(D):
+            d = row[j] - m
+            v += d * d
+        rs = 1.0 / np.sqrt(v / D + eps)
+        mean[r] = m
+        rstd[r] = rs
+        out = y[r]
+        for j in range(D):
+            out[j] = (row[j] - m) * rs * w[j] + b[j]
+
+
+@njit(cache=True, parallel=True, fastmath=_FM)
+def _ln_backward(g, x, w, mean, rstd, gx, gw_part, gb_part, nt):
+    R, D = x.shape
+    chunk = (R + nt - 1) // nt
+    for t in prange(nt):
+        gwp = gw_part[t]
+        gbp = gb_part[t]
+        for r in range(t * chunk, min(R, (t + 1) * chunk)):
+            m = mean[r]
+            rs = rstd[r]
+            gr = g[r]
+            xr = x[r]
+            a = 0.0       # sum of g*w, and of g*w*xhat, over the row
+            c = 0.0
+            for j in range(D):
+                h = (xr[j] - m) * rs
+                gh = gr[j] * w[j]
+                a += gh
+                c += gh * h
+                gwp[j] += gr[j] * h
+                gbp[j] += gr[j]
+            a /= D
+            c /= D
+            out = gx[r]
+            for j in range(D):
+                h = (xr[j] - m) * rs
+                out[j] = rs * (gr[j] * w[j] - a - h * c)
+
+
+def layer_norm(x, w, b, eps):
+    """(y, mean, rstd) of layer norm over the rows of a (rows, D) float array: y = (x - mean)
+    * rstd * w + b, rstd = 1 / sqrt(biased variance + eps); w, b (D,) of x's dtype (ones and
+    zeros when None).  mean and rstd (float64 per row) are what layer_norm_backward needs."""
+    x = np.ascontiguousarray(x)
+    R, D = x.shape
+    w = _vec(w, D, x.dtype, 1.0)
+    b = _vec(b, D, x.dtype, 0.0)
+    y = np.empty_like(x)
+    mean = np.empty(R, np.float64)
+    rstd = np.empty(R, np.float64)
+    _ln_forward(x, w, b, eps, y, mean, rstd)
+    return y, mean, rstd
+
+
+def layer_norm_backward(g, x, w, mean, rstd):
+    """(gx, gw, gb) of layer_norm for the output gradient g (rows, D); gw and gb sum over
+    the rows (x's dtype)."""
+    x = np.ascontiguousarray(x)
+    R, D = x.shape
+    g = np.ascontiguousarray(g, dtype=x.dtype)
+    w = _vec(w, D, x.dtype, 1.0)
+    nt = numba.get_num_threads()
+    gx = np.empty_like(x)
+    gw_part = np.zeros((nt, D), np.float64)
+    gb_part = np.zeros((nt, D), np.float64)
+    _ln_backward(g, x, w, mean, rstd, gx, gw_part, gb_part, nt)
+    return gx, gw_part.sum(axis=0).astype(x.dtype), gb_part.sum(axis=0).astype(x.dtype)
+
 
 @njit(cache=True, fastmath=_FM, inline="always")
 def _pow_neg(s, beta):

@@ -4,7 +4,8 @@ Training-mode batch norm is one fused backend kernel forward and one backward
 (``batch_norm_train`` / ``batch_norm_backward``); eval mode uses
 ``batch_norm_eval`` and a per-channel scale for its gradient.  Running-statistic
 updates happen outside the graph, in place, through backend elementwise calls.
-Layer norm is composed of elementwise ops and reductions.
+Layer norm is one backend call each way (``layer_norm`` / ``layer_norm_backward``) when
+input, weight and bias share a float dtype, else composed of elementwise ops and reductions.
 """
 
 import numpy as np
@@ -151,10 +152,36 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):
     return LocalResponseNorm.apply(x, size=int(size), alpha=float(alpha), beta=float(beta), k=float(k))
 
 
+class LayerNorm(Function):
+    """Layer norm over the trailing ``ndims`` dimensions (the backend sees (rows, D))."""
+
+    def forward(self, x, weight=None, bias=None, eps=1e-5, ndims=1):
+        """Output storage from input storage."""
+        be = self.be
+        self.shape, self.wshape = tuple(x.shape), tuple(x.shape[len(x.shape) - ndims:])
+        D = int(np.prod(self.wshape))
+        x2 = be.reshape(x, (int(np.prod(self.shape)) // max(D, 1), D))
+        w = be.reshape(weight, (D,)) if weight is not None else None
+        b = be.reshape(bias, (D,)) if bias is not None else None
+        y, mean, rstd = be.layer_norm(x2, w, b, eps)
+        self.save(x2, w, mean, rstd)
+        return be.reshape(y, self.shape)
+
+    def backward(self, g):
+        """Gradients for x, weight and bias."""
+        x2, w, mean, rstd = self.saved
+        be = self.be
+        gx, gw, gb = be.layer_norm_backward(be.reshape(g, tuple(x2.shape)), x2, w, mean, rstd)
+        need = self.needs_grad
+        return (be.reshape(gx, self.shape) if need[0] else None,
+                be.reshape(gw, self.wshape) if len(need) > 1 and need[1] else None,
+                be.reshape(gb, self.wshape) if len(need) > 2 and need[2] else None)
+
+
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     """``torch.nn.functional.layer_norm``: normalise over the trailing ``normalized_shape``
     dimensions with the biased variance, then scale by ``weight`` and shift by ``bias``
-    (both of that shape, optional).  Composed of differentiable ops."""
+    (both of that shape, optional)."""
     shape = (int(normalized_shape),) if isinstance(normalized_shape, (int, np.integer)) \
         else tuple(int(n) for n in normalized_shape)
     if not shape or len(shape) > x.ndim or tuple(x.shape[x.ndim - len(shape):]) != shape:
@@ -163,6 +190,9 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     for name, p in (("weight", weight), ("bias", bias)):
         if p is not None and tuple(p.shape) != shape:
             raise ValueError(f"layer_norm: {name} shape {p.shape} != normalized_shape {shape}")
+    if x.dtype.kind == "f" and all(p is None or p.dtype == x.dtype for p in (weight, bias)) \
+            and x.numel() > 0:
+        return LayerNorm.apply(x, weight, bias, eps=float(eps), ndims=len(shape))
     axes = tuple(range(x.ndim - len(shape), x.ndim))
     centred = x - x.mean(axes, keepdims=True)
     y = centred * ((centred * centred).mean(axes, keepdims=True) + eps) ** -0.5
