@@ -374,6 +374,35 @@ def bench_batched_matmul(repeat):
     return rows
 
 
+def bench_transformer(repeat, batch=16, tokens=128, width=256, heads=4):
+    """Forward + backward of benchmarks/transformer_block.py's block (input a leaf, a given
+    output gradient, parameter gradients reset each call)."""
+    from benchmarks import transformer_block as tb
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, tokens, width)).astype(np.float32)
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+
+    def runner(lib, tensor):
+        layers = tb.make(lib, width)
+        params = [p for m in layers.values() for p in m.parameters()]
+        xt, gt = tensor(x), tensor(gy)
+        xt.requires_grad_()
+
+        def run():
+            for p in params + [xt]:
+                p.grad = None
+            tb.block(layers, xt, heads).backward(gt)
+        return run
+
+    # multiply-adds per token: the four Linear layers, then the attention products
+    macs = batch * tokens * (width * 3 * width + width * width + 2 * 4 * width * width) \
+        + 2 * batch * tokens * tokens * width
+    torch_run = runner(torch, torch.from_numpy) if torch is not None else None
+    return [time_pair({"workload": f"transformer block fwd+bwd, {batch}x{tokens} tokens, width {width}",
+                       "flops": 3 * 2 * macs}, runner(mg, mg.tensor), torch_run, repeat)]
+
+
 def bench_bn_xent(repeat):
     rows = []
     x = np.random.default_rng(0).standard_normal((32, 64, 32, 32)).astype(np.float32)
@@ -544,6 +573,7 @@ WORKLOADS = {
     "conv": lambda r: bench_convs(32, r),
     "conv_cl": lambda r: bench_convs(32, r, channels_last=True),
     "matmul": lambda r: bench_matmul(r),
+    "transformer": lambda r: bench_transformer(r),
     "bn_xent": lambda r: bench_bn_xent(r),
     "optim": lambda r: bench_optimizers(r),
     "memory": lambda r: bench_memory(32),

@@ -184,6 +184,17 @@ class Backend:
         """Numerically stable log-softmax along ``axis``."""
         raise NotImplementedError
 
+    def softmax(self, x, axis):
+        """Softmax along ``axis``.  This default is exp(log_softmax); a device with a fused
+        kernel overrides it."""
+        return self.unary("exp", self.log_softmax(x, axis))
+
+    def softmax_backward(self, y, gy, axis):
+        """Gradient of softmax from its output ``y``: ``y * (gy - sum(gy * y))`` along
+        ``axis`` (composed of the methods above unless a device overrides it)."""
+        dot = self.sum(self.binary("mul", gy, y), (axis,), True)
+        return self.binary("mul", y, self.binary("sub", gy, dot))
+
     def log_softmax_backward(self, y, gy, axis, addend=None):
         """Gradient of log-softmax from its output ``y``: ``gy - exp(y) * sum(gy)``, plus
         ``addend`` (an array of y's shape, only read) when given."""

@@ -120,6 +120,43 @@ def test_log_softmax_softmax(shape, seed, data):
     check_grad(lambda t: mg.softmax(t, axis), [x], seed)
 
 
+@pytest.mark.parametrize("shape,axis,scale", [((64, 1000), 1, 1.0), ((33, 7), 1, 40.0), ((5, 1), 1, 1.0),
+                                              ((6, 9), 0, 3.0), ((16, 4, 128, 128), -1, 3.0),
+                                              ((2, 3, 17), 1, 10.0)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_kernels(shape, axis, scale, dtype):
+    """softmax in one backend call each way (float32: the vectorised exp; its gradient from
+    the output for both dtypes) against float64 and against the composed Backend default;
+    a NaN or +inf makes its row NaN, -inf entries give 0."""
+    from minigrad.backend import Backend
+    from minigrad.cpu.backend import CPUBackend
+
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal(shape) * scale).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    t = mg.tensor(x, requires_grad=True)
+    y = mg.softmax(t, axis)
+    assert y.dtype == dtype
+    want = np.exp(_log_softmax(x.astype(np.float64), axis))
+    tol = dict(rtol=2e-6, atol=1e-7) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(y.numpy(), want, **tol)
+    y.backward(mg.tensor(g))
+    want_g = want * (g - (g * want).sum(axis, keepdims=True))
+    np.testing.assert_allclose(t.grad.numpy(), want_g, rtol=tol["rtol"] * 5, atol=tol["atol"] * 10)
+    be = CPUBackend()
+    np.testing.assert_allclose(Backend.softmax(be, x, axis % x.ndim), y.numpy(), **tol)
+    np.testing.assert_allclose(Backend.softmax_backward(be, y.numpy(), g, axis % x.ndim),
+                               t.grad.numpy(), rtol=tol["rtol"] * 5, atol=tol["atol"] * 10)
+    if x.ndim == 2 and axis == 1 and x.shape[1] > 2:
+        special = x.copy()
+        special[0, 1] = np.nan
+        special[1, 0] = np.inf
+        special[2, 2] = -np.inf
+        out = mg.softmax(mg.tensor(special), 1).numpy()
+        assert np.isnan(out[0]).all() and np.isnan(out[1]).all()
+        assert out[2, 2] == 0 and np.isfinite(out[2]).all()
+
+
 def test_log_softmax_is_stable_for_huge_logits():
     x = mg.tensor([[1000.0, 0.0, -1000.0]])
     out = mg.log_softmax(x, 1).numpy()

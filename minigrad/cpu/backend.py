@@ -457,6 +457,29 @@ class CPUBackend(Backend):
             kernels.log_softmax_rows_backward(y2, g2, a2, o2)
         return np.moveaxis(out, -1, axis)
 
+    def softmax(self, x, axis):
+        if x.dtype != np.float32 or x.size == 0:
+            return super().softmax(x, axis)
+        from . import loss
+
+        rows = _c(np.moveaxis(x, axis, -1))
+        out = np.empty_like(rows)
+        flat = rows.reshape(-1, rows.shape[-1])
+        loss.softmax_f32(flat, loss.threads_for(flat), out.reshape(flat.shape))
+        return np.moveaxis(out, -1, axis)
+
+    def softmax_backward(self, y, gy, axis):
+        if y.dtype.char not in _NO_BIAS or y.size == 0:
+            return super().softmax_backward(y, gy, axis)
+        from . import loss
+
+        ym = _c(np.moveaxis(y, axis, -1))
+        gm = _c(np.moveaxis(gy, axis, -1)).astype(ym.dtype, copy=False)
+        out = np.empty_like(ym)
+        y2, g2, o2 = (a.reshape(-1, ym.shape[-1]) for a in (ym, gm, out))
+        loss.softmax_backward_rows(y2, g2, loss.threads_for(y2), o2)
+        return np.moveaxis(out, -1, axis)
+
     def softmax_cross_entropy(self, logits, labels, label_smoothing):
         from . import loss
 

@@ -1,5 +1,5 @@
 """CPU kernels for the fused softmax cross-entropy (one pass forward, one backward) and the
-float32 log-softmax, which share the vectorised exp and the row maximum."""
+float32 log-softmax and softmax, which share the vectorised exp and the row maximum."""
 
 import numpy as np
 import numba
@@ -37,8 +37,9 @@ def _sce(x, labels, eps, loss, probs):
 # ln2), e^r by its degree-7 Taylor polynomial (|r| <= ln2/2: truncation error < 6e-9
 # relative), 2^n assembled in the exponent bits of a float32.  Plain arithmetic, so LLVM
 # vectorises it; Numba's np.exp is one scalar libm call per element (no SVML here).
-# d = x - max <= 0; d below -87 gives 2^-126 * e^r (<= 1.2e-38) instead of 0 or a
-# subnormal: the clamp keeps the exponent bits valid.
+# d = x - max <= 0; d below -87 gives 0 (exp underflows there; -inf entries, e.g. masked
+# attention scores, must give exactly 0), computed on a clamped d that keeps the exponent
+# bits valid.
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.693145751953125
 _LN2_LO = 1.4286068203094172e-06
@@ -51,7 +52,8 @@ def _exp_row_f32(xr, m, out, ibits):
     c = xr.size
     for j in range(c):
         d = np.float32(xr[j] - m)
-        if d < np.float32(-87.0):
+        under = d < np.float32(-87.0)
+        if under:
             d = np.float32(-87.0)
         # round(d / ln2) for d <= 0 without a floor call: truncation of a positive value
         ni = -np.int32(np.float32(0.5) - d * np.float32(_LOG2E))
@@ -66,7 +68,7 @@ def _exp_row_f32(xr, m, out, ibits):
         p = p * r + np.float32(0.5)
         p = p * r + np.float32(1.0)
         p = p * r + np.float32(1.0)
-        out[j] = p
+        out[j] = np.float32(0.0) if under else p
         ibits[j] = (ni + np.int32(127)) << np.int32(23)
 
 
@@ -202,6 +204,42 @@ def log_softmax_backward_f32(y, g, add, nt, out):
             else:
                 for j in range(c):
                     orow[j] = gr[j] - e[j] * sgf
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
+def softmax_f32(x, nt, out):
+    """out[i] = exp(x[i] - max) / sum(exp(x[i] - max)) for float32 rows (vectorised exp,
+    float64 sum); rows split in nt blocks.  NaN or +inf in a row makes it NaN, as
+    log_softmax_f32 does."""
+    n, c = x.shape
+    chunk = (n + nt - 1) // nt
+    for t in prange(nt):
+        ibits = np.empty(c, dtype=np.int32)
+        for i in range(t * chunk, min(n, (t + 1) * chunk)):
+            xr = x[i]
+            orow = out[i]
+            s = _exp_row_sum(xr, _row_max(xr), orow, ibits)
+            inv = np.float32(1.0 / s)
+            for j in range(c):
+                orow[j] *= inv
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
+def softmax_backward_rows(y, g, nt, out):
+    """out[i] = y[i] * (g[i] - sum(g[i] * y[i])): the gradient of softmax along rows, given
+    its output y (float sum)."""
+    n, c = y.shape
+    chunk = (n + nt - 1) // nt
+    for t in prange(nt):
+        for i in range(t * chunk, min(n, (t + 1) * chunk)):
+            yr = y[i]
+            gr = g[i]
+            d = 0.0
+            for j in range(c):
+                d += np.float64(gr[j]) * yr[j]
+            orow = out[i]
+            for j in range(c):
+                orow[j] = yr[j] * (gr[j] - d)
 
 
 def threads_for(x):

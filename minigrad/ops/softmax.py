@@ -1,7 +1,6 @@
 """Numerically stable ``log_softmax`` and ``softmax`` along an axis."""
 
 from ..autograd import Function
-from .elementwise import exp
 
 
 class LogSoftmax(Function):
@@ -24,6 +23,20 @@ class LogSoftmax(Function):
         return (self.be.log_softmax_backward(y, g, self.axis, addends[0] if addends else None),)
 
 
+class Softmax(Function):
+    """softmax along an axis in one backend call each way (``softmax``, ``softmax_backward``)."""
+
+    def forward(self, x, axis):
+        self.axis = axis
+        y = self.be.softmax(x, axis)
+        self.save(y)
+        return y
+
+    def backward(self, g):
+        (y,) = self.saved
+        return (self.be.softmax_backward(y, g, self.axis),)
+
+
 def log_softmax(x, dim=-1, *, axis=None):
     """Log-softmax along ``dim`` (``axis`` is accepted too)."""
     if axis is not None:
@@ -34,8 +47,14 @@ def log_softmax(x, dim=-1, *, axis=None):
 
 
 def softmax(x, dim=-1, *, axis=None):
-    """Softmax along ``dim``: exp(log_softmax(x))."""
-    return exp(log_softmax(x, dim, axis=axis))
+    """Softmax along ``dim`` (``axis`` is accepted too)."""
+    if axis is not None:
+        dim = axis
+    if x.ndim == 0:
+        raise ValueError("softmax needs at least one dimension")
+    if x.dtype.kind != "f":
+        x = x.float()
+    return Softmax.apply(x, axis=dim % x.ndim)
 
 
 TENSOR_METHODS = {"log_softmax": log_softmax, "softmax": softmax}
