@@ -111,3 +111,22 @@ def test_ab_pairs_setting_parser():
                 "minigrad.cpu.conv1x1_nchw._MIN_COLUMNS=1 << 9"):
         with pytest.raises(ValueError, match="--set|no attribute|not a Python literal"):
             ab_pairs.setting(bad)
+
+
+def test_transformer_block_runs_forward_and_backward():
+    """The bench's transformer block (benchmarks/transformer_block.py) in minigrad: output
+    shape, and gradients for the input and every parameter (PyTorch is not needed)."""
+    import numpy as np
+
+    import minigrad as mg
+    from benchmarks import transformer_block as tb
+
+    layers = tb.make(mg, 16, seed=1)
+    x = mg.tensor(np.random.default_rng(2).standard_normal((2, 5, 16)).astype(np.float32),
+                  requires_grad=True)
+    y = tb.block(layers, x, heads=4)
+    assert y.shape == (2, 5, 16) and np.isfinite(y.numpy()).all()
+    y.backward(mg.ones(y.shape))
+    params = [p for m in layers.values() for p in m.parameters()]
+    assert x.grad is not None and all(p.grad is not None for p in params)
+    assert len(params) == 12
