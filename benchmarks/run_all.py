@@ -3,6 +3,7 @@
     python cli.py bench                     # everything, table to stdout
     python -m benchmarks.run_all --only lenet,resnet32 --repeat 5 --json out.json
     python -m benchmarks.run_all --only conv,conv_cl   # per-layer rows, NCHW and channels-last
+    python -m benchmarks.run_all --only matmul,transformer   # 2-D and batched matmuls, a transformer block
 
 Each workload is timed as the median of ``--repeat`` runs after warm-up, minigrad and
 PyTorch interleaved call by call (``time_pair``) so that both see the same machine.  PyTorch is used
