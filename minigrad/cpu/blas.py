@@ -127,12 +127,8 @@ def _gemm_rm_select_overload(small, transa, transb, m, n, k, alpha, a, lda, b, l
             _sgemm_either(small, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
         return impl
     if c.dtype in (types.float32, types.float64):
-        blas = _make_impl(_sgemm if c.dtype == types.float32 else _dgemm,
-                          np.float32 if c.dtype == types.float32 else np.float64)
-        blas = njit(inline="always")(blas)
-
         def impl_blas(small, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-            blas(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+            gemm_rm_blas(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
         return impl_blas
     return None
 
