@@ -77,9 +77,7 @@ class Backend:
         if approximate == "tanh":
             th = self.unary("tanh", self._gelu_tanh_arg(x))
             return self.scalar("mul", self.binary("mul", x, self.scalar("add", th, 1.0)), 0.5)
-        phi = self.scalar("mul", self.scalar("add", self.unary(
-            "erf", self.scalar("mul", x, 1.0 / math.sqrt(2.0))), 1.0), 0.5)
-        return self.binary("mul", x, phi)
+        return self.binary("mul", x, self._gelu_phi(x))
 
     def gelu_backward(self, x, g, approximate):
         """Gradient of :meth:`gelu` at ``x`` for the output's gradient ``g`` (same shape)."""
@@ -92,11 +90,14 @@ class Backend:
             d = self.binary("add", self.scalar("add", th, 1.0),
                             self.binary("mul", self.binary("mul", x, sech2), du))
             return self.binary("mul", g, self.scalar("mul", d, 0.5))
-        phi = self.scalar("mul", self.scalar("add", self.unary(
-            "erf", self.scalar("mul", x, 1.0 / math.sqrt(2.0))), 1.0), 0.5)
         pdf = self.scalar("mul", self.unary("exp", self.scalar("mul", xx, -0.5)),
                           1.0 / math.sqrt(2.0 * math.pi))
-        return self.binary("mul", g, self.binary("add", phi, self.binary("mul", x, pdf)))
+        return self.binary("mul", g, self.binary("add", self._gelu_phi(x),
+                                                 self.binary("mul", x, pdf)))
+
+    def _gelu_phi(self, x):
+        return self.scalar("mul", self.scalar("add", self.unary(
+            "erf", self.scalar("mul", x, 1.0 / math.sqrt(2.0))), 1.0), 0.5)
 
     def _gelu_tanh_arg(self, x):
         cube = self.binary("mul", self.binary("mul", x, x), x)
