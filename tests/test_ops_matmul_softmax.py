@@ -157,6 +157,18 @@ def test_softmax_kernels(shape, axis, scale, dtype):
         assert out[2, 2] == 0 and np.isfinite(out[2]).all()
 
 
+def test_softmax_dim_out_of_range_names_it():
+    x = mg.ones((2, 3))
+    for fn, name in ((mg.softmax, "softmax"), (mg.log_softmax, "log_softmax")):
+        with pytest.raises(ValueError, match=name + r": dim 2 is out of range for a tensor with 2"):
+            fn(x, 2)
+        with pytest.raises(ValueError, match=r"dim -3 is out of range"):
+            fn(x, -3)
+        assert fn(x, -2).shape == (2, 3)
+        with pytest.raises(TypeError, match=name + ": dim must be an integer, got None"):
+            fn(x, None)
+
+
 def test_log_softmax_is_stable_for_huge_logits():
     x = mg.tensor([[1000.0, 0.0, -1000.0]])
     out = mg.log_softmax(x, 1).numpy()

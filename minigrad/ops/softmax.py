@@ -1,6 +1,9 @@
 """Numerically stable ``log_softmax`` and ``softmax`` along an axis."""
 
+import numpy as np
+
 from ..autograd import Function
+from .reduce import normalize_axes
 
 
 class LogSoftmax(Function):
@@ -37,13 +40,20 @@ class Softmax(Function):
         return (self.be.softmax_backward(y, g, self.axis),)
 
 
+def _one_dim(dim, ndim, what):
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+        raise TypeError(f"{what}: dim must be an integer, got {dim!r}")
+    return normalize_axes(dim, ndim, f"{what}: dim")[0]
+
+
 def log_softmax(x, dim=-1, *, axis=None):
     """Log-softmax along ``dim`` (``axis`` is accepted too)."""
     if axis is not None:
         dim = axis
     if x.ndim == 0:
         raise ValueError("log_softmax needs at least one dimension")
-    return LogSoftmax.apply(x, axis=dim % x.ndim)
+    dim = _one_dim(dim, x.ndim, "log_softmax")
+    return LogSoftmax.apply(x, axis=dim)
 
 
 def softmax(x, dim=-1, *, axis=None):
@@ -52,9 +62,10 @@ def softmax(x, dim=-1, *, axis=None):
         dim = axis
     if x.ndim == 0:
         raise ValueError("softmax needs at least one dimension")
+    dim = _one_dim(dim, x.ndim, "softmax")
     if x.dtype.kind != "f":
         x = x.float()
-    return Softmax.apply(x, axis=dim % x.ndim)
+    return Softmax.apply(x, axis=dim)
 
 
 TENSOR_METHODS = {"log_softmax": log_softmax, "softmax": softmax}
