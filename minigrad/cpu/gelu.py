@@ -53,6 +53,18 @@ def _as_float64(typingctx, bits):
     return types.float64(types.int64), codegen
 
 
+@intrinsic
+def _bits_of(typingctx, v):
+    """The int64 bit pattern of the float64 ``v``."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+    return types.int64(types.float64), codegen
+
+
+# 1.5 * 2^52: adding it to |v| < 2^51 rounds v to an integer held in the low mantissa bits
+_SHIFTER = 6755399441055744.0
+
+
 def _exp_neg(d):
     """exp(d) for float64 d <= 0 (jitted code only)."""
     raise NotImplementedError
@@ -61,12 +73,16 @@ def _exp_neg(d):
 @overload(_exp_neg, inline="always")
 def _exp_neg_impl(d):
     def impl(d):
-        # 2^n e^r: n = round(d / ln2) (a truncation, d <= 0), |r| <= ln2 / 2, e^r to degree 9
-        # (truncation error < 1e-11, for float32 results).  Below -700 the result is 0 (the
-        # clamp keeps 2^n a normal float64): x = -inf then gives NaN as PyTorch (-inf * 0)
+        # 2^n e^r: n = round(d / ln2), |r| <= ln2 / 2, e^r to degree 9 (truncation error
+        # < 1e-11, for float32 results).  n by the shifter, in the low bits of kd, so that 2^n
+        # is an int64 add and shift of kd's bits (no float-int conversions, which AVX2 does
+        # not vectorise for 64-bit integers: the exp 1.27x faster, BENCHMARKS_perf.md,
+        # change 104).  Below -700 the result is 0 (the clamp keeps 2^n a normal float64):
+        # x = -inf then gives NaN as PyTorch (-inf * 0)
         small = d < -700.0
         d = max(d, -700.0)
-        n = -np.int32(0.5 - d * _LOG2E)
+        kd = d * _LOG2E + _SHIFTER
+        n = kd - _SHIFTER
         r = d - n * _LN2_HI - n * _LN2_LO
         p = 1.0 / 362880.0
         p = p * r + 1.0 / 40320.0
@@ -78,7 +94,7 @@ def _exp_neg_impl(d):
         p = p * r + 0.5
         p = p * r + 1.0
         p = p * r + 1.0
-        e = p * _as_float64((np.int64(n) + np.int64(1023)) << np.int64(52))
+        e = p * _as_float64((_bits_of(kd) + np.int64(1023)) << np.int64(52))
         return 0.0 if small else e
     return impl
 
