@@ -10,7 +10,6 @@ import scipy.special
 
 import minigrad as mg
 from minigrad.backend import Backend
-from minigrad.cpu import gelu
 from minigrad.cpu._jit import SERIAL_BELOW
 from minigrad.cpu.backend import CPUBackend
 

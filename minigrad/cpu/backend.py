@@ -94,6 +94,19 @@ def _batch_operand(x, batch):
     return x3, transposed, np.ascontiguousarray(index).reshape(-1)
 
 
+def _along_rows(rows, axis, x, *others):
+    """``rows(x2, *others2, out=out2)`` on 2-D views with ``axis`` moved last (contiguous
+    copies where needed; ``others`` shaped as x, cast to x's dtype); returns out with the axis
+    back in place (the row kernels of softmax and log-softmax)."""
+    xm = _c(np.moveaxis(x, axis, -1))
+    c = xm.shape[-1]
+    views = [_c(np.moveaxis(o, axis, -1)).astype(xm.dtype, copy=False).reshape(-1, c)
+             for o in others]
+    out = np.empty_like(xm)
+    rows(xm.reshape(-1, c), *views, out=out.reshape(-1, c))
+    return np.moveaxis(out, -1, axis)
+
+
 _CHANNELS_LAST = (0, 2, 3, 1)
 
 
@@ -431,54 +444,40 @@ class CPUBackend(Backend):
     def log_softmax(self, x, axis):
         from . import loss
 
-        moved = _c(np.moveaxis(x, axis, -1))
-        flat = moved.reshape(-1, moved.shape[-1])
-        out = np.empty_like(flat)
-        if flat.dtype == np.float32 and flat.size:
-            loss.log_softmax_f32(flat, loss.threads_for(flat), out)
-        else:
-            kernels.log_softmax_rows(flat, out)
-        return np.moveaxis(out.reshape(moved.shape), -1, axis)
+        def rows(x2, out):
+            if x2.dtype == np.float32 and x2.size:
+                loss.log_softmax_f32(x2, loss.threads_for(x2), out)
+            else:
+                kernels.log_softmax_rows(x2, out)
+        return _along_rows(rows, axis, x)
 
     def log_softmax_backward(self, y, gy, axis, addend=None):
         from . import loss
 
-        ym = _c(np.moveaxis(y, axis, -1))
-        gm = _c(np.moveaxis(gy, axis, -1)).astype(ym.dtype, copy=False)
-        out = np.empty_like(ym)
-        y2, g2, o2 = (a.reshape(-1, ym.shape[-1]) for a in (ym, gm, out))
-        if addend is None:
-            a2 = np.empty((0, 0), dtype=ym.dtype)
-        else:
-            a2 = _c(np.moveaxis(addend, axis, -1)).astype(ym.dtype, copy=False).reshape(y2.shape)
-        if ym.dtype == np.float32 and ym.size:
-            loss.log_softmax_backward_f32(y2, g2, a2, loss.threads_for(y2), o2)
-        else:
-            kernels.log_softmax_rows_backward(y2, g2, a2, o2)
-        return np.moveaxis(out, -1, axis)
+        def rows(y2, g2, *a2, out):
+            a2 = a2[0] if a2 else np.empty((0, 0), dtype=y2.dtype)
+            if y2.dtype == np.float32 and y2.size:
+                loss.log_softmax_backward_f32(y2, g2, a2, loss.threads_for(y2), out)
+            else:
+                kernels.log_softmax_rows_backward(y2, g2, a2, out)
+        return _along_rows(rows, axis, y, gy, *(() if addend is None else (addend,)))
 
     def softmax(self, x, axis):
         if x.dtype != np.float32 or x.size == 0:
             return super().softmax(x, axis)
         from . import loss
 
-        rows = _c(np.moveaxis(x, axis, -1))
-        out = np.empty_like(rows)
-        flat = rows.reshape(-1, rows.shape[-1])
-        loss.softmax_f32(flat, loss.threads_for(flat), out.reshape(flat.shape))
-        return np.moveaxis(out, -1, axis)
+        return _along_rows(lambda x2, out: loss.softmax_f32(x2, loss.threads_for(x2), out),
+                           axis, x)
 
     def softmax_backward(self, y, gy, axis):
         if y.dtype.char not in _NO_BIAS or y.size == 0:
             return super().softmax_backward(y, gy, axis)
         from . import loss
 
-        ym = _c(np.moveaxis(y, axis, -1))
-        gm = _c(np.moveaxis(gy, axis, -1)).astype(ym.dtype, copy=False)
-        out = np.empty_like(ym)
-        y2, g2, o2 = (a.reshape(-1, ym.shape[-1]) for a in (ym, gm, out))
-        loss.softmax_backward_rows(y2, g2, loss.threads_for(y2), o2)
-        return np.moveaxis(out, -1, axis)
+        return _along_rows(
+            lambda y2, g2, out: loss.softmax_backward_rows(y2, g2, loss.threads_for(y2), out),
+            axis, y, gy)
 
     def softmax_cross_entropy(self, logits, labels, label_smoothing):
         from . import loss
