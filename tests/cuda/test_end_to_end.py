@@ -57,14 +57,15 @@ def test_mlp_forward_backward():
     check(outs[0], outs[1], [(xc, xg), (wc, wg), (bc, bg), (vc, vg)])
 
 
-def test_batched_matmul_gradients():
-    """Batched products, a 2-D weight applied to a batch (its gradient is one 2-D product)
-    and broadcast batch dimensions."""
+def test_batched_matmul_and_softmax_gradients():
+    """Batched products, a 2-D weight applied to a batch (its gradient is one 2-D product),
+    broadcast batch dimensions, softmax along the last and a middle axis."""
     (ac, ag), (wc, wg), (bc, bg), (dc, dg) = pair(3, 4, 5), pair(5, 6), pair(3, 6, 2), pair(1, 2, 7)
     outs = []
     for a, w, b, d in ((ac, wc, bc, dc), (ag, wg, bg, dg)):
         h = (a @ w) @ b                  # (3, 4, 5) @ (5, 6), then (3, 4, 6) @ (3, 6, 2)
-        outs.append(((h @ d) ** 2).sum())  # (3, 4, 2) @ (1, 2, 7): broadcast batch
+        z = h @ d                          # (3, 4, 2) @ (1, 2, 7): broadcast batch
+        outs.append((z.softmax(-1) * z).sum() + (z.softmax(1) ** 2).sum())
     for o in outs:
         o.backward()
     check(outs[0], outs[1], [(ac, ag), (wc, wg), (bc, bg), (dc, dg)], tol=1e-3)
