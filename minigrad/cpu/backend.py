@@ -344,7 +344,7 @@ class CPUBackend(Backend):
             out[...] = 0
             return out
         (a3, ta, ai), (b3, tb, bi) = _batch_operand(a, batch), _batch_operand(b, batch)
-        small = USE_BATCHED_SMALL_GEMM and dtype == np.float32 and \
+        small = USE_BATCHED_SMALL_GEMM and dtype == np.float32 and small_gemm.enabled() and \
             small_gemm.batched_preferred(ta, tb, M, N, K)
         # whole products per thread when they share out evenly, else row blocks of each
         splits = 1 if count % nt == 0 or count >= 8 * nt else min(nt, M)
