@@ -74,14 +74,26 @@ def _gather(x, n_a, n_b, sh, sw, OH, OW, xs):
 @njit(cache=True)
 def _scatter_add(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base):
     """gx[n, c, oh*sh, ow*sw] += d[c, i*P + oh*OW + ow] for one image, whose planes start
-    at gxf[base]; d is (C x G) flat, P = OH*OW."""
+    at gxf[base]; d is (C x G) flat, P = OH*OW.  With sw == 2 the pixels between the
+    sampled ones in a sampled row are rewritten unchanged (a -0.0 there becomes +0.0)."""
     P = OH * OW
     for c in range(C):
         s0 = c * G + i * P
         for oh in range(OH):
             o = base + (c * H + oh * sh) * W
             src = d[s0 + oh * OW:s0 + (oh + 1) * OW]
-            if sw == 2:
+            if sw == 2 and 2 * OW <= W:
+                # Both members of each (even, odd) pair are stored, so LLVM vectorises the
+                # pairs as interleaved vectors; with the odd one left alone it does not.  The
+                # odd one gets + 0.0 (an identity, except that -0.0 becomes +0.0) because a
+                # plain copy-back is folded away, and the stores with it.
+                dst = gxf[o:o + 2 * OW]
+                for ow in range(OW):
+                    e = dst[2 * ow] + src[ow]
+                    f = dst[2 * ow + 1] + 0.0
+                    dst[2 * ow] = e
+                    dst[2 * ow + 1] = f
+            elif sw == 2:
                 dst = gxf[o:o + 2 * OW - 1]
                 for ow in range(OW):
                     dst[2 * ow] += src[ow]
