@@ -11,8 +11,10 @@ reduction step, the tile of C read and written once.
 ``sgemm(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc)`` has the row-major interface
 of ``blas.gemm_rm`` (alpha 1); ``preferred(transa, transb, m, n, k)`` says whether it beats
 OpenBLAS on that shape, and ``gemm_rm`` then calls it.  That happens only on CPUs with AVX2
-and FMA but no AVX-512 (``SUPPORTED``: where it was measured; AVX-512 OpenBLAS kernels are
-twice as wide) with Numba compiling for the host CPU, and while the switch is on:
+and FMA but no AVX-512 (``SUPPORTED``: where it was measured to win; on an AVX-512 host, an
+AMD Zen 4, OpenBLAS's AVX-512 kernels ran the stem's conv row 1.20-1.24x faster and the LeNet
+step within 3%, BENCHMARKS_perf.md, session 19) with Numba compiling for the host CPU, and
+while the switch is on:
 ``set_enabled(False)``, or ``MINIGRAD_SMALL_GEMM=0`` in the environment, sends every GEMM to
 OpenBLAS.  Compiled kernels read the switch when they run, so it needs no cache clearing.
 """
