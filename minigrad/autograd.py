@@ -19,6 +19,7 @@ PyTorch accumulates ``.grad`` in place.
 """
 
 import contextlib
+import sys
 import threading
 
 _state = threading.local()
@@ -213,6 +214,27 @@ def _grad_addends(ctx, grads):
     return tuple(addends), into_leaf
 
 
+# A leaf keeps the gradient array a backward made for it, as PyTorch does, when nothing
+# else refers to that array; otherwise .grad is a copy.
+TAKE_OVER_GRADIENTS = True
+
+
+def _references(x):
+    """sys.getrefcount of an object the caller holds in one local variable."""
+    return sys.getrefcount(x)
+
+
+def _references_when_unshared():
+    """What _references reports for an object held by nothing but the caller's local
+    variable (measured, not assumed: interpreters count call arguments differently)."""
+    pending = {0: object()}
+    g = pending.pop(0)
+    return _references(g)
+
+
+_UNSHARED = _references_when_unshared()
+
+
 def run_backward(root, grad, retain_graph=False):
     """Propagate ``grad`` (storage) from ``root`` to every leaf that requires a gradient."""
     grads = {id(root): grad}
@@ -226,7 +248,11 @@ def run_backward(root, grad, retain_graph=False):
                 raise RuntimeError(
                     "trying to backward through the graph a second time; the graph is freed "
                     "after backward() unless backward(retain_graph=True) is used")
-            node._accumulate_grad(g)
+            # g is referenced here by the local variable alone (the loop below drops its
+            # own references) unless some other object holds it: then it is copied
+            owned = (TAKE_OVER_GRADIENTS and _references(g) <= _UNSHARED
+                     and node.be.owns_memory(g))
+            node._accumulate_grad(g, owned)
             continue
         if node._retains_grad:
             node._accumulate_grad(g)
@@ -258,6 +284,7 @@ def run_backward(root, grad, retain_graph=False):
                 grads[key] = ctx.be.binary("add", grads[key], pg)
             else:
                 grads[key] = pg
+        parent_grads = pg = addends = None   # no references left for the take-over test
         if not retain_graph:
             ctx.saved = ()
             ctx.parents = ()

@@ -40,6 +40,13 @@ class Backend:
         """Copy of ``x`` converted to ``dtype``."""
         raise NotImplementedError
 
+    def owns_memory(self, x):
+        """True when ``x`` is an array object that owns its memory outright (no array it
+        is a view of, no buffer it borrows) and may be written: autograd then lets a leaf
+        keep a gradient array that no other object refers to, instead of copying it.
+        False (always copy) unless a backend knows better."""
+        return False
+
     def copy_(self, dst, src):
         """Copy ``src`` into ``dst`` (same shape) in place."""
         raise NotImplementedError

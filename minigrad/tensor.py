@@ -154,10 +154,13 @@ class Tensor:
         self._retains_grad = True
         return self
 
-    def _accumulate_grad(self, g):
+    def _accumulate_grad(self, g, owned=False):
+        """Add ``g`` to ``.grad``; the first ``g`` becomes ``.grad`` itself when ``owned``
+        (nothing else refers to it) and of this tensor's dtype, else a copy of it."""
         be = self.be
         if self._grad is None:
-            self._grad = Tensor._make(be.astype(g, self.dtype), self.device)
+            data = g if owned and g.dtype == self.dtype else be.astype(g, self.dtype)
+            self._grad = Tensor._make(data, self.device)
         else:
             self._grad.data = be.binary("add", self._grad.data, g)
 

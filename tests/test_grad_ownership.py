@@ -1,14 +1,20 @@
 """A leaf's ``.grad`` is its own array: changing it in place (as gradient clipping does)
 changes nothing else.
 
-Every test builds a case where a gradient array is, or could be, shared: passed through
-to two inputs, two views of one array, a view of the upstream gradient, the user's
-``backward(gradient)``, an array the node keeps.  They guard any future change that lets
-a leaf keep a gradient without copying it (tried in session 4: the copy it saves was
-5.9 ms per ResNet-18 step, yet the step did not get faster; BENCHMARKS_perf.md, 39).
+A leaf takes over the gradient array a backward made for it when no other object refers to
+that array (autograd.TAKE_OVER_GRADIENTS, as PyTorch does), and copies it otherwise.  Most
+tests build a case where a gradient array is, or could be, shared: passed through to two
+inputs, two views of one array, a view of the upstream gradient, the user's
+``backward(gradient)``, an array the node keeps; the last ones check that an unshared
+gradient is indeed kept without a copy.
 """
 
+import weakref
+
 import numpy as np
+import pytest
+
+from minigrad import autograd
 
 import minigrad as mg
 import minigrad.nn.functional as F
@@ -153,3 +159,67 @@ def test_dtype_change_still_converts():
     (x.float() * 2.0).sum().backward()
     assert x.grad.dtype == np.float64
     np.testing.assert_array_equal(x.grad.numpy(), np.full(3, 2.0))
+
+
+class _FreshGradient(Function):
+    """Identity whose backward returns a new array (or a view of one), remembered weakly."""
+
+    made = []
+
+    def forward(self, x, kind):
+        self.kind = kind
+        return x.copy()
+
+    def backward(self, grad):
+        if self.kind == "array":
+            g = grad * 2
+        elif self.kind == "view of a temporary":
+            g = (grad * 2).reshape(-1).reshape(grad.shape)
+        else:                          # "float64": another dtype than the leaf's
+            g = grad.astype(np.float64) * 2
+        _FreshGradient.made.append(weakref.ref(g))
+        return g, None
+
+
+@pytest.mark.parametrize("kind", ["array", "view of a temporary"])
+def test_unshared_gradient_is_kept_without_a_copy(kind):
+    x = leaf(3, 4)
+    _FreshGradient.made.clear()
+    _FreshGradient.apply(x, kind).sum().backward()
+    assert x.grad.data is _FreshGradient.made[0]()
+    np.testing.assert_array_equal(x.grad.numpy(), np.full((3, 4), 2.0, np.float32))
+
+
+def test_gradient_of_another_dtype_is_converted():
+    x = leaf(3, 4)
+    _FreshGradient.apply(x, "float64").sum().backward()
+    assert x.grad.dtype == np.float32
+    np.testing.assert_array_equal(x.grad.numpy(), np.full((3, 4), 2.0, np.float32))
+
+
+class _ViewOfKept(Function):
+    """Returns a view of an array it keeps as an attribute."""
+
+    def forward(self, x):
+        self.k = np.full(x.size, 2.0, x.dtype)
+        return x * 2
+
+    def backward(self, grad):
+        return self.k.reshape(grad.shape)
+
+
+def test_view_of_an_array_held_elsewhere_is_copied():
+    x = leaf(2, 3)
+    out = _ViewOfKept.apply(x)
+    k = out._ctx.k
+    out.sum().backward()
+    assert not np.shares_memory(x.grad.data, k)
+
+
+def test_switch_off_copies_every_gradient(monkeypatch):
+    monkeypatch.setattr(autograd, "TAKE_OVER_GRADIENTS", False)
+    x = leaf(3, 4)
+    _FreshGradient.made.clear()
+    _FreshGradient.apply(x, "array").sum().backward()
+    assert x.grad.data is not _FreshGradient.made[0]()
+    np.testing.assert_array_equal(x.grad.numpy(), np.full((3, 4), 2.0, np.float32))

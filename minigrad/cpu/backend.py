@@ -6,6 +6,7 @@ sibling modules.  Kernels receive contiguous arrays (``_c`` makes them so).
 """
 
 import math
+import sys
 
 import numba
 import numpy as np
@@ -107,6 +108,21 @@ def _along_rows(rows, axis, x, *others):
     return np.moveaxis(out, -1, axis)
 
 
+def _references(x):
+    """sys.getrefcount of an object the caller holds in one local variable."""
+    return sys.getrefcount(x)
+
+
+def _base_references_when_unshared():
+    """What owns_memory's _references(base) reports when nothing but the view refers to
+    its base (measured: interpreters count references differently)."""
+    view = np.empty(2)[:1]
+    base = view.base
+    return _references(base)
+
+
+_BASE_UNSHARED = _base_references_when_unshared()
+
 _CHANNELS_LAST = (0, 2, 3, 1)
 
 
@@ -170,6 +186,17 @@ class CPUBackend(Backend):
 
     def astype(self, x, dtype):
         return np.array(x, dtype=dtype, copy=True)
+
+    def owns_memory(self, x):
+        if type(x) is not np.ndarray or not x.flags.writeable:
+            return False
+        if x.flags.owndata:
+            return True
+        # a view (a reshape, say) of an array that nothing but the view refers to (NumPy
+        # points .base at the array owning the memory, not at intermediate views)
+        base = x.base
+        return type(base) is np.ndarray and base.flags.owndata and \
+            _references(base) <= _BASE_UNSHARED
 
     def copy_(self, dst, src):
         np.copyto(dst, src)
