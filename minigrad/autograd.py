@@ -219,17 +219,19 @@ def _grad_addends(ctx, grads):
 TAKE_OVER_GRADIENTS = True
 
 
-def _references(x):
-    """sys.getrefcount of an object the caller holds in one local variable."""
+def references(x):
+    """sys.getrefcount(x) for an object the caller holds in a local variable: compare it
+    with a count taken the same way for a known case (as _UNSHARED is), never with a
+    constant, since interpreters count call arguments differently."""
     return sys.getrefcount(x)
 
 
 def _references_when_unshared():
-    """What _references reports for an object held by nothing but the caller's local
-    variable (measured, not assumed: interpreters count call arguments differently)."""
+    """What ``references`` reports for an object held by nothing but the caller's local
+    variable."""
     pending = {0: object()}
     g = pending.pop(0)
-    return _references(g)
+    return references(g)
 
 
 _UNSHARED = _references_when_unshared()
@@ -250,7 +252,7 @@ def run_backward(root, grad, retain_graph=False):
                     "after backward() unless backward(retain_graph=True) is used")
             # g is referenced here by the local variable alone (the loop below drops its
             # own references) unless some other object holds it: then it is copied
-            owned = (TAKE_OVER_GRADIENTS and _references(g) <= _UNSHARED
+            owned = (TAKE_OVER_GRADIENTS and references(g) <= _UNSHARED
                      and node.be.owns_memory(g))
             node._accumulate_grad(g, owned)
             continue

@@ -6,12 +6,12 @@ sibling modules.  Kernels receive contiguous arrays (``_c`` makes them so).
 """
 
 import math
-import sys
 
 import numba
 import numpy as np
 import scipy.special
 
+from ..autograd import references as _references
 from ..backend import Backend
 from . import gelu as gelu_kernels
 from . import kernels, small_gemm
@@ -111,11 +111,6 @@ def _along_rows(rows, axis, x, *others):
     out = np.empty_like(xm)
     rows(xm.reshape(-1, c), *(o.reshape(-1, c) for o in others), out=out.reshape(-1, c))
     return out if axis in (-1, x.ndim - 1) else np.moveaxis(out, -1, axis)
-
-
-def _references(x):
-    """sys.getrefcount of an object the caller holds in one local variable."""
-    return sys.getrefcount(x)
 
 
 def _base_references_when_unshared():

@@ -67,7 +67,7 @@ def _polyphase(src, ph, pw, out):
     # Source column j is padded column j + pw: phase (j + pw) % 2, index (j + pw) // 2.
     # Columns are read in pairs (j, j + 1) with j + pw even, both members at once, which
     # LLVM vectorises (2x faster than one strided loop per phase); an odd pw leaves column
-    # 0 before the first pair, and the last column can be left after the last one.
+    # 0 before the first pair, and the last column may remain after the last pair.
     j0 = pw % 2
     npairs = (W - j0) // 2
     kb = (j0 + pw) // 2
