@@ -16,7 +16,6 @@ command (say so when recording numbers).
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys

@@ -60,7 +60,6 @@ def _polyphase(src, ph, pw, out):
     """out[2a + b] (Hh, Wh) = xpad[a::2, b::2], where xpad is src (H, W) with ph / pw rows
     and columns of zeros before it and zeros after, straight from src."""
     H, W = src.shape
-    Hh, Wh = out.shape[1], out.shape[2]
     flat = out.reshape(-1)
     for q in range(flat.size):
         flat[q] = 0
