@@ -206,6 +206,7 @@ def test_conv2d_numerical_gradient(stride, padding, dilation, R, path, monkeypat
     (3, 32, 48, 7, 1, 2, 0),        # strided 1x1 (downsample)
     (130, 1, 6, 12, 5, 1, 2),       # LeNet conv1-like, many groups
     (1, 6, 16, 14, 5, 1, 0),        # batch 1
+    (9, 6, 16, 14, 5, 1, 0),        # LeNet conv2-like: several narrow-layer tiles
 ])
 def test_conv2d_layer_shapes(N, C, K, H, R, s, p):
     rng = np.random.default_rng(2)
@@ -224,6 +225,29 @@ def test_conv2d_layer_shapes(N, C, K, H, R, s, p):
         np.testing.assert_allclose(gx, gxr, **tol(dtype))
         np.testing.assert_allclose(gw, gwr, **scale)
         np.testing.assert_allclose(gb, gbr, **scale)
+
+
+def test_narrow_layers_take_smaller_tiles_with_the_same_results(monkeypatch):
+    """Few output channels (K <= conv._NARROW_K): tiles of at most _NARROW_TILE_BYTES for the
+    column tile and its dX counterpart (LeNet conv2: 384 pixels instead of 512); the
+    gradients equal those with the rule switched off and the float64 reference."""
+    assert conv._plan(128, 100, 2, 150, 16, 4)[0] == 384
+    assert conv._plan(128, 100, 2, 150, 16, 8)[0] == 192
+    assert conv._plan(128, 100, 2, 150, 64, 4)[0] == conv._TILE
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((9, 6, 14, 14)).astype(np.float32)
+    w = (rng.standard_normal((16, 6, 5, 5)) / np.sqrt(150)).astype(np.float32)
+    G = rng.standard_normal((9, 16, 10, 10)).astype(np.float32)
+    args = ((1, 1), (0, 0), (1, 1))
+    runs = []
+    for narrow_k in (conv._NARROW_K, 0):
+        monkeypatch.setattr(conv, "_NARROW_K", narrow_k)
+        runs.append((conv.conv2d(x, w, None, *args),)
+                    + conv.conv2d_backward(x, w, G, *args, True, True, False)[:2])
+    gxr, gwr, _ = ref_conv_grads(x, w, G, *args)
+    for got, other, want in zip(runs[0], runs[1], (ref_conv(x, w, None, *args), gxr, gwr)):
+        np.testing.assert_allclose(got, other, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-3)
 
 
 def test_conv2d_integer_input_and_no_bias():

@@ -1411,9 +1411,21 @@ def _float_dtype(dt):
     return np.dtype(np.float64) if dt.itemsize > 4 else np.dtype(np.float32)
 
 
-def _plan(N, P, nt):
+# Layers with few output channels (LeNet's conv2: 16) get tiles whose column matrix (T x R*S*C)
+# and dX counterpart take at most this many bytes together (likely why it helps: both then fit
+# the Zen 4's 1 MB L2 beside the skinny GEMMs' packing).  LeNet conv2 (R*S*C = 150): 384
+# instead of 512 pixels, forward + backward 1.12-1.27x, the LeNet step 1.08-1.09x (paired;
+# BENCHMARKS_perf.md, change 112).  Wider layers lost with 384-pixel tiles (3x3 128->256
+# stride 2: 0.95x; 1x1 128->256 stride 2: 0.92x), so they keep _TILE.
+_NARROW_K = 32
+_NARROW_TILE_BYTES = 512 << 10
+
+
+def _plan(N, P, nt, RSC=0, K=0, itemsize=4):
     """Tile size T (pixels) and group size g (images per thread work unit)."""
     T = _TILE
+    if 0 < K <= _NARROW_K and RSC > 0:
+        T = min(T, max(64, _NARROW_TILE_BYTES // (2 * RSC * itemsize) // 64 * 64))
     g = max(1, -(-T // P))                 # enough images to fill a tile
     g = min(g, max(1, -(-N // nt)))        # but keep every thread busy
     T = min(T, g * P)
@@ -1671,7 +1683,7 @@ def _conv2d(x, w, b, stride, padding, dilation, box, keep_x):
         xp = _padded(x, ph, pw, 0).reshape(N, Hp, Wp, C)
     if box is not None:
         _keep_copy(box, keep_x, xp, x)
-    T, _ = _plan(N, OH * OW, nt)
+    T, _ = _plan(N, OH * OW, nt, R * S * C, K, x.itemsize)
     if R * S * C * K * x.itemsize <= _BALANCE_MAX_W:
         T = max(min(64, N * OH * OW), min(T, -(-(N * OH * OW) // (_BALANCE * nt))))
     else:
@@ -2032,7 +2044,7 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
             gw = np.empty((K, C, R, S), dtype=dt)
             _transpose_each(gwt.reshape(K, R * S, C), gw.reshape(K, C, R * S))
             need_w = False
-        T, g = _plan(N, OH * OW, nt)
+        T, g = _plan(N, OH * OW, nt, RSC, K, x.itemsize)
         if RSC * K * x.itemsize <= _BALANCE_MAX_W:
             g = min(g, max(1, -(-N // (_BALANCE * nt))))
         T = min(T, g * OH * OW)
