@@ -206,7 +206,7 @@ def test_conv2d_numerical_gradient(stride, padding, dilation, R, path, monkeypat
     (3, 32, 48, 7, 1, 2, 0),        # strided 1x1 (downsample)
     (130, 1, 6, 12, 5, 1, 2),       # LeNet conv1-like, many groups
     (1, 6, 16, 14, 5, 1, 0),        # batch 1
-    (9, 6, 16, 14, 5, 1, 0),        # LeNet conv2-like: several narrow-layer tiles
+    (32, 6, 16, 14, 5, 1, 0),       # LeNet conv2-like: 384-pixel narrow-layer tiles
 ])
 def test_conv2d_layer_shapes(N, C, K, H, R, s, p):
     rng = np.random.default_rng(2)
@@ -234,10 +234,15 @@ def test_narrow_layers_take_smaller_tiles_with_the_same_results(monkeypatch):
     assert conv._plan(128, 100, 2, 150, 16, 4)[0] == 384
     assert conv._plan(128, 100, 2, 150, 16, 8)[0] == 192
     assert conv._plan(128, 100, 2, 150, 64, 4)[0] == conv._TILE
+    # 32 images of 10x10 outputs: 384-pixel tiles (4 images a work unit), 512 with the rule off
+    assert conv._plan(32, 100, 2, 150, 16, 4) == (384, 4)
+    monkeypatch.setattr(conv, "_NARROW_K", 0)
+    assert conv._plan(32, 100, 2, 150, 16, 4) == (512, 6)
+    monkeypatch.undo()
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((9, 6, 14, 14)).astype(np.float32)
+    x = rng.standard_normal((32, 6, 14, 14)).astype(np.float32)
     w = (rng.standard_normal((16, 6, 5, 5)) / np.sqrt(150)).astype(np.float32)
-    G = rng.standard_normal((9, 16, 10, 10)).astype(np.float32)
+    G = rng.standard_normal((32, 16, 10, 10)).astype(np.float32)
     args = ((1, 1), (0, 0), (1, 1))
     runs = []
     for narrow_k in (conv._NARROW_K, 0):

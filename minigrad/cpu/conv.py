@@ -1422,7 +1422,9 @@ _NARROW_TILE_BYTES = 512 << 10
 
 
 def _plan(N, P, nt, RSC=0, K=0, itemsize=4):
-    """Tile size T (pixels) and group size g (images per thread work unit)."""
+    """Tile size T (pixels) and group size g (images per thread work unit); the layer's R*S*C,
+    output channels K and element size let layers with few output channels take smaller
+    tiles (_NARROW_K)."""
     T = _TILE
     if 0 < K <= _NARROW_K and RSC > 0:
         T = min(T, max(64, _NARROW_TILE_BYTES // (2 * RSC * itemsize) // 64 * 64))
