@@ -99,18 +99,19 @@ def _along_rows(rows, axis, x, *others):
     """``rows(x2, *others2, out=out2)`` on 2-D views with ``axis`` moved last (contiguous
     copies where needed; ``others`` shaped as x, cast to x's dtype); returns out with the axis
     back in place (the row kernels of softmax and log-softmax)."""
-    if axis in (-1, x.ndim - 1):
-        # the common case (the last axis) without moveaxis' Python overhead: nll_loss of
-        # log_softmax forward + backward 1.20x faster on 128 x 10, 1.03x on 1024 x 1000
-        xm = _c(x)
-        others = [_c(o).astype(xm.dtype, copy=False) for o in others]
-    else:
-        xm = _c(np.moveaxis(x, axis, -1))
-        others = [_c(np.moveaxis(o, axis, -1)).astype(xm.dtype, copy=False) for o in others]
+    # the last axis (the common case) skips moveaxis' Python overhead: nll_loss of
+    # log_softmax forward + backward 1.20x faster on 128 x 10, 1.03x on 1024 x 1000
+    last = axis in (-1, x.ndim - 1)
+
+    def rows_of(a):
+        return _c(a if last else np.moveaxis(a, axis, -1))
+
+    xm = rows_of(x)
     c = xm.shape[-1]
+    views = [rows_of(o).astype(xm.dtype, copy=False).reshape(-1, c) for o in others]
     out = np.empty_like(xm)
-    rows(xm.reshape(-1, c), *(o.reshape(-1, c) for o in others), out=out.reshape(-1, c))
-    return out if axis in (-1, x.ndim - 1) else np.moveaxis(out, -1, axis)
+    rows(xm.reshape(-1, c), *views, out=out.reshape(-1, c))
+    return out if last else np.moveaxis(out, -1, axis)
 
 
 def _base_references_when_unshared():
