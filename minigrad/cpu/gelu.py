@@ -23,11 +23,11 @@ float64 accuracy, for gradient checks).  ``approximate="tanh"``: PyTorch's
 import math
 
 import numpy as np
-from llvmlite import ir
 from numba import prange, types
-from numba.extending import intrinsic, overload, register_jitable
+from numba.extending import overload, register_jitable
 
 from ._jit import pjit
+from .bitcast import bits_of_float64, float64_from_bits
 
 _SQRT1_2 = 0.7071067811865476
 _INV_SQRT_2PI = 0.3989422804014327
@@ -43,22 +43,6 @@ _R = (6.78965463e-06, 1.83169794e-01, 1.85740630e-01, 1.56602662e-01, 2.32982657
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.6931471803691238
 _LN2_LO = 1.9082149292705877e-10
-
-
-@intrinsic
-def _as_float64(typingctx, bits):
-    """The float64 whose bit pattern is the int64 ``bits``."""
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.DoubleType())
-    return types.float64(types.int64), codegen
-
-
-@intrinsic
-def _bits_of(typingctx, v):
-    """The int64 bit pattern of the float64 ``v``."""
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(64))
-    return types.int64(types.float64), codegen
 
 
 # 1.5 * 2^52: adding it to |v| < 2^51 rounds v to an integer held in the low mantissa bits
@@ -94,7 +78,7 @@ def _exp_neg_impl(d):
         p = p * r + 0.5
         p = p * r + 1.0
         p = p * r + 1.0
-        e = p * _as_float64((_bits_of(kd) + np.int64(1023)) << np.int64(52))
+        e = p * float64_from_bits((bits_of_float64(kd) + np.int64(1023)) << np.int64(52))
         return 0.0 if small else e
     return impl
 

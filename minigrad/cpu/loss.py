@@ -6,6 +6,7 @@ import numba
 from numba import njit, prange
 
 from ._jit import pjit
+from .bitcast import float32_from_bits
 
 
 @pjit()
@@ -35,8 +36,9 @@ def _sce(x, labels, eps, loss, probs):
 
 # float32 exp without libm: exp(d) = 2^n * e^r, n = round(d / ln2), r = d - n*ln2 (two-part
 # ln2), e^r by its degree-7 Taylor polynomial (|r| <= ln2/2: truncation error < 6e-9
-# relative), 2^n assembled in the exponent bits of a float32.  Plain arithmetic, so LLVM
-# vectorises it; Numba's np.exp is one scalar libm call per element (no SVML here).
+# relative), 2^n assembled in the exponent bits of a float32 (a bit cast in registers, so
+# the exp is computed in the loop that uses it).  Plain arithmetic, so LLVM vectorises it;
+# Numba's np.exp is one scalar libm call per element (no SVML here).
 # d = x - max <= 0; d below -87 gives 0 (exp underflows there; -inf entries, e.g. masked
 # attention scores, must give exactly 0), computed on a clamped d that keeps the exponent
 # bits valid.
@@ -46,41 +48,36 @@ _LN2_LO = 1.4286068203094172e-06
 
 
 @njit(cache=True, fastmath={"contract", "nsz", "arcp"}, inline="always")
-def _exp_row_f32(xr, m, out, ibits):
-    """out[j] * ibits[j].view(float32) = exp(xr[j] - m) for a float32 row (vectorised):
-    out gets e^r, ibits the bits of 2^n."""
-    c = xr.size
-    for j in range(c):
-        d = np.float32(xr[j] - m)
-        under = d < np.float32(-87.0)
-        if under:
-            d = np.float32(-87.0)
-        # round(d / ln2) for d <= 0 without a floor call: truncation of a positive value
-        ni = -np.int32(np.float32(0.5) - d * np.float32(_LOG2E))
-        nf = np.float32(ni)
-        r = d - nf * np.float32(_LN2_HI)
-        r = r - nf * np.float32(_LN2_LO)
-        p = np.float32(1.0 / 5040.0)
-        p = p * r + np.float32(1.0 / 720.0)
-        p = p * r + np.float32(1.0 / 120.0)
-        p = p * r + np.float32(1.0 / 24.0)
-        p = p * r + np.float32(1.0 / 6.0)
-        p = p * r + np.float32(0.5)
-        p = p * r + np.float32(1.0)
-        p = p * r + np.float32(1.0)
-        out[j] = np.float32(0.0) if under else p
-        ibits[j] = (ni + np.int32(127)) << np.int32(23)
+def _exp_f32(d):
+    """exp(d) for a float32 d <= 0 (vectorises inside a loop)."""
+    under = d < np.float32(-87.0)
+    if under:
+        d = np.float32(-87.0)
+    # round(d / ln2) for d <= 0 without a floor call: truncation of a positive value
+    ni = -np.int32(np.float32(0.5) - d * np.float32(_LOG2E))
+    nf = np.float32(ni)
+    r = d - nf * np.float32(_LN2_HI)
+    r = r - nf * np.float32(_LN2_LO)
+    p = np.float32(1.0 / 5040.0)
+    p = p * r + np.float32(1.0 / 720.0)
+    p = p * r + np.float32(1.0 / 120.0)
+    p = p * r + np.float32(1.0 / 24.0)
+    p = p * r + np.float32(1.0 / 6.0)
+    p = p * r + np.float32(0.5)
+    p = p * r + np.float32(1.0)
+    p = p * r + np.float32(1.0)
+    if under:
+        p = np.float32(0.0)
+    return p * float32_from_bits((ni + np.int32(127)) << np.int32(23))
 
 
 @njit(cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
-def _exp_row_sum(xr, m, out, ibits):
-    """out[j] = exp(xr[j] - m) for a float32 row (ibits: scratch); returns the float64 sum
-    (``reassoc`` lets it vectorise)."""
-    _exp_row_f32(xr, m, out, ibits)
-    scale = ibits.view(np.float32)
+def _exp_row_sum(xr, m, out):
+    """out[j] = exp(xr[j] - m) for a float32 row; returns the float64 sum (``reassoc`` lets
+    it vectorise)."""
     s = 0.0
-    for j in range(out.size):
-        e = out[j] * scale[j]
+    for j in range(xr.size):
+        e = _exp_f32(np.float32(xr[j] - m))
         out[j] = e
         s += e
     return s
@@ -131,7 +128,6 @@ def _sce_f32(x, labels, eps, nt, loss, probs):
     n, c = x.shape
     chunk = (n + nt - 1) // nt
     for t in prange(nt):
-        ibits = np.empty(c, dtype=np.int32)
         for i in range(t * chunk, min(n, (t + 1) * chunk)):
             xr = x[i]
             m = _row_max(xr)
@@ -139,7 +135,7 @@ def _sce_f32(x, labels, eps, nt, loss, probs):
             for j in range(c):
                 sx += xr[j]
             pr = probs[i]
-            s = _exp_row_sum(xr, m, pr, ibits)
+            s = _exp_row_sum(xr, m, pr)
             inv = np.float32(1.0 / s)
             for j in range(c):
                 pr[j] = pr[j] * inv
@@ -168,12 +164,12 @@ def log_softmax_f32(x, nt, out):
     n, c = x.shape
     chunk = (n + nt - 1) // nt
     for t in prange(nt):
-        e = np.empty(c, dtype=np.float32)
-        ibits = np.empty(c, dtype=np.int32)
         for i in range(t * chunk, min(n, (t + 1) * chunk)):
             xr = x[i]
             m = _row_max(xr)
-            s = _exp_row_sum(xr, m, e, ibits)
+            s = 0.0
+            for j in range(c):
+                s += _exp_f32(np.float32(xr[j] - m))
             lse = np.float32(np.float64(m) + np.log(s))
             orow = out[i]
             for j in range(c):
@@ -187,23 +183,21 @@ def log_softmax_backward_f32(y, g, add, nt, out):
     n, c = y.shape
     chunk = (n + nt - 1) // nt
     for t in prange(nt):
-        e = np.empty(c, dtype=np.float32)
-        ibits = np.empty(c, dtype=np.int32)
         for i in range(t * chunk, min(n, (t + 1) * chunk)):
             gr = g[i]
             sg = 0.0
             for j in range(c):
                 sg += gr[j]
             sgf = np.float32(sg)
-            _exp_row_sum(y[i], np.float32(0.0), e, ibits)
+            yr = y[i]
             orow = out[i]
             if add.size:
                 arow = add[i]
                 for j in range(c):
-                    orow[j] = gr[j] - e[j] * sgf + arow[j]
+                    orow[j] = gr[j] - _exp_f32(yr[j]) * sgf + arow[j]
             else:
                 for j in range(c):
-                    orow[j] = gr[j] - e[j] * sgf
+                    orow[j] = gr[j] - _exp_f32(yr[j]) * sgf
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
@@ -214,11 +208,10 @@ def softmax_f32(x, nt, out):
     n, c = x.shape
     chunk = (n + nt - 1) // nt
     for t in prange(nt):
-        ibits = np.empty(c, dtype=np.int32)
         for i in range(t * chunk, min(n, (t + 1) * chunk)):
             xr = x[i]
             orow = out[i]
-            s = _exp_row_sum(xr, _row_max(xr), orow, ibits)
+            s = _exp_row_sum(xr, _row_max(xr), orow)
             inv = np.float32(1.0 / s)
             for j in range(c):
                 orow[j] *= inv
