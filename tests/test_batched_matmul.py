@@ -34,11 +34,13 @@ def tol(dt):
 
 
 def views(x):
-    """x as stored, as a transposed view of a C-contiguous array (read in place), and as a
-    strided view (copied)."""
+    """x as stored, as a transposed view of a C-contiguous array, as a view with padded rows,
+    as a slice of every other batch entry (all read in place), and with reversed columns
+    (copied)."""
     t = np.ascontiguousarray(np.swapaxes(x, -1, -2)).swapaxes(-1, -2)
     pad = [(0, 0)] * (x.ndim - 1) + [(0, 1)]
-    return x, t, np.pad(x, pad)[..., :x.shape[-1]]
+    every_other = np.repeat(x, 2, axis=0)[::2] if x.ndim > 2 else x
+    return x, t, np.pad(x, pad)[..., :x.shape[-1]], every_other, np.ascontiguousarray(x[..., ::-1])[..., ::-1]
 
 
 batches = st.sampled_from([(), (1,), (2,), (3,), (2, 1), (1, 3), (2, 3), (4, 1, 2)])
@@ -90,22 +92,44 @@ def test_thread_counts_and_row_blocks(threads, shape):
 @pytest.mark.parametrize("transb", [False, True])
 @pytest.mark.parametrize("splits", [1, 2, 5])
 @pytest.mark.parametrize("small", [False, True])
-def test_kernel_index_maps_transposes_and_splits(transa, transb, splits, small):
-    """out[i] = op(a[ai[i]]) @ op(b[bi[i]]), repeated indices included; more row blocks
-    than rows leaves some blocks empty."""
+def test_kernel_offsets_leading_dimensions_transposes_and_splits(transa, transb, splits, small):
+    """out[i] = op(A_i) @ op(B_i), A_i the matrix at offset ai[i] of the flat a with leading
+    dimension lda (wider than the matrix: padded rows), repeated offsets included; more row
+    blocks than rows leaves some blocks empty."""
     rng = np.random.default_rng(4)
     M, K, N = 4, 6, 32
-    a = rng.standard_normal((2, K, M) if transa else (2, M, K)).astype(np.float32)
-    b = rng.standard_normal((3, N, K) if transb else (3, K, N)).astype(np.float32)
+    a = rng.standard_normal((2, K, M + 3) if transa else (2, M, K + 3)).astype(np.float32)
+    b = rng.standard_normal((3, N, K + 1) if transb else (3, K, N + 1)).astype(np.float32)
     ai = np.array([1, 0, 1, 1], dtype=np.int64)
     bi = np.array([2, 2, 0, 1], dtype=np.int64)
     out = np.full((4, M, N), np.nan, dtype=np.float32)
     with _single_blas:
-        kernels.batched_gemm(a, transa, ai, b, transb, bi, out, splits, small)
+        kernels.batched_gemm(a.reshape(-1), transa, ai * a[0].size, a.shape[2], b.reshape(-1),
+                             transb, bi * b[0].size, b.shape[2], K, out, splits, small)
     for i in range(4):
-        x = a[ai[i]].T if transa else a[ai[i]]
-        y = b[bi[i]].T if transb else b[bi[i]]
+        x = a[ai[i], :, :M].T if transa else a[ai[i], :, :K]
+        y = b[bi[i], :, :K].T if transb else b[bi[i], :, :N]
         np.testing.assert_allclose(out[i], x.astype(np.float64) @ y, **tol(np.float32))
+
+
+def test_attention_views_are_read_in_place():
+    """q, k and v sliced from one fused projection and split into heads (strided, permuted
+    views) reach the kernel as offsets into the projection's memory, not as copies; a view
+    with reversed columns is copied."""
+    b, t, heads, dh = 2, 5, 3, 4
+    h = np.random.default_rng(8).standard_normal((b, t, 3 * heads * dh)).astype(np.float32)
+    q = h[..., :heads * dh].reshape(b, t, heads, dh).transpose(0, 2, 1, 3)
+    kt = h[..., heads * dh:2 * heads * dh].reshape(b, t, heads, dh).transpose(0, 2, 3, 1)
+    flat, transposed, ld, offsets = backend._batch_operand(q, (b, heads))
+    assert np.shares_memory(flat, h) and not transposed and ld == 3 * heads * dh
+    assert offsets.tolist() == [n * t * 3 * heads * dh + i * dh for n in range(b) for i in range(heads)]
+    flat, transposed, ld, _ = backend._batch_operand(kt, (b, heads))
+    assert np.shares_memory(flat, h) and transposed and ld == 3 * heads * dh
+    reversed_cols = np.ascontiguousarray(q[..., ::-1])[..., ::-1]
+    assert not np.shares_memory(backend._batch_operand(reversed_cols, (b, heads))[0], reversed_cols)
+    ref = np.matmul(q.astype(np.float64), kt)
+    with kernel_path():
+        np.testing.assert_allclose(CPUBackend().matmul(q, kt), ref, **tol(np.float32))
 
 
 def test_empty_and_mixed_dtypes():

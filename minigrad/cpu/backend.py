@@ -77,22 +77,52 @@ def _gemm_operand(x):
     return np.ascontiguousarray(x), False
 
 
+def _matrix_layout(r, c, sr, sc):
+    """(transposed, ld) when an (r, c) matrix with element strides (sr, sc) is a row-major
+    matrix with leading dimension ld (or, when ``transposed``, its transpose is), as BLAS
+    reads them; else None (overlapping rows, as in a broadcast, or no unit stride)."""
+    if (sc == 1 or c == 1) and (r == 1 or sr >= c):
+        return False, (sr if r > 1 else c)
+    if (sr == 1 or r == 1) and (c == 1 or sc >= r):
+        return True, (sc if c > 1 else r)
+    return None
+
+
 def _batch_operand(x, batch):
-    """(x3, transposed, index) for an operand of a batched product: x3 a C-contiguous
-    (B, r, c) array holding x's matrices (or, when ``transposed``, their transposes: x was a
-    transposed view, read in place), and index (the product count of ``batch``,) giving each
-    product's matrix in x3 (broadcast batch entries repeat an index, no copy)."""
+    """(flat, transposed, ld, offsets) for an operand of a batched product: ``flat`` a 1-D
+    view of x's memory from its first element, holding the matrix of product i at
+    offsets[i] with leading dimension ld (transposed: x's matrices are the transposes of
+    those row-major ones).  Strided and transposed views and broadcast batch entries are read
+    in place (a broadcast entry repeats an offset); x is copied only when its matrices are
+    not BLAS matrices (negative strides, rows that overlap or no unit stride)."""
+    r, c = x.shape[-2:]
+    item = x.itemsize
+    layout = None
+    if min(x.strides) >= 0 and not any(s % item for s in x.strides):
+        st = [s // item for s in x.strides]
+        layout = _matrix_layout(r, c, st[-2], st[-1])
+    if layout is None:
+        x = np.ascontiguousarray(x)
+        st = [s // item for s in x.strides]
+        layout = _matrix_layout(r, c, st[-2], st[-1])
     xb = x.shape[:-2]
-    count = math.prod(xb)
-    swapped = np.swapaxes(x, -1, -2)
-    if x.flags.c_contiguous:
-        x3, transposed = x.reshape(count, *x.shape[-2:]), False
-    elif swapped.flags.c_contiguous:
-        x3, transposed = swapped.reshape(count, *swapped.shape[-2:]), True
+    if len(xb) == 1 and xb == batch:
+        offsets = np.arange(xb[0], dtype=np.int64) * st[0]
     else:
-        x3, transposed = np.ascontiguousarray(x).reshape(count, *x.shape[-2:]), False
-    index = np.broadcast_to(np.arange(count, dtype=np.int64).reshape(xb), batch)
-    return x3, transposed, np.ascontiguousarray(index).reshape(-1)
+        off = np.zeros(xb, dtype=np.int64)
+        for k, n in enumerate(xb):
+            if n > 1:
+                step = np.arange(n, dtype=np.int64) * st[k]
+                off = off + step.reshape((n,) + (1,) * (len(xb) - k - 1))
+        offsets = np.ascontiguousarray(np.broadcast_to(off, batch)).reshape(-1)
+    if x.flags.c_contiguous:
+        flat = x.reshape(-1)
+    elif layout[0] and np.swapaxes(x, -1, -2).flags.c_contiguous:
+        flat = np.swapaxes(x, -1, -2).reshape(-1)
+    else:
+        span = 1 + sum((n - 1) * s for n, s in zip(x.shape, st))
+        flat = np.lib.stride_tricks.as_strided(x, shape=(span,), strides=(item,))
+    return flat, layout[0], max(layout[1], 1), offsets
 
 
 def _along_rows(rows, axis, x, *others):
@@ -371,13 +401,14 @@ class CPUBackend(Backend):
         if out.size == 0 or K == 0:
             out[...] = 0
             return out
-        (a3, ta, ai), (b3, tb, bi) = _batch_operand(a, batch), _batch_operand(b, batch)
+        (af, ta, lda, ao), (bf, tb, ldb, bo) = _batch_operand(a, batch), _batch_operand(b, batch)
         small = USE_BATCHED_SMALL_GEMM and dtype == np.float32 and small_gemm.enabled() and \
             small_gemm.batched_preferred(ta, tb, M, N, K)
         # whole products per thread when they share out evenly, else row blocks of each
         splits = 1 if count % nt == 0 or count >= 8 * nt else min(nt, M)
         with _single_blas():
-            kernels.batched_gemm(a3, ta, ai, b3, tb, bi, out.reshape(count, M, N), splits, small)
+            kernels.batched_gemm(af, ta, ao, lda, bf, tb, bo, ldb, K, out.reshape(count, M, N),
+                                 splits, small)
         return out
 
     def linear(self, x, w, b):

@@ -147,20 +147,16 @@ def gemm_threads(a, transa, b, transb, bias, has_bias, out, nt):
 
 
 @njit(parallel=True, cache=True)
-def batched_gemm(a, transa, a_index, b, transb, b_index, out, splits, small):
-    """out[i] = op(a[a_index[i]]) @ op(b[b_index[i]]) for each of out's (B, M, N) matrices;
-    a (Ba, ., .), b (Bb, ., .) and out C-contiguous floats of one dtype, op(x) being x or,
-    with trans*, x's transpose (so broadcast batch entries and transposed views are read in
-    place, not copied); M, N and the reduction are at least 1.  Each product is cut into
-    ``splits`` row blocks, and the blocks are shared between the Numba threads, each calling
-    single-threaded BLAS (the caller holds conv._single_blas), as gemm_threads does:
-    small_gemm when ``small`` (float32 only), else OpenBLAS."""
+def batched_gemm(a, transa, a_off, lda, b, transb, b_off, ldb, K, out, splits, small):
+    """out[i] = op(A_i) @ op(B_i) for each of out's (B, M, N) matrices (C-contiguous), where
+    A_i is the matrix of the flat array ``a`` that starts at a_off[i] with leading dimension
+    lda (row-major: M x K, or K x M read transposed when ``transa``), B_i likewise (K x N,
+    or N x K with ``transb``); K, M and N at least 1.  So strided, broadcast and transposed
+    views are read in place, not copied.  Each product is cut into ``splits`` row blocks,
+    and the blocks are shared between the Numba threads, each calling single-threaded BLAS
+    (the caller holds conv._single_blas), as gemm_threads does: small_gemm when ``small``
+    (float32 only), else OpenBLAS."""
     B, M, N = out.shape
-    K = a.shape[1] if transa else a.shape[2]
-    lda = a.shape[2]
-    ldb = b.shape[2]
-    af = a.reshape(-1)
-    bf = b.reshape(-1)
     of = out.reshape(-1)
     for u in prange(B * splits):
         i = u // splits
@@ -168,10 +164,9 @@ def batched_gemm(a, transa, a_index, b, transb, b_index, out, splits, small):
         r0 = M * j // splits
         r1 = M * (j + 1) // splits
         if r1 > r0:
-            a0 = a_index[i] * a.shape[1] * lda + (r0 if transa else r0 * lda)
-            gemm_rm_select(small, transa, transb, r1 - r0, N, K, 1.0, af[a0:], lda,
-                           bf[b_index[i] * b.shape[1] * ldb:], ldb, 0.0, of[(i * M + r0) * N:],
-                           N)
+            a0 = a_off[i] + (r0 if transa else r0 * lda)
+            gemm_rm_select(small, transa, transb, r1 - r0, N, K, 1.0, a[a0:], lda,
+                           b[b_off[i]:], ldb, 0.0, of[(i * M + r0) * N:], N)
 
 
 @pjit()
