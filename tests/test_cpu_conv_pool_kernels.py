@@ -344,14 +344,18 @@ def test_max_pool2d_padding_is_minus_inf_and_nan_propagates():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_max_pool_2x2_kernel_both_compilations_match_the_general_kernel(dtype):
-    """The unrolled 2x2 kernel (row pairs split into window corners first) in its serial and
-    parallel compilations, with ties, NaNs, odd sizes and a plane count that leaves a short
+    """The 2x2 kernel (column pairs first, then the window's two column winners) in its serial
+    and parallel compilations, with ties, NaNs, odd sizes and a plane count that leaves a short
     last work unit, against the general unpadded kernel."""
     rng = np.random.default_rng(12)
     NC, H, W = 8 * pool._PLANES_PER_BLOCK + 3, 9, 13
     x = rng.integers(-3, 3, (NC, H, W)).astype(dtype)     # many ties
     x[rng.random(x.shape) < 0.02] = np.nan
     x[5, 0, :2] = np.nan                                  # two NaNs in one window: the first wins
+    x[6, :2, :2] = [[1, 7], [7, 2]]                        # top-right ties bottom-left: top-right
+    x[6, :2, 2:4] = [[1, np.nan], [np.nan, 2]]             # the same with NaNs
+    x[6, 2:4, :2] = [[-0.0, 0.0], [0.0, 0.0]]              # signed zeros tie: the first
+    x[6, 2:4, 2:4] = [[1, 2], [7, 7]]                      # a bottom row tie: bottom-left
     OH, OW = H // 2, W // 2
     y_ref = np.empty((NC, OH, OW), dtype)
     am_ref = np.empty((NC, OH, OW), np.int32)

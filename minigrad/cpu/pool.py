@@ -117,18 +117,22 @@ def _first_max(v, best, bi, idx):
     return (v if m else best), (idx if m else bi)
 
 
-# Image planes per parallel work unit of _max_fwd_2x2 (each allocates its own row buffers).
+# Image planes per parallel work unit of _max_fwd_2x2 (each allocates its own buffers).
 _PLANES_PER_BLOCK = 8
 
 
 @pjit()
 def _max_fwd_2x2(x, y, am):
-    """2x2 / stride 2 / no padding (LeNet, VGG): _max_fwd_nopad with the window unrolled.
+    """2x2 / stride 2 / no padding (LeNet, VGG): _max_fwd_nopad's selection in two passes.
 
-    Each pair of input rows is first split into its four window corners (even and odd
-    columns of both rows) in buffers of the work unit: the selection loop then reads unit
-    strides, which LLVM vectorises (3.6x faster than selecting straight from the
-    interleaved rows; BENCHMARKS_perf.md, change 73)."""
+    Vertical, per pair of input rows: the first maximum of each column's (top, bottom) pair
+    (or its first NaN) and that element's offset in the plane, into buffers of the work
+    unit.  Horizontal, in one loop over the whole output plane: of each window's (left,
+    right) column winners the right one wins if it is bigger, or the only NaN, or equal (both
+    NaN included) at a smaller offset, which keeps the first maximum in row-major order, as
+    _first_max does.  The first pass runs over rows of 2*OW pixels and the second over all
+    OH*OW outputs, long enough for LLVM's vector loops; one selection loop per output row of
+    OW (14 for LeNet) pixels ran 4.5x slower (BENCHMARKS_perf.md, change 115)."""
     NC = x.shape[0]
     H = x.shape[1]
     W = x.shape[2]
@@ -140,37 +144,33 @@ def _max_fwd_2x2(x, y, am):
     nblocks = (NC + _PLANES_PER_BLOCK - 1) // _PLANES_PER_BLOCK
     for blk in prange(nblocks):
         # fresh arrays: LLVM then knows they alias nothing, and vectorises
-        a = np.empty(OW, dtype=x.dtype)
-        b = np.empty(OW, dtype=x.dtype)
-        c = np.empty(OW, dtype=x.dtype)
-        d = np.empty(OW, dtype=x.dtype)
-        e = np.empty(OW, dtype=np.int64)
-        for r in range(blk * _PLANES_PER_BLOCK * OH, min(NC, (blk + 1) * _PLANES_PER_BLOCK) * OH):
-            t = r // OH
-            oh = r - t * OH
-            r0 = (t * H + 2 * oh) * W
-            o = r * OW
-            top = xf[r0:r0 + 2 * OW]
-            bot = xf[r0 + W:r0 + W + 2 * OW]
-            for ow in range(OW):
-                a[ow] = top[2 * ow]
-                b[ow] = top[2 * ow + 1]
-                c[ow] = bot[2 * ow]
-                d[ow] = bot[2 * ow + 1]
-            yr = yf[o:o + OW]
-            for ow in range(OW):
-                best, bi = _first_max(b[ow], a[ow], 0, 1)
-                best, bi = _first_max(c[ow], best, bi, W)
-                best, bi = _first_max(d[ow], best, bi, W + 1)
-                yr[ow] = best
-                e[ow] = bi
-            # int64 offsets first: storing the selection straight into the int32 argmax
-            # stops LLVM from vectorising the loop above (1.4 against 0.7 ms)
-            ar = af[o:o + OW]
-            base = 2 * oh * W
-            for ow in range(OW):
-                ar[ow] = base + 2 * ow + e[ow]
-
+        v = np.empty(OH * 2 * OW, dtype=x.dtype)
+        vi = np.empty(OH * 2 * OW, dtype=np.int32)
+        for t in range(blk * _PLANES_PER_BLOCK, min(NC, (blk + 1) * _PLANES_PER_BLOCK)):
+            for oh in range(OH):
+                r0 = (t * H + 2 * oh) * W
+                top = xf[r0:r0 + 2 * OW]
+                bot = xf[r0 + W:r0 + W + 2 * OW]
+                vr = v[oh * 2 * OW:(oh + 1) * 2 * OW]
+                ir = vi[oh * 2 * OW:(oh + 1) * 2 * OW]
+                base = np.int32(2 * oh * W)
+                for j in range(2 * OW):
+                    a = top[j]
+                    c = bot[j]
+                    m = (c > a) | ((c != c) & (a == a))
+                    vr[j] = c if m else a
+                    ir[j] = base + np.int32(j) + (np.int32(W) if m else np.int32(0))
+            yo = yf[t * OH * OW:(t + 1) * OH * OW]
+            ao = af[t * OH * OW:(t + 1) * OH * OW]
+            for q in range(OH * OW):
+                left = v[2 * q]
+                right = v[2 * q + 1]
+                il = vi[2 * q]
+                ir_ = vi[2 * q + 1]
+                tie = (right == left) | ((right != right) & (left != left))
+                m = (right > left) | ((right != right) & (left == left)) | (tie & (ir_ < il))
+                yo[q] = right if m else left
+                ao[q] = ir_ if m else il
 
 
 @pjit()
