@@ -652,9 +652,10 @@ class CUDABackend(Backend):
         return y
 
     def depthwise_conv2d_backward(self, x, w, gy, stride, padding, dilation, need_x, need_w,
-                                  need_b):
+                                  need_b, gx_addend=None, addend_writable=False):
         """``(gx, gw, gb)`` of depthwise_conv2d: dX gathered per input pixel, dW one block
-        per weight element."""
+        per weight element; gx includes ``gx_addend`` when one is given (a separate add
+        here: ``addend_writable`` is ignored)."""
         x, w, gy = self._c(x), self._c(w), self._c(gy)
         dtype = np.dtype(gy.dtype)
         x, w = self._as_dtype(x, dtype), self._as_dtype(w, dtype)
@@ -678,6 +679,8 @@ class CUDABackend(Backend):
                         self._flat(x), self._flat(gy), self._flat(gw), N, *geo)
         if need_b:
             gb = self.sum(gy, (0, 2, 3), False)
+        if gx is not None and gx_addend is not None:
+            gx = self.binary("add", gx, gx_addend)
         return gx, gw, gb
 
     @staticmethod

@@ -224,3 +224,89 @@ def test_addend_sharing_memory_with_x_is_not_written_in_place():
                                     gx_addend=x, addend_writable=True)
     np.testing.assert_array_equal(x, before)
     np.testing.assert_allclose(gx, before + _dx(before, w, gy, 2, 0), rtol=1e-12, atol=1e-12)
+
+
+def _depthwise_dx(x, w, gy, stride, padding):
+    """dX of a depthwise conv (w (C, 1, k, k)) through the reference with a block-diagonal
+    weight."""
+    C = x.shape[1]
+    full = np.zeros((C, C) + w.shape[2:])
+    for c in range(C):
+        full[c, c] = w[c, 0]
+    return _dx(x, full, gy, stride, padding)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_depthwise_conv_adds_into_the_leaf_grad_in_place(stride, dtype):
+    """Depthwise dX adds the leaf's .grad during its copy-out, into that storage (no separate
+    pass over x's size), as the conv does; the sums match the reference."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 4, 9, 9)).astype(dtype)
+    w = rng.standard_normal((4, 1, 3, 3)).astype(dtype)
+    OH = (9 + 2 - 3) // stride + 1
+    gy = rng.standard_normal((2, 4, OH, OH)).astype(dtype)
+    xm = mg.tensor(x, requires_grad=True)
+    wm = mg.tensor(w, requires_grad=True)
+    mg.conv2d(xm, wm, stride=stride, padding=1, groups=4).backward(mg.tensor(gy))
+    storage = xm.grad.data
+    mg.conv2d(xm, wm, stride=stride, padding=1, groups=4).backward(mg.tensor(2 * gy))
+    ref = _depthwise_dx(x.astype(np.float64), w.astype(np.float64), gy.astype(np.float64),
+                        stride, 1)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(xm.grad.numpy(), 3 * ref, rtol=tol, atol=tol)
+    assert xm.grad.data is storage
+
+
+def test_depthwise_conv_second_consumer_addend_is_only_read(monkeypatch):
+    """x feeds a depthwise conv and an op whose gradient reaches x first: that gradient is
+    the depthwise conv's addend, comes back unchanged, and the sum is right; a channels-last
+    addend (not foldable) is added afterwards."""
+    from minigrad.ops.conv import DepthwiseConv2d
+
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 4, 8, 8))
+    w = rng.standard_normal((4, 1, 3, 3))
+    gy = rng.standard_normal((2, 4, 8, 8))
+    for other in (rng.standard_normal(x.shape), _cl(rng.standard_normal(x.shape))):
+        kept = other.copy()
+
+        class PassThrough(Function):
+            def forward(self, a, b):
+                return a
+
+            def backward(self, grad, other=other):
+                return other, None
+
+        seen = []
+        plain = DepthwiseConv2d.backward
+
+        def recording(self, grad):
+            seen.append(self.grad_addends[0])
+            return plain(self, grad)
+
+        monkeypatch.setattr(DepthwiseConv2d, "backward", recording)
+        xm = mg.tensor(x, requires_grad=True)
+        y = mg.conv2d(xm, mg.tensor(w), padding=1, groups=4)
+        z = PassThrough.apply(xm, y)
+        ((y * mg.tensor(gy)).sum() + z.sum()).backward()
+        monkeypatch.undo()
+        np.testing.assert_allclose(xm.grad.numpy(), _depthwise_dx(x, w, gy, 1, 1) + kept,
+                                   rtol=1e-10, atol=1e-10)
+        assert len(seen) == 1 and seen[0] is other
+        np.testing.assert_array_equal(other, kept)
+
+
+def test_depthwise_addend_sharing_memory_with_x_is_not_written_in_place():
+    from minigrad.cpu import depthwise
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 3, 7, 7))
+    w = rng.standard_normal((3, 1, 3, 3))
+    gy = rng.standard_normal((2, 3, 7, 7))
+    before = x.copy()
+    gx, _, _ = depthwise.conv2d_backward(x, w, gy, (1, 1), (1, 1), (1, 1), True, True, False,
+                                         gx_addend=x, addend_writable=True)
+    np.testing.assert_array_equal(x, before)
+    np.testing.assert_allclose(gx, before + _depthwise_dx(before, w, gy, 1, 1),
+                               rtol=1e-12, atol=1e-12)

@@ -472,12 +472,14 @@ class CPUBackend(Backend):
         return depthwise.conv2d(x, w, b, stride, padding, dilation)
 
     def depthwise_conv2d_backward(self, x, w, gy, stride, padding, dilation, need_x, need_w,
-                                  need_b):
-        """Gradients ``(gx, gw, gb)`` of depthwise_conv2d; entries not needed are None."""
+                                  need_b, gx_addend=None, addend_writable=False):
+        """Gradients ``(gx, gw, gb)`` of depthwise_conv2d; entries not needed are None.  With
+        ``gx_addend``, gx includes it (added during dX's copy-out; in place when
+        ``addend_writable``)."""
         from . import depthwise
 
         return depthwise.conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w,
-                                         need_b)
+                                         need_b, gx_addend, addend_writable)
 
     def max_pool2d(self, x, kernel, stride, padding):
         from . import pool

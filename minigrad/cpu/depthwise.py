@@ -248,9 +248,11 @@ def forward(x, w, b, sh, sw, ph, pw, dh, dw, y, nt):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def backward(x, w, gy, sh, sw, ph, pw, dh, dw, need_x, need_w, gx, gw, nt):
+def backward(x, w, gy, sh, sw, ph, pw, dh, dw, need_x, need_w, add, gx, gw, nt):
     """dX into gx (N, C, H, W) when need_x, dW into gw (K, 1, R, S) when need_w (both
-    overwritten), for ``forward``'s convolution with output gradient gy (N, K, OH, OW)."""
+    overwritten), for ``forward``'s convolution with output gradient gy (N, K, OH, OW).
+    ``add``: empty, or an (N, C, H, W) array that the copy-out of dX adds (gx = dX + add; add
+    may be gx itself)."""
     N, C, H, W = x.shape
     K, _, R, S = w.shape
     m = K // C
@@ -354,8 +356,13 @@ def backward(x, w, gy, sh, sw, ph, pw, dh, dw, need_x, need_w, gx, gw, nt):
                 for i in range(H):
                     src = gp[ph + i, pw:]
                     dst = gx[n, c, i]
-                    for k in range(W):
-                        dst[k] = src[k]
+                    if add.size:
+                        a = add[n, c, i]
+                        for k in range(W):
+                            dst[k] = src[k] + a[k]
+                    else:
+                        for k in range(W):
+                            dst[k] = src[k]
         if need_w:
             for j in range(m):
                 for r in range(R):
@@ -414,16 +421,31 @@ def conv2d(x, w, b, stride, padding, dilation):
     return y
 
 
-def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b):
-    """(gx, gw, gb) of ``conv2d``; entries not needed are None."""
+def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
+                    gx_addend=None, addend_writable=False):
+    """(gx, gw, gb) of ``conv2d``; entries not needed are None.  With ``gx_addend`` (the
+    gradient already gathered for x), gx is dX + gx_addend: added while dX is copied out
+    (an NCHW-contiguous addend of x's dtype; others are added afterwards), written into
+    gx_addend itself when ``addend_writable``."""
     x = np.ascontiguousarray(x)
     w = np.ascontiguousarray(w, dtype=x.dtype)
     gy = np.ascontiguousarray(gy, dtype=x.dtype)
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    gx = np.empty(x.shape if need_x else (0, 0, 0, 0), dtype=x.dtype)
+    add = np.empty((0, 0, 0, 0), dtype=x.dtype)
+    folded = (need_x and gx_addend is not None and gx_addend.shape == x.shape
+              and gx_addend.dtype == x.dtype and gx_addend.flags.c_contiguous)
+    if folded:
+        add = gx_addend
+    if folded and addend_writable and gx_addend.flags.writeable and not any(
+            np.may_share_memory(gx_addend, a) for a in (x, w, gy)):
+        gx = gx_addend
+    else:
+        gx = np.empty(x.shape if need_x else (0, 0, 0, 0), dtype=x.dtype)
     gw = np.empty(w.shape if need_w else (0, 0, 0, 0), dtype=x.dtype)
     if need_x or need_w:
-        backward(x, w, gy, sh, sw, ph, pw, dh, dw, bool(need_x), bool(need_w), gx, gw,
+        backward(x, w, gy, sh, sw, ph, pw, dh, dw, bool(need_x), bool(need_w), add, gx, gw,
                  numba.get_num_threads())
+    if need_x and gx_addend is not None and not folded:
+        gx = gx + gx_addend
     gb = gy.sum(axis=(0, 2, 3)) if need_b else None
     return (gx if need_x else None), (gw if need_w else None), gb

@@ -82,7 +82,10 @@ class Conv2d(Function):
 
 class DepthwiseConv2d(Function):
     """Depthwise y = conv(x, w) + b (groups equal to the input channels, w (K, 1, R, S) with
-    K a multiple of C); for backends with depthwise kernels (``depthwise_conv2d``)."""
+    K a multiple of C); for backends with depthwise kernels (``depthwise_conv2d``).  dX
+    takes the gradient already gathered for x as an addend, as Conv2d's does."""
+
+    grad_addend_inputs = (0,)
 
     def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
         self.conf = (stride, padding, dilation)
@@ -92,8 +95,12 @@ class DepthwiseConv2d(Function):
     def backward(self, g):
         x, w = self.saved
         need = self.needs_grad
-        return self.be.depthwise_conv2d_backward(x, w, g, *self.conf, need[0], need[1],
-                                                 len(need) > 2 and need[2])
+        addends = getattr(self, "grad_addends", None)
+        gx_addend = addends[0] if addends else None
+        return self.be.depthwise_conv2d_backward(
+            x, w, g, *self.conf, need[0], need[1], len(need) > 2 and need[2],
+            gx_addend=gx_addend,
+            addend_writable=gx_addend is not None and self.grad_addend_writable[0])
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):

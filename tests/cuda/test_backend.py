@@ -314,6 +314,11 @@ def test_depthwise_conv2d(be, cpu, xs, m, k, stride, padding, dilation):
     only_w = be.depthwise_conv2d_backward(be.from_numpy(x), be.from_numpy(w), be.from_numpy(gy),
                                           stride, padding, dilation, False, True, False)
     assert only_w[0] is None and only_w[2] is None
+    addend = rand(*xs)
+    summed, _, _ = be.depthwise_conv2d_backward(be.from_numpy(x), be.from_numpy(w),
+                                                be.from_numpy(gy), stride, padding, dilation,
+                                                True, False, False, gx_addend=be.from_numpy(addend))
+    close(be.to_numpy(summed), rx + addend, 1e-4)
 
 
 def test_conv2d_weight_grad_split_k(be):
