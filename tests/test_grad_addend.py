@@ -75,9 +75,20 @@ def test_two_consumers_sum_and_the_addend_is_only_read(shape, other_layout, monk
         other = _cl(other)
     kept = other.copy()
 
+    xm = mg.tensor(x, requires_grad=True)
+    seen = _addends_seen(Conv2d, monkeypatch, xm, other, gy,
+                         lambda t: mg.conv2d(t, mg.tensor(w), stride=s, padding=p))
+    np.testing.assert_allclose(xm.grad.numpy(), _dx(x, w, gy, s, p) + kept, rtol=1e-10, atol=1e-10)
+    assert len(seen) == 1 and seen[0] is other
+    np.testing.assert_array_equal(other, kept)
+
+
+def _addends_seen(op, monkeypatch, xm, other, gy, layer):
+    """Backward of sum(layer(xm) * gy) + sum(xm), where the second term's gradient reaches
+    xm first as the array ``other`` itself (not a copy): the addends ``op`` received."""
+
     class PassThrough(Function):
-        """Identity in a (b only orders the graph) whose backward hands back the array
-        ``other`` itself, not a copy."""
+        """Identity in a (b only orders the graph) whose backward hands back ``other``."""
 
         def forward(self, a, b):
             return a
@@ -86,21 +97,18 @@ def test_two_consumers_sum_and_the_addend_is_only_read(shape, other_layout, monk
             return other, None
 
     seen = []
-    plain_backward = Conv2d.backward
+    plain_backward = op.backward
 
     def recording_backward(self, grad):
         seen.append(self.grad_addends[0])
         return plain_backward(self, grad)
 
-    monkeypatch.setattr(Conv2d, "backward", recording_backward)
-    xm = mg.tensor(x, requires_grad=True)
-    wm = mg.tensor(w)
-    y = mg.conv2d(xm, wm, stride=s, padding=p)
-    z = PassThrough.apply(xm, y)   # z consumes y: its backward runs before the conv's
-    ((y * mg.tensor(gy)).sum() + z.sum()).backward()
-    np.testing.assert_allclose(xm.grad.numpy(), _dx(x, w, gy, s, p) + kept, rtol=1e-10, atol=1e-10)
-    assert len(seen) == 1 and seen[0] is other
-    np.testing.assert_array_equal(other, kept)
+    with monkeypatch.context() as patch:
+        patch.setattr(op, "backward", recording_backward)
+        y = layer(xm)
+        z = PassThrough.apply(xm, y)   # z consumes y: its backward runs before the layer's
+        ((y * mg.tensor(gy)).sum() + z.sum()).backward()
+    return seen
 
 
 def test_leaf_grad_assigned_by_the_user_is_only_read():
@@ -210,20 +218,28 @@ def test_log_softmax_adds_the_gathered_gradient(shape, axis, dtype):
     np.testing.assert_allclose(x2.grad.numpy(), ref + 3.0, rtol=tol, atol=tol)
 
 
-def test_addend_sharing_memory_with_x_is_not_written_in_place():
-    """A gradient array that is also the conv's input (possible through conv2d_backward's
-    own arguments) is read, not updated in place."""
-    from minigrad.cpu import conv
+@pytest.mark.parametrize("kind", ["conv", "depthwise"])
+def test_addend_sharing_memory_with_x_is_not_written_in_place(kind):
+    """A gradient array that is also the conv's input (possible through the backends'
+    backward functions' own arguments) is read, not updated in place."""
+    from minigrad.cpu import conv, depthwise
 
     rng = np.random.default_rng(8)
-    x = _cl(rng.standard_normal((2, 8, 9, 9)))
-    w = rng.standard_normal((16, 8, 1, 1))
-    gy = rng.standard_normal((2, 16, 5, 5))
+    if kind == "conv":
+        x = _cl(rng.standard_normal((2, 8, 9, 9)))
+        w = rng.standard_normal((16, 8, 1, 1))
+        gy = rng.standard_normal((2, 16, 5, 5))
+        backward, conf, dx = conv.conv2d_backward, ((2, 2), (0, 0), (1, 1)), _dx
+    else:
+        x = rng.standard_normal((2, 3, 7, 7))
+        w = rng.standard_normal((3, 1, 3, 3))
+        gy = rng.standard_normal((2, 3, 7, 7))
+        backward, conf, dx = depthwise.conv2d_backward, ((1, 1), (1, 1), (1, 1)), _depthwise_dx
     before = x.copy()
-    gx, _, _ = conv.conv2d_backward(x, w, gy, (2, 2), (0, 0), (1, 1), True, True, False,
-                                    gx_addend=x, addend_writable=True)
+    gx, _, _ = backward(x, w, gy, *conf, True, True, False, gx_addend=x, addend_writable=True)
     np.testing.assert_array_equal(x, before)
-    np.testing.assert_allclose(gx, before + _dx(before, w, gy, 2, 0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gx, before + dx(before, w, gy, conf[0][0], conf[1][0]),
+                               rtol=1e-12, atol=1e-12)
 
 
 def _depthwise_dx(x, w, gy, stride, padding):
@@ -270,43 +286,10 @@ def test_depthwise_conv_second_consumer_addend_is_only_read(monkeypatch):
     gy = rng.standard_normal((2, 4, 8, 8))
     for other in (rng.standard_normal(x.shape), _cl(rng.standard_normal(x.shape))):
         kept = other.copy()
-
-        class PassThrough(Function):
-            def forward(self, a, b):
-                return a
-
-            def backward(self, grad, other=other):
-                return other, None
-
-        seen = []
-        plain = DepthwiseConv2d.backward
-
-        def recording(self, grad):
-            seen.append(self.grad_addends[0])
-            return plain(self, grad)
-
-        monkeypatch.setattr(DepthwiseConv2d, "backward", recording)
         xm = mg.tensor(x, requires_grad=True)
-        y = mg.conv2d(xm, mg.tensor(w), padding=1, groups=4)
-        z = PassThrough.apply(xm, y)
-        ((y * mg.tensor(gy)).sum() + z.sum()).backward()
-        monkeypatch.undo()
+        seen = _addends_seen(DepthwiseConv2d, monkeypatch, xm, other, gy,
+                             lambda t: mg.conv2d(t, mg.tensor(w), padding=1, groups=4))
         np.testing.assert_allclose(xm.grad.numpy(), _depthwise_dx(x, w, gy, 1, 1) + kept,
                                    rtol=1e-10, atol=1e-10)
         assert len(seen) == 1 and seen[0] is other
         np.testing.assert_array_equal(other, kept)
-
-
-def test_depthwise_addend_sharing_memory_with_x_is_not_written_in_place():
-    from minigrad.cpu import depthwise
-
-    rng = np.random.default_rng(11)
-    x = rng.standard_normal((2, 3, 7, 7))
-    w = rng.standard_normal((3, 1, 3, 3))
-    gy = rng.standard_normal((2, 3, 7, 7))
-    before = x.copy()
-    gx, _, _ = depthwise.conv2d_backward(x, w, gy, (1, 1), (1, 1), (1, 1), True, True, False,
-                                         gx_addend=x, addend_writable=True)
-    np.testing.assert_array_equal(x, before)
-    np.testing.assert_allclose(gx, before + _depthwise_dx(before, w, gy, 1, 1),
-                               rtol=1e-12, atol=1e-12)
