@@ -55,6 +55,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import conv1x1_cl, conv1x1_nchw, small_gemm, winograd
+from .addend import nchw_foldable, writable_in_place
 from ._jit import pjit
 from .blas import gemm_rm
 from .kernels import add_flat, crop_padded
@@ -1746,10 +1747,8 @@ def _conv1x1_nchw_backward(x, w, gy, stride, need_x, need_w, saved, gx_addend, a
         g = saved.sampled_group
     else:
         xs, g = _EMPTY[dt.char], conv1x1_nchw.group_size(N, OH * OW, nt)
-    fused = (need_x and gx_addend is not None and gx_addend.shape == x.shape
-             and gx_addend.dtype == dt and gx_addend.flags.c_contiguous)
-    in_place = (fused and addend_writable and gx_addend.flags.writeable
-                and not np.may_share_memory(gx_addend, x) and not np.may_share_memory(gx_addend, gy))
+    fused = need_x and nchw_foldable(gx_addend, x.shape, dt)
+    in_place = fused and writable_in_place(gx_addend, addend_writable, x, gy)
     if in_place:
         gx, mode, addf = gx_addend, conv1x1_nchw.DX_ADD_IN_PLACE, _EMPTY[dt.char]
     else:
@@ -1889,9 +1888,7 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
     else:
         addf = _EMPTY[dt.char] if gx_addend is None or not need_x else \
             _cl_flat(gx_addend, x.shape, dt)
-        writable = (addend_writable and addf.size > 0 and gx_addend.flags.writeable
-                    and not np.may_share_memory(gx_addend, x)
-                    and not np.may_share_memory(gx_addend, gy))
+        writable = addf.size > 0 and writable_in_place(gx_addend, addend_writable, x, gy)
         gx, gw, gb, folded = _conv2d_backward(x, w, gy, stride, padding, dilation, need_x,
                                               need_w, need_b, wf, saved, addf, writable)
     if gx_addend is not None and gx is not None and not folded:

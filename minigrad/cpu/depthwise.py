@@ -32,6 +32,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from .addend import nchw_foldable, writable_in_place
+
 
 @njit(cache=True)
 def _pad_plane(src, ph, pw, dst):
@@ -432,12 +434,10 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
     gy = np.ascontiguousarray(gy, dtype=x.dtype)
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     add = np.empty((0, 0, 0, 0), dtype=x.dtype)
-    folded = (need_x and gx_addend is not None and gx_addend.shape == x.shape
-              and gx_addend.dtype == x.dtype and gx_addend.flags.c_contiguous)
+    folded = need_x and nchw_foldable(gx_addend, x.shape, x.dtype)
     if folded:
         add = gx_addend
-    if folded and addend_writable and gx_addend.flags.writeable and not any(
-            np.may_share_memory(gx_addend, a) for a in (x, w, gy)):
+    if folded and writable_in_place(gx_addend, addend_writable, x, w, gy):
         gx = gx_addend
     else:
         gx = np.empty(x.shape if need_x else (0, 0, 0, 0), dtype=x.dtype)
