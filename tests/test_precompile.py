@@ -155,6 +155,69 @@ def test_stale_entry_fails_alone(tmp_path, monkeypatch):
     assert len(result.failed) == 1 and "relu_grad.serial" in result.failed[0]
 
 
+@pytest.mark.parametrize("manifest", ["runtime", "tests"])
+def test_compile_groups_keep_each_cache_index_in_one_task(manifest):
+    """Two processes adding signatures of one kernel to its Numba cache at once can leave
+    the index naming one signature's code under the other's key (CI once loaded float32
+    code for a float64 call), so every index file's entries form exactly one task."""
+    path = precompile.MANIFEST if manifest == "runtime" else os.path.join(ROOT, "tests",
+                                                                         "kernel_manifest.json")
+    entries = precompile.load_manifest(path=path)
+    tasks = precompile.compile_groups(entries)
+    assert sorted(map(id, (e for t in tasks for e in t))) == sorted(map(id, entries))
+    owner = {}
+    for i, task in enumerate(tasks):
+        for e in task:
+            index = precompile.resolve(e)._cache._cache_file._index_path
+            assert owner.setdefault(index, i) == i, (e["module"], e["name"])
+    assert len(owner) == len(tasks)
+    totals = [sum(e["seconds"] for e in t) for t in tasks]
+    assert totals == sorted(totals, reverse=True)
+    if manifest == "tests":
+        # a kernel's several signatures share a task; its serial and parallel twins do not
+        by_name = {(e["module"], e["name"]): i for i, t in enumerate(tasks) for e in t}
+        several = [t for t in tasks if len(t) > 1]
+        assert several and all(len({e["name"] for e in t}) == 1 for t in several)
+        twins = [n[:-len(".serial")] for _, n in by_name if n.endswith(".serial")]
+        assert any(("minigrad.cpu.kernels", n + ".parallel") in by_name for n in twins)
+        for m, n in by_name:
+            if n.endswith(".serial") and (m, n[:-7] + ".parallel") in by_name:
+                assert by_name[(m, n)] != by_name[(m, n[:-7] + ".parallel")]
+
+
+def test_warm_hands_each_process_whole_cache_index_groups(monkeypatch):
+    """warm() maps its pool over compile_groups' tasks, not over single entries."""
+    entries = precompile.load_manifest(path=os.path.join(ROOT, "tests", "kernel_manifest.json"))
+    compiled_by_task = []
+
+    class InlinePool:
+        def __init__(self, jobs, mp_context=None):
+            assert jobs == 2
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def map(self, fn, tasks, chunksize=1):
+            for task in tasks:
+                compiled_by_task.append([])
+                yield fn(task)
+
+    monkeypatch.setattr(precompile, "ProcessPoolExecutor", InlinePool)
+    monkeypatch.setattr(precompile, "missing", lambda entries=None: list(entries))
+    monkeypatch.setattr(precompile, "_compile_entry",
+                        lambda e: compiled_by_task[-1].append(e) or (
+                            "stale" if e is entries[-1] else None))
+    result = precompile.warm(entries, jobs=2)
+    assert result.compiled == len(entries) - 1 and result.failed == ["stale"]
+    assert sum(map(len, compiled_by_task)) == len(entries)
+    one_per_row = [i for i, t in enumerate(compiled_by_task) for e in t
+                   if e["name"] == "one_per_row.serial"]
+    assert len(one_per_row) >= 2 and len(set(one_per_row)) == 1
+
+
 def test_cli_train_carries_on_when_parallel_compile_cannot_start(monkeypatch, capsys):
     import cli
 

@@ -137,6 +137,35 @@ def _compile_entry(entry):
     return None
 
 
+def _compile_group(entries):
+    """Compile entries one after the other in this process; returns their failure lines."""
+    return [err for err in map(_compile_entry, entries) if err]
+
+
+def _cache_file_key(entry):
+    """What names the entry's on-disk Numba cache index: entries with the same key share
+    one index file."""
+    try:
+        return resolve(entry)._cache._cache_file._index_path
+    except Exception:  # Numba internals moved, or no such kernel: one file per dispatcher
+        return (entry["module"], entry["name"])
+
+
+def compile_groups(entries):
+    """``entries`` split into the tasks :func:`warm` hands to its processes: all entries whose
+    compiled code goes into the same Numba cache index are one task, costliest task first.
+
+    Numba's cache is not safe for two processes adding signatures of one function at once:
+    each reads the index, both pick the same free data-file number, and the index can end
+    up naming one signature's code under the other's key (seen in CI: a float64 call loaded
+    float32 code and failed with "can't unbox array").  Within one task the signatures are
+    compiled one after the other."""
+    groups = {}
+    for e in entries:
+        groups.setdefault(_cache_file_key(e), []).append(e)
+    return sorted(groups.values(), key=lambda g: -sum(e.get("seconds", 0.0) for e in g))
+
+
 def default_jobs():
     """One process per core this process may run on."""
     try:
@@ -154,18 +183,19 @@ def warm(entries=None, jobs=None):
     """Compile the uncached manifest entries in ``jobs`` processes; returns a WarmResult.
 
     The processes are started with "spawn" (a fresh interpreter each; forking a process
-    that runs Numba threads is unsafe)."""
+    that runs Numba threads is unsafe).  Each process takes whole :func:`compile_groups`
+    tasks, so no two of them write to the same cache index."""
     todo = missing(entries)
     if not todo:
         return WarmResult(0, 0.0, [])
-    jobs = min(jobs or default_jobs(), len(todo))
+    tasks = compile_groups(todo)
+    jobs = min(jobs or default_jobs(), len(tasks))
     t0 = time.perf_counter()
     if jobs == 1:
-        errors = [_compile_entry(e) for e in todo]
+        failed = _compile_group(todo)
     else:
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-            errors = list(pool.map(_compile_entry, todo, chunksize=1))
-    failed = [e for e in errors if e]
+            failed = [err for errs in pool.map(_compile_group, tasks, chunksize=1) for err in errs]
     return WarmResult(len(todo) - len(failed), time.perf_counter() - t0, failed)
 
 
