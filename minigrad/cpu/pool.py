@@ -155,11 +155,8 @@ def _max_fwd_2x2(x, y, am):
                 ir = vi[oh * 2 * OW:(oh + 1) * 2 * OW]
                 base = np.int32(2 * oh * W)
                 for j in range(2 * OW):
-                    a = top[j]
-                    c = bot[j]
-                    m = (c > a) | ((c != c) & (a == a))
-                    vr[j] = c if m else a
-                    ir[j] = base + np.int32(j) + (np.int32(W) if m else np.int32(0))
+                    i0 = base + np.int32(j)
+                    vr[j], ir[j] = _first_max(bot[j], top[j], i0, i0 + np.int32(W))
             yo = yf[t * OH * OW:(t + 1) * OH * OW]
             ao = af[t * OH * OW:(t + 1) * OH * OW]
             for q in range(OH * OW):
