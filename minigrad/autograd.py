@@ -102,6 +102,15 @@ class Function:
         """Keep ``values`` for backward."""
         self.saved = values
 
+    def grad_addend(self, i):
+        """``(addend, writable)`` for positional input ``i`` inside backward: the gradient
+        already gathered for it (None when there is none; see ``grad_addend_inputs``) and
+        whether backward may update that array in place."""
+        addends = getattr(self, "grad_addends", None)
+        if not addends or addends[i] is None:
+            return None, False
+        return addends[i], bool(self.grad_addend_writable[i])
+
     @classmethod
     def apply(cls, *args, **kwargs):
         """Run forward on ``args`` and record the node when a gradient is needed."""

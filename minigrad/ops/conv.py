@@ -66,13 +66,11 @@ class Conv2d(Function):
     def backward(self, g):
         x, w = self.saved
         need = self.needs_grad
-        addends = getattr(self, "grad_addends", None)
-        gx_addend = addends[0] if addends else None
+        gx_addend, writable = self.grad_addend(0)
         if self.wprep is not None:
             return self.be.conv2d_backward_saved(
                 self.wprep, x, w, g, *self.conf, need[0], need[1], len(need) > 2 and need[2],
-                gx_addend=gx_addend,
-                addend_writable=gx_addend is not None and self.grad_addend_writable[0])
+                gx_addend=gx_addend, addend_writable=writable)
         gx, gw, gb = self.be.conv2d_backward(
             x, w, g, *self.conf, need[0], need[1], len(need) > 2 and need[2])
         if gx_addend is not None and gx is not None:
@@ -95,12 +93,10 @@ class DepthwiseConv2d(Function):
     def backward(self, g):
         x, w = self.saved
         need = self.needs_grad
-        addends = getattr(self, "grad_addends", None)
-        gx_addend = addends[0] if addends else None
+        gx_addend, writable = self.grad_addend(0)
         return self.be.depthwise_conv2d_backward(
             x, w, g, *self.conf, need[0], need[1], len(need) > 2 and need[2],
-            gx_addend=gx_addend,
-            addend_writable=gx_addend is not None and self.grad_addend_writable[0])
+            gx_addend=gx_addend, addend_writable=writable)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):

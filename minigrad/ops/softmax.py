@@ -22,8 +22,7 @@ class LogSoftmax(Function):
 
     def backward(self, g):
         (y,) = self.saved
-        addends = getattr(self, "grad_addends", None)
-        return (self.be.log_softmax_backward(y, g, self.axis, addends[0] if addends else None),)
+        return (self.be.log_softmax_backward(y, g, self.axis, self.grad_addend(0)[0]),)
 
 
 class Softmax(Function):
