@@ -585,9 +585,11 @@ def _small_gemm_state():
     from minigrad.cpu import small_gemm
 
     if not small_gemm.SUPPORTED:
-        return "not used on this CPU (needs AVX2 and FMA without AVX-512)"
+        return "not used on this CPU (needs AVX2 and FMA, or AVX-512)"
     if small_gemm.enabled():
-        return "on: skinny float32 conv GEMMs use the AVX2 micro-kernel (MINIGRAD_SMALL_GEMM=0 turns it off)"
+        isa = "AVX-512" if small_gemm.LANES == 16 else "AVX2"
+        return (f"on: float32 GEMMs of the shapes it wins use the {isa} "
+                f"{small_gemm.MR}x{small_gemm.NR} micro-kernel (MINIGRAD_SMALL_GEMM=0 turns it off)")
     return "off (MINIGRAD_SMALL_GEMM=0): every GEMM goes to OpenBLAS"
 
 

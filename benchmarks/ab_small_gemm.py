@@ -49,7 +49,7 @@ def main(argv=None):
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     args = ap.parse_args(argv)
     if not small_gemm.SUPPORTED:
-        raise SystemExit("small_gemm is not used on this CPU (needs AVX2 + FMA, no AVX-512)")
+        raise SystemExit("small_gemm is not used on this CPU (needs AVX2 and FMA, or AVX-512)")
     was = small_gemm.enabled()
     print("| workload | small_gemm on | off | ratio off / on (rounds) |")
     print("|---|---:|---:|---|")

@@ -189,7 +189,8 @@ def test_big_products_take_the_threaded_kernel(monkeypatch):
     assert not seen
 
 
-def test_batched_preferred_rule():
+@pytest.mark.skipif(small_gemm.NR != 16, reason="the AVX2 tile's rule")
+def test_batched_preferred_rule_avx2_tile():
     assert small_gemm.batched_preferred(False, False, 128, 128, 64)
     assert small_gemm.batched_preferred(True, False, 64, 64, 64)
     assert small_gemm.batched_preferred(False, False, 1024, 1024, 64)
@@ -197,6 +198,17 @@ def test_batched_preferred_rule():
     assert not small_gemm.batched_preferred(False, True, 128, 128, 64)    # B transposed
     assert not small_gemm.batched_preferred(False, False, 256, 256, 256)
     assert not small_gemm.batched_preferred(False, False, 197, 197, 64)   # not 16k columns
+
+
+@pytest.mark.skipif(small_gemm.NR != 32, reason="the wide (AVX-512) tile's rule")
+def test_batched_preferred_rule_wide_tile():
+    """The wide tile's batched rule is its 2-D rule."""
+    for shape in [(False, False, 128, 128, 64), (True, False, 64, 64, 256),
+                  (False, False, 256, 256, 256), (False, True, 128, 128, 64),
+                  (False, False, 197, 197, 64), (False, False, 64, 64, 64)]:
+        assert small_gemm.batched_preferred(*shape) == bool(small_gemm.preferred(*shape))
+    assert small_gemm.batched_preferred(False, False, 128, 128, 64)
+    assert not small_gemm.batched_preferred(False, True, 128, 128, 64)    # B transposed
 
 
 @pytest.mark.parametrize("sa, sb", [((2, 3, 4), (4, 5)),          # 2-D weight: one product

@@ -182,6 +182,15 @@ def _conv_case(case, layout, seed):
     return x, w, G, st, pd, gxr, gwr
 
 
+def _pad_like_avx2_tile(monkeypatch):
+    """The padded-column paths below are taken only where small_gemm.padded_columns pads
+    (the AVX2 tile); on a wide-tile host a stand-in pads as that tile does (to 32 columns
+    while the switch is on), so the paths are tested on every host small_gemm supports."""
+    if small_gemm.NR != 16:
+        monkeypatch.setattr(small_gemm, "padded_columns",
+                            lambda transa, m, n, k: -(-n // 32) * 32 if small_gemm.enabled() else n)
+
+
 @pytest.mark.skipif(not small_gemm.SUPPORTED, reason="no small_gemm dispatch on this CPU")
 @pytest.mark.parametrize("layout", ["nchw", "cl"])
 @pytest.mark.parametrize("case", [(3, 3, 9, 9, 16, 3, 3, (1, 1), (1, 1)),    # stem-like: 27 -> 32
@@ -189,6 +198,7 @@ def _conv_case(case, layout, seed):
 def test_dx_gemm_on_zero_padded_columns(case, layout, monkeypatch):
     """float32 dX GEMMs with R*S*C a few columns short of 32 run on zero-padded weights and
     column tiles; col2im skips the padding.  NCHW dY (64+ pixels) is read in place."""
+    _pad_like_avx2_tile(monkeypatch)
     x, w, G, st, pd, gxr, gwr = _conv_case(case, layout, 7)
     padded = []
     make = conv._weights_krsc_padded
@@ -215,6 +225,7 @@ def test_dw_transposed_on_zero_padded_columns(case, layout, monkeypatch):
     """float32 dW with NCHW dY and R*S*C a few columns short of 32 is summed as
     dW^T = dY @ columns padded to 32 (small_gemm's shape), then cut and transposed; with
     channels-last dY, or the switch off, the (R*S*C, K) layout stays."""
+    _pad_like_avx2_tile(monkeypatch)
     x, w, G, st, pd, gxr, gwr = _conv_case(case, layout, 11)
     widths = []
     cut = conv._weights_grad_from_kx

@@ -2,6 +2,8 @@
 
 sgemm runs wherever Numba does (the FMA intrinsic falls back to a library call without
 hardware FMA); whether blas.gemm_rm dispatches to it depends on the CPU (small_gemm.SUPPORTED) and on the switch (small_gemm.set_enabled).
+The tile (12 x 32 with AVX-512, 6 x 16 otherwise) is fixed per host, so a run tests the one
+its host uses; the dispatch-rule tests name the tile they check.
 """
 
 import numpy as np
@@ -56,8 +58,12 @@ def test_sgemm_matches_numpy(m, n, k, transa, transb, beta, pad, seed):
     (512, 64, 27, False, False),       # stem forward tile
     (27, 64, 600, True, False),        # weight gradient, reduction split in KC blocks
     (150, 16, 512, True, True),        # LeNet conv2 weight gradient, dY NCHW
-    (13, 300, 20, False, False),       # more columns than one packed block (NC)
+    (13, 300, 20, False, False),       # more columns than the AVX2 tile's packed block (NC)
+    (5, 2100, 20, False, False),       # ... and than the wide tile's
     (7, 33, 257, False, True),         # edges in every dimension, two KC blocks
+    (512, 128, 576, False, False),     # a 3x3 stride-2 forward tile (B read in place)
+    (576, 128, 512, True, False),      # its weight gradient
+    (100, 72, 70, True, False),        # rows and columns short of whole tiles
 ])
 @pytest.mark.parametrize("beta", [0.0, 1.0])
 def test_sgemm_blocked_shapes(m, n, k, transa, transb, beta):
@@ -81,7 +87,8 @@ def test_gemm_rm_float32_on_preferred_and_other_shapes(m, n, k, transa, transb):
     np.testing.assert_allclose(C, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
 
 
-def test_preferred_shapes():
+@pytest.mark.skipif(small_gemm.NR != 16, reason="the AVX2 tile's rule")
+def test_preferred_shapes_avx2_tile():
     pref = small_gemm.preferred
     assert pref(False, False, 512, 64, 27)          # short reduction
     assert pref(False, False, 512, 16, 150)         # 16 columns
@@ -99,18 +106,45 @@ def test_preferred_shapes():
     assert not pref(False, False, 512, 27, 64)      # not a multiple of 16
 
 
+@pytest.mark.skipif(small_gemm.NR != 32, reason="the wide (AVX-512) tile's rule")
+def test_preferred_shapes_wide_tile():
+    pref = small_gemm.preferred
+    assert pref(False, False, 512, 128, 576)        # 3x3 stride-2 forward tile
+    assert pref(True, False, 576, 128, 512)         # ... its weight gradient
+    assert pref(False, False, 512, 576, 128)        # ... its dX (B read in place)
+    assert not pref(False, False, 512, 1152, 256)   # 128->256's dX: B's blocks over 512 KB
+    assert pref(False, False, 128, 256, 64)         # NCHW 1x1 forward, one image
+    assert pref(True, False, 64, 256, 128)          # ... its dX
+    assert pref(False, False, 512, 32, 64)          # the stem's dX on columns padded to 32
+    assert not pref(False, False, 512, 64, 27)      # 27-step reduction: OpenBLAS
+    assert not pref(True, False, 27, 64, 512)       # 27 rows and a 27-step reduction ...
+    assert not pref(False, False, 384, 16, 150)     # 16 columns (LeNet's conv2)
+    assert not pref(False, True, 512, 128, 576)     # B transposed
+    assert not pref(False, False, 128, 64, 64)      # 2^19 multiply-adds: too small
+    assert pref(False, False, 512, 512, 1152)       # B's 256-row blocks: 512 KB
+    assert not pref(False, False, 512, 1024, 1024)  # ... 1 MB: OpenBLAS
+    assert pref(False, False, 64, 2048, 64)         # 2048 columns, 64 rows of B: 512 KB
+    assert not pref(False, False, 512, 48, 64)      # not whole 32-column panels
+
+
 def test_padded_columns():
-    """27 columns (the stem's dX) become 32 where sgemm takes the padded shape."""
+    """27 columns (the stem's dX) become 32 where the AVX2 tile takes the padded shape."""
     was = small_gemm.enabled()
+    wide = small_gemm.NR == 32
     try:
         small_gemm.set_enabled(True)
         on = small_gemm.enabled()
-        assert small_gemm.padded_columns(False, 512, 27, 64) == (32 if on else 27)
-        assert small_gemm.padded_columns(True, 512, 27, 64) == (32 if on else 27)
-        assert small_gemm.padded_columns(False, 512, 25, 16) == (32 if on else 25)
         assert small_gemm.padded_columns(False, 512, 32, 64) == 32      # already whole
-        assert small_gemm.padded_columns(False, 512, 27, 200) == 27     # k too long
-        assert small_gemm.padded_columns(False, 512, 100, 64) == 100    # 112: OpenBLAS
+        if wide:    # the wide tile never pads
+            assert small_gemm.padded_columns(False, 512, 27, 64) == 27
+            assert small_gemm.padded_columns(True, 512, 27, 64) == 27
+            assert small_gemm.padded_columns(False, 512, 100, 64) == 100
+        else:
+            assert small_gemm.padded_columns(False, 512, 27, 64) == (32 if on else 27)
+            assert small_gemm.padded_columns(True, 512, 27, 64) == (32 if on else 27)
+            assert small_gemm.padded_columns(False, 512, 25, 16) == (32 if on else 25)
+            assert small_gemm.padded_columns(False, 512, 27, 200) == 27     # k too long
+            assert small_gemm.padded_columns(False, 512, 100, 64) == 100    # 112: OpenBLAS
         small_gemm.set_enabled(False)
         assert small_gemm.padded_columns(False, 512, 27, 64) == 27
     finally:
@@ -120,7 +154,8 @@ def test_padded_columns():
 @pytest.mark.skipif(not small_gemm.SUPPORTED, reason="gemm_rm never calls small_gemm on this CPU")
 def test_switch_decides_at_run_time_which_gemm_runs():
     rng = np.random.default_rng(4)
-    m, n, k = 64, 16, 150                     # preferred: 16 columns
+    m, n, k = (64, 16, 150) if small_gemm.NR == 16 else (128, 64, 300)
+    assert small_gemm.preferred(False, False, m, n, k)
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
     ours = np.zeros((m, n), np.float32)

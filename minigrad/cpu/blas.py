@@ -134,9 +134,8 @@ def _gemm_rm_select_overload(small, transa, transb, m, n, k, alpha, a, lda, b, l
 
 
 def gemm_rm_blas(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-    """gemm_rm always through OpenBLAS, never small_gemm (whose dispatch rule was measured on
-    im2col tile shapes): for products split by hand between the Numba threads
-    (conv1x1_cl, kernels.gemm_threads); jitted code only."""
+    """gemm_rm always through OpenBLAS, never small_gemm: gemm_rm_select's path when its
+    caller chose OpenBLAS; jitted code only."""
     raise NotImplementedError("gemm_rm_blas is callable from njit code only")
 
 

@@ -8,7 +8,8 @@ matrix of the weights:
     dW       gW (K x C)  = dY^T @ Xs           rows of K (output channels) split
     dX       dXs (Q x C) = dY @ W              rows of Q split; added at the pixels read
 
-Each thread runs one single-threaded BLAS product on its share.  With few pixels (up to
+Each thread runs one single-threaded product on its share (``blas.gemm_rm``: small_gemm on
+the shapes its rule prefers, the wide tile's dW and dX here; else OpenBLAS).  With few pixels (up to
 ``conv._WHOLE_1X1_MAX_ROWS``) the im2col path cut the same products into tiles of 128-256
 pixels: every tile re-packed the weights, and dW summed short products (a reduction over one
 tile's pixels) into per-thread copies of dW; the whole shares ran those layers 1.1-1.2x
@@ -21,7 +22,7 @@ competes with them for the two cores (3-7x slower products, measured).
 import numpy as np
 from numba import njit, prange
 
-from .blas import gemm_rm_blas
+from .blas import gemm_rm
 
 
 @njit(cache=True, inline="always")
@@ -72,7 +73,7 @@ def forward(x, sh, sw, OH, OW, gathered, xs, w, b, has_b, y, parts):
         q0, q1 = _share(Q, t, parts)
         if gathered:
             _gather_rows(xf, q0, q1, H, W, C, sh, sw, OH, OW, xs)
-        gemm_rm_blas(False, True, q1 - q0, K, C, 1.0, xs[q0 * C:], C, w, C, 0.0, y[q0 * K:], K)
+        gemm_rm(False, True, q1 - q0, K, C, 1.0, xs[q0 * C:], C, w, C, 0.0, y[q0 * K:], K)
         if has_b:
             for q in range(q0, q1):
                 row = y[q * K:(q + 1) * K]
@@ -95,14 +96,14 @@ def backward(xs, w, gy, sh, sw, OH, OW, need_x, need_w, accumulate, gw, gx, dxs,
     for t in prange(parts):
         if need_w:
             k0, k1 = _share(K, t, parts)
-            gemm_rm_blas(True, False, k1 - k0, C, Q, 1.0, gy[k0:], K, xs, C, 0.0, gw[k0 * C:], C)
+            gemm_rm(True, False, k1 - k0, C, Q, 1.0, gy[k0:], K, xs, C, 0.0, gw[k0 * C:], C)
         if need_x:
             q0, q1 = _share(Q, t, parts)
             if direct:
-                gemm_rm_blas(False, False, q1 - q0, C, K, 1.0, gy[q0 * K:], K, w, C,
+                gemm_rm(False, False, q1 - q0, C, K, 1.0, gy[q0 * K:], K, w, C,
                              1.0 if accumulate else 0.0, gxf[q0 * C:], C)
             else:
-                gemm_rm_blas(False, False, q1 - q0, C, K, 1.0, gy[q0 * K:], K, w, C, 0.0,
+                gemm_rm(False, False, q1 - q0, C, K, 1.0, gy[q0 * K:], K, w, C, 0.0,
                              dxs[q0 * C:], C)
                 _scatter_add_rows(dxs, q0, q1, H, W, C, sh, sw, OH, OW, gxf)
 

@@ -1,22 +1,29 @@
-"""float32 GEMM for the skinny shapes where OpenBLAS is slow: an AVX2 FMA micro-kernel.
+"""float32 GEMM for the shapes where OpenBLAS is slow: an FMA micro-kernel in LLVM IR.
 
-OpenBLAS runs the per-tile GEMMs of small convolutions far below its large-GEMM speed:
-a short reduction (the stem's 27 = 3 x 3 x 3), 16 output columns (LeNet's conv2), or a weight
-gradient whose small output (27 x 64, 150 x 16) sums over 512 pixels read transposed
-(BENCHMARKS_perf.md, change 78).  LLVM does not keep a register tile of accumulators
-when it compiles plain Numba loops, so the micro-kernel here is written as LLVM IR (a
-Numba intrinsic): a 6 x 16 tile of C held in twelve 8-float vectors, one FMA per vector and
-reduction step, the tile of C read and written once.
+LLVM does not keep a register tile of accumulators when it compiles plain Numba loops, so
+the micro-kernel here is written as LLVM IR (a Numba intrinsic): an MR x NR tile of C held
+in vector registers, one FMA per vector and reduction step, the tile of C read and written
+once.  Its size follows the host's vectors (``LANES`` float32 lanes):
+
+* AVX-512 (``LANES`` 16): a 12 x 32 tile in 24 of the 32 zmm registers.  On an AMD Zen 4
+  host it ran single-threaded in-cache products 1.1-1.3x faster than OpenBLAS's AVX-512
+  kernels when B is not transposed, there are at least 32 columns and a reduction of at least
+  64 (the 3x3 stride-2 convolutions' tiles, the 1x1 stride-2 ones, Winograd's backward
+  products), because it reads B in place where OpenBLAS packs it for every call; it lost
+  with B transposed, 16 columns or a 27-step reduction (BENCHMARKS_perf.md, session 22).
+* AVX2 with FMA (``LANES`` 8): a 6 x 16 tile in twelve ymm registers; it beat OpenBLAS's
+  Haswell kernels on skinny shapes on a Zen 3 host: a short reduction (the stem's 27 = 3 x 3 x
+  3), 16 output columns (LeNet's conv2), small weight gradients summed over 512 pixels read
+  transposed (BENCHMARKS_perf.md, change 78).
 
 ``sgemm(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc)`` has the row-major interface
 of ``blas.gemm_rm`` (alpha 1); ``preferred(transa, transb, m, n, k)`` says whether it beats
-OpenBLAS on that shape, and ``gemm_rm`` then calls it.  That happens only on CPUs with AVX2
-and FMA but no AVX-512 (``SUPPORTED``: where it was measured to win; on an AVX-512 host, an
-AMD Zen 4, OpenBLAS's AVX-512 kernels ran the stem's conv row 1.20-1.24x faster and the LeNet
-step within 3%, BENCHMARKS_perf.md, session 19) with Numba compiling for the host CPU, and
-while the switch is on:
-``set_enabled(False)``, or ``MINIGRAD_SMALL_GEMM=0`` in the environment, sends every GEMM to
-OpenBLAS.  Compiled kernels read the switch when they run, so it needs no cache clearing.
+OpenBLAS on that shape for this host's tile, and ``gemm_rm`` then calls it.  That happens only
+on hosts with one of the two instruction sets (``SUPPORTED``) with Numba compiling for the
+host CPU, and while the switch is on: ``set_enabled(False)``, or ``MINIGRAD_SMALL_GEMM=0`` in
+the environment, sends every GEMM to OpenBLAS.  Compiled kernels read the switch when they
+run, so it needs no cache clearing.  (Numba's cache keeps code per host CPU, so the tile
+compiled in is always the one this host picks.)
 """
 
 import ctypes
@@ -30,24 +37,39 @@ from numba import carray, cfunc, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-MR = 6            # rows of the C tile
-NR = 16           # columns of the C tile: two 8-float vectors
-_VW = 8           # floats per AVX2 vector
-KC = 256          # reduction steps per pass over C (A's 6 x KC and B's KC x 16 stay in L1)
-NC = 256          # columns of B per packed block
 
-
-def _host_ok():
+def _host_lanes():
+    """float32 lanes of the FMA vectors the micro-kernel uses on this host: 16 with AVX-512,
+    8 with AVX2 and FMA, 0 where small_gemm is not used (another instruction set, or Numba
+    compiling for a CPU other than the host)."""
     if numba.config.CPU_NAME not in (None, "host"):
-        return False
+        return 0
     try:
         feats = _llvm.get_host_cpu_features()
     except RuntimeError:
-        return False
-    return bool(feats.get("avx2") and feats.get("fma") and not feats.get("avx512f"))
+        return 0
+    if not feats.get("fma"):
+        return 0
+    if feats.get("avx512f"):
+        return 16
+    return 8 if feats.get("avx2") else 0
 
 
-SUPPORTED = _host_ok()
+LANES = _host_lanes()
+SUPPORTED = LANES > 0
+# floats per vector; where small_gemm is not used, sgemm (called directly, as the tests do)
+# still runs the AVX2 tile on whatever vectors LLVM has
+_VW = 16 if LANES == 16 else 8
+NR = 2 * _VW                      # columns of the C tile: two vectors
+MR = 12 if _VW == 16 else 6       # rows of the C tile
+KC = 256          # reduction steps per pass over C
+# Columns of B per packed block.  B untransposed with a whole number of NR-column panels is
+# read in place up to NC columns; the wide tile never packs it (packing B for every call
+# is what made OpenBLAS slower on these shapes: 0.69-0.86x with 256-column blocks on
+# 512-column products, 1.07-1.24x read in place).
+NC = 2048 if _VW == 16 else 256
+# Largest block of B (KC rows, float32 elements) that preferred() sends to the wide tile.
+_WIDE_MAX_B_BLOCK = 1 << 17
 
 # The switch: a C int that compiled kernels read through a symbol, so flipping it needs
 # no recompilation and leaves Numba's cache valid.
@@ -87,7 +109,7 @@ def _splat(builder, vt, x):
 
 @intrinsic
 def _micro_kernel(typingctx, kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, beta):
-    """C[i, j] = beta * C[i, j] + sum_p A[i, p] * B[p, j] for a 6 x 16 tile (C not read when
+    """C[i, j] = beta * C[i, j] + sum_p A[i, p] * B[p, j] for an MR x NR tile (C not read when
     beta is 0), with A[i, p] = a[aoff + i*ars + p*acs], B[p, j] = b[boff + p*brs + j] and
     C[i, j] = c[coff + i*ldc + j]; all three float32, kc >= 0 steps."""
     sig = types.void(types.intp, a, types.intp, types.intp, types.intp, b, types.intp,
@@ -161,7 +183,7 @@ def _micro_kernel(typingctx, kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, 
 
 @njit(cache=True)
 def _pack_b(transb, b, ldb, k0, kc, j0, nb, bp):
-    """bp <- B[k0:k0+kc, j0:j0+nb] as panels of 16 columns (kc x 16 each, zero-padded)."""
+    """bp <- B[k0:k0+kc, j0:j0+nb] as panels of NR columns (kc x NR each, zero-padded)."""
     for jp in range((nb + NR - 1) // NR):
         base = jp * kc * NR
         jw = min(NR, nb - jp * NR)
@@ -239,11 +261,21 @@ def _sgemm_views(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc):
 
 @njit(cache=True)
 def preferred(transa, transb, m, n, k):
-    """True for the shapes on which sgemm beat single-threaded OpenBLAS by 1.1x or more
-    (benchmarks/bench_small_gemm.py; BENCHMARKS_perf.md, changes 78 and 93): weight gradients
-    with a small output (A transposed), 16-column products, reductions of at most 32, and
-    32-column products with reductions of at most 128 or at most 64 rows (the stem's
-    transposed weight gradient, 64 x 32 summed over 512 pixels: change 96)."""
+    """True for the shapes on which sgemm beat single-threaded OpenBLAS on this host's tile.
+
+    Wide (AVX-512) tile: B untransposed, a whole number of 32-column panels, a reduction of
+    at least 64, at least 2^20 multiply-adds, and B's blocks of KC rows at most 512 KB (B is
+    read in place, once per 12 rows of A, so a block must stay in L2).  In cache, one thread,
+    Zen 4: 1.1-1.3x, A transposed up to 1.8x; smaller products lost; a 1024^3 product split
+    between two threads ran 0.67x with B's 1 MB blocks (BENCHMARKS_perf.md, session 22).
+
+    AVX2 tile (benchmarks/bench_small_gemm.py; BENCHMARKS_perf.md, changes 78 and 93):
+    weight gradients with a small output (A transposed), 16-column products, reductions of
+    at most 32, and 32-column products with reductions of at most 128 or at most 64 rows
+    (the stem's transposed weight gradient, 64 x 32 summed over 512 pixels: change 96)."""
+    if _VW == 16:
+        return (not transb and n % NR == 0 and k >= 64 and m * n * k >= (1 << 20)
+                and n * min(k, KC) <= _WIDE_MAX_B_BLOCK)
     if transb:
         return transa and n <= NR
     if transa and m * n <= 4096:
@@ -262,7 +294,10 @@ def batched_preferred(transa, transb, m, n, k):
     columns (1.1-1.7x: 128x128 by 64, 197x197 by 64, 512x512 by 64, 64^3, 32^3) or, with A
     untransposed, a reduction of at most 64 (1.04-1.09x: 512x64 by 512, 1024x64 by 1024).
     It lost on 256^3 and 384^3 (0.81-0.88x), on 197 columns (0.52x) and mostly with B
-    transposed (0.92-1.0x)."""
+    transposed (0.92-1.0x).  That was the AVX2 tile; the wide tile takes ``preferred``'s rule.
+    """
+    if _VW == 16:
+        return bool(preferred(bool(transa), bool(transb), m, n, k))
     return (not transb and n % NR == 0 and k <= 512
             and (n <= 8 * NR or (k <= 64 and not transa)))
 
@@ -270,8 +305,11 @@ def batched_preferred(transa, transb, m, n, k):
 def padded_columns(transa, m, n, k):
     """Columns for an (m x n, reduction k) GEMM with B untransposed whose B can be padded
     with zero columns: n rounded up to a multiple of NR when that shape is ``preferred`` and
-    sgemm is on (the stem's dX: 27 -> 32 columns), else n."""
-    if not enabled() or n % NR == 0:
+    sgemm is on (the stem's dX: 27 -> 32 columns, AVX2 tile), else n.  The wide tile pads
+    nothing: the stem's padded GEMMs in it ran its row no faster than OpenBLAS on 27 columns
+    (paired, both padded: 0.91x NCHW, 0.97x channels-last; dX alone: 1.01x / 0.97x;
+    BENCHMARKS_perf.md, session 22)."""
+    if not enabled() or n % NR == 0 or _VW == 16:
         return n
     p = -(-n // NR) * NR
     return p if preferred(bool(transa), False, m, p, k) else n
