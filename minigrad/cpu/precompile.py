@@ -190,6 +190,10 @@ def warm(entries=None, jobs=None):
         return WarmResult(0, 0.0, [])
     tasks = compile_groups(todo)
     jobs = min(jobs or default_jobs(), len(tasks))
+    # small_gemm compiles its C entry point when it is imported (on the CPUs it serves):
+    # here, once, so that the processes below load it from the cache instead of all
+    # compiling and writing it at once.
+    importlib.import_module(MODULE_PREFIX + "small_gemm")
     t0 = time.perf_counter()
     if jobs == 1:
         failed = _compile_group(todo)
