@@ -10,7 +10,7 @@ once.  Its size follows the host's vectors (``LANES`` float32 lanes):
   kernels when B is not transposed, there are at least 32 columns and a reduction of at least
   64 (the 3x3 stride-2 convolutions' tiles, the 1x1 stride-2 ones, Winograd's backward
   products), because it reads B in place where OpenBLAS packs it for every call; it lost
-  with B transposed, 16 columns or a 27-step reduction (BENCHMARKS_perf.md, session 22).
+  with B transposed, 16 columns or a 27-step reduction (BENCHMARKS_perf.md, change 117).
 * AVX2 with FMA (``LANES`` 8): a 6 x 16 tile in twelve ymm registers; it beat OpenBLAS's
   Haswell kernels on skinny shapes on a Zen 3 host: a short reduction (the stem's 27 = 3 x 3 x
   3), 16 output columns (LeNet's conv2), small weight gradients summed over 512 pixels read
@@ -267,7 +267,7 @@ def preferred(transa, transb, m, n, k):
     at least 64, at least 2^20 multiply-adds, and B's blocks of KC rows at most 512 KB (B is
     read in place, once per 12 rows of A, so a block must stay in L2).  In cache, one thread,
     Zen 4: 1.1-1.3x, A transposed up to 1.8x; smaller products lost; a 1024^3 product split
-    between two threads ran 0.67x with B's 1 MB blocks (BENCHMARKS_perf.md, session 22).
+    between two threads ran 0.67x with B's 1 MB blocks (BENCHMARKS_perf.md, change 117).
 
     AVX2 tile (benchmarks/bench_small_gemm.py; BENCHMARKS_perf.md, changes 78 and 93):
     weight gradients with a small output (A transposed), 16-column products, reductions of
@@ -308,7 +308,7 @@ def padded_columns(transa, m, n, k):
     sgemm is on (the stem's dX: 27 -> 32 columns, AVX2 tile), else n.  The wide tile pads
     nothing: the stem's padded GEMMs in it ran its row no faster than OpenBLAS on 27 columns
     (paired, both padded: 0.91x NCHW, 0.97x channels-last; dX alone: 1.01x / 0.97x;
-    BENCHMARKS_perf.md, session 22)."""
+    BENCHMARKS_perf.md, change 117)."""
     if not enabled() or n % NR == 0 or _VW == 16:
         return n
     p = -(-n // NR) * NR
