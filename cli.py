@@ -588,8 +588,8 @@ def _small_gemm_state():
         return "not used on this CPU (needs AVX2 and FMA, or AVX-512)"
     if small_gemm.enabled():
         isa = "AVX-512" if small_gemm.LANES == 16 else "AVX2"
-        return (f"on: float32 GEMMs of the shapes it wins use the {isa} "
-                f"{small_gemm.MR}x{small_gemm.NR} micro-kernel (MINIGRAD_SMALL_GEMM=0 turns it off)")
+        return (f"on: float32 GEMMs of the shapes it wins use the {isa} {small_gemm.MR}x"
+                f"{small_gemm.NR} micro-kernel (MINIGRAD_SMALL_GEMM=0 turns it off)")
     return "off (MINIGRAD_SMALL_GEMM=0): every GEMM goes to OpenBLAS"
 
 

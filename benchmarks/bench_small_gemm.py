@@ -103,8 +103,8 @@ def _grid(rng):
     with threadpool_limits(1):
         for ta, tb in ((0, 0), (0, 1), (1, 0)):
             for k in GRID_K:
-                print(f"\nk = {k}, {'A transposed' if ta else 'B transposed' if tb else 'untransposed'}: "
-                      "small_gemm / OpenBLAS")
+                how = "A transposed" if ta else "B transposed" if tb else "untransposed"
+                print(f"\nk = {k}, {how}: small_gemm / OpenBLAS")
                 print("| m \\ n | " + " | ".join(str(n) for n in GRID_N) + " |")
                 print("|---|" + "---:|" * len(GRID_N))
                 for m in GRID_M:

@@ -9,17 +9,16 @@ matrix of the weights:
     dX       dXs (Q x C) = dY @ W              rows of Q split; added at the pixels read
 
 Each thread runs one single-threaded product on its share (``blas.gemm_rm``: small_gemm on
-the shapes its rule prefers, the wide tile's dW and dX here; else OpenBLAS).  With few pixels (up to
-``conv._WHOLE_1X1_MAX_ROWS``) the im2col path cut the same products into tiles of 128-256
-pixels: every tile re-packed the weights, and dW summed short products (a reduction over one
-tile's pixels) into per-thread copies of dW; the whole shares ran those layers 1.1-1.2x
-faster (BENCHMARKS_perf.md, change 101).  With many pixels the tiles win: their dW and dX
-read each dY tile from cache.  OpenBLAS's own threads would not do: after each Numba
+the shapes its rule prefers, here the wide tile's dW and dX; else OpenBLAS).  With few
+pixels (up to ``conv._WHOLE_1X1_MAX_ROWS``) the im2col path cut the same products into tiles
+of 128-256 pixels: every tile re-packed the weights, and dW summed short products (a
+reduction over one tile's pixels) into per-thread copies of dW; the whole shares ran those
+layers 1.1-1.2x faster (BENCHMARKS_perf.md, change 101).  With many pixels the tiles win:
+their dW and dX read each dY tile from cache.  OpenBLAS's own threads would not do: after each Numba
 parallel region the OpenMP workers spin for a while, and a multi-threaded OpenBLAS call then
 competes with them for the two cores (3-7x slower products, measured).
 """
 
-import numpy as np
 from numba import njit, prange
 
 from .blas import gemm_rm
@@ -101,9 +100,9 @@ def backward(xs, w, gy, sh, sw, OH, OW, need_x, need_w, accumulate, gw, gx, dxs,
             q0, q1 = _share(Q, t, parts)
             if direct:
                 gemm_rm(False, False, q1 - q0, C, K, 1.0, gy[q0 * K:], K, w, C,
-                             1.0 if accumulate else 0.0, gxf[q0 * C:], C)
+                        1.0 if accumulate else 0.0, gxf[q0 * C:], C)
             else:
                 gemm_rm(False, False, q1 - q0, C, K, 1.0, gy[q0 * K:], K, w, C, 0.0,
-                             dxs[q0 * C:], C)
+                        dxs[q0 * C:], C)
                 _scatter_add_rows(dxs, q0, q1, H, W, C, sh, sw, OH, OW, gxf)
 

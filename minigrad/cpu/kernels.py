@@ -132,13 +132,13 @@ def gemm_threads(a, transa, b, transb, bias, has_bias, out, nt):
             r1 = M * (t + 1) // nt
             c0, c1 = 0, N
             gemm_rm(transa, transb, r1 - r0, N, K, 1.0, af[r0 if transa else r0 * lda:], lda,
-                         bf, ldb, 0.0, of[r0 * N:], N)
+                    bf, ldb, 0.0, of[r0 * N:], N)
         else:
             r0, r1 = 0, M
             c0 = N * t // nt
             c1 = N * (t + 1) // nt
             gemm_rm(transa, transb, M, c1 - c0, K, 1.0, af, lda,
-                         bf[c0 * ldb if transb else c0:], ldb, 0.0, of[c0:], N)
+                    bf[c0 * ldb if transb else c0:], ldb, 0.0, of[c0:], N)
         if has_bias:
             for i in range(r0, r1):
                 row = of[i * N + c0:i * N + c1]

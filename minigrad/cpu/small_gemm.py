@@ -64,9 +64,9 @@ NR = 2 * _VW                      # columns of the C tile: two vectors
 MR = 12 if _VW == 16 else 6       # rows of the C tile
 KC = 256          # reduction steps per pass over C
 # Columns of B per packed block.  B untransposed with a whole number of NR-column panels is
-# read in place up to NC columns; the wide tile never packs it (packing B for every call
-# is what made OpenBLAS slower on these shapes: 0.69-0.86x with 256-column blocks on
-# 512-column products, 1.07-1.24x read in place).
+# read in place up to NC columns, else packed on every call: with the wide tile and 256
+# columns here, 512-column products (packed) ran at 0.47-0.93x OpenBLAS's speed, read in place
+# at 1.07-1.15x (one thread, in cache).
 NC = 2048 if _VW == 16 else 256
 # Largest block of B (KC rows, float32 elements) that preferred() sends to the wide tile.
 _WIDE_MAX_B_BLOCK = 1 << 17
