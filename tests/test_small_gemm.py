@@ -64,6 +64,8 @@ def test_sgemm_matches_numpy(m, n, k, transa, transb, beta, pad, seed):
     (512, 128, 576, False, False),     # a 3x3 stride-2 forward tile (B read in place)
     (576, 128, 512, True, False),      # its weight gradient
     (100, 72, 70, True, False),        # rows and columns short of whole tiles
+    (40, 64, 37, False, True),         # B transposed: packed, whole panels of either tile
+    (12, 96, 300, True, True),         # ... two KC blocks (256 + 44), A transposed too
 ])
 @pytest.mark.parametrize("beta", [0.0, 1.0])
 def test_sgemm_blocked_shapes(m, n, k, transa, transb, beta):
