@@ -193,3 +193,82 @@ def test_sgemm_rejects_bad_operands():
     c.flags.writeable = False
     with pytest.raises(ValueError, match="read-only"):
         small_gemm.sgemm(False, False, 3, 3, 4, a, 4, b, 3, 0.0, c, 3)
+
+
+def _conv_pair(layout, C, K, k, stride, size, seed):
+    """x, w, dY of a batch-2 convolution, x and dY stored NCHW or channels-last."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, C, size, size)).astype(np.float32)
+    w = (rng.standard_normal((K, C, k, k)) / np.sqrt(C * k * k)).astype(np.float32)
+    out = (size + 2 * (k // 2) - k) // stride + 1
+    gy = rng.standard_normal((2, K, out, out)).astype(np.float32)
+    if layout == "cl":
+        x, gy = (np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2) for a in (x, gy))
+    return x, w, gy
+
+
+@pytest.mark.skipif(small_gemm.NR != 32 or not small_gemm.SUPPORTED,
+                    reason="the wide tile's dispatch (AVX-512 hosts)")
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("C, K, k, stride, size", [
+    (64, 64, 3, 2, 16),      # im2col tiles: forward 128 x 64 x 576, dW 576 x 64 over 128
+    (128, 320, 1, 2, 16),    # 1x1 stride 2 (conv1x1_cl / conv1x1_nchw): dX sums over 320
+    (320, 320, 3, 1, 8),     # Winograd: dX products sum over 320
+])
+def test_wide_tile_inside_the_conv_paths(layout, C, K, k, stride, size):
+    """Convolutions whose GEMMs the wide tile's rule takes: the same results, within float32
+    rounding of a float64 reference, with small_gemm on and off; on, the forward's or the
+    backward's values differ from OpenBLAS's in the last bits, which shows that small_gemm
+    ran.  (Each case has a product summing over more than KC = 256 terms: small_gemm adds
+    its 256-term blocks into C, OpenBLAS blocks the sum otherwise; over at most 256 terms
+    both sum in the same order and agree bit for bit.)"""
+    from minigrad.cpu import conv
+    from reference import conv2d as ref_conv2d, conv2d_grads as ref_grads
+
+    x, w, gy = _conv_pair(layout, C, K, k, stride, size, seed=C + K + k)
+    args = ((stride, stride), (k // 2, k // 2), (1, 1))
+    y_ref = ref_conv2d(x, w, None, *args)
+    gx_ref, gw_ref, _ = ref_grads(x, w, gy, *args)
+    out = {}
+    was = small_gemm.enabled()
+    try:
+        for on in (False, True):
+            small_gemm.set_enabled(on)
+            y = np.array(conv.conv2d(x, w, None, *args))
+            gx, gw, _ = conv.conv2d_backward(x, w, gy, *args, True, True, False)
+            for got, ref in ((y, y_ref), (gx, gx_ref), (gw, gw_ref)):
+                np.testing.assert_allclose(got, ref, rtol=0, atol=2e-5 * max(1.0, np.abs(ref).max()))
+            out[on] = (y, np.array(gx), gw)
+    finally:
+        small_gemm.set_enabled(was)
+    assert any(not np.array_equal(a, b) for a, b in zip(out[False], out[True]))
+
+
+@pytest.mark.skipif(small_gemm.NR != 32 or not small_gemm.SUPPORTED,
+                    reason="the wide tile's dispatch (AVX-512 hosts)")
+def test_wide_tile_inside_linear_backward():
+    """A Linear layer big enough for kernels.gemm_threads: its dX (dY @ W) and dW (dY^T @ x)
+    are products the wide tile takes; gradients match float64 with small_gemm on and off."""
+    import minigrad as mg
+    import minigrad.nn.functional as F
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((512, 384)).astype(np.float32)
+    w = (rng.standard_normal((320, 384)) / 20).astype(np.float32)   # dX sums over 320
+    g = rng.standard_normal((512, 320)).astype(np.float32)
+    grads = {}
+    was = small_gemm.enabled()
+    try:
+        for on in (False, True):
+            small_gemm.set_enabled(on)
+            xt, wt = mg.tensor(x, requires_grad=True), mg.tensor(w, requires_grad=True)
+            F.linear(xt, wt).backward(mg.tensor(g))
+            grads[on] = (xt.grad.numpy(), wt.grad.numpy())
+    finally:
+        small_gemm.set_enabled(was)
+    gx_ref = g.astype(np.float64) @ w
+    gw_ref = g.astype(np.float64).T @ x
+    for on in (False, True):
+        np.testing.assert_allclose(grads[on][0], gx_ref, rtol=0, atol=2e-5 * np.abs(gx_ref).max())
+        np.testing.assert_allclose(grads[on][1], gw_ref, rtol=0, atol=2e-5 * np.abs(gw_ref).max())
+    assert any(not np.array_equal(a, b) for a, b in zip(grads[False], grads[True]))
