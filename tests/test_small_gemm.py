@@ -129,6 +129,15 @@ def test_preferred_shapes_wide_tile():
     assert not pref(False, False, 512, 48, 64)      # not whole 32-column panels
 
 
+def test_whole_product_rule():
+    """gemm_threads and conv1x1_cl take small_gemm only on the wide tile, by its rule."""
+    for shape in [(False, False, 256, 384, 320), (True, False, 160, 384, 512),
+                  (False, True, 256, 128, 256), (False, False, 64, 64, 64)]:
+        expected = bool(small_gemm.preferred(*shape)) if small_gemm.NR == 32 else False
+        assert bool(small_gemm.preferred_whole(*shape)) == expected
+    assert small_gemm.preferred_whole(False, False, 256, 384, 320) == (small_gemm.NR == 32)
+
+
 def test_padded_columns():
     """27 columns (the stem's dX) become 32 where the AVX2 tile takes the padded shape."""
     was = small_gemm.enabled()

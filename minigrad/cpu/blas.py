@@ -133,6 +133,15 @@ def _gemm_rm_select_overload(small, transa, transb, m, n, k, alpha, a, lda, b, l
     return None
 
 
+@njit(inline="always")
+def gemm_rm_whole(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """gemm_rm for a whole product or a thread's share of one (kernels.gemm_threads,
+    conv1x1_cl), not an im2col tile: small_gemm where ``small_gemm.preferred_whole`` says
+    so, else OpenBLAS; jitted code only."""
+    gemm_rm_select(small_gemm.preferred_whole(transa, transb, m, n, k), transa, transb, m, n,
+                   k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+
 def gemm_rm_blas(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     """gemm_rm always through OpenBLAS, never small_gemm: gemm_rm_select's path when its
     caller chose OpenBLAS; jitted code only."""

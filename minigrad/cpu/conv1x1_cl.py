@@ -8,8 +8,8 @@ matrix of the weights:
     dW       gW (K x C)  = dY^T @ Xs           rows of K (output channels) split
     dX       dXs (Q x C) = dY @ W              rows of Q split; added at the pixels read
 
-Each thread runs one single-threaded product on its share (``blas.gemm_rm``: small_gemm on
-the shapes its rule prefers, here the wide tile's dW and dX; else OpenBLAS).  With few
+Each thread runs one single-threaded product on its share (``blas.gemm_rm_whole``: small_gemm's
+wide tile on the shapes its rule prefers, here dW and dX; else OpenBLAS).  With few
 pixels (up to ``conv._WHOLE_1X1_MAX_ROWS``) the im2col path cut the same products into tiles
 of 128-256 pixels: every tile re-packed the weights, and dW summed short products (a
 reduction over one tile's pixels) into per-thread copies of dW; the whole shares ran those
@@ -21,7 +21,7 @@ competes with them for the two cores (3-7x slower products, measured).
 
 from numba import njit, prange
 
-from .blas import gemm_rm
+from .blas import gemm_rm_whole
 
 
 @njit(cache=True, inline="always")
@@ -72,7 +72,8 @@ def forward(x, sh, sw, OH, OW, gathered, xs, w, b, has_b, y, parts):
         q0, q1 = _share(Q, t, parts)
         if gathered:
             _gather_rows(xf, q0, q1, H, W, C, sh, sw, OH, OW, xs)
-        gemm_rm(False, True, q1 - q0, K, C, 1.0, xs[q0 * C:], C, w, C, 0.0, y[q0 * K:], K)
+        gemm_rm_whole(False, True, q1 - q0, K, C, 1.0, xs[q0 * C:], C, w, C, 0.0, y[q0 * K:],
+                      K)
         if has_b:
             for q in range(q0, q1):
                 row = y[q * K:(q + 1) * K]
@@ -95,14 +96,15 @@ def backward(xs, w, gy, sh, sw, OH, OW, need_x, need_w, accumulate, gw, gx, dxs,
     for t in prange(parts):
         if need_w:
             k0, k1 = _share(K, t, parts)
-            gemm_rm(True, False, k1 - k0, C, Q, 1.0, gy[k0:], K, xs, C, 0.0, gw[k0 * C:], C)
+            gemm_rm_whole(True, False, k1 - k0, C, Q, 1.0, gy[k0:], K, xs, C, 0.0, gw[k0 * C:],
+                          C)
         if need_x:
             q0, q1 = _share(Q, t, parts)
             if direct:
-                gemm_rm(False, False, q1 - q0, C, K, 1.0, gy[q0 * K:], K, w, C,
-                        1.0 if accumulate else 0.0, gxf[q0 * C:], C)
+                gemm_rm_whole(False, False, q1 - q0, C, K, 1.0, gy[q0 * K:], K, w, C,
+                              1.0 if accumulate else 0.0, gxf[q0 * C:], C)
             else:
-                gemm_rm(False, False, q1 - q0, C, K, 1.0, gy[q0 * K:], K, w, C, 0.0,
-                        dxs[q0 * C:], C)
+                gemm_rm_whole(False, False, q1 - q0, C, K, 1.0, gy[q0 * K:], K, w, C, 0.0,
+                              dxs[q0 * C:], C)
                 _scatter_add_rows(dxs, q0, q1, H, W, C, sh, sw, OH, OW, gxf)
 

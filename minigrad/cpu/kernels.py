@@ -4,7 +4,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._jit import pjit
-from .blas import gemm_rm, gemm_rm_select
+from .blas import gemm_rm_select, gemm_rm_whole
 
 
 @pjit()
@@ -114,10 +114,10 @@ def gemm_threads(a, transa, b, transb, bias, has_bias, out, nt):
     """out (M x N) = op(a) @ op(b) (+ bias on every row when has_bias), op(x) being x or,
     with trans*, x's transpose; a, b, out C-contiguous 2-D floats of one dtype.  The
     product is split between nt threads along M when a is the bigger operand, else along N
-    (each thread then reads half of the big one), and each thread calls ``gemm_rm``
-    (small_gemm where its rule prefers the shape, else single-threaded OpenBLAS: the
-    caller holds conv._single_blas).  (OpenBLAS's own threads compete with the
-    OpenMP workers that spin after every Numba parallel region.)"""
+    (each thread then reads half of the big one), and each thread calls
+    ``blas.gemm_rm_whole`` (small_gemm's wide tile where its rule prefers the shape, else
+    single-threaded OpenBLAS: the caller holds conv._single_blas).  (OpenBLAS's own
+    threads compete with the OpenMP workers that spin after every Numba parallel region.)"""
     M, N = out.shape
     K = a.shape[0] if transa else a.shape[1]
     lda = a.shape[1]
@@ -131,14 +131,14 @@ def gemm_threads(a, transa, b, transb, bias, has_bias, out, nt):
             r0 = M * t // nt
             r1 = M * (t + 1) // nt
             c0, c1 = 0, N
-            gemm_rm(transa, transb, r1 - r0, N, K, 1.0, af[r0 if transa else r0 * lda:], lda,
-                    bf, ldb, 0.0, of[r0 * N:], N)
+            gemm_rm_whole(transa, transb, r1 - r0, N, K, 1.0, af[r0 if transa else r0 * lda:],
+                          lda, bf, ldb, 0.0, of[r0 * N:], N)
         else:
             r0, r1 = 0, M
             c0 = N * t // nt
             c1 = N * (t + 1) // nt
-            gemm_rm(transa, transb, M, c1 - c0, K, 1.0, af, lda,
-                    bf[c0 * ldb if transb else c0:], ldb, 0.0, of[c0:], N)
+            gemm_rm_whole(transa, transb, M, c1 - c0, K, 1.0, af, lda,
+                          bf[c0 * ldb if transb else c0:], ldb, 0.0, of[c0:], N)
         if has_bias:
             for i in range(r0, r1):
                 row = of[i * N + c0:i * N + c1]

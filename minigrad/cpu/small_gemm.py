@@ -287,6 +287,14 @@ def preferred(transa, transb, m, n, k):
     return n <= NR or k <= 32 or (n == 2 * NR and (k <= 128 or m <= 64))
 
 
+@njit(cache=True)
+def preferred_whole(transa, transb, m, n, k):
+    """``preferred`` for products outside the im2col tiles (the per-thread shares of
+    kernels.gemm_threads and conv1x1_cl): the wide tile's rule, which was measured on a grid of
+    whole products; False for the AVX2 tile, whose rule was measured on tile shapes only."""
+    return _VW == 16 and preferred(transa, transb, m, n, k)
+
+
 def batched_preferred(transa, transb, m, n, k):
     """True for the products of batched matmuls (kernels.batched_gemm) that sgemm ran faster
     than single-threaded OpenBLAS (BENCHMARKS_perf.md, change 103; one thread, 4-64
