@@ -11,6 +11,8 @@ once.  Its size follows the host's vectors (``LANES`` float32 lanes):
   64 (the 3x3 stride-2 convolutions' tiles, the 1x1 stride-2 ones, Winograd's backward
   products), because it reads B in place where OpenBLAS packs it for every call; it lost
   with B transposed, 16 columns or a 27-step reduction (BENCHMARKS_perf.md, change 117).
+  Measured on that CPU only: ``python -m benchmarks.bench_small_gemm --grid`` checks the
+  rule on another.
 * AVX2 with FMA (``LANES`` 8): a 6 x 16 tile in twelve ymm registers; it beat OpenBLAS's
   Haswell kernels on skinny shapes on a Zen 3 host: a short reduction (the stem's 27 = 3 x 3 x
   3), 16 output columns (LeNet's conv2), small weight gradients summed over 512 pixels read
