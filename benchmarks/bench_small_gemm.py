@@ -48,6 +48,8 @@ SHAPES = [
     (64, 256, 128, 1, 0, "NCHW 1x1 64->128 dX, one image"),
     (1024, 256, 1024, 1, 0, "Linear 256->1024 dW, half of 2048 tokens"),
     (1024, 256, 1024, 0, 0, "Linear 256->1024 dX, half of 2048 tokens"),
+    (512, 256, 512, 0, 0, "untransposed, k 512"),
+    (256, 512, 2048, 0, 0, "untransposed, k 2048"),
 ]
 
 GRID_M = (64, 128, 256, 512)
@@ -55,34 +57,25 @@ GRID_N = (16, 32, 64, 128, 256, 512, 1024)
 GRID_K = (27, 64, 128, 256, 576, 1152)
 
 
-@njit(cache=True)
-def _openblas(transa, transb, m, n, k, a, lda, b, ldb, c, ldc):
-    gemm_rm(transa, transb, m, n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc)
-
-
-@njit(cache=True)
-def _small_entry(transa, transb, m, n, k, a, lda, b, ldb, c, ldc):
-    small_gemm.sgemm_entry(np.int32(transa), np.int32(transb), m, n, k, a.ctypes, lda, b.ctypes,
-                           ldb, np.float32(0.0), c.ctypes, ldc)
-
-
 def _small(transa, transb, m, n, k, a, lda, b, ldb, c, ldc):
     """small_gemm's sgemm called as the kernels call it (its symbol, from jitted code) where
     it is registered; elsewhere through its Python entry (which checks its arguments)."""
     if small_gemm.SUPPORTED:
-        _small_entry(transa, transb, m, n, k, a, lda, b, ldb, c, ldc)
+        _small_loop(transa, transb, m, n, k, a, lda, b, ldb, c, ldc, 1)
     else:
         small_gemm.sgemm(transa, transb, m, n, k, a, lda, b, ldb, 0.0, c, ldc)
 
 
 @njit(cache=True)
 def _openblas_loop(transa, transb, m, n, k, a, lda, b, ldb, c, ldc, calls):
+    """``calls`` products through gemm_rm (OpenBLAS while small_gemm's switch is off)."""
     for _ in range(calls):
         gemm_rm(transa, transb, m, n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc)
 
 
 @njit(cache=True)
 def _small_loop(transa, transb, m, n, k, a, lda, b, ldb, c, ldc, calls):
+    """``calls`` products through small_gemm's symbol, as the kernels call it."""
     for _ in range(calls):
         small_gemm.sgemm_entry(np.int32(transa), np.int32(transb), m, n, k, a.ctypes, lda,
                                b.ctypes, ldb, np.float32(0.0), c.ctypes, ldc)
@@ -166,7 +159,7 @@ def _table(rng, args):
             assert err < 1e-5, (what, err)
             t_ob, t_sg = [], []
             for _ in range(args.rounds):
-                t_ob.append(1e3 * timeit(lambda: _openblas(*call, c.reshape(-1), n), args.calls, 1))
+                t_ob.append(1e3 * timeit(lambda: _openblas_loop(*call, c.reshape(-1), n, 1), args.calls, 1))
                 t_sg.append(1e3 * timeit(lambda: _small(*call, c.reshape(-1), n),
                                          args.calls, 1))
             gf = 2 * m * n * k / 1e6
