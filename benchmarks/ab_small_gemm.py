@@ -6,8 +6,8 @@ Each round times ``--steps`` calls of the workload with small_gemm on, then off 
 alternates between rounds), after warm-up calls in both states; the table gives the median
 over rounds of each state's per-round median and the ratio off / on (above 1: small_gemm
 faster).  Workloads: LeNet-5 train step (batch 128), ResNet-18 CIFAR train step (batch 32),
-and conv2d forward + backward rows of the bench (batch 32): the stem 3->64 3x3 in NCHW and
-channels-last, the 1x1 stride-2 64->128 in channels-last.
+conv2d forward + backward rows of the bench (batch 32): the stem 3->64 3x3 in NCHW and
+channels-last, the 1x1 stride-2 64->128 in channels-last; and the bench's transformer block.
 """
 
 import argparse
@@ -15,9 +15,10 @@ import statistics
 
 import numpy as np
 
+import minigrad as mg
 import zoo
 from benchmarks.ab_pairs import conv_row
-from benchmarks.run_all import mg_train_step, timeit
+from benchmarks.run_all import mg_train_step, timeit, transformer_step
 from minigrad.cpu import small_gemm
 
 
@@ -38,6 +39,8 @@ WORKLOADS = {
                 lambda: conv_row(3, 64, 32, 3, 1, True), 30),
     "1x1-cl": ("conv 64->128 32x32 k1 s2 fwd+bwd, channels-last",
                lambda: conv_row(64, 128, 32, 1, 2, True), 30),
+    "transformer": ("transformer block fwd+bwd, 16x128 tokens, width 256",
+                    lambda: transformer_step(mg, mg.tensor), 10),
 }
 
 

@@ -12,7 +12,8 @@ gradient (RSC x tile^T @ tile x K, A transposed) and column gradient (tile x K @
 ``--grid``: every product of m in GRID_M, n in GRID_N, k in GRID_K, untransposed, B transposed
 and A transposed, each kernel called ~0.4 GFLOP's worth of times in a jitted loop on the same
 operands (in cache), best of two rounds per kernel; prints the speed ratio small_gemm /
-OpenBLAS as one m x n table per k and transposition (above 1: small_gemm faster).
+OpenBLAS as one m x n table per k and transposition (above 1: small_gemm faster), with a
+``*`` where gemm_rm sends the product to small_gemm (A's rows are k or m apart).
 """
 
 import argparse
@@ -52,9 +53,9 @@ SHAPES = [
     (256, 512, 2048, 0, 0, "untransposed, k 2048"),
 ]
 
-GRID_M = (64, 128, 256, 512)
+GRID_M = (64, 128, 256, 512, 1024)
 GRID_N = (16, 32, 64, 128, 256, 512, 1024)
-GRID_K = (27, 64, 128, 256, 576, 1152)
+GRID_K = (27, 64, 128, 256, 576, 1152, 2048)
 
 
 def _small(transa, transb, m, n, k, a, lda, b, ldb, c, ldc):
@@ -79,6 +80,12 @@ def _small_loop(transa, transb, m, n, k, a, lda, b, ldb, c, ldc, calls):
     for _ in range(calls):
         small_gemm.sgemm_entry(np.int32(transa), np.int32(transb), m, n, k, a.ctypes, lda,
                                b.ctypes, ldb, np.float32(0.0), c.ctypes, ldc)
+
+
+def _dispatched(ta, tb, m, n, k, lda):
+    """True when gemm_rm sends this product to small_gemm (its switch on)."""
+    return bool(small_gemm.preferred(bool(ta), bool(tb), m, n, k)
+                and not small_gemm.a_rows_alias(bool(ta), lda))
 
 
 def _grid(rng):
@@ -112,9 +119,11 @@ def _grid(rng):
                         calls = max(1, int(0.4e9 / flop))
                         _openblas_loop(*call, 1)
                         _small_loop(*call, 1)
-                        cells.append(rate(_small_loop, call, calls, flop)
-                                     / rate(_openblas_loop, call, calls, flop))
-                    print(f"| {m} | " + " | ".join(f"{r:.2f}" for r in cells) + " |", flush=True)
+                        ratio = (rate(_small_loop, call, calls, flop)
+                                 / rate(_openblas_loop, call, calls, flop))
+                        taken = _dispatched(ta, tb, m, n, k, m if ta else k)
+                        cells.append(f"{ratio:.2f}" + ("*" if taken else ""))
+                    print(f"| {m} | " + " | ".join(cells) + " |", flush=True)
 
 
 def main(argv=None):
@@ -163,7 +172,7 @@ def _table(rng, args):
                 t_sg.append(1e3 * timeit(lambda: _small(*call, c.reshape(-1), n),
                                          args.calls, 1))
             gf = 2 * m * n * k / 1e6
-            pref = small_gemm.preferred(bool(ta), bool(tb), m, n, k)
+            pref = _dispatched(ta, tb, m, n, k, a.shape[1])
             print(f"| {what} | {m} x {n} x {k}, {'A' if ta else ''}{'B' if tb else ''}"
                   f"{'-' if not (ta or tb) else ''} | {gf / min(t_ob):.1f} | {gf / min(t_sg):.1f} | "
                   f"{min(t_ob) / min(t_sg):.2f}x | {'yes' if pref else 'no'} |")

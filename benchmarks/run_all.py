@@ -374,26 +374,31 @@ def bench_batched_matmul(repeat):
     return rows
 
 
-def bench_transformer(repeat, batch=16, tokens=128, width=256, heads=4):
-    """Forward + backward of benchmarks/transformer_block.py's block (input a leaf, a given
-    output gradient, parameter gradients reset each call)."""
+def transformer_step(lib, tensor, batch=16, tokens=128, width=256, heads=4):
+    """A call of benchmarks/transformer_block.py's block forward + backward in ``lib``
+    (``tensor`` makes its tensors; input a leaf, a given output gradient, parameter
+    gradients reset each call)."""
     from benchmarks import transformer_block as tb
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, tokens, width)).astype(np.float32)
     gy = rng.standard_normal(x.shape).astype(np.float32)
+    layers = tb.make(lib, width)
+    params = [p for m in layers.values() for p in m.parameters()]
+    xt, gt = tensor(x), tensor(gy)
+    xt.requires_grad_()
 
+    def run():
+        for p in params + [xt]:
+            p.grad = None
+        tb.block(layers, xt, heads).backward(gt)
+    return run
+
+
+def bench_transformer(repeat, batch=16, tokens=128, width=256, heads=4):
+    """The bench's transformer row: transformer_step in both frameworks."""
     def runner(lib, tensor):
-        layers = tb.make(lib, width)
-        params = [p for m in layers.values() for p in m.parameters()]
-        xt, gt = tensor(x), tensor(gy)
-        xt.requires_grad_()
-
-        def run():
-            for p in params + [xt]:
-                p.grad = None
-            tb.block(layers, xt, heads).backward(gt)
-        return run
+        return transformer_step(lib, tensor, batch, tokens, width, heads)
 
     # multiply-adds per token: the four Linear layers, then the attention products
     macs = batch * tokens * (width * 3 * width + width * width + 2 * 4 * width * width) \

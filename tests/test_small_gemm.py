@@ -187,6 +187,42 @@ def test_switch_decides_at_run_time_which_gemm_runs():
         small_gemm.set_enabled(was)
 
 
+@pytest.mark.skipif(small_gemm.NR != 32 or not small_gemm.SUPPORTED,
+                    reason="the wide tile's dispatch (AVX-512 hosts)")
+def test_rows_4kb_apart_go_to_openblas():
+    """A preferred shape whose untransposed A has rows 4 KB apart runs in OpenBLAS (its
+    float32 bits), the same A with 4160-byte rows in small_gemm (sgemm's bits)."""
+    assert small_gemm.a_rows_alias(False, 1024) and small_gemm.a_rows_alias(False, 2048)
+    assert not small_gemm.a_rows_alias(False, 1040) and not small_gemm.a_rows_alias(True, 1024)
+    rng = np.random.default_rng(11)
+    m, n, k = 64, 64, 1024
+    assert small_gemm.preferred(False, False, m, n, k)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    ours = np.zeros((m, n), np.float32)
+    small_gemm.sgemm(False, False, m, n, k, a.reshape(-1), k, b.reshape(-1), n, 0.0,
+                     ours.reshape(-1), n)
+    padded = np.zeros((m, k + 16), np.float32)
+    padded[:, :k] = a
+    results = {}
+    was = small_gemm.enabled()
+    try:
+        for on in (False, True):
+            small_gemm.set_enabled(on)
+            for lda, src in ((k, a), (k + 16, padded)):
+                c = np.full((m, n), np.nan, np.float32)
+                _via_gemm_rm(False, False, m, n, k, src.reshape(-1), lda, b.reshape(-1), n,
+                             0.0, c.reshape(-1), n)
+                results[on, lda] = c
+    finally:
+        small_gemm.set_enabled(was)
+    openblas = results[False, k]
+    assert np.array_equal(results[False, k + 16], openblas)
+    assert not np.array_equal(ours, openblas)       # the two kernels' bits differ here
+    assert np.array_equal(results[True, k], openblas)
+    assert np.array_equal(results[True, k + 16], ours)
+
+
 def test_sgemm_rejects_bad_operands():
     """The Python entry checks what the compiled code cannot: dtype, layout, sizes, writability."""
     a = np.zeros(12, np.float32)

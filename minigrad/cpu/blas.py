@@ -100,9 +100,10 @@ if small_gemm.SUPPORTED:
 
     @njit(inline="always")
     def _sgemm_either(small, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-        """float32 gemm_rm in small_gemm when ``small`` (and alpha is 1 and its switch is
-        on), else in OpenBLAS."""
-        if small and alpha == 1.0 and small_gemm.switch_on():
+        """float32 gemm_rm in small_gemm when ``small`` (and alpha is 1, its switch is on
+        and A's rows do not alias in L1: small_gemm.a_rows_alias), else in OpenBLAS."""
+        if (small and alpha == 1.0 and small_gemm.switch_on()
+                and not small_gemm.a_rows_alias(transa, lda)):
             small_gemm.sgemm_entry(np.int32(transa), np.int32(transb), m, n, k, a.ctypes,
                                    lda, b.ctypes, ldb, np.float32(beta), c.ctypes, ldc)
         else:
