@@ -293,11 +293,12 @@ def preferred(transa, transb, m, n, k):
 def a_rows_alias(transa, lda):
     """True when sgemm would read an untransposed A whose rows lie a multiple of 4 KB apart:
     the tile's MR rows then share one set of the 8-way L1 (MR > 8 on the wide tile) and
-    evict each other.  OpenBLAS, which
-    packs A, takes those products: one thread, in cache, Zen 4, 1024 x 256 x 1024 ran at
-    0.72-0.96x OpenBLAS with 4 KB rows and 1.06-1.08x with rows 4160 bytes apart; 512 x 128 x
-    2048 0.71x against 1.11-1.20x (BENCHMARKS_perf.md, change 118).  Copying each strip of A
-    to shorter rows cost more than it saved (0.75-0.98x)."""
+    evict each other, so OpenBLAS, which packs A, takes those products.  One thread, in
+    cache, Zen 4: 1024 x 256 x 1024 ran at 0.72-0.96x OpenBLAS with 4 KB rows, 1.02-1.12x
+    with rows 4160 bytes apart; 512 x 128 x 2048 0.71-0.72x against 1.03-1.20x.  Packing A
+    in sgemm instead (scalar copies of each 12-row strip) cost more than it saved: 1024 x
+    256 x 1024 still 0.72-0.92x, and 0.85-0.97x where A did not alias (change 118 of
+    BENCHMARKS_perf.md)."""
     return MR > 8 and not transa and lda % 1024 == 0
 
 
