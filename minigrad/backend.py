@@ -51,6 +51,13 @@ class Backend:
         """Copy ``src`` into ``dst`` (same shape) in place."""
         raise NotImplementedError
 
+    def add_into_(self, dst, src):
+        """``dst += src`` in place when this backend can for these arrays (same shape and
+        dtype, ``dst`` writable, no shared memory); returns whether it did.  Autograd
+        accumulates a leaf's ``.grad`` with it; where it returns False (the default) the
+        sum goes to a new array."""
+        return False
+
     def fill_(self, x, value):
         """Set every element of ``x`` to ``value`` in place."""
         raise NotImplementedError

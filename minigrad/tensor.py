@@ -1,6 +1,7 @@
 """``Tensor``: an n-dimensional array on a device that records differentiable ops."""
 
 import numbers
+import weakref
 
 import numpy as np
 
@@ -130,8 +131,9 @@ class Tensor:
     def grad(self):
         """The accumulated gradient (a Tensor) or None.
 
-        backward() adds into it: usually by giving this Tensor a new array, but some
-        kernels (unpadded 1x1 convolutions) add into its array in place, as PyTorch does."""
+        backward() adds into its array in place, as PyTorch does, when that array is one
+        autograd made; a .grad tensor or array the user assigned is never written (the sum
+        goes to a new array, which later backward calls then add into)."""
         return self._grad
 
     @grad.setter
@@ -156,13 +158,24 @@ class Tensor:
 
     def _accumulate_grad(self, g, owned=False):
         """Add ``g`` to ``.grad``; the first ``g`` becomes ``.grad`` itself when ``owned``
-        (nothing else refers to it) and of this tensor's dtype, else a copy of it."""
+        (nothing else refers to it) and of this tensor's dtype, else a copy of it.  Later
+        gradients are added into that array in place, as PyTorch does, while ``.grad`` still
+        holds the array autograd made (never one the user assigned) and the backend can."""
         be = self.be
         if self._grad is None:
             data = g if owned and g.dtype == self.dtype else be.astype(g, self.dtype)
             self._grad = Tensor._make(data, self.device)
         else:
-            self._grad.data = be.binary("add", self._grad.data, g)
+            stored = self._grad.data
+            made = getattr(self._grad, "_autograd_storage", None)
+            if made is not None and made() is stored and be.add_into_(stored, g):
+                return
+            data = be.binary("add", stored, g)
+            self._grad.data = data
+        try:
+            self._grad._autograd_storage = weakref.ref(data)
+        except TypeError:       # storage without weak references: always a new sum
+            self._grad._autograd_storage = None
 
     # --- conversion -----------------------------------------------------
     def numpy(self):

@@ -223,3 +223,63 @@ def test_switch_off_copies_every_gradient(monkeypatch):
     _FreshGradient.apply(x, "array").sum().backward()
     assert x.grad.data is not _FreshGradient.made[0]()
     np.testing.assert_array_equal(x.grad.numpy(), np.full((3, 4), 2.0, np.float32))
+
+
+@pytest.mark.parametrize("shape,layout", [((5,), "dense"), ((2, 3, 8, 8), "dense"),
+                                          ((4, 16, 32, 32), "dense"),
+                                          ((4, 16, 32, 32), "channels-last")])
+def test_later_gradients_are_added_in_place(shape, layout):
+    """The second backward adds into the array .grad already holds (as PyTorch's
+    accumulation does): same array object, the sum of both gradients, its layout kept.
+    (4, 16, 32, 32) takes the two-thread kernel, the small shapes NumPy's add."""
+    rng = np.random.default_rng(5)
+    data = rng.standard_normal(shape).astype(np.float32)
+    if layout == "channels-last":
+        data = np.ascontiguousarray(data.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    x = mg.tensor(data, requires_grad=True)
+    w1 = rng.standard_normal(shape).astype(np.float32)
+    w2 = rng.standard_normal(shape).astype(np.float32)
+    (x * mg.tensor(w1)).sum().backward()
+    first = x.grad.data
+    (x * mg.tensor(w2)).sum().backward()
+    assert x.grad.data is first
+    np.testing.assert_allclose(x.grad.numpy(), w1 + w2, rtol=1e-6, atol=1e-6)
+
+
+def test_gradient_arrays_the_user_set_are_not_written():
+    """A .grad tensor, or .grad storage, the user assigned gets a new sum: the user's
+    array keeps its values."""
+    x = leaf(3, 4)
+    mine = np.full((3, 4), 5.0, np.float32)
+    x.grad = mg.tensor(mine)
+    x.grad.data = mine
+    (x * 2.0).sum().backward()
+    np.testing.assert_array_equal(mine, np.full((3, 4), 5.0, np.float32))
+    np.testing.assert_array_equal(x.grad.numpy(), np.full((3, 4), 7.0, np.float32))
+    # autograd made that sum: the next gradient goes into it in place
+    made = x.grad.data
+    (x * 1.0).sum().backward()
+    assert x.grad.data is made
+    np.testing.assert_array_equal(made, np.full((3, 4), 8.0, np.float32))
+    # storage swapped into autograd's .grad tensor is not written either
+    other = np.zeros((3, 4), np.float32)
+    x.grad.data = other
+    (x * 2.0).sum().backward()
+    np.testing.assert_array_equal(other, np.zeros((3, 4), np.float32))
+    np.testing.assert_array_equal(x.grad.numpy(), np.full((3, 4), 2.0, np.float32))
+
+
+def test_cpu_add_into_refuses_what_it_cannot_do_in_place():
+    from minigrad.cpu.backend import CPUBackend
+
+    be = CPUBackend()
+    a = np.ones(6, np.float32)
+    assert not be.add_into_(a, a)                                  # shared memory
+    assert not be.add_into_(a[:4], a[2:])                          # overlapping views
+    assert not be.add_into_(a, np.ones(6, np.float64))             # dtypes differ
+    assert not be.add_into_(a, np.ones(5, np.float32))             # shapes differ
+    frozen = np.ones(6, np.float32)
+    frozen.flags.writeable = False
+    assert not be.add_into_(frozen, np.ones(6, np.float32))
+    assert be.add_into_(a, np.full(6, 2.0, np.float32))
+    np.testing.assert_array_equal(a, np.full(6, 3.0, np.float32))

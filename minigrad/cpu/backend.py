@@ -235,6 +235,19 @@ class CPUBackend(Backend):
     def fill_(self, x, value):
         x.fill(value)
 
+    def add_into_(self, dst, src):
+        if (type(dst) is not np.ndarray or type(src) is not np.ndarray
+                or not dst.flags.writeable or dst.shape != src.shape or dst.dtype != src.dtype
+                or dst.dtype not in (np.float32, np.float64) or np.may_share_memory(dst, src)):
+            return False
+        order = _storage_order(dst)
+        if dst.size >= _RELU_KERNEL_MIN and order is not None and order == _storage_order(src):
+            d = dst.transpose(order).reshape(-1)
+            kernels.add_flat(d, src.transpose(order).reshape(-1), d)
+        else:
+            np.add(dst, src, out=dst)
+        return True
+
     # --- elementwise ---------------------------------------------------
     def unary(self, op, x):
         if op == "relu":
