@@ -67,6 +67,20 @@ def _is_advanced(item):
     return isinstance(item, (bool, np.bool_, list, np.ndarray)) or hasattr(item, "copy_to_host")
 
 
+def _address(x):
+    """Address of a device array's first element (the simulator's arrays are NumPy ones)."""
+    iface = getattr(x, "__cuda_array_interface__", None)
+    return (iface if iface is not None else x.__array_interface__)["data"][0]
+
+
+def _overlap(a, b):
+    """True when device arrays a and b (C-contiguous) share any byte."""
+    pa, pb = _address(a), _address(b)
+    na = _prod(a.shape) * np.dtype(a.dtype).itemsize
+    nb = _prod(b.shape) * np.dtype(b.dtype).itemsize
+    return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
+
+
 class CUDABackend(Backend):
     """Kernels for device "cuda" (``numba.cuda``; runs under the simulator too)."""
 
@@ -186,6 +200,21 @@ class CUDABackend(Backend):
         shape = tuple(dst.shape)
         self._strided_copy(src, 0, broadcast_strides(src.shape, shape), dst, 0,
                            contiguous_strides(shape), shape)
+
+    def add_into_(self, dst, src):
+        """``dst += src`` in place for C-contiguous float device arrays of one shape and
+        dtype that share no memory (autograd's accumulation of a leaf's ``.grad``)."""
+        if not all(callable(getattr(x, "is_c_contiguous", None)) for x in (dst, src)):
+            return False            # not device arrays
+        if (tuple(dst.shape) != tuple(src.shape) or np.dtype(dst.dtype) != np.dtype(src.dtype)
+                or np.dtype(dst.dtype).kind != "f" or not dst.is_c_contiguous()
+                or not src.is_c_contiguous() or _overlap(dst, src)):
+            return False
+        n = _prod(dst.shape)
+        if n:
+            self._launch1d(ew.binary_flat_kernel("add"), n, self._flat(dst), self._flat(src),
+                           self._flat(dst), n)
+        return True
 
     def fill_(self, x, value):
         """Set every element of ``x`` to ``value`` in place."""

@@ -203,3 +203,32 @@ def test_compiler_problem_names_numpy(monkeypatch):
     monkeypatch.setattr(sys, "meta_path", [_BrokenCompilerImport()] + sys.meta_path)
     reason = minigrad_cuda.compiler_problem()
     assert "row_stack" in reason and "NumPy" in reason and "numpy<2.5" in reason
+
+
+def test_leaf_gradient_accumulates_in_place_on_the_device():
+    """A second backward adds into the device array .grad holds (as on the CPU); a .grad
+    the user assigned is not written."""
+    c, g = pair(3, 5)
+    w1 = RNG.standard_normal((3, 5)).astype(np.float32)
+    w2 = RNG.standard_normal((3, 5)).astype(np.float32)
+    (g * mg.tensor(w1, device="cuda")).sum().backward()
+    first = g.grad.data
+    (g * mg.tensor(w2, device="cuda")).sum().backward()
+    assert g.grad.data is first
+    np.testing.assert_allclose(g.grad.numpy(), w1 + w2, rtol=1e-6, atol=1e-6)
+    mine = mg.tensor(np.ones((3, 5), np.float32), device="cuda")
+    g.grad = mine
+    mine_array = mine.data
+    (g * 2.0).sum().backward()
+    np.testing.assert_array_equal(g.be.to_numpy(mine_array), np.ones((3, 5), np.float32))
+    np.testing.assert_array_equal(g.grad.numpy(), np.full((3, 5), 3.0, np.float32))
+
+
+def test_add_into_refuses_overlap_and_mismatches():
+    be = mg.tensor(np.zeros(1), device="cuda").be
+    a = be.from_numpy(np.ones(6, np.float32))
+    assert not be.add_into_(a, a)
+    assert not be.add_into_(a, be.from_numpy(np.ones(6, np.float64)))
+    assert not be.add_into_(a, be.from_numpy(np.ones(5, np.float32)))
+    assert be.add_into_(a, be.from_numpy(np.full(6, 2.0, np.float32)))
+    np.testing.assert_array_equal(be.to_numpy(a), np.full(6, 3.0, np.float32))
