@@ -162,16 +162,22 @@ def test_padded_columns():
         small_gemm.set_enabled(was)
 
 
-@pytest.mark.skipif(not small_gemm.SUPPORTED, reason="gemm_rm never calls small_gemm on this CPU")
-def test_switch_decides_at_run_time_which_gemm_runs():
-    rng = np.random.default_rng(4)
-    m, n, k = (64, 16, 150) if small_gemm.NR == 16 else (128, 64, 300)
+def _untransposed_and_sgemm(seed, m, n, k):
+    """Random float32 A (m x k) and B (k x n) of a ``preferred`` shape, and sgemm's A @ B."""
     assert small_gemm.preferred(False, False, m, n, k)
+    rng = np.random.default_rng(seed)
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
     ours = np.zeros((m, n), np.float32)
     small_gemm.sgemm(False, False, m, n, k, a.reshape(-1), k, b.reshape(-1), n, 0.0,
                      ours.reshape(-1), n)
+    return a, b, ours
+
+
+@pytest.mark.skipif(not small_gemm.SUPPORTED, reason="gemm_rm never calls small_gemm on this CPU")
+def test_switch_decides_at_run_time_which_gemm_runs():
+    m, n, k = (64, 16, 150) if small_gemm.NR == 16 else (128, 64, 300)
+    a, b, ours = _untransposed_and_sgemm(4, m, n, k)
     reference = a.astype(np.float64) @ b
     was = small_gemm.enabled()
     try:
@@ -194,14 +200,8 @@ def test_rows_4kb_apart_go_to_openblas():
     float32 bits), the same A with 4160-byte rows in small_gemm (sgemm's bits)."""
     assert small_gemm.a_rows_alias(False, 1024) and small_gemm.a_rows_alias(False, 2048)
     assert not small_gemm.a_rows_alias(False, 1040) and not small_gemm.a_rows_alias(True, 1024)
-    rng = np.random.default_rng(11)
     m, n, k = 64, 64, 1024
-    assert small_gemm.preferred(False, False, m, n, k)
-    a = rng.standard_normal((m, k)).astype(np.float32)
-    b = rng.standard_normal((k, n)).astype(np.float32)
-    ours = np.zeros((m, n), np.float32)
-    small_gemm.sgemm(False, False, m, n, k, a.reshape(-1), k, b.reshape(-1), n, 0.0,
-                     ours.reshape(-1), n)
+    a, b, ours = _untransposed_and_sgemm(11, m, n, k)
     padded = np.zeros((m, k + 16), np.float32)
     padded[:, :k] = a
     results = {}
