@@ -143,6 +143,7 @@ class Tensor:
         if value is not None and value.shape != self.shape:
             raise ValueError(f"grad shape {value.shape} does not match tensor shape {self.shape}")
         self._grad = value
+        self._grad_made = None      # the user's tensor: backward gives it a new sum
 
     def requires_grad_(self, flag=True):
         """Set ``requires_grad`` in place (only floating tensors can require a gradient)."""
@@ -167,15 +168,15 @@ class Tensor:
             self._grad = Tensor._make(data, self.device)
         else:
             stored = self._grad.data
-            made = getattr(self._grad, "_autograd_storage", None)
+            made = getattr(self, "_grad_made", None)
             if made is not None and made() is stored and be.add_into_(stored, g):
                 return
             data = be.binary("add", stored, g)
             self._grad.data = data
         try:
-            self._grad._autograd_storage = weakref.ref(data)
+            self._grad_made = weakref.ref(data)
         except TypeError:       # storage without weak references: always a new sum
-            self._grad._autograd_storage = None
+            self._grad_made = None
 
     # --- conversion -----------------------------------------------------
     def numpy(self):

@@ -267,6 +267,14 @@ def test_gradient_arrays_the_user_set_are_not_written():
     (x * 2.0).sum().backward()
     np.testing.assert_array_equal(other, np.zeros((3, 4), np.float32))
     np.testing.assert_array_equal(x.grad.numpy(), np.full((3, 4), 2.0, np.float32))
+    # nor another leaf's gradient tensor, assigned to this one
+    y = leaf(3, 4)
+    (y * 1.0).sum().backward()
+    y_array = y.grad.data
+    x.grad = y.grad
+    (x * 2.0).sum().backward()
+    np.testing.assert_array_equal(y_array, np.ones((3, 4), np.float32))
+    np.testing.assert_array_equal(x.grad.numpy(), np.full((3, 4), 3.0, np.float32))
 
 
 def test_cpu_add_into_refuses_what_it_cannot_do_in_place():
