@@ -167,6 +167,12 @@ def _storage_order(x):
     return None
 
 
+def _common_order(a, b):
+    """_storage_order of a when b is stored in the same order, else None."""
+    order = _storage_order(a)
+    return order if order is not None and order == _storage_order(b) else None
+
+
 def _flat_map(kernel, order, *arrays):
     """``kernel(*flat inputs, flat out)`` over arrays stored in one order (``order`` from
     _storage_order): one pass in memory order, and the result keeps that storage."""
@@ -240,8 +246,8 @@ class CPUBackend(Backend):
                 or not dst.flags.writeable or dst.shape != src.shape or dst.dtype != src.dtype
                 or dst.dtype not in (np.float32, np.float64) or np.may_share_memory(dst, src)):
             return False
-        order = _storage_order(dst)
-        if dst.size >= _RELU_KERNEL_MIN and order is not None and order == _storage_order(src):
+        order = _common_order(dst, src)
+        if dst.size >= _RELU_KERNEL_MIN and order is not None:
             d = dst.transpose(order).reshape(-1)
             kernels.add_flat(d, src.transpose(order).reshape(-1), d)
         else:
@@ -264,8 +270,8 @@ class CPUBackend(Backend):
                 and a.dtype == b.dtype and a.dtype in (np.float32, np.float64)):
             # gradient accumulation and residual adds: both cores (np.add is one thread),
             # when both operands share a dense storage order (NCHW or channels-last)
-            order = _storage_order(a)
-            if order is not None and order == _storage_order(b):
+            order = _common_order(a, b)
+            if order is not None:
                 return _flat_map(kernels.add_flat, order, a, b)
         if op in _COMPARE:
             return _COMPARE[op](a, b).astype(a.dtype if a.dtype.kind != "b" else np.float32)
@@ -297,8 +303,8 @@ class CPUBackend(Backend):
         if x.dtype.char not in _NO_BIAS or g.shape != x.shape:
             return super().gelu_backward(x, g, approximate)
         g = g.astype(x.dtype, copy=False)
-        order = _storage_order(x)
-        if order is None or order != _storage_order(g):
+        order = _common_order(x, g)
+        if order is None:
             x, g = np.ascontiguousarray(x), np.ascontiguousarray(g)
             order = tuple(range(x.ndim))
         kernel = (gelu_kernels.gelu_tanh_grad if approximate == "tanh"
@@ -307,8 +313,8 @@ class CPUBackend(Backend):
 
     def activation_grad(self, op, y, gy):
         if gy.shape == y.shape and gy.dtype == y.dtype:
-            order = _storage_order(y)
-            if order is not None and order == _storage_order(gy):
+            order = _common_order(y, gy)
+            if order is not None:
                 return _flat_map(_ACT_GRAD[op], order, y, gy)
         if (y.ndim == 4 and not y.flags.c_contiguous and gy.shape == y.shape
                 and y.transpose(0, 2, 3, 1).flags.c_contiguous):
