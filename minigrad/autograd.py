@@ -13,9 +13,9 @@ A subclass that lists input positions in ``grad_addend_inputs`` may be handed, i
 gradient already gathered for that input; its backward must then return that input's
 gradient *plus* the addend, so that a kernel can fold the sum into a pass it makes
 anyway (CPU convolution: the copy-out of dX) instead of a separate add.  An addend is
-only read, except where ``self.grad_addend_writable`` is True for it: it is then a
-leaf's own ``.grad`` storage, which backward may update in place and return, as
-PyTorch accumulates ``.grad`` in place.
+only read, except where ``self.grad_addend_writable`` is True for it: it is then the
+``.grad`` array autograd made for a leaf (never one the user assigned), which backward
+may update in place and return, as PyTorch accumulates ``.grad`` in place.
 """
 
 import contextlib
@@ -193,34 +193,35 @@ def _topological_order(root):
 
 
 def _addend_of(parent, grads):
-    """The gradient gathered so far for ``parent``, for a backward that adds it into its
-    own result: the pending sum in ``grads``, else a plain leaf's stored ``.grad``."""
+    """``(addend, into_leaf, writable)``: the gradient gathered so far for ``parent``, for a
+    backward that adds it into its own result (the pending sum in ``grads``, else a plain
+    leaf's stored ``.grad``); whether it is that ``.grad`` (the sum then replaces it); and
+    whether the backward may add into it in place (only a ``.grad`` array autograd made)."""
     if parent is None or not parent.requires_grad:
-        return None, False
+        return None, False, False
     pending = grads.get(id(parent))
     if pending is not None:
-        return pending, False
+        return pending, False, False
     if parent._ctx is None and not parent._graph_freed and parent._grad is not None:
         stored = parent._grad.data
         if stored.shape == parent.shape and stored.dtype == parent.dtype:
-            return stored, True
-    return None, False
+            return stored, True, parent._grad_is_autograds()
+    return None, False, False
 
 
 def _grad_addends(ctx, grads):
-    """``(addends, into_leaf)`` for ctx's ``grad_addend_inputs``: one entry per input, and
-    whether that addend is a leaf's stored gradient (so the sum replaces ``.grad``, and
-    the addend may be updated in place)."""
+    """``(addends, into_leaf, writable)`` for ctx's ``grad_addend_inputs``: one entry per
+    input in each (see ``_addend_of``)."""
     n = len(ctx.parents)
-    addends, into_leaf = [None] * n, [False] * n
+    addends, into_leaf, writable = [None] * n, [False] * n, [False] * n
     seen = set()
     for i in ctx.grad_addend_inputs:
         parent = ctx.parents[i] if i < n else None
         if parent is None or id(parent) in seen or not ctx.needs_grad[i]:
             continue
         seen.add(id(parent))
-        addends[i], into_leaf[i] = _addend_of(parent, grads)
-    return tuple(addends), into_leaf
+        addends[i], into_leaf[i], writable[i] = _addend_of(parent, grads)
+    return tuple(addends), into_leaf, tuple(writable)
 
 
 # A leaf keeps the gradient array a backward made for it, as PyTorch does, when nothing
@@ -269,9 +270,8 @@ def run_backward(root, grad, retain_graph=False):
             node._accumulate_grad(g)
         addends = None
         if ctx.grad_addend_inputs:
-            addends, into_leaf = _grad_addends(ctx, grads)
+            addends, into_leaf, ctx.grad_addend_writable = _grad_addends(ctx, grads)
             ctx.grad_addends = addends
-            ctx.grad_addend_writable = tuple(into_leaf)
         with no_grad():
             parent_grads = ctx.backward(g)
         if addends is not None:
@@ -288,7 +288,7 @@ def run_backward(root, grad, retain_graph=False):
             if addends is not None and addends[i] is not None:
                 # pg already holds the addend: it replaces what it was added to
                 if into_leaf[i]:
-                    parent._grad.data = pg if pg.dtype == parent.dtype else ctx.be.astype(pg, parent.dtype)
+                    parent._replace_grad(pg if pg.dtype == parent.dtype else ctx.be.astype(pg, parent.dtype))
                 else:
                     grads[key] = pg
             elif key in grads:

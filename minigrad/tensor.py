@@ -166,13 +166,22 @@ class Tensor:
         if self._grad is None:
             data = g if owned and g.dtype == self.dtype else be.astype(g, self.dtype)
             self._grad = Tensor._make(data, self.device)
-        else:
-            stored = self._grad.data
-            made = getattr(self, "_grad_made", None)
-            if made is not None and made() is stored and be.add_into_(stored, g):
-                return
-            data = be.binary("add", stored, g)
-            self._grad.data = data
+            self._mark_grad_made(data)
+        elif not (self._grad_is_autograds() and be.add_into_(self._grad.data, g)):
+            self._replace_grad(be.binary("add", self._grad.data, g))
+
+    def _grad_is_autograds(self):
+        """True when ``.grad`` holds the array autograd made for this tensor (not one the
+        user assigned, to it or to its ``.data``), which backward may update in place."""
+        made = getattr(self, "_grad_made", None)
+        return self._grad is not None and made is not None and made() is self._grad.data
+
+    def _replace_grad(self, data):
+        """Make ``data``, a new gradient sum autograd made, the storage of ``.grad``."""
+        self._grad.data = data
+        self._mark_grad_made(data)
+
+    def _mark_grad_made(self, data):
         try:
             self._grad_made = weakref.ref(data)
         except TypeError:       # storage without weak references: always a new sum

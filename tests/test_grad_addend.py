@@ -293,3 +293,38 @@ def test_depthwise_conv_second_consumer_addend_is_only_read(monkeypatch):
                                    rtol=1e-10, atol=1e-10)
         assert len(seen) == 1 and seen[0] is other
         np.testing.assert_array_equal(other, kept)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("groups", [1, "depthwise"])
+def test_another_leafs_gradient_assigned_as_grad_is_only_read(shape, layout, groups):
+    """``x.grad = other.grad`` shares autograd's gradient array of ``other``: a conv's
+    backward into x must give x's .grad a new sum and leave that array alone (every conv
+    path, float32, the dtype whose kernels fold in place).  The new sum is then autograd's:
+    the next backward may add into it (the paths that fold in place do), never into the
+    other leaf's array."""
+    C, K, H, k, s, p = shape
+    if groups == "depthwise":
+        K, groups = C, C
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, C, H, H)).astype(np.float32)
+    if layout == "cl":
+        x = _cl(x)
+    w = rng.standard_normal((K, C // groups, k, k)).astype(np.float32)
+    OH = (H + 2 * p - k) // s + 1
+    gy = rng.standard_normal((2, K, OH, OH)).astype(np.float32)
+    other = mg.tensor(np.zeros(x.shape, np.float32), requires_grad=True)
+    (other * 2.0).sum().backward()
+    others_array = other.grad.data
+    xm, wm = mg.tensor(x, requires_grad=True), mg.tensor(w)
+    xm.grad = other.grad
+    mg.conv2d(xm, wm, stride=s, padding=p, groups=groups).backward(mg.tensor(gy))
+    np.testing.assert_array_equal(others_array, 2.0)
+    xr = mg.tensor(x, requires_grad=True)
+    mg.conv2d(xr, wm, stride=s, padding=p, groups=groups).backward(mg.tensor(gy))
+    dx = xr.grad.numpy()
+    np.testing.assert_allclose(xm.grad.numpy(), 2.0 + dx, rtol=1e-6, atol=1e-5)
+    mg.conv2d(xm, wm, stride=s, padding=p, groups=groups).backward(mg.tensor(gy))
+    np.testing.assert_array_equal(others_array, 2.0)
+    np.testing.assert_allclose(xm.grad.numpy(), 2.0 + 2 * dx, rtol=1e-5, atol=1e-4)
