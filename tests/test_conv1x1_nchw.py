@@ -184,3 +184,33 @@ def test_switch_off_gives_the_same_values(monkeypatch):
     for a, b in zip(on[1], off[1]):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     assert on[0].flags.c_contiguous and not off[0].flags.c_contiguous
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("stride", [(2, 2), (2, 3), (1, 2), (3, 1)])
+def test_gather_and_scatter_with_prefetching_match_numpy(dtype, stride):
+    """On arrays of at least _PREFETCH_MIN_BYTES the stride gather and the dX scatter prefetch
+    rows ahead (a separate loop); the values must be those of NumPy's strided views, for a
+    unit of one image and of two, and x's data not 64-byte aligned."""
+    sh, sw = stride
+    C = 64 if dtype == np.float32 else 32
+    N, H, W = 2, 96, 95
+    count = N * C * H * W
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(count + 1).astype(dtype)[1:].reshape(N, C, H, W)  # unaligned
+    assert x.nbytes >= conv1x1_nchw._PREFETCH_MIN_BYTES
+    assert conv1x1_nchw._rows_ahead(x.reshape(-1), W) > 0
+    OH, OW = (H - 1) // sh + 1, (W - 1) // sw + 1
+    P = OH * OW
+    sampled = x[:, :, ::sh, ::sw]
+    for n_a, n_b in ((0, 2), (1, 2)):
+        xs = np.full(C * (n_b - n_a) * P, np.nan, dtype)
+        conv1x1_nchw._gather(x, n_a, n_b, sh, sw, OH, OW, xs)
+        want = sampled[n_a:n_b].transpose(1, 0, 2, 3).reshape(C, -1)
+        np.testing.assert_array_equal(xs.reshape(C, -1), want)
+    d = rng.standard_normal(C * P).astype(dtype)
+    gx = rng.standard_normal(x.shape).astype(dtype)
+    want = gx.copy()
+    want[1, :, ::sh, ::sw] += d.reshape(C, OH, OW)
+    conv1x1_nchw._scatter_add(d, P, 0, C, OH, OW, sh, sw, H, W, gx.reshape(-1), C * H * W)
+    np.testing.assert_array_equal(gx, want)

@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from .blas import gemm_rm
+from .prefetch import prefetch
 
 # Fewest GEMM columns (pixels) per work unit: images with fewer output pixels are
 # grouped.  Per-image GEMMs of 512x256 by 256x16 ran at 65-74% of the single-thread
@@ -47,59 +48,121 @@ def reads_x_in_place(sh, sw, g):
     return sh == 1 and sw == 1 and g == 1
 
 
+# The stride-2 gather and scatter walk each plane's sampled rows: a short run of lines,
+# then a gap, which the hardware prefetchers follow poorly when the array is not in cache
+# (the bench row's x, 8 MB, is evicted between calls).  On arrays of at least
+# _PREFETCH_MIN_BYTES both prefetch the row about _PREFETCH_LINES cache lines ahead of each
+# row they copy; on smaller arrays, which tend to stay cached, the prefetches only cost
+# (BENCHMARKS_perf.md, change 120).
+_PREFETCH_LINES = 128
+_PREFETCH_MIN_BYTES = 4 << 20
+
+
+@njit(cache=True, inline="always")
+def _rows_ahead(a, span):
+    """How many sampled rows of ``span`` elements of array ``a`` hold about _PREFETCH_LINES
+    lines; 0 (no prefetching) when ``a`` is under _PREFETCH_MIN_BYTES."""
+    if a.size * a.itemsize < _PREFETCH_MIN_BYTES:
+        return 0
+    return max(1, _PREFETCH_LINES // max(1, (span * a.itemsize + 63) // 64))
+
+
+@njit(cache=True, inline="always")
+def _prefetch_row(af, start, span):
+    """Prefetch the 64-byte lines of af[start:start + span], however af's data is aligned:
+    addresses at most a line apart, then the last element."""
+    per_line = max(1, 64 // af.itemsize)
+    for j in range(start, start + span, per_line):
+        prefetch(af, j)
+    prefetch(af, start + span - 1)
+
+
+@njit(cache=True, inline="always")
+def _copy_sampled_row(xf, s, sw, dst, OW):
+    """dst[:OW] = xf[s::sw][:OW]."""
+    if sw == 2:   # a constant stride vectorises (2.6x faster on 32x32 planes)
+        src = xf[s:s + 2 * OW - 1]
+        for ow in range(OW):
+            dst[ow] = src[2 * ow]
+    else:
+        for ow in range(OW):
+            dst[ow] = xf[s + ow * sw]
+
+
 @njit(cache=True)
 def _gather(x, n_a, n_b, sh, sw, OH, OW, xs):
     """xs (C x G) flat, G = (n_b-n_a)*P: columns i*P .. (i+1)*P-1 hold
-    x[n_a+i, c, ::sh, ::sw] (its first OH x OW pixels) for each channel c."""
+    x[n_a+i, c, ::sh, ::sw] (its first OH x OW pixels) for each channel c.  On a big x each
+    sampled row is prefetched ahead of its copy (see _PREFETCH_LINES)."""
     N, C, H, W = x.shape
     P = OH * OW
     G = (n_b - n_a) * P
     xf = x.reshape(-1)
-    for i in range(n_b - n_a):
-        for c in range(C):
-            s0 = ((n_a + i) * C + c) * H * W
-            o = c * G + i * P
-            for oh in range(OH):
-                s = s0 + oh * sh * W
-                dst = xs[o + oh * OW:o + (oh + 1) * OW]
-                if sw == 2:   # a constant stride vectorises (2.6x faster on 32x32 planes)
-                    src = xf[s:s + 2 * OW - 1]
-                    for ow in range(OW):
-                        dst[ow] = src[2 * ow]
-                else:
-                    for ow in range(OW):
-                        dst[ow] = xf[s + ow * sw]
+    span = (OW - 1) * sw + 1
+    ahead = _rows_ahead(xf, span)
+    if ahead == 0:
+        for i in range(n_b - n_a):
+            for c in range(C):
+                s0 = ((n_a + i) * C + c) * H * W
+                o = c * G + i * P
+                for oh in range(OH):
+                    _copy_sampled_row(xf, s0 + oh * sh * W, sw, xs[o + oh * OW:], OW)
+        return
+    rows = (n_b - n_a) * C * OH      # sampled rows of the unit, in x's order
+    for r in range(rows):
+        rp = r + ahead
+        if rp < rows:
+            plane = rp // OH
+            _prefetch_row(xf, (n_a * C + plane) * H * W + (rp - plane * OH) * sh * W, span)
+        plane = r // OH
+        oh = r - plane * OH
+        i = plane // C
+        o = (plane - i * C) * G + i * P + oh * OW
+        _copy_sampled_row(xf, (n_a * C + plane) * H * W + oh * sh * W, sw, xs[o:], OW)
 
 
 @njit(cache=True)
 def _scatter_add(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base):
     """gx[n, c, oh*sh, ow*sw] += d[c, i*P + oh*OW + ow] for one image, whose planes start
     at gxf[base]; d is (C x G) flat, P = OH*OW.  With sw == 2 the pixels between the
-    sampled ones in a sampled row are rewritten unchanged (a -0.0 there becomes +0.0)."""
+    sampled ones in a sampled row are rewritten unchanged (a -0.0 there becomes +0.0).
+    On a big gx each sampled row is prefetched ahead, as in _gather."""
     P = OH * OW
+    span = (OW - 1) * sw + 1
+    ahead = _rows_ahead(gxf, span)
     for c in range(C):
         s0 = c * G + i * P
         for oh in range(OH):
-            o = base + (c * H + oh * sh) * W
-            src = d[s0 + oh * OW:s0 + (oh + 1) * OW]
-            if sw == 2 and 2 * OW <= W:
-                # Both members of each (even, odd) pair are stored, so LLVM vectorises the
-                # pairs as interleaved vectors; with the odd one left alone it does not.  The
-                # odd one gets + 0.0 (an identity, except that -0.0 becomes +0.0) because a
-                # plain copy-back is folded away, and the stores with it.
-                dst = gxf[o:o + 2 * OW]
-                for ow in range(OW):
-                    e = dst[2 * ow] + src[ow]
-                    f = dst[2 * ow + 1] + 0.0
-                    dst[2 * ow] = e
-                    dst[2 * ow + 1] = f
-            elif sw == 2:
-                dst = gxf[o:o + 2 * OW - 1]
-                for ow in range(OW):
-                    dst[2 * ow] += src[ow]
-            else:
-                for ow in range(OW):
-                    gxf[o + ow * sw] += src[ow]
+            if ahead > 0:
+                rp = c * OH + oh + ahead
+                if rp < C * OH:
+                    cp = rp // OH
+                    _prefetch_row(gxf, base + (cp * H + (rp - cp * OH) * sh) * W, span)
+            _scatter_add_row(d[s0 + oh * OW:s0 + (oh + 1) * OW], gxf, base + (c * H + oh * sh) * W,
+                             sw, OW, W)
+
+
+@njit(cache=True, inline="always")
+def _scatter_add_row(src, gxf, o, sw, OW, W):
+    """gxf[o::sw][:OW] += src[:OW] (see _scatter_add)."""
+    if sw == 2 and 2 * OW <= W:
+        # Both members of each (even, odd) pair are stored, so LLVM vectorises the
+        # pairs as interleaved vectors; with the odd one left alone it does not.  The
+        # odd one gets + 0.0 (an identity, except that -0.0 becomes +0.0) because a
+        # plain copy-back is folded away, and the stores with it.
+        dst = gxf[o:o + 2 * OW]
+        for ow in range(OW):
+            e = dst[2 * ow] + src[ow]
+            f = dst[2 * ow + 1] + 0.0
+            dst[2 * ow] = e
+            dst[2 * ow + 1] = f
+    elif sw == 2:
+        dst = gxf[o:o + 2 * OW - 1]
+        for ow in range(OW):
+            dst[2 * ow] += src[ow]
+    else:
+        for ow in range(OW):
+            gxf[o + ow * sw] += src[ow]
 
 
 @njit(cache=True)
