@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import minigrad as mg
-from minigrad.cpu import conv, conv1x1_nchw
+from minigrad.cpu import conv, conv1x1_nchw, prefetch
 from conv_checks import check_addend_modes, check_backward_passes
 from gradcheck import check_grad
 
@@ -189,7 +189,7 @@ def test_switch_off_gives_the_same_values(monkeypatch):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("stride", [(2, 2), (2, 3), (1, 2), (3, 1)])
 def test_gather_and_scatter_with_prefetching_match_numpy(dtype, stride):
-    """On arrays of at least _PREFETCH_MIN_BYTES the stride gather and the dX scatter prefetch
+    """On arrays of at least prefetch.AHEAD_MIN_BYTES the stride gather and the dX scatter prefetch
     rows ahead (a separate loop); the values must be those of NumPy's strided views, for a
     unit of one image and of two, and x's data not 64-byte aligned."""
     sh, sw = stride
@@ -198,8 +198,8 @@ def test_gather_and_scatter_with_prefetching_match_numpy(dtype, stride):
     count = N * C * H * W
     rng = np.random.default_rng(3)
     x = rng.standard_normal(count + 1).astype(dtype)[1:].reshape(N, C, H, W)  # unaligned
-    assert x.nbytes >= conv1x1_nchw._PREFETCH_MIN_BYTES
-    assert conv1x1_nchw._rows_ahead(x.reshape(-1), W) > 0
+    assert x.nbytes >= prefetch.AHEAD_MIN_BYTES
+    assert prefetch.runs_ahead(x.reshape(-1), W) > 0
     OH, OW = (H - 1) // sh + 1, (W - 1) // sw + 1
     P = OH * OW
     sampled = x[:, :, ::sh, ::sw]

@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from .blas import gemm_rm
-from .prefetch import prefetch
+from .prefetch import prefetch_run, runs_ahead
 
 # Fewest GEMM columns (pixels) per work unit: images with fewer output pixels are
 # grouped.  Per-image GEMMs of 512x256 by 256x16 ran at 65-74% of the single-thread
@@ -48,33 +48,9 @@ def reads_x_in_place(sh, sw, g):
     return sh == 1 and sw == 1 and g == 1
 
 
-# The stride-2 gather and scatter walk each plane's sampled rows: a short run of lines,
-# then a gap, which the hardware prefetchers follow poorly when the array is not in cache
-# (the bench row's x, 8 MB, is evicted between calls).  On arrays of at least
-# _PREFETCH_MIN_BYTES both prefetch the row about _PREFETCH_LINES cache lines ahead of each
-# row they copy; on smaller arrays, which tend to stay cached, the prefetches only cost
-# (BENCHMARKS_perf.md, change 120).
-_PREFETCH_LINES = 128
-_PREFETCH_MIN_BYTES = 4 << 20
-
-
-@njit(cache=True, inline="always")
-def _rows_ahead(a, span):
-    """How many sampled rows of ``span`` elements of array ``a`` hold about _PREFETCH_LINES
-    lines; 0 (no prefetching) when ``a`` is under _PREFETCH_MIN_BYTES."""
-    if a.size * a.itemsize < _PREFETCH_MIN_BYTES:
-        return 0
-    return max(1, _PREFETCH_LINES // max(1, (span * a.itemsize + 63) // 64))
-
-
-@njit(cache=True, inline="always")
-def _prefetch_row(af, start, span):
-    """Prefetch the 64-byte lines of af[start:start + span], however af's data is aligned:
-    addresses at most a line apart, then the last element."""
-    per_line = max(1, 64 // af.itemsize)
-    for j in range(start, start + span, per_line):
-        prefetch(af, j)
-    prefetch(af, start + span - 1)
+# The stride-2 gather and scatter walk each plane's sampled rows (a short run of lines, then
+# a gap) and prefetch the row prefetch.runs_ahead rows ahead of each they copy: the NCHW
+# 64->128 stride-2 row ran 1.22-1.25x faster (BENCHMARKS_perf.md, change 120).
 
 
 @njit(cache=True, inline="always")
@@ -93,13 +69,13 @@ def _copy_sampled_row(xf, s, sw, dst, OW):
 def _gather(x, n_a, n_b, sh, sw, OH, OW, xs):
     """xs (C x G) flat, G = (n_b-n_a)*P: columns i*P .. (i+1)*P-1 hold
     x[n_a+i, c, ::sh, ::sw] (its first OH x OW pixels) for each channel c.  On a big x each
-    sampled row is prefetched ahead of its copy (see _PREFETCH_LINES)."""
+    sampled row is prefetched ahead of its copy (see prefetch.runs_ahead)."""
     N, C, H, W = x.shape
     P = OH * OW
     G = (n_b - n_a) * P
     xf = x.reshape(-1)
     span = (OW - 1) * sw + 1
-    ahead = _rows_ahead(xf, span)
+    ahead = runs_ahead(xf, span)
     if ahead == 0:
         for i in range(n_b - n_a):
             for c in range(C):
@@ -113,7 +89,7 @@ def _gather(x, n_a, n_b, sh, sw, OH, OW, xs):
         rp = r + ahead
         if rp < rows:
             plane = rp // OH
-            _prefetch_row(xf, (n_a * C + plane) * H * W + (rp - plane * OH) * sh * W, span)
+            prefetch_run(xf, (n_a * C + plane) * H * W + (rp - plane * OH) * sh * W, span)
         plane = r // OH
         oh = r - plane * OH
         i = plane // C
@@ -129,7 +105,7 @@ def _scatter_add(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base):
     On a big gx each sampled row is prefetched ahead, as in _gather."""
     P = OH * OW
     span = (OW - 1) * sw + 1
-    ahead = _rows_ahead(gxf, span)
+    ahead = runs_ahead(gxf, span)
     for c in range(C):
         s0 = c * G + i * P
         for oh in range(OH):
@@ -137,7 +113,7 @@ def _scatter_add(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base):
                 rp = c * OH + oh + ahead
                 if rp < C * OH:
                     cp = rp // OH
-                    _prefetch_row(gxf, base + (cp * H + (rp - cp * OH) * sh) * W, span)
+                    prefetch_run(gxf, base + (cp * H + (rp - cp * OH) * sh) * W, span)
             _scatter_add_row(d[s0 + oh * OW:s0 + (oh + 1) * OW], gxf, base + (c * H + oh * sh) * W,
                              sw, OW, W)
 
