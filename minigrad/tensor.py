@@ -182,6 +182,7 @@ class Tensor:
         self._mark_grad_made(data)
 
     def _mark_grad_made(self, data):
+        """Remember ``data`` as the ``.grad`` array autograd made (a weak reference)."""
         try:
             self._grad_made = weakref.ref(data)
         except TypeError:       # storage without weak references: always a new sum

@@ -48,9 +48,10 @@ def reads_x_in_place(sh, sw, g):
     return sh == 1 and sw == 1 and g == 1
 
 
-# The stride-2 gather and scatter walk each plane's sampled rows (a short run of lines, then
-# a gap) and prefetch the row prefetch.runs_ahead rows ahead of each they copy: the NCHW
-# 64->128 stride-2 row ran 1.22-1.25x faster (BENCHMARKS_perf.md, change 120).
+# The stride gather and the dX scatter walk each plane's sampled rows (a short run of lines,
+# then a gap); on big arrays they prefetch the row prefetch.runs_ahead(...) rows ahead of the
+# one they copy: the NCHW 64->128 stride-2 row ran 1.22-1.25x faster (BENCHMARKS_perf.md,
+# change 120).
 
 
 @njit(cache=True, inline="always")

@@ -7,8 +7,7 @@ faults and never changes a value, only where a line is cached.
 """
 
 from llvmlite import ir
-from numba import types
-from numba import njit
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
