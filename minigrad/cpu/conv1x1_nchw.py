@@ -55,6 +55,14 @@ def reads_x_in_place(sh, sw, g):
 
 
 @njit(cache=True, inline="always")
+def _sampled_row_offset(r, OH, H, W, sh):
+    """Offset, from the first plane's start, of sampled row r of consecutive H x W planes
+    with OH sampled rows each (every sh-th row)."""
+    plane = r // OH
+    return plane * H * W + (r - plane * OH) * sh * W
+
+
+@njit(cache=True, inline="always")
 def _copy_sampled_row(xf, s, sw, dst, OW):
     """dst[:OW] = xf[s::sw][:OW]."""
     if sw == 2:   # a constant stride vectorises (2.6x faster on 32x32 planes)
@@ -89,13 +97,13 @@ def _gather(x, n_a, n_b, sh, sw, OH, OW, xs):
     for r in range(rows):
         rp = r + ahead
         if rp < rows:
-            plane = rp // OH
-            prefetch_run(xf, (n_a * C + plane) * H * W + (rp - plane * OH) * sh * W, span)
+            prefetch_run(xf, n_a * C * H * W + _sampled_row_offset(rp, OH, H, W, sh), span)
         plane = r // OH
         oh = r - plane * OH
         i = plane // C
         o = (plane - i * C) * G + i * P + oh * OW
-        _copy_sampled_row(xf, (n_a * C + plane) * H * W + oh * sh * W, sw, xs[o:], OW)
+        _copy_sampled_row(xf, n_a * C * H * W + _sampled_row_offset(r, OH, H, W, sh), sw,
+                          xs[o:], OW)
 
 
 @njit(cache=True)
@@ -113,8 +121,7 @@ def _scatter_add(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base):
             if ahead > 0:
                 rp = c * OH + oh + ahead
                 if rp < C * OH:
-                    cp = rp // OH
-                    prefetch_run(gxf, base + (cp * H + (rp - cp * OH) * sh) * W, span)
+                    prefetch_run(gxf, base + _sampled_row_offset(rp, OH, H, W, sh), span)
             _scatter_add_row(d[s0 + oh * OW:s0 + (oh + 1) * OW], gxf, base + (c * H + oh * sh) * W,
                              sw, OW, W)
 
