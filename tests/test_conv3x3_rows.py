@@ -1,0 +1,154 @@
+"""3x3 "same" convolutions of few-channel NCHW images 32 wide (minigrad.cpu.conv3x3_rows).
+
+Their weight and input gradients come from whole image rows held in vector registers.
+Checked against float64 NumPy references for every channel count the kernels take, images
+of 1 to 32 rows (edge rows take the per-tap path), each way dX meets an addend, the
+conditions under which conv.conv2d_backward picks them, and through autograd.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import minigrad as mg
+from minigrad.cpu import conv, conv3x3_rows, small_gemm
+from gradcheck import check_grad
+
+pytestmark = pytest.mark.skipif(small_gemm.LANES != 16,
+                                reason="conv.py sends these shapes to conv3x3_rows only on "
+                                       "AVX-512 hosts (the kernels themselves run anywhere)")
+
+
+def ref_grads(x, w, gy):
+    """float64 (gx, gw) of a stride-1, padding-1 3x3 convolution."""
+    x, w, gy = (np.asarray(a, np.float64) for a in (x, w, gy))
+    H, W = x.shape[2:]
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    gw = np.zeros(w.shape)
+    gxp = np.zeros(xp.shape)
+    for r in range(3):
+        for s in range(3):
+            gw[:, :, r, s] = np.einsum("nkhw,nchw->kc", gy, xp[:, :, r:r + H, s:s + W])
+            gxp[:, :, r:r + H, s:s + W] += np.einsum("nkhw,kc->nchw", gy, w[:, :, r, s])
+    return gxp[:, :, 1:-1, 1:-1], gw
+
+
+def operands(N, C, H, K, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, 32)).astype(np.float32)
+    w = rng.standard_normal((K, C, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((N, K, H, 32)).astype(np.float32)
+    return x, w, gy
+
+
+TOL = dict(rtol=1e-4, atol=1e-4)
+# N, C, H, K: the CIFAR stem, one row, two rows (edges only), odd heights, more images
+CASES = [(2, 3, 32, 64), (1, 1, 1, 8), (3, 2, 2, 16), (2, 3, 5, 8), (5, 1, 3, 16), (4, 2, 7, 24)]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_gradients_match_the_reference(case):
+    x, w, gy = operands(*case)
+    gxr, gwr = ref_grads(x, w, gy)
+    for need_x, need_w in ((True, True), (True, False), (False, True)):
+        gx, gw, folded = conv3x3_rows.backward(x, w, gy, need_x, need_w)
+        assert not folded
+        if need_x:
+            assert gx.shape == x.shape and gx.dtype == np.float32 and gx.flags.c_contiguous
+            np.testing.assert_allclose(gx, gxr, **TOL)
+        else:
+            assert gx is None
+        if need_w:
+            assert gw.shape == w.shape and gw.dtype == np.float32
+            np.testing.assert_allclose(gw, gwr, **TOL)
+        else:
+            assert gw is None
+
+
+def test_addend_is_read_or_updated_in_place_as_allowed():
+    x, w, gy = operands(2, 3, 6, 8, seed=1)
+    gxr, _ = ref_grads(x, w, gy)
+    addend = np.random.default_rng(2).standard_normal(x.shape).astype(np.float32)
+    kept = addend.copy()
+    gx, _, folded = conv3x3_rows.backward(x, w, gy, True, False, addend, False)
+    assert folded and gx is not addend
+    np.testing.assert_allclose(gx, gxr + kept, **TOL)
+    np.testing.assert_array_equal(addend, kept)
+    gx, _, folded = conv3x3_rows.backward(x, w, gy, True, False, addend, True)
+    assert folded and gx is addend
+    np.testing.assert_allclose(addend, gxr + kept, **TOL)
+    # an addend in another layout, or sharing memory with dY, is not folded in place
+    other = np.ascontiguousarray(kept.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    gx, _, folded = conv3x3_rows.backward(x, w, gy, True, False, other, True)
+    assert not folded
+    np.testing.assert_allclose(gx, gxr, **TOL)
+
+
+def test_backward_dispatches_here_only_for_the_shapes_it_computes(monkeypatch):
+    calls = []
+    real = conv3x3_rows.backward
+    monkeypatch.setattr(conv3x3_rows, "backward", lambda *a: calls.append(1) or real(*a))
+    x, w, gy = operands(2, 3, 4, 16)
+    gxr, gwr = ref_grads(x, w, gy)
+    gx, gw, gb = conv.conv2d_backward(x, w, gy, (1, 1), (1, 1), (1, 1), True, True, True)
+    assert calls == [1]
+    np.testing.assert_allclose(gx, gxr, **TOL)
+    np.testing.assert_allclose(gw, gwr, **TOL)
+    np.testing.assert_allclose(gb, gy.astype(np.float64).sum(axis=(0, 2, 3)), **TOL)
+    cl = np.ascontiguousarray(gy.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    rng = np.random.default_rng(3)
+    others = [  # (x, w, gy, stride, padding, dilation), each missing one condition
+        (x.astype(np.float64), w, gy, 1, 1, 1), (x, w, cl, 1, 1, 1),
+        (x[..., :31], w, gy[..., :31], 1, 1, 1), (x, w, gy[:, :, ::2, ::2][:, :, :2, :16], 2, 1, 1),
+        (x, w, gy[:, :, 1:-1, 1:-1], 1, 0, 1),
+        (x, w[:12], gy[:, :12], 1, 1, 1),
+        (rng.standard_normal((2, 4, 4, 32)).astype(np.float32),
+         rng.standard_normal((16, 4, 3, 3)).astype(np.float32), gy, 1, 1, 1)]
+    for xo, wo, gyo, s, p, d in others:
+        conv.conv2d_backward(np.ascontiguousarray(xo) if xo.shape[-1] != 31 else xo, wo,
+                             np.ascontiguousarray(gyo) if gyo is not cl else gyo,
+                             (s, s), (p, p), (d, d), True, True, False)
+    assert calls == [1]
+    monkeypatch.setattr(conv3x3_rows, "USE", False)
+    conv.conv2d_backward(x, w, gy, (1, 1), (1, 1), (1, 1), True, True, True)
+    assert calls == [1]
+
+
+@settings(max_examples=12, deadline=None)
+@given(N=st.integers(1, 3), C=st.integers(1, 3), H=st.integers(1, 9),
+       blocks=st.integers(1, 3), seed=st.integers(0, 2 ** 16))
+def test_random_shapes_match_the_reference_through_conv2d_backward(N, C, H, blocks, seed):
+    x, w, gy = operands(N, C, H, 8 * blocks, seed)
+    assert conv3x3_rows.applies(x, w, gy, (1, 1), (1, 1), (1, 1))
+    gxr, gwr = ref_grads(x, w, gy)
+    gx, gw, _ = conv.conv2d_backward(x, w, gy, (1, 1), (1, 1), (1, 1), True, True, False)
+    np.testing.assert_allclose(gx, gxr, **TOL)
+    np.testing.assert_allclose(gw, gwr, **TOL)
+
+
+def test_autograd_float32_matches_the_float64_path_checked_by_central_differences():
+    """float32 takes these kernels, float64 the im2col path; the float64 gradients are first
+    checked against central differences."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 2, 3, 32))
+    w = rng.standard_normal((8, 2, 3, 3)) * 0.5
+    grads64, probe = check_grad(lambda a, b: mg.conv2d(a, b, padding=1), [x, w])
+    x32, w32 = x.astype(np.float32), w.astype(np.float32)
+    assert conv3x3_rows.applies(x32, w32, probe.astype(np.float32), (1, 1), (1, 1), (1, 1))
+    xm, wm = mg.tensor(x32, requires_grad=True), mg.tensor(w32, requires_grad=True)
+    (mg.conv2d(xm, wm, padding=1) * mg.tensor(probe.astype(np.float32))).sum().backward()
+    np.testing.assert_allclose(xm.grad.numpy(), grads64[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(wm.grad.numpy(), grads64[1], rtol=1e-4, atol=1e-4)
+
+
+def test_bench_rows_leaf_gradient_accumulates_in_place():
+    """The bench row's pattern: x a leaf, backward twice; the second adds into .grad."""
+    x, w, gy = operands(2, 3, 8, 16, seed=5)
+    gxr, gwr = ref_grads(x, w, gy)
+    xm, wm = mg.tensor(x, requires_grad=True), mg.tensor(w, requires_grad=True)
+    mg.conv2d(xm, wm, padding=1).backward(mg.tensor(gy))
+    first = xm.grad.numpy()
+    np.testing.assert_allclose(first, gxr, **TOL)
+    mg.conv2d(xm, wm, padding=1).backward(mg.tensor(gy))
+    np.testing.assert_allclose(xm.grad.numpy(), 2 * gxr, **TOL)
+    np.testing.assert_allclose(wm.grad.numpy(), 2 * gwr, rtol=1e-4, atol=2e-4)
