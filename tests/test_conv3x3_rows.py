@@ -1,9 +1,10 @@
-"""3x3 "same" convolutions of few-channel NCHW images 32 wide (minigrad.cpu.conv3x3_rows).
+"""3x3 "same" convolutions of few-channel images 32 wide (minigrad.cpu.conv3x3_rows).
 
 Their weight and input gradients come from whole image rows held in vector registers.
 Checked against float64 NumPy references for every channel count the kernels take, images
-of 1 to 32 rows (edge rows take the per-tap path), each way dX meets an addend, the
-conditions under which conv.conv2d_backward picks them, and through autograd.
+of 1 to 32 rows (edge rows take the per-tap path), NCHW and channels-last dY and x, each
+way dX meets an addend, the block transpose, the conditions under which
+conv.conv2d_backward picks them, and through autograd.
 """
 
 import numpy as np
@@ -43,13 +44,24 @@ def operands(N, C, H, K, seed=0):
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 # N, C, H, K: the CIFAR stem, one row, two rows (edges only), odd heights, more images
-CASES = [(2, 3, 32, 64), (1, 1, 1, 8), (3, 2, 2, 16), (2, 3, 5, 8), (5, 1, 3, 16), (4, 2, 7, 24)]
+CASES = [(2, 3, 32, 64), (1, 1, 1, 8), (3, 2, 2, 16), (2, 3, 5, 8), (5, 1, 3, 16), (4, 2, 7, 24),
+         (2, 2, 4, 32)]
+
+
+def channels_last(a):
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_gradients_match_the_reference(case):
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+def test_gradients_match_the_reference(case, layout):
     x, w, gy = operands(*case)
     gxr, gwr = ref_grads(x, w, gy)
+    if layout == "cl":
+        if w.shape[0] % conv3x3_rows.LANES:
+            pytest.skip("channels-last dY needs K a multiple of LANES")
+        x, gy = channels_last(x), channels_last(gy)
+        assert conv3x3_rows._dy_layout(gy) == "cl"
     for need_x, need_w in ((True, True), (True, False), (False, True)):
         gx, gw, folded = conv3x3_rows.backward(x, w, gy, need_x, need_w)
         assert not folded
@@ -91,27 +103,42 @@ def test_backward_dispatches_here_only_for_the_shapes_it_computes(monkeypatch):
     x, w, gy = operands(2, 3, 4, 16)
     gxr, gwr = ref_grads(x, w, gy)
     gx, gw, gb = conv.conv2d_backward(x, w, gy, (1, 1), (1, 1), (1, 1), True, True, True)
-    assert calls == [1]
+    assert len(calls) == 1
     np.testing.assert_allclose(gx, gxr, **TOL)
     np.testing.assert_allclose(gw, gwr, **TOL)
     np.testing.assert_allclose(gb, gy.astype(np.float64).sum(axis=(0, 2, 3)), **TOL)
-    cl = np.ascontiguousarray(gy.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
-    rng = np.random.default_rng(3)
-    others = [  # (x, w, gy, stride, padding, dilation), each missing one condition
-        (x.astype(np.float64), w, gy, 1, 1, 1), (x, w, cl, 1, 1, 1),
-        (x[..., :31], w, gy[..., :31], 1, 1, 1), (x, w, gy[:, :, ::2, ::2][:, :, :2, :16], 2, 1, 1),
-        (x, w, gy[:, :, 1:-1, 1:-1], 1, 0, 1),
-        (x, w[:12], gy[:, :12], 1, 1, 1),
-        (rng.standard_normal((2, 4, 4, 32)).astype(np.float32),
-         rng.standard_normal((16, 4, 3, 3)).astype(np.float32), gy, 1, 1, 1)]
-    for xo, wo, gyo, s, p, d in others:
-        conv.conv2d_backward(np.ascontiguousarray(xo) if xo.shape[-1] != 31 else xo, wo,
-                             np.ascontiguousarray(gyo) if gyo is not cl else gyo,
-                             (s, s), (p, p), (d, d), True, True, False)
-    assert calls == [1]
+    # channels-last dY: taken with dX, left to the im2col path for dW alone
+    gx, gw, _ = conv.conv2d_backward(x, w, channels_last(gy), (1, 1), (1, 1), (1, 1),
+                                     True, True, False)
+    assert len(calls) == 2
+    np.testing.assert_allclose(gx, gxr, **TOL)
+    np.testing.assert_allclose(gw, gwr, **TOL)
+    _, gw, _ = conv.conv2d_backward(x, w, channels_last(gy), (1, 1), (1, 1), (1, 1),
+                                    False, True, False)
+    assert len(calls) == 2
+    np.testing.assert_allclose(gw, gwr, **TOL)
+
+    x8, w8, gy8 = operands(2, 3, 4, 8)
+    x4, w4, gy4 = operands(2, 4, 4, 16)
+    args = (1, 1), (1, 1), (1, 1), True
+    assert conv3x3_rows.applies(x8, w8, gy8, *args)
+    assert conv3x3_rows.applies(channels_last(x8), w8, gy8, *args)
+    for xo, wo, gyo, stride, padding, dilation in [
+            (x.astype(np.float64), w, gy, 1, 1, 1),               # float64
+            (x4, w4, gy4, 1, 1, 1),                               # 4 input channels
+            (x[..., :31], w, gy[..., :31], 1, 1, 1),              # 31 wide
+            (x, w[:12], gy[:, :12], 1, 1, 1),                     # K not a multiple of 8
+            (x8, w8, channels_last(gy8), 1, 1, 1),                # channels-last, K of 8
+            (x, w, gy[:, :, ::-1], 1, 1, 1),                      # dY in neither layout
+            (x, w, gy[:, :, :2, :16], 2, 1, 1),                   # stride 2
+            (x, w, gy[:, :, 1:-1, 1:-1], 1, 0, 1),                # no padding
+            (x, w, gy[:, :, 1:-1, 1:-1], 1, 1, 2)]:               # dilation 2
+        assert not conv3x3_rows.applies(xo, wo, gyo, (stride,) * 2, (padding,) * 2,
+                                        (dilation,) * 2, True)
     monkeypatch.setattr(conv3x3_rows, "USE", False)
+    assert not conv3x3_rows.applies(x, w, gy, *args)
     conv.conv2d_backward(x, w, gy, (1, 1), (1, 1), (1, 1), True, True, True)
-    assert calls == [1]
+    assert len(calls) == 2
 
 
 @settings(max_examples=12, deadline=None)
@@ -119,7 +146,7 @@ def test_backward_dispatches_here_only_for_the_shapes_it_computes(monkeypatch):
        blocks=st.integers(1, 3), seed=st.integers(0, 2 ** 16))
 def test_random_shapes_match_the_reference_through_conv2d_backward(N, C, H, blocks, seed):
     x, w, gy = operands(N, C, H, 8 * blocks, seed)
-    assert conv3x3_rows.applies(x, w, gy, (1, 1), (1, 1), (1, 1))
+    assert conv3x3_rows.applies(x, w, gy, (1, 1), (1, 1), (1, 1), True)
     gxr, gwr = ref_grads(x, w, gy)
     gx, gw, _ = conv.conv2d_backward(x, w, gy, (1, 1), (1, 1), (1, 1), True, True, False)
     np.testing.assert_allclose(gx, gxr, **TOL)
@@ -134,7 +161,7 @@ def test_autograd_float32_matches_the_float64_path_checked_by_central_difference
     w = rng.standard_normal((8, 2, 3, 3)) * 0.5
     grads64, probe = check_grad(lambda a, b: mg.conv2d(a, b, padding=1), [x, w])
     x32, w32 = x.astype(np.float32), w.astype(np.float32)
-    assert conv3x3_rows.applies(x32, w32, probe.astype(np.float32), (1, 1), (1, 1), (1, 1))
+    assert conv3x3_rows.applies(x32, w32, probe.astype(np.float32), (1, 1), (1, 1), (1, 1), True)
     xm, wm = mg.tensor(x32, requires_grad=True), mg.tensor(w32, requires_grad=True)
     (mg.conv2d(xm, wm, padding=1) * mg.tensor(probe.astype(np.float32))).sum().backward()
     np.testing.assert_allclose(xm.grad.numpy(), grads64[0], rtol=1e-4, atol=1e-4)
@@ -152,3 +179,14 @@ def test_bench_rows_leaf_gradient_accumulates_in_place():
     mg.conv2d(xm, wm, padding=1).backward(mg.tensor(gy))
     np.testing.assert_allclose(xm.grad.numpy(), 2 * gxr, **TOL)
     np.testing.assert_allclose(wm.grad.numpy(), 2 * gwr, rtol=1e-4, atol=2e-4)
+
+
+def test_block_transpose_of_a_channels_last_image():
+    L = conv3x3_rows.LANES
+    P, K, ld = 3 * L, 2 * L, 3 * L + 5
+    src = np.arange(7 + P * K, dtype=np.float32)
+    buf = np.full(K * ld, -1.0, np.float32)
+    conv3x3_rows._transpose_image(src, 7, P, K, buf, ld)
+    got = buf.reshape(K, ld)
+    np.testing.assert_array_equal(got[:, :P], src[7:].reshape(P, K).T)
+    np.testing.assert_array_equal(got[:, P:], -1.0)

@@ -30,10 +30,11 @@ Paths (measurements in BENCHMARKS_perf.md):
 * **NCHW 1x1** (unpadded 1x1 convs of NCHW-contiguous input; ``conv1x1_nchw.py``): per-image
   GEMMs on the planes, Y (K x OH*OW) = W (K x C) @ x[n, :, ::sh, ::sw]; the only GEMM path
   whose output and dX are NCHW-contiguous (nothing of x is transposed).
-* **3x3 rows** (backward only: float32 NCHW x and dY 32 wide, 3x3, stride 1, padding 1, at most
-  3 input channels, a multiple of 8 output channels, AVX-512 hosts; ``conv3x3_rows.py``): dW
-  and dX from whole image rows in vector registers, no column matrix.  A network's first
-  layer on CIFAR-sized NCHW images; gx is NCHW-contiguous.
+* **3x3 rows** (backward only: float32 images 32 wide, 3x3, stride 1, padding 1, at most 3
+  input channels, a multiple of 8 output channels, dY NCHW (or channels-last when dX is
+  needed), AVX-512 hosts; ``conv3x3_rows.py``): dW and dX from whole image rows in vector
+  registers, no column matrix.  A network's first layer on CIFAR-sized images; gx is
+  NCHW-contiguous.
 * **direct** (C*K <= _DIRECT_MAX_CK, LeNet's first layer): NCHW loops without GEMM
   over "extended rows" (a plane as one flat run over the padded width) so the
   inner loops are long enough for LLVM to vectorise.
@@ -1889,7 +1890,8 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
         gx, gw, folded = _conv1x1_nchw_backward(x, w, gy, stride, need_x, need_w, saved,
                                                 gx_addend, addend_writable)
         gb = _bias_grad_any(np.asarray(gy, dtype=dt), dt) if need_b else None
-    elif (need_x or need_w) and conv3x3_rows.applies(x, w, gy, *_pairs(stride, padding, dilation)):
+    elif (need_x or need_w) and conv3x3_rows.applies(
+            x, w, gy, *_pairs(stride, padding, dilation), need_x):
         gx, gw, folded = conv3x3_rows.backward(x, w, gy, need_x, need_w, gx_addend,
                                                addend_writable)
         gb = _bias_grad_any(gy, dt) if need_b else None
