@@ -190,3 +190,73 @@ def test_block_transpose_of_a_channels_last_image():
     got = buf.reshape(K, ld)
     np.testing.assert_array_equal(got[:, :P], src[7:].reshape(P, K).T)
     np.testing.assert_array_equal(got[:, P:], -1.0)
+
+
+def ref_forward(x, w, b):
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    N, C, H, W = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    y = np.zeros((N, w.shape[0], H, W)) + (0 if b is None else b[None, :, None, None])
+    for r in range(3):
+        for s in range(3):
+            y += np.einsum("nchw,kc->nkhw", xp[:, :, r:r + H, s:s + W], w[:, :, r, s])
+    return y
+
+
+# N, C, H, W, K: the CIFAR stem, one pixel group, more output channels, narrow and odd sizes
+FORWARD_CASES = [(2, 3, 32, 32, 64), (1, 1, 1, 4, 64), (3, 2, 5, 8, 128), (2, 3, 7, 28, 64),
+                 (1, 3, 2, 12, 192)]
+
+
+@pytest.mark.parametrize("case", FORWARD_CASES)
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_forward_matches_the_reference(case, layout, bias):
+    N, C, H, W, K = case
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((K, C, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(K).astype(np.float32) if bias else None
+    xin = channels_last(x) if layout == "cl" else x
+    assert conv3x3_rows.forward_applies(xin, w, (1, 1), (1, 1), (1, 1))
+    y, saved = conv.conv2d_saving(xin, w, b, (1, 1), (1, 1), (1, 1), True)
+    assert y.shape == (N, K, H, W) and y.dtype == np.float32
+    assert conv.is_channels_last(y)
+    np.testing.assert_allclose(y, ref_forward(x, w, b), **TOL)
+    # the backward takes the weights and padded input the forward kept (any path)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    gxr, gwr = ref_grads(x, w, gy)
+    for gyl in (gy, channels_last(gy)):
+        gx, gw, _ = conv.conv2d_backward(xin, w, gyl, (1, 1), (1, 1), (1, 1), True, True, False,
+                                         saved=saved)
+        np.testing.assert_allclose(gx, gxr, **TOL)
+        np.testing.assert_allclose(gw, gwr, **TOL)
+
+
+def test_forward_dispatches_here_only_for_the_shapes_it_computes(monkeypatch):
+    calls = []
+    real = conv3x3_rows.forward
+    monkeypatch.setattr(conv3x3_rows, "forward", lambda *a: calls.append(1) or real(*a))
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 3, 4, 8)).astype(np.float32)
+    w = rng.standard_normal((64, 3, 3, 3)).astype(np.float32)
+    one = (1, 1)
+    np.testing.assert_allclose(conv.conv2d(x, w, None, one, one, one), ref_forward(x, w, None),
+                               **TOL)
+    assert len(calls) == 1
+    x4 = rng.standard_normal((2, 4, 4, 8)).astype(np.float32)
+    w4 = rng.standard_normal((64, 4, 3, 3)).astype(np.float32)
+    for xo, wo, stride, padding, dilation in [
+            (x.astype(np.float64), w, 1, 1, 1),         # float64
+            (x4, w4, 1, 1, 1),                          # 4 input channels
+            (x[..., :6], w, 1, 1, 1),                   # width not a multiple of 4
+            (x, w[:32], 1, 1, 1),                       # 32 output channels
+            (x, w, 2, 1, 1), (x, w, 1, 0, 1), (x, w, 1, 2, 2)]:
+        assert not conv3x3_rows.forward_applies(xo, wo, (stride,) * 2, (padding,) * 2,
+                                                (dilation,) * 2)
+        y = conv.conv2d(xo, wo, None, (stride,) * 2, (padding,) * 2, (dilation,) * 2)
+        assert y.shape[1] == wo.shape[0]
+    assert len(calls) == 1
+    monkeypatch.setattr(conv3x3_rows, "USE", False)
+    conv.conv2d(x, w, None, one, one, one)
+    assert len(calls) == 1

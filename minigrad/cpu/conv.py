@@ -30,11 +30,12 @@ Paths (measurements in BENCHMARKS_perf.md):
 * **NCHW 1x1** (unpadded 1x1 convs of NCHW-contiguous input; ``conv1x1_nchw.py``): per-image
   GEMMs on the planes, Y (K x OH*OW) = W (K x C) @ x[n, :, ::sh, ::sw]; the only GEMM path
   whose output and dX are NCHW-contiguous (nothing of x is transposed).
-* **3x3 rows** (backward only: float32 images 32 wide, 3x3, stride 1, padding 1, at most 3
-  input channels, a multiple of 8 output channels, dY NCHW (or channels-last when dX is
-  needed), AVX-512 hosts; ``conv3x3_rows.py``): dW and dX from whole image rows in vector
-  registers, no column matrix.  A network's first layer on CIFAR-sized images; gx is
-  NCHW-contiguous.
+* **3x3 rows** (float32, 3x3, stride 1, padding 1, at most 3 input channels, AVX-512 hosts;
+  ``conv3x3_rows.py``): a network's first layer without a column matrix.  Forward (a
+  multiple of 64 output channels, widths a multiple of 4): groups of 4 pixels x 64 channels
+  in registers, channels-last output.  Backward (images 32 wide, a multiple of 8 output
+  channels, dY NCHW, or channels-last when dX is needed): dW and dX from whole image rows
+  in registers; gx NCHW-contiguous.
 * **direct** (C*K <= _DIRECT_MAX_CK, LeNet's first layer): NCHW loops without GEMM
   over "extended rows" (a plane as one flat run over the padded width) so the
   inner loops are long enough for LLVM to vectorise.
@@ -1641,6 +1642,14 @@ def _conv2d(x, w, b, stride, padding, dilation, box, keep_x):
         else:
             _direct_fwd(xp, np.ascontiguousarray(w, dtype=dt), bb, sh, sw, dh, dw, y)
         return y
+    if conv3x3_rows.forward_applies(x, w, (sh, sw), (ph, pw), (dh, dw)):
+        xp = _padded(x, ph, pw, 0)
+        wf = _weights_rsck(w, dt)
+        if box is not None:
+            box.weights = wf
+            _keep_copy(box, keep_x, xp.reshape(N, H + 2 * ph, W + 2 * pw, C), x)
+        y4 = conv3x3_rows.forward(xp, wf, bb, N, C, H, W, K)
+        return y4.transpose(0, 3, 1, 2)
     x = np.asarray(x, dtype=dt)
     if USE_WINOGRAD and winograd.applicable(N, C, K, R, S, OH, OW, (sh, sw), (dh, dw)):
         U = winograd.transform_weights(w, dt, winograd.tile_size(N, C, K, OH, OW))

@@ -414,6 +414,111 @@ def _backward(xf, gyf, gy_cl, wf, N, C, H, K, need_x, need_w, gxf, gwv, gbuf):
                                     ximg + h * ROW, P)
 
 
+# ---------------------------------------------------------------------------
+# Forward, channels-last output: FWD_PIXELS consecutive pixels of a row by FWD_CHANNELS
+# output channels in FWD_PIXELS x FWD_CHANNELS // LANES vector accumulators, over the
+# 3 x 3 x C taps: per tap, the weights' FWD_CHANNELS // LANES vectors and one broadcast
+# input value per pixel.
+
+FWD_PIXELS = 4
+FWD_CHANNELS = 4 * LANES
+
+
+def forward_applies(x, w, stride, padding, dilation):
+    """True when ``forward`` computes this convolution: float32 x (N, C, H, W) in any layout
+    with W a multiple of FWD_PIXELS, w (K, C, 3, 3) float32 with C at most MAX_CHANNELS and K
+    a multiple of FWD_CHANNELS, stride 1, padding 1, dilation 1, on an AVX-512 host, while
+    ``USE`` is True."""
+    if not USE or small_gemm.LANES != 16:
+        return False
+    N, C, H, W = x.shape
+    K = w.shape[0]
+    return (x.dtype == np.float32 and w.dtype == np.float32 and tuple(w.shape[2:]) == (3, 3)
+            and 1 <= C <= MAX_CHANNELS and K % FWD_CHANNELS == 0 and W % FWD_PIXELS == 0
+            and N * H * W > 0 and tuple(stride) == (1, 1) and tuple(padding) == (1, 1)
+            and tuple(dilation) == (1, 1))
+
+
+@intrinsic
+def _fwd_group(typingctx, xp, xoff, toff, ntaps, pstride, wt, woff, ldw, b, boff, y, yoff):
+    """y[yoff + j*ldw + v] = b[boff + v] + sum over taps t < ntaps of
+    xp[xoff + toff[t] + j*pstride] * wt[woff + t*ldw + v], for the FWD_PIXELS pixels j and
+    FWD_CHANNELS channels v (float32; toff int64: each tap's offset in xp)."""
+    sig = types.void(xp, types.intp, toff, types.intp, types.intp, wt, types.intp, types.intp,
+                     b, types.intp, y, types.intp)
+
+    def codegen(context, builder, signature, args):
+        xa, xoff, ta, ntaps, pstride, wa, woff, ldw, ba, boff, ya, yoff = args
+        f32, i64 = ir.FloatType(), ir.IntType(64)
+        vt = ir.VectorType(f32, LANES)
+        nv = FWD_CHANNELS // LANES
+
+        def data(i, arr):
+            return context.make_array(signature.args[i])(context, builder, arr).data
+
+        X = builder.gep(data(0, xa), [xoff])
+        T = data(2, ta)
+        Wt = builder.gep(data(5, wa), [woff])
+        B = builder.gep(data(8, ba), [boff])
+        Y = builder.gep(data(10, ya), [yoff])
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vt, [vt, vt, vt]), "llvm.fma.v%df32" % LANES)
+        bias = [builder.load(_vec_ptr(builder, B, ir.Constant(i64, v * LANES), vt), align=4)
+                for v in range(nv)]
+        t, accs, close = _loop(builder, ntaps, [bias[v] for _ in range(FWD_PIXELS)
+                                                for v in range(nv)])
+        xt = builder.gep(X, [builder.load(builder.gep(T, [t]))])
+        wrow = builder.gep(Wt, [builder.mul(t, ldw)])
+        wv = [builder.load(_vec_ptr(builder, wrow, ir.Constant(i64, v * LANES), vt), align=4)
+              for v in range(nv)]
+        nxt = list(accs)
+        for j in range(FWD_PIXELS):
+            xv = small_gemm._splat(builder, vt, builder.load(
+                builder.gep(xt, [builder.mul(pstride, ir.Constant(i64, j))])))
+            for v in range(nv):
+                nxt[j * nv + v] = builder.call(fma, [xv, wv[v], nxt[j * nv + v]])
+        final = close(nxt)
+        for j in range(FWD_PIXELS):
+            for v in range(nv):
+                ptr = _vec_ptr(builder, Y, builder.add(builder.mul(ldw, ir.Constant(i64, j)),
+                                                       ir.Constant(i64, v * LANES)), vt)
+                builder.store(final[j * nv + v], ptr, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(parallel=True, cache=True)
+def _forward(xpf, wt, bb, N, C, H, W, K, yf):
+    """yf (N, H, W, K) flat = the convolution of xpf ((N, H + 2, W + 2, C) flat, zero-padded)
+    with wt (3*3*C, K) flat, plus bb (K,); one image row per work item."""
+    Wp = W + 2
+    ldrow = Wp * C
+    toff = np.empty(9 * C, dtype=np.int64)
+    for r in range(3):
+        for s in range(3):
+            for c in range(C):
+                toff[(r * 3 + s) * C + c] = r * ldrow + s * C + c
+    for nh in prange(N * H):
+        n = nh // H
+        h = nh - n * H
+        xrow = (n * (H + 2) + h) * ldrow
+        yrow = nh * W * K
+        for k0 in range(0, K, FWD_CHANNELS):
+            for w0 in range(0, W, FWD_PIXELS):
+                _fwd_group(xpf, xrow + w0 * C, toff, 9 * C, C, wt, k0, K, bb, k0, yf,
+                           yrow + w0 * K + k0)
+
+
+def forward(xp, wt, bb, N, C, H, W, K):
+    """Channels-last y (N, H, W, K) of a convolution ``forward_applies`` accepts, from xp, its
+    zero-padded channels-last input ((N, H + 2, W + 2, C), flat), wt, its (3*3*C, K) weights
+    (flat) and bb (K,) the bias (zeros for none)."""
+    y4 = np.empty((N, H, W, K), dtype=np.float32)
+    _forward(xp, wt, bb, N, C, H, W, K, y4.reshape(-1))
+    return y4
+
+
 def backward(x, w, gy, need_x, need_w, gx_addend=None, addend_writable=False):
     """(gx, gw, folded) for a convolution ``applies`` accepts: gx NCHW (N, C, H, ROW) or
     None, gw (K, C, 3, 3) or None; folded when gx includes gx_addend (an NCHW-contiguous
