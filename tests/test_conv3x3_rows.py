@@ -1,10 +1,10 @@
-"""3x3 "same" convolutions of few-channel images 32 wide (minigrad.cpu.conv3x3_rows).
+"""3x3 "same" convolutions of few-channel images (minigrad.cpu.conv3x3_rows): the backward
+from whole NCHW rows of 32 floats in registers, and the forward as pixel groups.
 
-Their weight and input gradients come from whole image rows held in vector registers.
-Checked against float64 NumPy references for every channel count the kernels take, images
-of 1 to 32 rows (edge rows take the per-tap path), NCHW and channels-last dY and x, each
-way dX meets an addend, the block transpose, the conditions under which
-conv.conv2d_backward picks them, and through autograd.
+Checked against float64 references (tests/reference.py) for every channel count the kernels
+take, images of 1 to 32 rows (dY's edge rows take the per-tap path), x in both layouts, each
+way dX meets an addend, the conditions under which conv.conv2d / conv.conv2d_backward pick
+them (each missing one falls back), hypothesis shapes, and through autograd.
 """
 
 import numpy as np
@@ -12,56 +12,47 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import minigrad as mg
+import reference
 from minigrad.cpu import conv, conv3x3_rows, small_gemm
 from gradcheck import check_grad
 
 pytestmark = pytest.mark.skipif(small_gemm.LANES != 16,
-                                reason="conv.py sends these shapes to conv3x3_rows only on "
-                                       "AVX-512 hosts (the kernels themselves run anywhere)")
+                                reason="conv.py sends these shapes here only on AVX-512 hosts "
+                                       "(the kernels themselves run anywhere)")
+
+ONE = (1, 1)
+TOL = dict(rtol=1e-4, atol=1e-4)
 
 
 def ref_grads(x, w, gy):
     """float64 (gx, gw) of a stride-1, padding-1 3x3 convolution."""
-    x, w, gy = (np.asarray(a, np.float64) for a in (x, w, gy))
-    H, W = x.shape[2:]
-    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    gw = np.zeros(w.shape)
-    gxp = np.zeros(xp.shape)
-    for r in range(3):
-        for s in range(3):
-            gw[:, :, r, s] = np.einsum("nkhw,nchw->kc", gy, xp[:, :, r:r + H, s:s + W])
-            gxp[:, :, r:r + H, s:s + W] += np.einsum("nkhw,kc->nchw", gy, w[:, :, r, s])
-    return gxp[:, :, 1:-1, 1:-1], gw
+    return reference.conv2d_grads(x, w, gy, ONE, ONE, ONE)[:2]
 
 
-def operands(N, C, H, K, seed=0):
+def operands(N, C, H, K, seed=0, W=32):
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((N, C, H, 32)).astype(np.float32)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
     w = rng.standard_normal((K, C, 3, 3)).astype(np.float32)
-    gy = rng.standard_normal((N, K, H, 32)).astype(np.float32)
+    gy = rng.standard_normal((N, K, H, W)).astype(np.float32)
     return x, w, gy
-
-
-TOL = dict(rtol=1e-4, atol=1e-4)
-# N, C, H, K: the CIFAR stem, one row, two rows (edges only), odd heights, more images
-CASES = [(2, 3, 32, 64), (1, 1, 1, 8), (3, 2, 2, 16), (2, 3, 5, 8), (5, 1, 3, 16), (4, 2, 7, 24),
-         (2, 2, 4, 32)]
 
 
 def channels_last(a):
     return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
 
 
+# N, C, H, K: the CIFAR stem, one row, two rows (edges only), odd heights, more images
+CASES = [(2, 3, 32, 64), (1, 1, 1, 8), (3, 2, 2, 16), (2, 3, 5, 8), (5, 1, 3, 16), (4, 2, 7, 24)]
+
+
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("layout", ["nchw", "cl"])
-def test_gradients_match_the_reference(case, layout):
+@pytest.mark.parametrize("x_layout", ["nchw", "cl"])
+def test_gradients_match_the_reference(case, x_layout):
     x, w, gy = operands(*case)
     gxr, gwr = ref_grads(x, w, gy)
-    if layout == "cl":
-        if w.shape[0] % conv3x3_rows.LANES:
-            pytest.skip("channels-last dY needs K a multiple of LANES")
-        x, gy = channels_last(x), channels_last(gy)
-        assert conv3x3_rows._dy_layout(gy) == "cl"
+    if x_layout == "cl":
+        x = channels_last(x)
+    assert conv3x3_rows.applies(x, w, gy, ONE, ONE, ONE)
     for need_x, need_w in ((True, True), (True, False), (False, True)):
         gx, gw, folded = conv3x3_rows.backward(x, w, gy, need_x, need_w)
         assert not folded
@@ -89,9 +80,8 @@ def test_addend_is_read_or_updated_in_place_as_allowed():
     gx, _, folded = conv3x3_rows.backward(x, w, gy, True, False, addend, True)
     assert folded and gx is addend
     np.testing.assert_allclose(addend, gxr + kept, **TOL)
-    # an addend in another layout, or sharing memory with dY, is not folded in place
-    other = np.ascontiguousarray(kept.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
-    gx, _, folded = conv3x3_rows.backward(x, w, gy, True, False, other, True)
+    # an addend in another layout is not folded
+    gx, _, folded = conv3x3_rows.backward(x, w, gy, True, False, channels_last(kept), True)
     assert not folded
     np.testing.assert_allclose(gx, gxr, **TOL)
 
@@ -102,43 +92,28 @@ def test_backward_dispatches_here_only_for_the_shapes_it_computes(monkeypatch):
     monkeypatch.setattr(conv3x3_rows, "backward", lambda *a: calls.append(1) or real(*a))
     x, w, gy = operands(2, 3, 4, 16)
     gxr, gwr = ref_grads(x, w, gy)
-    gx, gw, gb = conv.conv2d_backward(x, w, gy, (1, 1), (1, 1), (1, 1), True, True, True)
+    gx, gw, gb = conv.conv2d_backward(x, w, gy, ONE, ONE, ONE, True, True, True)
     assert len(calls) == 1
     np.testing.assert_allclose(gx, gxr, **TOL)
     np.testing.assert_allclose(gw, gwr, **TOL)
     np.testing.assert_allclose(gb, gy.astype(np.float64).sum(axis=(0, 2, 3)), **TOL)
-    # channels-last dY: taken with dX, left to the im2col path for dW alone
-    gx, gw, _ = conv.conv2d_backward(x, w, channels_last(gy), (1, 1), (1, 1), (1, 1),
-                                     True, True, False)
-    assert len(calls) == 2
-    np.testing.assert_allclose(gx, gxr, **TOL)
-    np.testing.assert_allclose(gw, gwr, **TOL)
-    _, gw, _ = conv.conv2d_backward(x, w, channels_last(gy), (1, 1), (1, 1), (1, 1),
-                                    False, True, False)
-    assert len(calls) == 2
-    np.testing.assert_allclose(gw, gwr, **TOL)
-
-    x8, w8, gy8 = operands(2, 3, 4, 8)
     x4, w4, gy4 = operands(2, 4, 4, 16)
-    args = (1, 1), (1, 1), (1, 1), True
-    assert conv3x3_rows.applies(x8, w8, gy8, *args)
-    assert conv3x3_rows.applies(channels_last(x8), w8, gy8, *args)
     for xo, wo, gyo, stride, padding, dilation in [
             (x.astype(np.float64), w, gy, 1, 1, 1),               # float64
             (x4, w4, gy4, 1, 1, 1),                               # 4 input channels
             (x[..., :31], w, gy[..., :31], 1, 1, 1),              # 31 wide
             (x, w[:12], gy[:, :12], 1, 1, 1),                     # K not a multiple of 8
-            (x8, w8, channels_last(gy8), 1, 1, 1),                # channels-last, K of 8
+            (x, w, channels_last(gy), 1, 1, 1),                   # channels-last dY
             (x, w, gy[:, :, ::-1], 1, 1, 1),                      # dY in neither layout
             (x, w, gy[:, :, :2, :16], 2, 1, 1),                   # stride 2
             (x, w, gy[:, :, 1:-1, 1:-1], 1, 0, 1),                # no padding
             (x, w, gy[:, :, 1:-1, 1:-1], 1, 1, 2)]:               # dilation 2
         assert not conv3x3_rows.applies(xo, wo, gyo, (stride,) * 2, (padding,) * 2,
-                                        (dilation,) * 2, True)
+                                        (dilation,) * 2)
     monkeypatch.setattr(conv3x3_rows, "USE", False)
-    assert not conv3x3_rows.applies(x, w, gy, *args)
-    conv.conv2d_backward(x, w, gy, (1, 1), (1, 1), (1, 1), True, True, True)
-    assert len(calls) == 2
+    assert not conv3x3_rows.applies(x, w, gy, ONE, ONE, ONE)
+    conv.conv2d_backward(x, w, gy, ONE, ONE, ONE, True, True, True)
+    assert len(calls) == 1
 
 
 @settings(max_examples=12, deadline=None)
@@ -146,9 +121,9 @@ def test_backward_dispatches_here_only_for_the_shapes_it_computes(monkeypatch):
        blocks=st.integers(1, 3), seed=st.integers(0, 2 ** 16))
 def test_random_shapes_match_the_reference_through_conv2d_backward(N, C, H, blocks, seed):
     x, w, gy = operands(N, C, H, 8 * blocks, seed)
-    assert conv3x3_rows.applies(x, w, gy, (1, 1), (1, 1), (1, 1), True)
+    assert conv3x3_rows.applies(x, w, gy, ONE, ONE, ONE)
     gxr, gwr = ref_grads(x, w, gy)
-    gx, gw, _ = conv.conv2d_backward(x, w, gy, (1, 1), (1, 1), (1, 1), True, True, False)
+    gx, gw, _ = conv.conv2d_backward(x, w, gy, ONE, ONE, ONE, True, True, False)
     np.testing.assert_allclose(gx, gxr, **TOL)
     np.testing.assert_allclose(gw, gwr, **TOL)
 
@@ -158,10 +133,11 @@ def test_autograd_float32_matches_the_float64_path_checked_by_central_difference
     checked against central differences."""
     rng = np.random.default_rng(4)
     x = rng.standard_normal((1, 2, 3, 32))
-    w = rng.standard_normal((8, 2, 3, 3)) * 0.5
+    w = rng.standard_normal((64, 2, 3, 3)) * 0.5
     grads64, probe = check_grad(lambda a, b: mg.conv2d(a, b, padding=1), [x, w])
     x32, w32 = x.astype(np.float32), w.astype(np.float32)
-    assert conv3x3_rows.applies(x32, w32, probe.astype(np.float32), (1, 1), (1, 1), (1, 1), True)
+    assert conv3x3_rows.applies(x32, w32, probe.astype(np.float32), ONE, ONE, ONE)
+    assert conv3x3_rows.forward_applies(x32, w32, ONE, ONE, ONE)
     xm, wm = mg.tensor(x32, requires_grad=True), mg.tensor(w32, requires_grad=True)
     (mg.conv2d(xm, wm, padding=1) * mg.tensor(probe.astype(np.float32))).sum().backward()
     np.testing.assert_allclose(xm.grad.numpy(), grads64[0], rtol=1e-4, atol=1e-4)
@@ -174,33 +150,10 @@ def test_bench_rows_leaf_gradient_accumulates_in_place():
     gxr, gwr = ref_grads(x, w, gy)
     xm, wm = mg.tensor(x, requires_grad=True), mg.tensor(w, requires_grad=True)
     mg.conv2d(xm, wm, padding=1).backward(mg.tensor(gy))
-    first = xm.grad.numpy()
-    np.testing.assert_allclose(first, gxr, **TOL)
+    np.testing.assert_allclose(xm.grad.numpy(), gxr, **TOL)
     mg.conv2d(xm, wm, padding=1).backward(mg.tensor(gy))
     np.testing.assert_allclose(xm.grad.numpy(), 2 * gxr, **TOL)
     np.testing.assert_allclose(wm.grad.numpy(), 2 * gwr, rtol=1e-4, atol=2e-4)
-
-
-def test_block_transpose_of_a_channels_last_image():
-    L = conv3x3_rows.LANES
-    P, K, ld = 3 * L, 2 * L, 3 * L + 5
-    src = np.arange(7 + P * K, dtype=np.float32)
-    buf = np.full(K * ld, -1.0, np.float32)
-    conv3x3_rows._transpose_image(src, 7, P, K, buf, ld)
-    got = buf.reshape(K, ld)
-    np.testing.assert_array_equal(got[:, :P], src[7:].reshape(P, K).T)
-    np.testing.assert_array_equal(got[:, P:], -1.0)
-
-
-def ref_forward(x, w, b):
-    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
-    N, C, H, W = x.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    y = np.zeros((N, w.shape[0], H, W)) + (0 if b is None else b[None, :, None, None])
-    for r in range(3):
-        for s in range(3):
-            y += np.einsum("nchw,kc->nkhw", xp[:, :, r:r + H, s:s + W], w[:, :, r, s])
-    return y
 
 
 # N, C, H, W, K: the CIFAR stem, one pixel group, more output channels, narrow and odd sizes
@@ -218,16 +171,16 @@ def test_forward_matches_the_reference(case, layout, bias):
     w = rng.standard_normal((K, C, 3, 3)).astype(np.float32)
     b = rng.standard_normal(K).astype(np.float32) if bias else None
     xin = channels_last(x) if layout == "cl" else x
-    assert conv3x3_rows.forward_applies(xin, w, (1, 1), (1, 1), (1, 1))
-    y, saved = conv.conv2d_saving(xin, w, b, (1, 1), (1, 1), (1, 1), True)
+    assert conv3x3_rows.forward_applies(xin, w, ONE, ONE, ONE)
+    y, saved = conv.conv2d_saving(xin, w, b, ONE, ONE, ONE, True)
     assert y.shape == (N, K, H, W) and y.dtype == np.float32
     assert conv.is_channels_last(y)
-    np.testing.assert_allclose(y, ref_forward(x, w, b), **TOL)
-    # the backward takes the weights and padded input the forward kept (any path)
+    np.testing.assert_allclose(y, reference.conv2d(x, w, b, ONE, ONE, ONE), **TOL)
+    # every backward path takes the weights and padded input the forward kept
     gy = rng.standard_normal(y.shape).astype(np.float32)
     gxr, gwr = ref_grads(x, w, gy)
     for gyl in (gy, channels_last(gy)):
-        gx, gw, _ = conv.conv2d_backward(xin, w, gyl, (1, 1), (1, 1), (1, 1), True, True, False,
+        gx, gw, _ = conv.conv2d_backward(xin, w, gyl, ONE, ONE, ONE, True, True, False,
                                          saved=saved)
         np.testing.assert_allclose(gx, gxr, **TOL)
         np.testing.assert_allclose(gw, gwr, **TOL)
@@ -240,9 +193,8 @@ def test_forward_dispatches_here_only_for_the_shapes_it_computes(monkeypatch):
     rng = np.random.default_rng(8)
     x = rng.standard_normal((2, 3, 4, 8)).astype(np.float32)
     w = rng.standard_normal((64, 3, 3, 3)).astype(np.float32)
-    one = (1, 1)
-    np.testing.assert_allclose(conv.conv2d(x, w, None, one, one, one), ref_forward(x, w, None),
-                               **TOL)
+    np.testing.assert_allclose(conv.conv2d(x, w, None, ONE, ONE, ONE),
+                               reference.conv2d(x, w, None, ONE, ONE, ONE), **TOL)
     assert len(calls) == 1
     x4 = rng.standard_normal((2, 4, 4, 8)).astype(np.float32)
     w4 = rng.standard_normal((64, 4, 3, 3)).astype(np.float32)
@@ -254,9 +206,10 @@ def test_forward_dispatches_here_only_for_the_shapes_it_computes(monkeypatch):
             (x, w, 2, 1, 1), (x, w, 1, 0, 1), (x, w, 1, 2, 2)]:
         assert not conv3x3_rows.forward_applies(xo, wo, (stride,) * 2, (padding,) * 2,
                                                 (dilation,) * 2)
-        y = conv.conv2d(xo, wo, None, (stride,) * 2, (padding,) * 2, (dilation,) * 2)
-        assert y.shape[1] == wo.shape[0]
+        s, p, d = (stride,) * 2, (padding,) * 2, (dilation,) * 2
+        np.testing.assert_allclose(conv.conv2d(xo, wo, None, s, p, d),
+                                   reference.conv2d(xo, wo, None, s, p, d), **TOL)
     assert len(calls) == 1
     monkeypatch.setattr(conv3x3_rows, "USE", False)
-    conv.conv2d(x, w, None, one, one, one)
+    conv.conv2d(x, w, None, ONE, ONE, ONE)
     assert len(calls) == 1

@@ -8,7 +8,7 @@ NCHW references for float32 and float64 and for both input layouts.
 import numpy as np
 import pytest
 
-from minigrad.cpu import conv, norm, small_gemm
+from minigrad.cpu import conv, conv3x3_rows, norm, small_gemm
 from minigrad.cpu.backend import CPUBackend
 from test_cpu_conv_pool_kernels import ref_conv, ref_conv_grads
 
@@ -185,7 +185,9 @@ def _conv_case(case, layout, seed):
 def _pad_like_avx2_tile(monkeypatch):
     """The padded-column paths below are taken only where small_gemm.padded_columns pads
     (the AVX2 tile); on a wide-tile host a stand-in pads as that tile does (to 32 columns
-    while the switch is on), so the paths are tested on every host small_gemm supports."""
+    while the switch is on), so the paths are tested on every host small_gemm supports.
+    The stem-like cases would otherwise take conv3x3_rows / conv3x3_cl, which are off here."""
+    monkeypatch.setattr(conv3x3_rows, "USE", False)
     if small_gemm.NR != 16:
         monkeypatch.setattr(small_gemm, "padded_columns",
                             lambda transa, m, n, k: -(-n // 32) * 32 if small_gemm.enabled() else n)

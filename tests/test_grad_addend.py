@@ -26,7 +26,7 @@ def _cl(a):
 # direct kernels
 SHAPES = [(8, 16, 9, 1, 2, 0), (8, 16, 9, 3, 2, 1), (8, 16, 8, 3, 1, 1), (16, 16, 8, 3, 1, 1),
           (16, 16, 24, 3, 1, 1), (8, 16, 8, 1, 1, 0), (1, 2, 5, 3, 1, 1), (3, 8, 7, 3, 1, 1),
-          (3, 8, 32, 3, 1, 1)]   # the last: conv3x3_rows in NCHW (32 wide)
+          (3, 16, 32, 3, 1, 1)]   # the last: conv3x3_rows (NCHW) and conv3x3_cl (channels-last)
 
 
 def _dx(x, w, gy, stride, padding):

@@ -30,12 +30,13 @@ Paths (measurements in BENCHMARKS_perf.md):
 * **NCHW 1x1** (unpadded 1x1 convs of NCHW-contiguous input; ``conv1x1_nchw.py``): per-image
   GEMMs on the planes, Y (K x OH*OW) = W (K x C) @ x[n, :, ::sh, ::sw]; the only GEMM path
   whose output and dX are NCHW-contiguous (nothing of x is transposed).
-* **3x3 rows** (float32, 3x3, stride 1, padding 1, at most 3 input channels, AVX-512 hosts;
-  ``conv3x3_rows.py``): a network's first layer without a column matrix.  Forward (a
-  multiple of 64 output channels, widths a multiple of 4): groups of 4 pixels x 64 channels
-  in registers, channels-last output.  Backward (images 32 wide, a multiple of 8 output
-  channels, dY NCHW, or channels-last when dX is needed): dW and dX from whole image rows
-  in registers; gx NCHW-contiguous.
+* **3x3 few-channel** (float32, 3x3, stride 1, padding 1, at most 3 input channels, AVX-512
+  hosts): a network's first layer without a column matrix.  Forward (``conv3x3_rows.py``;
+  a multiple of 64 output channels, widths a multiple of 4): groups of 4 pixels x 64
+  channels in registers, channels-last output.  Backward with NCHW dY (``conv3x3_rows.py``;
+  images 32 wide, a multiple of 8 output channels): dW and dX from whole image rows in
+  registers.  Backward with channels-last dY (``conv3x3_cl.py``; a multiple of 16 output
+  channels): vectorised over output channels, dY read in its own order.  gx NCHW.
 * **direct** (C*K <= _DIRECT_MAX_CK, LeNet's first layer): NCHW loops without GEMM
   over "extended rows" (a plane as one flat run over the padded width) so the
   inner loops are long enough for LLVM to vectorise.
@@ -60,7 +61,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import conv1x1_cl, conv1x1_nchw, conv3x3_rows, small_gemm, winograd
+from . import conv1x1_cl, conv1x1_nchw, conv3x3_cl, conv3x3_rows, small_gemm, winograd
 from .addend import nchw_foldable, writable_in_place
 from ._jit import pjit
 from .blas import gemm_rm
@@ -1899,8 +1900,12 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
         gx, gw, folded = _conv1x1_nchw_backward(x, w, gy, stride, need_x, need_w, saved,
                                                 gx_addend, addend_writable)
         gb = _bias_grad_any(np.asarray(gy, dtype=dt), dt) if need_b else None
-    elif (need_x or need_w) and conv3x3_rows.applies(
-            x, w, gy, *_pairs(stride, padding, dilation), need_x):
+    elif (need_x or need_w) and conv3x3_cl.applies(x, w, gy, *_pairs(stride, padding, dilation)):
+        gx, gw, folded = _conv3x3_cl_backward(x, w, gy, need_x, need_w, saved, gx_addend,
+                                              addend_writable)
+        gb = _bias_grad_any(gy, dt) if need_b else None
+    elif (need_x or need_w) and conv3x3_rows.applies(x, w, gy,
+                                                     *_pairs(stride, padding, dilation)):
         gx, gw, folded = conv3x3_rows.backward(x, w, gy, need_x, need_w, gx_addend,
                                                addend_writable)
         gb = _bias_grad_any(gy, dt) if need_b else None
@@ -1913,6 +1918,15 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
     if gx_addend is not None and gx is not None and not folded:
         _add_into(gx, gx_addend)
     return gx, gw, gb
+
+
+def _conv3x3_cl_backward(x, w, gy, need_x, need_w, saved, gx_addend, addend_writable):
+    """conv3x3_cl's backward from x's padded channels-last copy (the forward's, when kept)."""
+    N, C, H, W = x.shape
+    xp = _saved_x(saved, (N, H + 2, W + 2, C), np.float32)
+    xp = _padded(x, 1, 1, 0) if xp is None else xp.reshape(-1)
+    return conv3x3_cl.backward(xp, _weights_rsck(w, np.float32), gy, N, C, H, W, w.shape[0],
+                               need_x, need_w, gx_addend, addend_writable)
 
 
 # Empty float arrays by dtype char: "no addend", and placeholders for unused array arguments.

@@ -1,4 +1,5 @@
-"""Backward of 3x3 "same" convolutions of few-channel images 32 wide, row by row in registers.
+"""3x3 "same" convolutions of few-channel images: the backward from whole NCHW rows in
+registers, and the forward as pixel groups in registers.
 
 A network's first layer (ResNet-18's CIFAR stem, VGG on CIFAR: 3 -> 64 channels, 3x3, stride 1,
 padding 1, 32x32 images) is a poor fit for GEMMs: as im2col products its reduction (or its
@@ -15,12 +16,13 @@ registers, each of the three horizontal taps a row loaded one float to the left 
   ROW_VECTORS vectors); dY's first and last rows, which reach only two, sweep once per dX
   row instead.
 
-x may come in any layout (an NCHW copy is made when needed: a few hundred KB); dY is read
-in place when NCHW-contiguous, and when channels-last each image's dY is transposed into a
-per-thread buffer first (LANES x LANES blocks in registers).  The inner loops are LLVM IR
-(Numba intrinsics, as in small_gemm), because LLVM keeps no register tile of accumulators
-when it compiles plain Numba loops.  Measured against the im2col path on the stem's bench
-rows: BENCHMARKS_perf.md, change 122.
+This backward reads x in any layout (an NCHW copy is made when needed: a few hundred KB) and
+dY NCHW-contiguous; conv3x3_cl takes channels-last dY.  The forward writes channels-last
+output (what the rest of a ResNet reads): groups of FWD_PIXELS pixels x FWD_CHANNELS output
+channels in registers over a loop of the 3*3*C taps.  The inner loops are LLVM IR (Numba
+intrinsics, as in small_gemm), because LLVM keeps no register tile of accumulators when it
+compiles plain Numba loops.  Measured against the im2col path on the stem's bench rows:
+BENCHMARKS_perf.md, change 122.
 """
 
 import numba
@@ -40,16 +42,12 @@ MAX_CHANNELS = 3                              # input channels dX keeps in regis
 USE = True                                    # False: conv.py takes its im2col path instead
 
 
-def applies(x, w, gy, stride, padding, dilation, need_x):
-    """True when these kernels compute this backward: float32 x (N, C, H, 32) in any layout,
-    w (K, C, 3, 3) with K a multiple of KB and C at most MAX_CHANNELS, stride 1, padding 1,
-    dilation 1, dY NCHW-contiguous, or dense channels-last when dX is asked for (``need_x``)
-    and K is a multiple of LANES, on an AVX-512 host (the vectors small_gemm uses there; the
-    host these kernels were measured on), while ``USE`` is True.
-
-    Channels-last dY is transposed an image at a time first; paired against the im2col path
-    at batch 32 that made dW and dX together 1.10x faster, but dW alone (a network's first
-    layer, whose dX nobody needs) 0.89x, so dW alone stays on the im2col path."""
+def applies(x, w, gy, stride, padding, dilation):
+    """True when ``backward`` computes this convolution's gradients: float32 x (N, C, H, 32) in
+    any layout, w (K, C, 3, 3) with K a multiple of KB and C at most MAX_CHANNELS, dY
+    NCHW-contiguous, stride 1, padding 1, dilation 1, on an AVX-512 host (the vectors
+    small_gemm uses there; the host these kernels were measured on), while ``USE`` is True.
+    (Channels-last dY goes to conv3x3_cl.)"""
     if not USE or small_gemm.LANES != 16:
         return False
     N, C, H, W = x.shape
@@ -57,18 +55,8 @@ def applies(x, w, gy, stride, padding, dilation, need_x):
     return (x.dtype == np.float32 and gy.dtype == np.float32 and w.dtype == np.float32
             and tuple(w.shape[2:]) == (3, 3) and W == ROW and 1 <= C <= MAX_CHANNELS
             and K % KB == 0 and N * H > 0 and gy.shape == (N, K, H, W)
-            and _dy_layout(gy) in (("nchw", "cl") if need_x else ("nchw",))
-            and tuple(stride) == (1, 1)
+            and gy.flags.c_contiguous and tuple(stride) == (1, 1)
             and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1))
-
-
-def _dy_layout(gy):
-    """"nchw" (C-contiguous), "cl" (dense channels-last, K a multiple of LANES) or None."""
-    if gy.flags.c_contiguous:
-        return "nchw"
-    if gy.transpose(0, 2, 3, 1).flags.c_contiguous and gy.shape[1] % LANES == 0:
-        return "cl"
-    return None
 
 
 def _vec_ptr(builder, base, off, vt):
@@ -314,81 +302,17 @@ def _gx_from_row(C, K, gyf, gyoff, ldk, wf, gxf, gxoff, ldc):
         _gx_spread_3(K, gyf, gyoff, ldk, wf, gxf, gxoff, ldc)
 
 
-@intrinsic
-def _transpose_block(typingctx, src, soff, lds, dst, doff, ldd):
-    """dst[doff + j*ldd + i] = src[soff + i*lds + j] for i, j < LANES: one LANES x LANES block
-    transposed in registers (float32), in log2(LANES) rounds of shuffles that each swap
-    one bit of the row index with the same bit of the lane index."""
-    sig = types.void(src, types.intp, types.intp, dst, types.intp, types.intp)
-
-    def codegen(context, builder, signature, args):
-        sa, soff, lds, da, doff, ldd = args
-        vt = ir.VectorType(ir.FloatType(), LANES)
-        i32, i64 = ir.IntType(32), ir.IntType(64)
-
-        def data(i, arr):
-            return context.make_array(signature.args[i])(context, builder, arr).data
-
-        S = builder.gep(data(0, sa), [soff])
-        D = builder.gep(data(3, da), [doff])
-        rows = [builder.load(_vec_ptr(builder, S, builder.mul(lds, ir.Constant(i64, i)), vt),
-                            align=4) for i in range(LANES)]
-        bit = 1
-        while bit < LANES:
-            low = ir.Constant(ir.VectorType(i32, LANES),
-                              [j if not j & bit else LANES + (j ^ bit) for j in range(LANES)])
-            high = ir.Constant(ir.VectorType(i32, LANES),
-                               [j ^ bit if not j & bit else LANES + j for j in range(LANES)])
-            out = list(rows)
-            for i in range(LANES):
-                if not i & bit:
-                    a, b = rows[i], rows[i | bit]
-                    out[i] = builder.shuffle_vector(a, b, low)
-                    out[i | bit] = builder.shuffle_vector(a, b, high)
-            rows = out
-            bit *= 2
-        for j in range(LANES):
-            builder.store(rows[j], _vec_ptr(builder, D, builder.mul(ldd, ir.Constant(i64, j)), vt),
-                          align=4)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-# Plane stride of the per-thread buffer that holds a channels-last dY image transposed: a
-# line more than the plane, so that the 16 rows a block writes (and the sweeps read) do not
-# all fall in one set of the L1 cache, as rows 4 KB apart would.
-_PLANE_PAD = 16
-
-
-@njit(cache=True)
-def _transpose_image(gyf, start, P, K, buf, ldk):
-    """buf[k*ldk + p] = gyf[start + p*K + k] for p < P, k < K (both multiples of LANES)."""
-    for p0 in range(0, P, LANES):
-        for k0 in range(0, K, LANES):
-            _transpose_block(gyf, start + p0 * K + k0, K, buf, k0 * ldk + p0, ldk)
-
-
 @njit(parallel=True, cache=True)
-def _backward(xf, gyf, gy_cl, wf, N, C, H, K, need_x, need_w, gxf, gwv, gbuf):
+def _backward(xf, gyf, wf, N, C, H, K, need_x, need_w, gxf, gwv):
     """Per image (in parallel): dW's lane partial sums into the running thread's gwv[t]
-    ((K // KB, C, 3, KB, 3, LANES) flat) and dX added into gxf (N, C, H, ROW) flat.  dY is
-    gyf, NCHW, or with ``gy_cl`` channels-last: each image is then first transposed into
-    the running thread's gbuf[t] (K planes _PLANE_PAD floats apart beyond P)."""
+    ((K // KB, C, 3, KB, 3, LANES) flat) and dX added into gxf (N, C, H, ROW) flat, from
+    x (xf) and dY (gyf), both NCHW."""
     P = H * ROW
     for n in prange(N):
         t = numba.get_thread_id()
         acc = gwv[t]
         ximg = n * C * P
-        if gy_cl:
-            g = gbuf[t]
-            ldk = P + _PLANE_PAD
-            _transpose_image(gyf, n * P * K, P, K, g, ldk)
-            gimg = 0
-        else:
-            g = gyf
-            ldk = P
-            gimg = n * K * P
+        gimg = n * K * P
         if need_w:
             for kb in range(K // KB):
                 for c in range(C):
@@ -397,20 +321,20 @@ def _backward(xf, gyf, gy_cl, wf, N, C, H, K, need_x, need_w, gxf, gwv, gbuf):
                         h0 = max(0, 1 - r)
                         h1 = min(H, H + 1 - r)
                         if h1 > h0:
-                            _gw_sweep(h1 - h0, xf, ximg + c * P + (h0 + r - 1) * ROW, g,
-                                      gimg + kb * KB * ldk + h0 * ROW, ldk, acc,
+                            _gw_sweep(h1 - h0, xf, ximg + c * P + (h0 + r - 1) * ROW, gyf,
+                                      gimg + kb * KB * P + h0 * ROW, P, acc,
                                       ((kb * C + c) * 3 + r) * KB * 3 * LANES)
         if need_x:
             for hh in range(H):
                 if 0 < hh < H - 1:
-                    _gx_from_row(C, K, g, gimg + hh * ROW, ldk, wf, gxf,
+                    _gx_from_row(C, K, gyf, gimg + hh * ROW, P, wf, gxf,
                                  ximg + (hh - 1) * ROW, P)
                 else:
                     # an edge row of dY: only the dX rows inside the image
                     for r in range(3):
                         h = hh + r - 1
                         if 0 <= h < H:
-                            _gx_row(C, K, g, gimg + hh * ROW, ldk, wf, r * 3, gxf,
+                            _gx_row(C, K, gyf, gimg + hh * ROW, P, wf, r * 3, gxf,
                                     ximg + h * ROW, P)
 
 
@@ -528,8 +452,7 @@ def backward(x, w, gy, need_x, need_w, gx_addend=None, addend_writable=False):
     N, C, H, W = x.shape
     K = w.shape[0]
     xf = np.ascontiguousarray(x).reshape(-1)
-    gy_cl = _dy_layout(gy) == "cl"
-    gyf = gy.transpose(0, 2, 3, 1).reshape(-1) if gy_cl else gy.reshape(-1)
+    gyf = gy.reshape(-1)
     wf = np.ascontiguousarray(w).reshape(-1)
     folded = bool(need_x) and nchw_foldable(gx_addend, x.shape, np.float32)
     if not need_x:
@@ -542,9 +465,7 @@ def backward(x, w, gy, need_x, need_w, gx_addend=None, addend_writable=False):
         gx = np.zeros(x.shape, dtype=np.float32)
     nt = numba.get_num_threads()
     gwv = np.zeros((nt, K * C * 9 * LANES if need_w else 1), dtype=np.float32)
-    gbuf = np.empty((nt, K * (H * ROW + _PLANE_PAD) if gy_cl else 1), dtype=np.float32)
-    _backward(xf, gyf, gy_cl, wf, N, C, H, K, bool(need_x), bool(need_w), gx.reshape(-1), gwv,
-              gbuf)
+    _backward(xf, gyf, wf, N, C, H, K, bool(need_x), bool(need_w), gx.reshape(-1), gwv)
     gw = None
     if need_w:
         part = gwv.sum(axis=0).reshape(K // KB, C, 3, KB, 3, LANES).sum(axis=5)

@@ -1,0 +1,330 @@
+"""Backward of few-channel 3x3 "same" convolutions with channels-last dY, vectorised over
+output channels.
+
+The shapes are conv3x3_rows' (a network's first layer: 3 -> 64 channels, 3x3, stride 1,
+padding 1); here dY is stored channels-last, (N, H, W, K) with K a multiple of LANES, so a
+pixel's K values are K // LANES whole vectors.  conv3x3_rows' row kernels would need dY
+transposed first, and the transposes, which read dY from memory in bursts, cost more than
+they saved (BENCHMARKS_perf.md, change 122).  These kernels read dY in its own order:
+
+* dW[k, c, r, s] = sum over pixels p of dY[p, k] * xpad[p + (r, s), c]: per (image row,
+  vector of LANES output channels) one sweep along the row keeps the 9*C tap sums in 9*C
+  vector accumulators (one dY load and 9*C broadcast input values per pixel), summed per
+  thread and lane afterwards;
+* dX[p, c] = sum over taps (r, s) and k of dY[p + (1 - r, 1 - s), k] * W[k, c, r, s]: per
+  group of PIXELS pixels, PIXELS x C vector accumulators over (tap, vector of channels), each
+  summed over its lanes at the end.  Taps that fall outside the image are left out of the
+  group's tap table; pixels at the left and right edges go one at a time with their own table.
+
+x is read from its zero-padded channels-last copy (N, H + 2, W + 2, C); dX is written NCHW.
+"""
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from . import conv3x3_rows, small_gemm
+from .conv3x3_rows import LANES, MAX_CHANNELS, _loop, _vec_ptr
+
+PIXELS = 4          # dX pixels per group
+
+
+def applies(x, w, gy, stride, padding, dilation):
+    """True when ``backward`` computes this convolution's gradients: float32 x (N, C, H, W)
+    and w (K, C, 3, 3), C at most MAX_CHANNELS, K a multiple of LANES, dY dense channels-last
+    (and not also NCHW-contiguous), stride 1, padding 1, dilation 1, on an AVX-512 host, while
+    conv3x3_rows.USE is True."""
+    if not conv3x3_rows.USE or small_gemm.LANES != 16:
+        return False
+    N, C, H, W = x.shape
+    K = w.shape[0]
+    return (x.dtype == np.float32 and w.dtype == np.float32 and gy.dtype == np.float32
+            and tuple(w.shape[2:]) == (3, 3) and 1 <= C <= MAX_CHANNELS and K % LANES == 0
+            and gy.shape == (N, K, H, W) and N * H * W > 0 and not gy.flags.c_contiguous
+            and gy.transpose(0, 2, 3, 1).flags.c_contiguous and tuple(stride) == (1, 1)
+            and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1))
+
+
+def _fma(builder):
+    vt = ir.VectorType(ir.FloatType(), LANES)
+    return vt, cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vt, [vt, vt, vt]), "llvm.fma.v%df32" % LANES)
+
+
+def _splat_at(builder, base, off, vt):
+    v = builder.load(builder.gep(base, [off]))
+    return small_gemm._splat(builder, vt, v)
+
+
+def _make_gw_sweep(C):
+    ntaps = 9 * C
+
+    @intrinsic
+    def gw_sweep(typingctx, npix, xp, xoff, ldrow, gy, gyoff, ldp, acc, accoff):
+        sig = types.void(types.intp, xp, types.intp, types.intp, gy, types.intp, types.intp,
+                         acc, types.intp)
+
+        def codegen(context, builder, signature, args):
+            npix, xa, xoff, ldrow, gya, gyoff, ldp, acca, accoff = args
+            i64 = ir.IntType(64)
+            vt, fma = _fma(builder)
+
+            def data(i, arr):
+                return context.make_array(signature.args[i])(context, builder, arr).data
+
+            X = builder.gep(data(1, xa), [xoff])
+            G = builder.gep(data(4, gya), [gyoff])
+            A = builder.gep(data(7, acca), [accoff])
+            aptrs = [_vec_ptr(builder, A, ir.Constant(i64, t * LANES), vt) for t in range(ntaps)]
+            p, accs, close = _loop(builder, npix, [builder.load(q, align=4) for q in aptrs])
+            dy = builder.load(_vec_ptr(builder, G, builder.mul(p, ldp), vt), align=4)
+            xpix = builder.gep(X, [builder.mul(p, ir.Constant(i64, C))])
+            rows = [builder.gep(xpix, [builder.mul(ldrow, ir.Constant(i64, r))]) for r in range(3)]
+            nxt = list(accs)
+            for r in range(3):
+                for s in range(3):
+                    for c in range(C):
+                        t = (r * 3 + s) * C + c
+                        xv = _splat_at(builder, rows[r], ir.Constant(i64, s * C + c), vt)
+                        nxt[t] = builder.call(fma, [dy, xv, nxt[t]])
+            final = close(nxt)
+            for q, v in zip(aptrs, final):
+                builder.store(v, q, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    gw_sweep.__doc__ = (
+        "acc[accoff + t*LANES + lane] += sum over p < npix of gy[gyoff + p*ldp + lane] * "
+        "xp[xoff + p*%d + r*ldrow + s*%d + c] for the %d taps t = (r*3 + s)*%d + c." % (
+            C, C, ntaps, C))
+    return gw_sweep
+
+
+def _lane_sums(builder, vecs):
+    """The sums of the lanes of each vector in ``vecs`` (at most LANES of them), as scalars:
+    pairs of vectors are folded into one at each of log2(LANES) rounds (two shuffles and an
+    add per pair), so that after the last round each lane holds one vector's sum."""
+    i32 = ir.IntType(32)
+    vt = vecs[0].type
+    zero = ir.Constant(vt, [0.0] * LANES)
+    items = [(v, [i] * LANES) for i, v in enumerate(vecs)]
+    items += [(zero, [None] * LANES)] * (LANES - len(items))
+    seg = LANES
+    while seg > 1:
+        half = seg // 2
+        folded = []
+        for (a, oa), (b, ob) in zip(items[0::2], items[1::2]):
+            lo, hi, owners = [], [], []
+            for start in range(0, LANES, seg):
+                lo += list(range(start, start + half)) + \
+                    [LANES + i for i in range(start, start + half)]
+                hi += list(range(start + half, start + seg)) + \
+                    [LANES + i for i in range(start + half, start + seg)]
+                owners += [oa[start]] * half + [ob[start]] * half
+            v = builder.fadd(builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(i32, LANES), lo)),
+                             builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(i32, LANES), hi)))
+            folded.append((v, owners))
+        items = folded
+        seg = half
+    (v, owners), = items
+    sums = [None] * len(vecs)
+    for lane, o in enumerate(owners):
+        if o is not None:
+            sums[o] = builder.extract_element(v, ir.Constant(i32, lane))
+    return sums
+
+
+def _make_gx_group(C, npx):
+    @intrinsic
+    def gx_group(typingctx, steps, gy, gyoff, dyo, ldp, wt, wo, ldw, gx, gxoff, ldc):
+        sig = types.void(types.intp, gy, types.intp, dyo, types.intp, wt, wo, types.intp, gx,
+                         types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            steps, gya, gyoff, dyoa, ldp, wa, woa, ldw, gxa, gxoff, ldc = args
+            i64 = ir.IntType(64)
+            vt, fma = _fma(builder)
+
+            def data(i, arr):
+                return context.make_array(signature.args[i])(context, builder, arr).data
+
+            G = builder.gep(data(1, gya), [gyoff])
+            DYO = data(3, dyoa)
+            Wt = data(5, wa)
+            WO = data(6, woa)
+            GX = builder.gep(data(8, gxa), [gxoff])
+            zero = ir.Constant(vt, [0.0] * LANES)
+            i, accs, close = _loop(builder, steps, [zero] * (npx * C))
+            gp = builder.gep(G, [builder.load(builder.gep(DYO, [i]))])
+            wp = builder.gep(Wt, [builder.load(builder.gep(WO, [i]))])
+            dys = [builder.load(_vec_ptr(builder, gp, builder.mul(ldp, ir.Constant(i64, j)), vt),
+                                align=4) for j in range(npx)]
+            wvs = [builder.load(_vec_ptr(builder, wp, builder.mul(ldw, ir.Constant(i64, c)), vt),
+                                align=4) for c in range(C)]
+            nxt = list(accs)
+            for j in range(npx):
+                for c in range(C):
+                    nxt[j * C + c] = builder.call(fma, [dys[j], wvs[c], nxt[j * C + c]])
+            final = close(nxt)
+            sums = _lane_sums(builder, final)
+            for j in range(npx):
+                for c in range(C):
+                    ptr = builder.gep(GX, [builder.add(builder.mul(ldc, ir.Constant(i64, c)),
+                                                       ir.Constant(i64, j))])
+                    builder.store(builder.fadd(builder.load(ptr), sums[j * C + c]), ptr)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    gx_group.__doc__ = (
+        "gx[gxoff + c*ldc + j] += sum over i < steps and lanes of gy[gyoff + dyo[i] + j*ldp + "
+        "lane] * wt[wo[i] + c*ldw + lane], for the %d pixel(s) j and %d channel(s) c (dyo, "
+        "wo: int64 tables of offsets, one entry per tap and vector of output channels)."
+        % (npx, C))
+    return gx_group
+
+
+_gw_sweep_1 = _make_gw_sweep(1)
+_gw_sweep_2 = _make_gw_sweep(2)
+_gw_sweep_3 = _make_gw_sweep(3)
+_gx_group_1 = _make_gx_group(1, PIXELS)
+_gx_group_2 = _make_gx_group(2, PIXELS)
+_gx_group_3 = _make_gx_group(3, PIXELS)
+_gx_pixel_1 = _make_gx_group(1, 1)
+_gx_pixel_2 = _make_gx_group(2, 1)
+_gx_pixel_3 = _make_gx_group(3, 1)
+
+
+@njit(cache=True)
+def _gw_row(C, npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff):
+    if C == 1:
+        _gw_sweep_1(npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff)
+    elif C == 2:
+        _gw_sweep_2(npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff)
+    else:
+        _gw_sweep_3(npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff)
+
+
+@njit(cache=True)
+def _gx_pixels(C, npx, steps, gyf, gyoff, dyo, ldp, wt, wo, ldw, gxf, gxoff, ldc):
+    if npx == PIXELS:
+        if C == 1:
+            _gx_group_1(steps, gyf, gyoff, dyo, ldp, wt, wo, ldw, gxf, gxoff, ldc)
+        elif C == 2:
+            _gx_group_2(steps, gyf, gyoff, dyo, ldp, wt, wo, ldw, gxf, gxoff, ldc)
+        else:
+            _gx_group_3(steps, gyf, gyoff, dyo, ldp, wt, wo, ldw, gxf, gxoff, ldc)
+    else:
+        if C == 1:
+            _gx_pixel_1(steps, gyf, gyoff, dyo, ldp, wt, wo, ldw, gxf, gxoff, ldc)
+        elif C == 2:
+            _gx_pixel_2(steps, gyf, gyoff, dyo, ldp, wt, wo, ldw, gxf, gxoff, ldc)
+        else:
+            _gx_pixel_3(steps, gyf, gyoff, dyo, ldp, wt, wo, ldw, gxf, gxoff, ldc)
+
+
+@njit(cache=True)
+def _tap_table(h, H, W, K, C, s_lo, s_hi, dyo, wo):
+    """Fill dyo and wo with the (tap, channel vector) steps of dX's row h whose dY row lies in
+    the image and whose tap column s is in [s_lo, s_hi); returns the count.  dyo: dY offsets
+    from the pixel's own position (channels-last), wo: offsets of (r, s, c=0) rows of the
+    (3*3*C, K) weights."""
+    n = 0
+    for r in range(3):
+        if 0 <= h + 1 - r < H:
+            for s in range(s_lo, s_hi):
+                for v in range(K // LANES):
+                    dyo[n] = ((1 - r) * W + (1 - s)) * K + v * LANES
+                    wo[n] = (r * 3 + s) * C * K + v * LANES
+                    n += 1
+    return n
+
+
+@njit(parallel=True, cache=True)
+def _backward(xpf, gyf, wt, N, C, H, W, K, need_x, need_w, gxf, gwv):
+    """Per image (in parallel): dW's per-thread lane sums into gwv[t] ((K // LANES, 9*C,
+    LANES) flat) and dX added into gxf ((N, C, H, W) flat)."""
+    Wp = W + 2
+    ldrow = Wp * C
+    nv = K // LANES
+    for n in prange(N):
+        t = numba.get_thread_id()
+        if need_w:
+            acc = gwv[t]
+            for h in range(H):
+                xrow = (n * (H + 2) + h) * ldrow
+                grow = (n * H + h) * W * K
+                for v in range(nv):
+                    _gw_row(C, W, xpf, xrow, ldrow, gyf, grow + v * LANES, K, acc,
+                            v * 9 * C * LANES)
+        if need_x:
+            dyo = np.empty(9 * nv, dtype=np.int64)
+            wo = np.empty(9 * nv, dtype=np.int64)
+            for h in range(H):
+                grow = (n * H + h) * W * K
+                xrow = (n * C * H + h) * W
+                # pixels 1 .. W-2 see all three tap columns: groups of PIXELS, then singles
+                steps = _tap_table(h, H, W, K, C, 0, 3, dyo, wo)
+                w = 1
+                while w + PIXELS <= W - 1:
+                    _gx_pixels(C, PIXELS, steps, gyf, grow + w * K, dyo, K, wt, wo, K, gxf,
+                               xrow + w, H * W)
+                    w += PIXELS
+                while w < W - 1:
+                    _gx_pixels(C, 1, steps, gyf, grow + w * K, dyo, K, wt, wo, K, gxf,
+                               xrow + w, H * W)
+                    w += 1
+                # the edge pixels: tap column s reads dY's column w + 1 - s
+                steps = _tap_table(h, H, W, K, C, max(0, 2 - W), 2, dyo, wo)
+                _gx_pixels(C, 1, steps, gyf, grow, dyo, K, wt, wo, K, gxf, xrow, H * W)
+                if W > 1:
+                    steps = _tap_table(h, H, W, K, C, 1, 3, dyo, wo)
+                    _gx_pixels(C, 1, steps, gyf, grow + (W - 1) * K, dyo, K, wt, wo, K, gxf,
+                               xrow + W - 1, H * W)
+
+
+@njit(cache=True)
+def _gw_from_lanes(gwv, K, C, gw):
+    """gw (K, C, 3, 3) flat = the sum over threads and lanes of gwv (nt, (K // LANES, 9*C,
+    LANES) flat), whose taps are t = (r*3 + s)*C + c."""
+    for v in range(K // LANES):
+        for t in range(9 * C):
+            rs = t // C
+            c = t - rs * C
+            for lane in range(LANES):
+                total = np.float32(0.0)
+                for th in range(gwv.shape[0]):
+                    total += gwv[th, (v * 9 * C + t) * LANES + lane]
+                gw[((v * LANES + lane) * C + c) * 9 + rs] = total
+
+
+def backward(xp, wt, gy, N, C, H, W, K, need_x, need_w, gx_addend=None, addend_writable=False):
+    """(gx, gw, folded) for a convolution ``applies`` accepts, from xp, x's zero-padded
+    channels-last copy ((N, H + 2, W + 2, C) flat), wt, the (3*3*C, K) weights (flat), and
+    gy: gx NCHW (N, C, H, W) or None, gw (K, C, 3, 3) or None; folded when gx includes
+    gx_addend (an NCHW-contiguous float32 array of x's shape, updated in place when
+    ``addend_writable``, else only read)."""
+    from .addend import nchw_foldable, writable_in_place
+    gyf = gy.transpose(0, 2, 3, 1).reshape(-1)
+    shape = (N, C, H, W)
+    folded = bool(need_x) and nchw_foldable(gx_addend, shape, np.float32)
+    if not need_x:
+        gx = np.empty(1, dtype=np.float32)
+    elif folded and writable_in_place(gx_addend, addend_writable, gy):
+        gx = gx_addend
+    elif folded:
+        gx = gx_addend.copy()
+    else:
+        gx = np.zeros(shape, dtype=np.float32)
+    nt = numba.get_num_threads()
+    gwv = np.zeros((nt, K * 9 * C if need_w else 1), dtype=np.float32)
+    _backward(xp, gyf, wt, N, C, H, W, K, bool(need_x), bool(need_w), gx.reshape(-1), gwv)
+    gw = None
+    if need_w:
+        gw = np.empty((K, C, 3, 3), dtype=np.float32)
+        _gw_from_lanes(gwv, K, C, gw.reshape(-1))
+    return (gx if need_x else None), gw, folded
