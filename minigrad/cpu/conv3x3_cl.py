@@ -27,6 +27,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import conv3x3_rows, small_gemm
+from .addend import accumulating_dx
 from .conv3x3_rows import LANES, MAX_CHANNELS, _loop, _vec_ptr
 
 PIXELS = 4          # dX pixels per group
@@ -308,18 +309,9 @@ def backward(xp, wt, gy, N, C, H, W, K, need_x, need_w, gx_addend=None, addend_w
     gy: gx NCHW (N, C, H, W) or None, gw (K, C, 3, 3) or None; folded when gx includes
     gx_addend (an NCHW-contiguous float32 array of x's shape, updated in place when
     ``addend_writable``, else only read)."""
-    from .addend import nchw_foldable, writable_in_place
     gyf = gy.transpose(0, 2, 3, 1).reshape(-1)
-    shape = (N, C, H, W)
-    folded = bool(need_x) and nchw_foldable(gx_addend, shape, np.float32)
-    if not need_x:
-        gx = np.empty(1, dtype=np.float32)
-    elif folded and writable_in_place(gx_addend, addend_writable, gy):
-        gx = gx_addend
-    elif folded:
-        gx = gx_addend.copy()
-    else:
-        gx = np.zeros(shape, dtype=np.float32)
+    gx, folded = accumulating_dx(gx_addend, addend_writable, (N, C, H, W), gy) if need_x \
+        else (np.empty(1, dtype=np.float32), False)
     nt = numba.get_num_threads()
     gwv = np.zeros((nt, K * 9 * C if need_w else 1), dtype=np.float32)
     _backward(xp, gyf, wt, N, C, H, W, K, bool(need_x), bool(need_w), gx.reshape(-1), gwv)

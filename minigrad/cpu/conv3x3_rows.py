@@ -33,6 +33,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import small_gemm
+from .addend import accumulating_dx
 
 LANES = 16 if small_gemm.LANES == 16 else 8   # float32 lanes per vector in the IR
 ROW = 32                                      # image width these kernels handle
@@ -448,21 +449,13 @@ def backward(x, w, gy, need_x, need_w, gx_addend=None, addend_writable=False):
     None, gw (K, C, 3, 3) or None; folded when gx includes gx_addend (an NCHW-contiguous
     float32 array of x's shape, then updated in place when ``addend_writable``, else only
     read)."""
-    from .addend import nchw_foldable, writable_in_place
     N, C, H, W = x.shape
     K = w.shape[0]
     xf = np.ascontiguousarray(x).reshape(-1)
     gyf = gy.reshape(-1)
     wf = np.ascontiguousarray(w).reshape(-1)
-    folded = bool(need_x) and nchw_foldable(gx_addend, x.shape, np.float32)
-    if not need_x:
-        gx = np.empty((1, 1, 1, ROW), dtype=np.float32)
-    elif folded and writable_in_place(gx_addend, addend_writable, x, gy, w):
-        gx = gx_addend
-    elif folded:
-        gx = gx_addend.copy()
-    else:
-        gx = np.zeros(x.shape, dtype=np.float32)
+    gx, folded = accumulating_dx(gx_addend, addend_writable, x.shape, x, gy, w) if need_x \
+        else (np.empty(1, dtype=np.float32), False)
     nt = numba.get_num_threads()
     gwv = np.zeros((nt, K * C * 9 * LANES if need_w else 1), dtype=np.float32)
     _backward(xf, gyf, wf, N, C, H, K, bool(need_x), bool(need_w), gx.reshape(-1), gwv)
