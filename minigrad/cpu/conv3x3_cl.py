@@ -23,12 +23,11 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import conv3x3_rows, small_gemm
 from .addend import accumulating_dx
-from .conv3x3_rows import LANES, MAX_CHANNELS, _loop, _vec_ptr
+from .conv3x3_rows import LANES, MAX_CHANNELS, _fma, _loop, _pointer, _vec_ptr
 
 PIXELS = 4          # dX pixels per group
 
@@ -49,12 +48,6 @@ def applies(x, w, gy, stride, padding, dilation):
             and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1))
 
 
-def _fma(builder):
-    vt = ir.VectorType(ir.FloatType(), LANES)
-    return vt, cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(vt, [vt, vt, vt]), "llvm.fma.v%df32" % LANES)
-
-
 def _splat_at(builder, base, off, vt):
     v = builder.load(builder.gep(base, [off]))
     return small_gemm._splat(builder, vt, v)
@@ -69,16 +62,12 @@ def _make_gw_sweep(C):
                          acc, types.intp)
 
         def codegen(context, builder, signature, args):
-            npix, xa, xoff, ldrow, gya, gyoff, ldp, acca, accoff = args
+            npix, ldrow, ldp = args[0], args[3], args[6]
             i64 = ir.IntType(64)
             vt, fma = _fma(builder)
-
-            def data(i, arr):
-                return context.make_array(signature.args[i])(context, builder, arr).data
-
-            X = builder.gep(data(1, xa), [xoff])
-            G = builder.gep(data(4, gya), [gyoff])
-            A = builder.gep(data(7, acca), [accoff])
+            X = _pointer(context, builder, signature, args, 1, args[2])
+            G = _pointer(context, builder, signature, args, 4, args[5])
+            A = _pointer(context, builder, signature, args, 7, args[8])
             aptrs = [_vec_ptr(builder, A, ir.Constant(i64, t * LANES), vt) for t in range(ntaps)]
             p, accs, close = _loop(builder, npix, [builder.load(q, align=4) for q in aptrs])
             dy = builder.load(_vec_ptr(builder, G, builder.mul(p, ldp), vt), align=4)
@@ -146,18 +135,15 @@ def _make_gx_group(C, npx):
                          types.intp, types.intp)
 
         def codegen(context, builder, signature, args):
-            steps, gya, gyoff, dyoa, ldp, wa, woa, ldw, gxa, gxoff, ldc = args
+            steps, ldp, ldw, ldc = args[0], args[4], args[7], args[10]
             i64 = ir.IntType(64)
             vt, fma = _fma(builder)
-
-            def data(i, arr):
-                return context.make_array(signature.args[i])(context, builder, arr).data
-
-            G = builder.gep(data(1, gya), [gyoff])
-            DYO = data(3, dyoa)
-            Wt = data(5, wa)
-            WO = data(6, woa)
-            GX = builder.gep(data(8, gxa), [gxoff])
+            zero_off = ir.Constant(i64, 0)
+            G = _pointer(context, builder, signature, args, 1, args[2])
+            DYO = _pointer(context, builder, signature, args, 3, zero_off)
+            Wt = _pointer(context, builder, signature, args, 5, zero_off)
+            WO = _pointer(context, builder, signature, args, 6, zero_off)
+            GX = _pointer(context, builder, signature, args, 8, args[9])
             zero = ir.Constant(vt, [0.0] * LANES)
             i, accs, close = _loop(builder, steps, [zero] * (npx * C))
             gp = builder.gep(G, [builder.load(builder.gep(DYO, [i]))])

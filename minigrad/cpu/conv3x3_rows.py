@@ -13,8 +13,8 @@ registers, each of the three horizontal taps a row loaded one float to the left 
   vector accumulators, summed over lanes at the end;
 * dX[c, h - 1 + r, w] += sum over (k, s) of dY[k, h, w + 1 - s] * W[k, c, r, s]: per (image,
   row h of dY) one sweep over the K channels keeps the three dX rows it reaches (3 x C x
-  ROW_VECTORS vectors); dY's first and last rows, which reach only two, sweep once per dX
-  row instead.
+  ROW_VECTORS vectors); at dY's first and last rows the dX row outside the image is masked
+  out of the loads and stores.
 
 This backward reads x in any layout (an NCHW copy is made when needed: a few hundred KB) and
 dY NCHW-contiguous; conv3x3_cl takes channels-last dY.  The forward writes channels-last
@@ -64,16 +64,41 @@ def _vec_ptr(builder, base, off, vt):
     return builder.bitcast(builder.gep(base, [off]), vt.as_pointer())
 
 
+def _pointer(context, builder, signature, args, i, off):
+    """Pointer to element ``off`` of the intrinsic's array argument ``i``."""
+    data = context.make_array(signature.args[i])(context, builder, args[i]).data
+    return builder.gep(data, [off])
+
+
+def _fma(builder):
+    """(vector type, llvm.fma declaration) for LANES float32 lanes."""
+    vt = ir.VectorType(ir.FloatType(), LANES)
+    return vt, cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vt, [vt, vt, vt]), "llvm.fma.v%df32" % LANES)
+
+
 def _masked_load(builder, ptr, lanes_on, vt):
     """Load a vector from ptr with only the lanes in ``lanes_on`` read (the others 0 and not
-    touched in memory, so they may lie outside the array)."""
+    touched in memory, so they may lie outside the array); ``lanes_on`` a collection of
+    lane numbers, or an i1 vector computed at run time."""
     mt = ir.VectorType(ir.IntType(1), LANES)
     fn = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(vt, [vt.as_pointer(), ir.IntType(32), mt, vt]),
         "llvm.masked.load.v%df32.p0v%df32" % (LANES, LANES))
-    mask = ir.Constant(mt, [1 if i in lanes_on else 0 for i in range(LANES)])
+    mask = lanes_on if isinstance(lanes_on, ir.Value) else \
+        ir.Constant(mt, [1 if i in lanes_on else 0 for i in range(LANES)])
     return builder.call(fn, [ptr, ir.Constant(ir.IntType(32), 4), mask,
                              ir.Constant(vt, [0.0] * LANES)])
+
+
+def _masked_store(builder, value, ptr, mask):
+    """Store the lanes of ``value`` that the i1 vector ``mask`` selects (others untouched)."""
+    vt = value.type
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), ir.IntType(32),
+                                                        mask.type]),
+        "llvm.masked.store.v%df32.p0v%df32" % (LANES, LANES))
+    builder.call(fn, [value, ptr, ir.Constant(ir.IntType(32), 4), mask])
 
 
 def _row_taps(builder, row, vt):
@@ -138,18 +163,12 @@ def _gw_sweep(typingctx, rows, x, xoff, gy, gyoff, ldk, acc, accoff):
     sig = types.void(types.intp, x, types.intp, gy, types.intp, types.intp, acc, types.intp)
 
     def codegen(context, builder, signature, args):
-        rows, xa, xoff, gya, gyoff, ldk, acca, accoff = args
-        f32, i64 = ir.FloatType(), ir.IntType(64)
-        vt = ir.VectorType(f32, LANES)
-
-        def data(i, arr):
-            return context.make_array(signature.args[i])(context, builder, arr).data
-
-        X = builder.gep(data(1, xa), [xoff])
-        G = builder.gep(data(3, gya), [gyoff])
-        A = builder.gep(data(6, acca), [accoff])
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]),
-                                             "llvm.fma.v%df32" % LANES)
+        rows, ldk = args[0], args[5]
+        i64 = ir.IntType(64)
+        vt, fma = _fma(builder)
+        X = _pointer(context, builder, signature, args, 1, args[2])
+        G = _pointer(context, builder, signature, args, 3, args[4])
+        A = _pointer(context, builder, signature, args, 6, args[7])
         aptrs = [_vec_ptr(builder, A, ir.Constant(i64, q * LANES), vt) for q in range(KB * 3)]
         init = [builder.load(p, align=4) for p in aptrs]
         grow = [builder.gep(G, [builder.mul(ldk, ir.Constant(i64, k))]) for k in range(KB)]
@@ -173,80 +192,31 @@ def _gw_sweep(typingctx, rows, x, xoff, gy, gyoff, ldk, acc, accoff):
     return sig, codegen
 
 
-def _make_gx_sweep(C):
+def _make_gx_spread(C):
     @intrinsic
-    def gx_sweep(typingctx, K, gy, gyoff, ldk, w, woff, gx, gxoff, ldc):
-        sig = types.void(types.intp, gy, types.intp, types.intp, w, types.intp, gx,
+    def gx_spread(typingctx, K, gy, gyoff, ldk, w, gx, gxoff, ldc, rlo, rhi):
+        sig = types.void(types.intp, gy, types.intp, types.intp, w, gx, types.intp, types.intp,
                          types.intp, types.intp)
 
         def codegen(context, builder, signature, args):
-            K, gya, gyoff, ldk, wa, woff, gxa, gxoff, ldc = args
-            f32, i64 = ir.FloatType(), ir.IntType(64)
-            vt = ir.VectorType(f32, LANES)
-
-            def data(i, arr):
-                return context.make_array(signature.args[i])(context, builder, arr).data
-
-            G = builder.gep(data(1, gya), [gyoff])
-            Wt = builder.gep(data(4, wa), [woff])
-            GX = builder.gep(data(6, gxa), [gxoff])
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vt, [vt, vt, vt]), "llvm.fma.v%df32" % LANES)
-            optrs = [_vec_ptr(builder, GX, builder.add(builder.mul(ldc, ir.Constant(i64, c)),
-                                                       ir.Constant(i64, j * LANES)), vt)
-                     for c in range(C) for j in range(ROW_VECTORS)]
-            init = [builder.load(p, align=4) for p in optrs]
-            k, accs, close = _loop(builder, K, init)
-            grow = builder.gep(G, [builder.mul(k, ldk)])
-            taps = _row_taps(builder, grow, vt)
-            wk = builder.gep(Wt, [builder.mul(k, ir.Constant(i64, C * 9))])
-            nxt = list(accs)
-            for c in range(C):
-                for s in range(3):
-                    # dX[w] takes dY[w + 1 - s]: the tap shifted by d = 1 - s
-                    wv = small_gemm._splat(builder, vt, builder.load(
-                        builder.gep(wk, [ir.Constant(i64, c * 9 + s)])))
-                    for j in range(ROW_VECTORS):
-                        q = c * ROW_VECTORS + j
-                        nxt[q] = builder.call(fma, [taps[2 - s][j], wv, nxt[q]])
-            final = close(nxt)
-            for p, v in zip(optrs, final):
-                builder.store(v, p, align=4)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    gx_sweep.__doc__ = (
-        "For the %d input channel(s) c of dX's row at gx[gxoff + c*ldc] (ROW floats each): "
-        "add sum over k < K and s of dY's row at gy[gyoff + k*ldk], shifted by 1 - s, times "
-        "w[woff + k*%d + c*9 + s] (w (K, C, 3, 3) flat, woff = the tap row r times 3)."
-        % (C, C * 9))
-    return gx_sweep
-
-
-def _make_gx_spread(C):
-    @intrinsic
-    def gx_spread(typingctx, K, gy, gyoff, ldk, w, gx, gxoff, ldc):
-        sig = types.void(types.intp, gy, types.intp, types.intp, w, gx, types.intp, types.intp)
-
-        def codegen(context, builder, signature, args):
-            K, gya, gyoff, ldk, wa, gxa, gxoff, ldc = args
-            f32, i64 = ir.FloatType(), ir.IntType(64)
-            vt = ir.VectorType(f32, LANES)
-
-            def data(i, arr):
-                return context.make_array(signature.args[i])(context, builder, arr).data
-
-            G = builder.gep(data(1, gya), [gyoff])
-            Wt = data(4, wa)
-            GX = builder.gep(data(5, gxa), [gxoff])
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vt, [vt, vt, vt]), "llvm.fma.v%df32" % LANES)
-            # dX rows r = 0, 1, 2 (the dY row's h - 1, h, h + 1) of each channel c
+            K, ldk, ldc, rlo, rhi = args[0], args[3], args[7], args[8], args[9]
+            i64 = ir.IntType(64)
+            vt, fma = _fma(builder)
+            G = _pointer(context, builder, signature, args, 1, args[2])
+            Wt = _pointer(context, builder, signature, args, 4, ir.Constant(i64, 0))
+            GX = _pointer(context, builder, signature, args, 5, args[6])
+            # dX rows r = 0, 1, 2 (the dY row's h - 1, h, h + 1) of each channel c; rows
+            # outside [rlo, rhi) are neither read nor written
+            masks = []
+            for r in range(3):
+                on = builder.and_(builder.icmp_signed("<=", rlo, ir.Constant(i64, r)),
+                                  builder.icmp_signed(">", rhi, ir.Constant(i64, r)))
+                masks.append(small_gemm._splat(builder, ir.VectorType(ir.IntType(1), LANES), on))
             optrs = [_vec_ptr(builder, GX, builder.add(builder.mul(ldc, ir.Constant(i64, c)),
                                                        ir.Constant(i64, r * ROW + j * LANES)), vt)
                      for r in range(3) for c in range(C) for j in range(ROW_VECTORS)]
-            init = [builder.load(p, align=4) for p in optrs]
+            init = [_masked_load(builder, p, masks[q // (C * ROW_VECTORS)], vt)
+                    for q, p in enumerate(optrs)]
             k, accs, close = _loop(builder, K, init)
             taps = _row_taps(builder, builder.gep(G, [builder.mul(k, ldk)]), vt)
             wk = builder.gep(Wt, [builder.mul(k, ir.Constant(i64, C * 9))])
@@ -261,46 +231,33 @@ def _make_gx_spread(C):
                             q = (r * C + c) * ROW_VECTORS + j
                             nxt[q] = builder.call(fma, [taps[2 - s][j], wv, nxt[q]])
             final = close(nxt)
-            for p, v in zip(optrs, final):
-                builder.store(v, p, align=4)
+            for q, (p, v) in enumerate(zip(optrs, final)):
+                _masked_store(builder, v, p, masks[q // (C * ROW_VECTORS)])
             return context.get_dummy_value()
 
         return sig, codegen
 
     gx_spread.__doc__ = (
-        "Add one dY row's share to three dX rows: for the %d input channel(s) c and r in "
-        "0..2, dX's row at gx[gxoff + c*ldc + r*ROW] += sum over k < K and s of dY's row at "
-        "gy[gyoff + k*ldk], shifted by 1 - s, times w[k*%d + c*9 + r*3 + s] (w (K, C, 3, 3) "
-        "flat)." % (C, C * 9))
+        "Add one dY row's share to the dX rows it reaches: for the %d input channel(s) c and "
+        "r in [rlo, rhi) of 0..2, dX's row at gx[gxoff + c*ldc + r*ROW] += sum over k < K and "
+        "s of dY's row at gy[gyoff + k*ldk], shifted by 1 - s, times w[k*%d + c*9 + r*3 + s] "
+        "(w (K, C, 3, 3) flat); the other rows are not touched." % (C, C * 9))
     return gx_spread
 
 
-_gx_sweep_1 = _make_gx_sweep(1)
-_gx_sweep_2 = _make_gx_sweep(2)
-_gx_sweep_3 = _make_gx_sweep(3)
 _gx_spread_1 = _make_gx_spread(1)
 _gx_spread_2 = _make_gx_spread(2)
 _gx_spread_3 = _make_gx_spread(3)
 
 
 @njit(cache=True)
-def _gx_row(C, K, gyf, gyoff, ldk, wf, woff, gxf, gxoff, ldc):
+def _gx_from_row(C, K, gyf, gyoff, ldk, wf, gxf, gxoff, ldc, rlo, rhi):
     if C == 1:
-        _gx_sweep_1(K, gyf, gyoff, ldk, wf, woff, gxf, gxoff, ldc)
+        _gx_spread_1(K, gyf, gyoff, ldk, wf, gxf, gxoff, ldc, rlo, rhi)
     elif C == 2:
-        _gx_sweep_2(K, gyf, gyoff, ldk, wf, woff, gxf, gxoff, ldc)
+        _gx_spread_2(K, gyf, gyoff, ldk, wf, gxf, gxoff, ldc, rlo, rhi)
     else:
-        _gx_sweep_3(K, gyf, gyoff, ldk, wf, woff, gxf, gxoff, ldc)
-
-
-@njit(cache=True)
-def _gx_from_row(C, K, gyf, gyoff, ldk, wf, gxf, gxoff, ldc):
-    if C == 1:
-        _gx_spread_1(K, gyf, gyoff, ldk, wf, gxf, gxoff, ldc)
-    elif C == 2:
-        _gx_spread_2(K, gyf, gyoff, ldk, wf, gxf, gxoff, ldc)
-    else:
-        _gx_spread_3(K, gyf, gyoff, ldk, wf, gxf, gxoff, ldc)
+        _gx_spread_3(K, gyf, gyoff, ldk, wf, gxf, gxoff, ldc, rlo, rhi)
 
 
 @njit(parallel=True, cache=True)
@@ -327,16 +284,9 @@ def _backward(xf, gyf, wf, N, C, H, K, need_x, need_w, gxf, gwv):
                                       ((kb * C + c) * 3 + r) * KB * 3 * LANES)
         if need_x:
             for hh in range(H):
-                if 0 < hh < H - 1:
-                    _gx_from_row(C, K, gyf, gimg + hh * ROW, P, wf, gxf,
-                                 ximg + (hh - 1) * ROW, P)
-                else:
-                    # an edge row of dY: only the dX rows inside the image
-                    for r in range(3):
-                        h = hh + r - 1
-                        if 0 <= h < H:
-                            _gx_row(C, K, gyf, gimg + hh * ROW, P, wf, r * 3, gxf,
-                                    ximg + h * ROW, P)
+                # dY's row hh reaches dX rows hh - 1 + r, r in 0..2, those inside the image
+                _gx_from_row(C, K, gyf, gimg + hh * ROW, P, wf, gxf, ximg + (hh - 1) * ROW, P,
+                             max(0, 1 - hh), min(3, H + 1 - hh))
 
 
 # ---------------------------------------------------------------------------
@@ -373,21 +323,15 @@ def _fwd_group(typingctx, xp, xoff, toff, ntaps, pstride, wt, woff, ldw, b, boff
                      b, types.intp, y, types.intp)
 
     def codegen(context, builder, signature, args):
-        xa, xoff, ta, ntaps, pstride, wa, woff, ldw, ba, boff, ya, yoff = args
-        f32, i64 = ir.FloatType(), ir.IntType(64)
-        vt = ir.VectorType(f32, LANES)
+        ntaps, pstride, ldw = args[3], args[4], args[7]
+        i64 = ir.IntType(64)
+        vt, fma = _fma(builder)
         nv = FWD_CHANNELS // LANES
-
-        def data(i, arr):
-            return context.make_array(signature.args[i])(context, builder, arr).data
-
-        X = builder.gep(data(0, xa), [xoff])
-        T = data(2, ta)
-        Wt = builder.gep(data(5, wa), [woff])
-        B = builder.gep(data(8, ba), [boff])
-        Y = builder.gep(data(10, ya), [yoff])
-        fma = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vt, [vt, vt, vt]), "llvm.fma.v%df32" % LANES)
+        X = _pointer(context, builder, signature, args, 0, args[1])
+        T = _pointer(context, builder, signature, args, 2, ir.Constant(i64, 0))
+        Wt = _pointer(context, builder, signature, args, 5, args[6])
+        B = _pointer(context, builder, signature, args, 8, args[9])
+        Y = _pointer(context, builder, signature, args, 10, args[11])
         bias = [builder.load(_vec_ptr(builder, B, ir.Constant(i64, v * LANES), vt), align=4)
                 for v in range(nv)]
         t, accs, close = _loop(builder, ntaps, [bias[v] for _ in range(FWD_PIXELS)
