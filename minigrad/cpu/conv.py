@@ -1901,7 +1901,7 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
                                                 gx_addend, addend_writable)
         gb = _bias_grad_any(np.asarray(gy, dtype=dt), dt) if need_b else None
     elif (need_x or need_w) and conv3x3_cl.applies(x, w, gy, *_pairs(stride, padding, dilation)):
-        gx, gw, folded = _conv3x3_cl_backward(x, w, gy, need_x, need_w, saved, gx_addend,
+        gx, gw, folded = _conv3x3_cl_backward(x, w, gy, need_x, need_w, wf, saved, gx_addend,
                                               addend_writable)
         gb = _bias_grad_any(gy, dt) if need_b else None
     elif (need_x or need_w) and conv3x3_rows.applies(x, w, gy,
@@ -1920,13 +1920,18 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
     return gx, gw, gb
 
 
-def _conv3x3_cl_backward(x, w, gy, need_x, need_w, saved, gx_addend, addend_writable):
-    """conv3x3_cl's backward from x's padded channels-last copy (the forward's, when kept)."""
+def _conv3x3_cl_backward(x, w, gy, need_x, need_w, wf, saved, gx_addend, addend_writable):
+    """conv3x3_cl's backward from x's padded channels-last copy and the (R*S*C, K) weights
+    (the forward's, when kept or passed as ``wf``)."""
     N, C, H, W = x.shape
     xp = _saved_x(saved, (N, H + 2, W + 2, C), np.float32)
     xp = _padded(x, 1, 1, 0) if xp is None else xp.reshape(-1)
-    return conv3x3_cl.backward(xp, _weights_rsck(w, np.float32), gy, N, C, H, W, w.shape[0],
-                               need_x, need_w, gx_addend, addend_writable)
+    if wf is None and saved is not None:
+        wf = saved.weights
+    if wf is None or wf.dtype != np.float32 or wf.size != w.size:
+        wf = _weights_rsck(w, np.float32)
+    return conv3x3_cl.backward(xp, wf, gy, N, C, H, W, w.shape[0], need_x, need_w, gx_addend,
+                               addend_writable)
 
 
 # Empty float arrays by dtype char: "no addend", and placeholders for unused array arguments.
