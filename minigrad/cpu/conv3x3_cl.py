@@ -16,6 +16,12 @@ they saved (BENCHMARKS_perf.md, change 122).  These kernels read dY in its own o
   summed over its lanes at the end.  Taps that fall outside the image are left out of the
   group's tap table; pixels at the left and right edges go one at a time with their own table.
 
+Both go down each image's dY rows in one pass: dW's sweep of row h (which reads the row from
+memory), then dX's row h - 1, whose dY rows are all cached by then, with the next dY row
+prefetched between its pixel groups so that the memory traffic overlaps dX's arithmetic
+(1.08-1.12x the backward that ran dW over the whole image first; BENCHMARKS_perf.md, change
+123).
+
 x is read from its zero-padded channels-last copy (N, H + 2, W + 2, C); dX is written NCHW.
 """
 
@@ -28,6 +34,7 @@ from numba.extending import intrinsic
 from . import conv3x3_rows, small_gemm
 from .addend import accumulating_dx
 from .conv3x3_rows import LANES, MAX_CHANNELS, _fma, _loop, _pointer, _vec_ptr
+from .prefetch import prefetch_run
 
 PIXELS = 4          # dX pixels per group
 
@@ -231,47 +238,60 @@ def _tap_table(h, H, W, K, C, s_lo, s_hi, dyo, wo):
     return n
 
 
+@njit(cache=True)
+def _gx_row(n, h, H, W, K, C, gyf, wt, gxf, dyo, wo, ahead):
+    """dX's row h of image n added into gxf; ``ahead`` >= 0: the offset of a dY row to
+    prefetch, a group's worth of pixels before each group (see _backward)."""
+    grow = (n * H + h) * W * K
+    xrow = (n * C * H + h) * W
+    # pixels 1 .. W-2 see all three tap columns: groups of PIXELS, then singles
+    steps = _tap_table(h, H, W, K, C, 0, 3, dyo, wo)
+    w = 1
+    while w + PIXELS <= W - 1:
+        if ahead >= 0:
+            prefetch_run(gyf, ahead + (w - 1) * K, PIXELS * K)
+        _gx_pixels(C, PIXELS, steps, gyf, grow + w * K, dyo, K, wt, wo, K, gxf, xrow + w, H * W)
+        w += PIXELS
+    if ahead >= 0 and w < W:
+        prefetch_run(gyf, ahead + (w - 1) * K, (W - w + 1) * K)
+    while w < W - 1:
+        _gx_pixels(C, 1, steps, gyf, grow + w * K, dyo, K, wt, wo, K, gxf, xrow + w, H * W)
+        w += 1
+    # the edge pixels: tap column s reads dY's column w + 1 - s
+    steps = _tap_table(h, H, W, K, C, max(0, 2 - W), 2, dyo, wo)
+    _gx_pixels(C, 1, steps, gyf, grow, dyo, K, wt, wo, K, gxf, xrow, H * W)
+    if W > 1:
+        steps = _tap_table(h, H, W, K, C, 1, 3, dyo, wo)
+        _gx_pixels(C, 1, steps, gyf, grow + (W - 1) * K, dyo, K, wt, wo, K, gxf,
+                   xrow + W - 1, H * W)
+
+
 @njit(parallel=True, cache=True)
 def _backward(xpf, gyf, wt, N, C, H, W, K, need_x, need_w, gxf, gwv):
     """Per image (in parallel): dW's per-thread lane sums into gwv[t] ((K // LANES, 9*C,
-    LANES) flat) and dX added into gxf ((N, C, H, W) flat)."""
+    LANES) flat) and dX added into gxf ((N, C, H, W) flat).
+
+    One pass down the image's dY rows: dW's sweep of row h, which reads it from memory,
+    then dX's row h - 1, whose dY rows are then all cached; during dX's row the next dY row
+    is prefetched, so that its memory traffic overlaps dX's arithmetic."""
     Wp = W + 2
     ldrow = Wp * C
     nv = K // LANES
     for n in prange(N):
         t = numba.get_thread_id()
-        if need_w:
-            acc = gwv[t]
-            for h in range(H):
+        acc = gwv[t]
+        dyo = np.empty(9 * nv, dtype=np.int64)
+        wo = np.empty(9 * nv, dtype=np.int64)
+        for h in range(H + 1):
+            if need_w and h < H:
                 xrow = (n * (H + 2) + h) * ldrow
                 grow = (n * H + h) * W * K
                 for v in range(nv):
                     _gw_row(C, W, xpf, xrow, ldrow, gyf, grow + v * LANES, K, acc,
                             v * 9 * C * LANES)
-        if need_x:
-            dyo = np.empty(9 * nv, dtype=np.int64)
-            wo = np.empty(9 * nv, dtype=np.int64)
-            for h in range(H):
-                grow = (n * H + h) * W * K
-                xrow = (n * C * H + h) * W
-                # pixels 1 .. W-2 see all three tap columns: groups of PIXELS, then singles
-                steps = _tap_table(h, H, W, K, C, 0, 3, dyo, wo)
-                w = 1
-                while w + PIXELS <= W - 1:
-                    _gx_pixels(C, PIXELS, steps, gyf, grow + w * K, dyo, K, wt, wo, K, gxf,
-                               xrow + w, H * W)
-                    w += PIXELS
-                while w < W - 1:
-                    _gx_pixels(C, 1, steps, gyf, grow + w * K, dyo, K, wt, wo, K, gxf,
-                               xrow + w, H * W)
-                    w += 1
-                # the edge pixels: tap column s reads dY's column w + 1 - s
-                steps = _tap_table(h, H, W, K, C, max(0, 2 - W), 2, dyo, wo)
-                _gx_pixels(C, 1, steps, gyf, grow, dyo, K, wt, wo, K, gxf, xrow, H * W)
-                if W > 1:
-                    steps = _tap_table(h, H, W, K, C, 1, 3, dyo, wo)
-                    _gx_pixels(C, 1, steps, gyf, grow + (W - 1) * K, dyo, K, wt, wo, K, gxf,
-                               xrow + W - 1, H * W)
+            if need_x and h >= 1:
+                ahead = (n * H + h + 1) * W * K if h + 1 < H else -1
+                _gx_row(n, h - 1, H, W, K, C, gyf, wt, gxf, dyo, wo, ahead)
 
 
 @njit(cache=True)
