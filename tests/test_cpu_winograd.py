@@ -1,6 +1,7 @@
-"""Winograd F(2x2, 3x3) conv path (minigrad/cpu/winograd.py) against the float64 reference.
+"""Winograd conv path (minigrad/cpu/winograd.py: F(2x2, 3x3), F(4x4, 3x3) and the stride-2
+variant) against the float64 reference.
 
-The path only runs for 3x3 / stride 1 / undilated layers with enough channels and tiles;
+The path only runs for 3x3 / stride 1 or 2 / undilated layers with enough channels and tiles;
 the tests lower those thresholds so that small shapes (odd sizes, every padding, border
 tiles, batches of one) take it, and check that they did.
 """
@@ -23,7 +24,8 @@ from gradcheck import numeric_grad
 
 @pytest.fixture
 def force_winograd(monkeypatch):
-    """Every 3x3 stride-1 conv with >= 2 channels takes the Winograd path; counts the calls."""
+    """Every 3x3 stride-1 or stride-2 conv with >= 2 channels takes the Winograd path; counts
+    the calls."""
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 2)
     monkeypatch.setattr(winograd, "MIN_TILES", 1)
     monkeypatch.setattr(conv, "USE_WINOGRAD", True)
@@ -70,15 +72,15 @@ def wino_case(draw):
                 dtype=draw(st.sampled_from([np.float32, np.float64])),
                 bias=draw(st.booleans()), layout=draw(st.integers(0, 2)),
                 whole=draw(st.booleans()), f43=draw(st.booleans()),
-                seed=draw(st.integers(0, 2 ** 31 - 1)))
+                stride=draw(st.sampled_from([1, 2])), seed=draw(st.integers(0, 2 ** 31 - 1)))
 
 
 # the fixture's counters are compared before/after each example, so sharing it is fine
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=wino_case())
 def test_winograd_matches_reference(force_winograd, case):
-    """All variants: F(2x2, 3x3) and F(4x4, 3x3), each in blocks of tiles per thread and for
-    the whole batch at once."""
+    """All variants: F(2x2, 3x3), F(4x4, 3x3) and the stride-2 one, each in blocks of tiles per
+    thread and for the whole batch at once."""
     names = ("WHOLE_BATCH_RATIO", "USE_F43", "MIN_SIZE_F43", "MIN_TILES_F43_WHOLE")
     saved = [getattr(winograd, n) for n in names]
     for n, v in zip(names, (0.0 if case["whole"] else 1e30, case["f43"], 1, 1)):
@@ -96,12 +98,13 @@ def _check_case(force_winograd, case):
     x = rng.standard_normal((N, C, H, W)).astype(dt)
     w = (rng.standard_normal((K, C, 3, 3)) / np.sqrt(9 * C)).astype(dt)
     b = rng.standard_normal(K).astype(dt) if case["bias"] else None
-    args = ((1, 1), case["pad"], (1, 1))
+    s = case["stride"]
+    args = ((s, s), case["pad"], (1, 1))
     xv = _layouts(x, case["layout"])
     before = dict(force_winograd)
     y, saved = conv.conv2d(xv, w, b, *args, return_weights=True)
     assert force_winograd["forward"] == before["forward"] + 1
-    assert saved.shape == ((36 if case["f43"] else 16), K, C)
+    assert saved.shape == ((25 if s == 2 else 36 if case["f43"] else 16), K, C)
     yr = reference.conv2d(x, w, b, *args)
     assert y.shape == yr.shape and y.dtype == dt
     np.testing.assert_allclose(y, yr, **_tol(dt))
@@ -128,12 +131,13 @@ def _check_case(force_winograd, case):
     assert force_winograd["backward"] == before["backward"] + 3
 
 
-def test_winograd_central_differences(force_winograd):
+@pytest.mark.parametrize("stride,shape", [(1, (2, 3, 5, 4)), (2, (2, 3, 7, 6))])
+def test_winograd_central_differences(force_winograd, stride, shape):
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, 3, 5, 4))
+    x = rng.standard_normal(shape)
     w = rng.standard_normal((4, 3, 3, 3))
     b = rng.standard_normal(4)
-    args = ((1, 1), (1, 0), (1, 1))
+    args = ((stride, stride), (1, 0), (1, 1))
     G = rng.standard_normal(conv.conv2d(x, w, b, *args).shape)
 
     def loss(*_):
@@ -198,33 +202,72 @@ def test_winograd_float32_error_close_to_im2col(monkeypatch, f43, factor):
         assert e_wino <= factor * e_gemm + 1e-7
 
 
+@pytest.mark.parametrize("whole", [False, True])
+def test_winograd_stride2_float32_error_close_to_im2col(monkeypatch, whole):
+    """A ResNet-like stride-2 layer at the default thresholds takes the 25-position variant,
+    whose transforms only add: its float32 error stays within 4x that of the im2col path."""
+    monkeypatch.setattr(winograd, "WHOLE_BATCH_RATIO", 0.0 if whole else 1e30)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((8, 32, 16, 16)).astype(np.float32)
+    w = (rng.standard_normal((64, 32, 3, 3)) / np.sqrt(288)).astype(np.float32)
+    gy = rng.standard_normal((8, 64, 8, 8)).astype(np.float32)
+    args = ((2, 2), (1, 1), (1, 1))
+    assert winograd.applicable(8, 32, 64, 3, 3, 8, 8, (2, 2), (1, 1))
+    yr = reference.conv2d(x, w, None, *args)
+    gxr, gwr, _ = reference.conv2d_grads(x, w, gy, *args)
+    errs = {}
+    for use in (True, False):
+        monkeypatch.setattr(winograd, "USE_S2", use)
+        y, saved = conv.conv2d(x, w, None, *args, return_weights=True)
+        assert (saved.shape[0] == 25) == use
+        gx, gw, _ = conv.conv2d_backward(x, w, gy, *args, True, True, False)
+        errs[use] = [np.abs(a - r).max() / np.abs(r).max()
+                     for a, r in ((y, yr), (gx, gxr), (gw, gwr))]
+    for e_wino, e_gemm in zip(errs[True], errs[False]):
+        assert e_wino < 1e-6
+        assert e_wino <= 4 * e_gemm + 1e-7
+
+
 @pytest.mark.parametrize("N,C,K,H,R,stride,dil", [
-    (64, 16, 16, 8, 3, 2, 1),     # stride 2
+    (64, 16, 16, 8, 3, 3, 1),     # stride 3
+    (64, 16, 16, 8, 3, (1, 2), 1),   # unequal strides
     (64, 16, 16, 8, 3, 1, 2),     # dilation
     (64, 16, 16, 8, 5, 1, 1),     # 5x5
     (64, 8, 16, 8, 3, 1, 1),      # too few channels
     (1, 16, 16, 4, 3, 1, 1),      # too few tiles (4 < MIN_TILES)
 ])
 def test_winograd_not_applicable(N, C, K, H, R, stride, dil):
-    OH = (H + 2 - dil * (R - 1) - 1) // stride + 1
-    assert not winograd.applicable(N, C, K, R, R, OH, OH, (stride, stride), (dil, dil))
+    stride = stride if isinstance(stride, tuple) else (stride, stride)
+    OH = (H + 2 - dil * (R - 1) - 1) // stride[0] + 1
+    assert not winograd.applicable(N, C, K, R, R, OH, OH, stride, (dil, dil))
     assert winograd.applicable(64, 16, 16, 3, 3, 8, 8, (1, 1), (1, 1))
+
+
+def test_winograd_stride2_switch(monkeypatch):
+    """Stride-2 3x3 layers take the 25-position variant unless USE_S2 is off."""
+    assert winograd.applicable(64, 16, 16, 3, 3, 4, 4, (2, 2), (1, 1))
+    assert winograd.variant(64, 16, 16, 4, 4, (2, 2)) == 25
+    monkeypatch.setattr(winograd, "USE_S2", False)
+    assert not winograd.applicable(64, 16, 16, 3, 3, 4, 4, (2, 2), (1, 1))
 
 
 def test_winograd_switch_from_environment():
     """MINIGRAD_WINOGRAD=0 turns the path off for a new process; the default is on."""
-    code = "from minigrad.cpu import conv; print(conv.USE_WINOGRAD)"
+    code = "from minigrad.cpu import conv, winograd; print(conv.USE_WINOGRAD, winograd.USE_S2)"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for value, expect in (("0", "False"), ("1", "True")):
-        env = dict(os.environ, MINIGRAD_WINOGRAD=value, PYTHONPATH=root)
+    for value, expect in (("0", "False False"), ("1", "True True")):
+        env = dict(os.environ, MINIGRAD_WINOGRAD=value, MINIGRAD_WINOGRAD_S2=value,
+                   PYTHONPATH=root)
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                              text=True, check=True).stdout.strip()
         assert out == expect
 
 
-@pytest.mark.parametrize("f43,whole", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("f43,whole,stride", [(False, False, 1), (True, False, 1), (True, True, 1),
+                                             (False, False, 2), (False, True, 2)])
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
-def test_winograd_non_finite_input_never_hidden(force_winograd, monkeypatch, bad, f43, whole):
+def test_winograd_non_finite_input_never_hidden(force_winograd, monkeypatch, bad, f43, whole,
+                                                stride):
     """An Inf/NaN input must make every output it reaches non-finite (as with the im2col
     path); Winograd may spread it to the rest of the output tile, never hide it."""
     monkeypatch.setattr(winograd, "USE_F43", f43)
@@ -236,7 +279,7 @@ def test_winograd_non_finite_input_never_hidden(force_winograd, monkeypatch, bad
     w = (rng.standard_normal((5, 4, 3, 3)) * 0.3).astype(np.float32)
     x[1, 2, 4, 6] = bad
     x[0, 0, 0, 0] = bad
-    args = ((1, 1), (1, 1), (1, 1))
+    args = ((stride, stride), (1, 1), (1, 1))
     monkeypatch.setattr(conv, "USE_WINOGRAD", False)
     y_ref = conv.conv2d(x, w, None, *args)
     monkeypatch.setattr(conv, "USE_WINOGRAD", True)
@@ -249,21 +292,22 @@ def test_winograd_non_finite_input_never_hidden(force_winograd, monkeypatch, bad
     np.testing.assert_allclose(y[ok], y_ref[ok], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("G", [winograd._G6_ARRAY, winograd._G5_ARRAY], ids=["f43", "s2"])
 @pytest.mark.parametrize("K, C, nt", [(3, 5, 1), (40, 300, 2), (24, 256, 1)])
-def test_f43_weight_transforms_match_float64(K, C, nt):
-    """_weights_tf6 (U = G g G^T) and _weights_grad6 (dg = G^T (sum of dU) G) against float64
-    einsums, for one and two tasks per output channel (300 channels: 256 and a partial run),
-    serial and parallel compilations."""
+def test_weight_transforms_match_float64(K, C, nt, G):
+    """_weights_tf_g (U = G g G^T) and _weights_grad_g (dg = G^T (sum of dU) G) against float64
+    einsums, for F(4x4, 3x3)'s G and the stride-2 variant's, one and two tasks per output
+    channel (300 channels: 256 and a partial run), serial and parallel compilations."""
     rng = np.random.default_rng(7)
-    G = winograd._G6_ARRAY
+    s = G.shape[0]
     w = rng.standard_normal((K, C, 3, 3)).astype(np.float32)
-    U = np.full((36, K, C), np.nan, np.float32)
-    winograd._weights_tf6(w, U, G)
-    ref_u = np.einsum("ai,kcij,bj->abkc", G, w.astype(np.float64), G).reshape(36, K, C)
+    U = np.full((s * s, K, C), np.nan, np.float32)
+    winograd._weights_tf_g(w, U, G)
+    ref_u = np.einsum("ai,kcij,bj->abkc", G, w.astype(np.float64), G).reshape(s * s, K, C)
     np.testing.assert_allclose(U, ref_u, rtol=1e-6, atol=1e-6)
-    du = rng.standard_normal((nt, 36 * K * C)).astype(np.float32)
+    du = rng.standard_normal((nt, s * s * K * C)).astype(np.float32)
     gw = np.full((K, C, 3, 3), np.nan, np.float32)
-    winograd._weights_grad6(du, gw, G)
-    dsum = du.astype(np.float64).sum(axis=0).reshape(6, 6, K, C)
+    winograd._weights_grad_g(du, gw, G)
+    dsum = du.astype(np.float64).sum(axis=0).reshape(s, s, K, C)
     ref_g = np.einsum("ai,abkc,bj->kcij", G, dsum, G)
     np.testing.assert_allclose(gw, ref_g, rtol=1e-5, atol=1e-5)

@@ -1653,7 +1653,7 @@ def _conv2d(x, w, b, stride, padding, dilation, box, keep_x):
         return y4.transpose(0, 3, 1, 2)
     x = np.asarray(x, dtype=dt)
     if USE_WINOGRAD and winograd.applicable(N, C, K, R, S, OH, OW, (sh, sw), (dh, dw)):
-        U = winograd.transform_weights(w, dt, winograd.tile_size(N, C, K, OH, OW))
+        U = winograd.transform_weights(w, dt, winograd.variant(N, C, K, OH, OW, (sh, sw)))
         xc = _cl_contig(x)
         if box is not None:
             box.weights = U
@@ -2003,10 +2003,9 @@ def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b
         return gx, gw, gb, False
     x = np.asarray(x, dtype=dt)
     if USE_WINOGRAD and winograd.applicable(N, C, K, R, S, OH, OW, (sh, sw), (dh, dw)):
-        ts = winograd.tile_size(N, C, K, OH, OW)
-        U = wf if (wf is not None and wf.dtype == dt and
-                   wf.shape == (winograd.positions(ts), K, C)) else \
-            winograd.transform_weights(w, dt, ts)
+        npos = winograd.variant(N, C, K, OH, OW, (sh, sw))
+        U = wf if (wf is not None and wf.dtype == dt and wf.shape == (npos, K, C)) else \
+            winograd.transform_weights(w, dt, npos)
         gx4 = np.empty((N, H, W, C) if need_x else (1, 1, 1, C), dtype=dt)
         xc = _saved_x(saved, (N, H, W, C), dt)
         with _single_blas, _dynamic_schedule():
