@@ -9,10 +9,11 @@ first convolution to its global pooling with no transpose between layers.
 
 Paths (measurements in BENCHMARKS_perf.md):
 
-* **Winograd** (3x3, stride 1, undilated, >= 16 channels in and out; see
+* **Winograd** (3x3, stride 1 or 2, undilated, >= 16 channels in and out; see
   ``minigrad/cpu/winograd.py``): F(2x2, 3x3), 2.25x fewer multiply-adds than the
   GEMM paths, or F(4x4, 3x3) (4x fewer) on layers with many tiles and outputs of at least
-  16x16; the same channels-last storage.  ResNet-18's 3x3 stride-1 layers take it.
+  16x16; for stride 2 a 25-position variant (1.44x fewer); the same channels-last storage.
+  ResNet-18's 3x3 layers after the stem take it.
 
 * **tiles** (default for C*K > _DIRECT_MAX_CK): the input is copied once into a
   zero-padded channels-last buffer ``xp`` (N, Hp, Wp, C), where the receptive
@@ -1390,8 +1391,8 @@ _SHIFT_MAX_WASTE = 0.0
 _SHIFT_TILE_BYTES = 384 << 10
 _SHIFT_MIN_ROWS = 64
 _SHIFT_MAX_ROWS = 2048
-# 3x3 stride-1 convolutions with at least winograd.MIN_CHANNELS channels use the
-# Winograd F(2x2, 3x3) path (minigrad/cpu/winograd.py): 2.25x fewer multiply-adds.
+# 3x3 stride-1 and stride-2 convolutions with at least winograd.MIN_CHANNELS channels use
+# the Winograd path (minigrad/cpu/winograd.py): 2.25x (stride 1) or 1.44x fewer multiply-adds.
 # MINIGRAD_WINOGRAD=0 in the environment turns it off (im2col for every layer: a shorter
 # first-run compile, and the rounding of the GEMM path).
 USE_WINOGRAD = os.environ.get("MINIGRAD_WINOGRAD", "1") != "0"
