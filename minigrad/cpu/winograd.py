@@ -382,7 +382,6 @@ def _fwd_whole(x, U, b, ph, pw, OH, OW, nt, y, V, M):
     ms = _pos_stride(Q * K, M.itemsize)
     chunk = (Q + nt - 1) // nt
     for j in prange(nt):
-        t = numba.get_thread_id()
         t0 = j * chunk
         if t0 < Q:
             _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, min(chunk, Q - t0), V, t0 * C, vs,
@@ -391,7 +390,6 @@ def _fwd_whole(x, U, b, ph, pw, OH, OW, nt, y, V, M):
         gemm_rm(False, True, Q, K, C, 1.0, V[pos * vs:], C, Uf[pos * K * C:], C, 0.0,
                 M[pos * ms:], K)
     for j in prange(nt):
-        t = numba.get_thread_id()
         t0 = j * chunk
         if t0 < Q:
             _output_block(M, t0 * K, ms, K, b, yf, OH, OW, tpi, tw, t0, min(chunk, Q - t0),
