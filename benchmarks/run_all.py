@@ -612,8 +612,8 @@ def format_table(rows, sgemm):
         lines.append("GFLOP/s and % of sgemm count the FLOPs of a direct convolution. 3x3 stride-1 "
                      "layers with >= 16 channels run Winograd F(2x2, 3x3), or F(4x4, 3x3) on layers with "
                      "many tiles (winograd.tile_size: here 64 to 256 channels) (2.25x / 4x fewer "
-                     "multiply-adds; "
-                     "MINIGRAD_WINOGRAD=0 turns it off), so their effective rate can exceed sgemm.")
+                     "multiply-adds), and 3x3 stride-2 layers a stride-2 variant (1.44x fewer; "
+                     "MINIGRAD_WINOGRAD=0 turns both off), so their effective rate can exceed sgemm.")
     if any(r["workload"].startswith("conv ") for r in rows):
         lines.append("conv rows: input and output gradient NCHW-contiguous, or channels-last in both "
                      "frameworks where the row says so (the layout inside minigrad's ResNet-18 after "

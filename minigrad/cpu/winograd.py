@@ -114,7 +114,7 @@ _grad_out_tf5_edge = channel_tf.make(_A5, _A5, in_mask=True)
 _scatter_tf5 = channel_tf.make(_B5, _B5, accumulate=True)
 
 
-# The 16 (or 36) matrices of a block, one per position, lie this many elements apart: the
+# The 16 (25, 36) matrices of a block, one per position, lie this many elements apart: the
 # size of one, rounded up to 4 KB plus 3 cache lines.  With a multiple of 4 KB (e.g. 128 tiles
 # x 64 channels of float32), the transforms' 16 load or store streams all fall into the same
 # L1 cache sets and evict each other (measured: BENCHMARKS_perf.md, change 79).
@@ -365,7 +365,7 @@ def _bwd(x, gy, U, ph, pw, g, TB, nt, need_x, need_w, gx, addf, duacc, vbuf, mbu
 
 @njit(parallel=True, cache=True)
 def _fwd_whole(x, U, b, ph, pw, OH, OW, nt, y, V, M):
-    """_fwd for few tiles: transform all tiles, then one GEMM per position with the 16 (or
+    """_fwd for few tiles: transform all tiles, then one GEMM per position with the 16 (25,
     36) positions split between the threads (each reads its U[pos] once), then the output
     transform.  Three parallel regions; for deep layers whose U is bigger than V and M."""
     N, H, W, C = x.shape
