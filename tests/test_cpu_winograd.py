@@ -167,6 +167,26 @@ def test_winograd_through_autograd(force_winograd):
     assert force_winograd == {"forward": 1, "backward": 1}
 
 
+def _layer(seed, C, K, stride):
+    """float32 x (8, C, 16, 16), w (K, C, 3, 3) scaled as He, a dY and the (stride, padding,
+    dilation) arguments of a ResNet-like 3x3 layer with padding 1."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((8, C, 16, 16)).astype(np.float32)
+    w = (rng.standard_normal((K, C, 3, 3)) / np.sqrt(9 * C)).astype(np.float32)
+    gy = rng.standard_normal((8, K, 16 // stride, 16 // stride)).astype(np.float32)
+    return x, w, gy, ((stride, stride), (1, 1), (1, 1))
+
+
+def _float32_errors(x, w, gy, args):
+    """Largest errors of conv2d's y, dX and dW against the float64 reference, relative to the
+    reference's largest value, with the module settings as they are."""
+    yr = reference.conv2d(x, w, None, *args)
+    gxr, gwr, _ = reference.conv2d_grads(x, w, gy, *args)
+    y = conv.conv2d(x, w, None, *args)
+    gx, gw, _ = conv.conv2d_backward(x, w, gy, *args, True, True, False)
+    return [np.abs(a - r).max() / np.abs(r).max() for a, r in ((y, yr), (gx, gxr), (gw, gwr))]
+
+
 @pytest.mark.parametrize("f43,factor", [(False, 4), (True, 64)])
 def test_winograd_float32_error_close_to_im2col(monkeypatch, f43, factor):
     """On a ResNet-like layer at the default thresholds the Winograd path is taken and its
@@ -174,11 +194,7 @@ def test_winograd_float32_error_close_to_im2col(monkeypatch, f43, factor):
     within 64x and 1e-5 of the largest value for F(4x4, 3x3), which multiplies by up to 8
     and divides by 6 and 24."""
     monkeypatch.setattr(winograd, "USE_F43", f43)
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal((8, 32, 16, 16)).astype(np.float32)
-    w = (rng.standard_normal((32, 32, 3, 3)) / np.sqrt(288)).astype(np.float32)
-    gy = rng.standard_normal((8, 32, 16, 16)).astype(np.float32)
-    args = ((1, 1), (1, 1), (1, 1))
+    x, w, gy, args = _layer(5, 32, 32, 1)
     assert winograd.applicable(8, 32, 32, 3, 3, 16, 16, (1, 1), (1, 1))
     assert winograd.tile_size(8, 32, 32, 16, 16) == (4 if f43 else 2)
     # the whole-batch kernels: F(4x4, 3x3) for ResNet-18's 256-channel layers (8x8) at batch 32
@@ -188,15 +204,10 @@ def test_winograd_float32_error_close_to_im2col(monkeypatch, f43, factor):
     assert winograd.tile_size(32, 256, 256, 8, 8) == (4 if f43 else 2)
     assert winograd.tile_size(16, 256, 256, 8, 8) == 2
     assert winograd.tile_size(128, 512, 512, 4, 4) == 2
-    yr = reference.conv2d(x, w, None, *args)
-    gxr, gwr, _ = reference.conv2d_grads(x, w, gy, *args)
     errs = {}
     for use in (True, False):
         monkeypatch.setattr(conv, "USE_WINOGRAD", use)
-        y = conv.conv2d(x, w, None, *args)
-        gx, gw, _ = conv.conv2d_backward(x, w, gy, *args, True, True, False)
-        errs[use] = [np.abs(a - r).max() / np.abs(r).max()
-                     for a, r in ((y, yr), (gx, gxr), (gw, gwr))]
+        errs[use] = _float32_errors(x, w, gy, args)
     for e_wino, e_gemm in zip(errs[True], errs[False]):
         assert e_wino < 1e-5
         assert e_wino <= factor * e_gemm + 1e-7
@@ -207,22 +218,13 @@ def test_winograd_stride2_float32_error_close_to_im2col(monkeypatch, whole):
     """A ResNet-like stride-2 layer at the default thresholds takes the 25-position variant,
     whose transforms only add: its float32 error stays within 4x that of the im2col path."""
     monkeypatch.setattr(winograd, "WHOLE_BATCH_RATIO", 0.0 if whole else 1e30)
-    rng = np.random.default_rng(6)
-    x = rng.standard_normal((8, 32, 16, 16)).astype(np.float32)
-    w = (rng.standard_normal((64, 32, 3, 3)) / np.sqrt(288)).astype(np.float32)
-    gy = rng.standard_normal((8, 64, 8, 8)).astype(np.float32)
-    args = ((2, 2), (1, 1), (1, 1))
+    x, w, gy, args = _layer(6, 32, 64, 2)
     assert winograd.applicable(8, 32, 64, 3, 3, 8, 8, (2, 2), (1, 1))
-    yr = reference.conv2d(x, w, None, *args)
-    gxr, gwr, _ = reference.conv2d_grads(x, w, gy, *args)
     errs = {}
     for use in (True, False):
         monkeypatch.setattr(winograd, "USE_S2", use)
-        y, saved = conv.conv2d(x, w, None, *args, return_weights=True)
-        assert (saved.shape[0] == 25) == use
-        gx, gw, _ = conv.conv2d_backward(x, w, gy, *args, True, True, False)
-        errs[use] = [np.abs(a - r).max() / np.abs(r).max()
-                     for a, r in ((y, yr), (gx, gxr), (gw, gwr))]
+        assert (conv.conv2d(x, w, None, *args, return_weights=True)[1].shape[0] == 25) == use
+        errs[use] = _float32_errors(x, w, gy, args)
     for e_wino, e_gemm in zip(errs[True], errs[False]):
         assert e_wino < 1e-6
         assert e_wino <= 4 * e_gemm + 1e-7

@@ -66,34 +66,34 @@ from .blas import gemm_rm
 from .kernels import crop_padded
 
 
-# The transforms of F(2x2, 3x3), each applied to all channels of a tile at once
-# (channel_tf: vector code, out = L in R^T over a grid of channel vectors).
+def _transforms(BT, AT):
+    """The six channel transforms of a variant with input transform BT and output transform
+    AT (channel_tf: vector code, out = L in R^T over a grid of channel vectors, applied to all
+    channels of a tile at once): V = B^T d B, the same for patches at the image's edge (masked
+    inputs), Y = A^T M A + b, dM = A dY A^T, the same at the edge, and dx += B dV B^T."""
+    B = tuple(zip(*BT))
+    A = tuple(zip(*AT))
+    return (channel_tf.make(BT, BT), channel_tf.make(BT, BT, in_mask=True),
+            channel_tf.make(AT, AT, bias=True, out_mask=True), channel_tf.make(A, A),
+            channel_tf.make(A, A, in_mask=True), channel_tf.make(B, B, accumulate=True))
+
+
+# F(2x2, 3x3): 4x4 input patches, 2x2 outputs.
 _BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
 _B = tuple(zip(*_BT))
 _AT = ((1, 1, 1, 0), (0, 1, -1, -1))
 _A = tuple(zip(*_AT))
-_input_tf = channel_tf.make(_BT, _BT)                               # V = B^T d B
-_input_tf_edge = channel_tf.make(_BT, _BT, in_mask=True)            # (patches at the edge)
-_output_tf = channel_tf.make(_AT, _AT, bias=True, out_mask=True)    # Y = A^T M A + b
-_grad_out_tf = channel_tf.make(_A, _A)                              # dM = A dY A^T
-_grad_out_tf_edge = channel_tf.make(_A, _A, in_mask=True)
-_scatter_tf = channel_tf.make(_B, _B, accumulate=True)              # dx += B dV B^T
+(_input_tf, _input_tf_edge, _output_tf, _grad_out_tf, _grad_out_tf_edge,
+ _scatter_tf) = _transforms(_BT, _AT)
 
 # F(4x4, 3x3) (Lavin & Gray, interpolation points 0, +-1, +-2): 6x6 input patches, 4x4 outputs.
 _BT6 = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
         (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1))
-_B6 = tuple(zip(*_BT6))
 _AT4 = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
-_A6 = tuple(zip(*_AT4))
 _G6 = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
        (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
-_input_tf6 = channel_tf.make(_BT6, _BT6)
-_input_tf6_edge = channel_tf.make(_BT6, _BT6, in_mask=True)
-_output_tf4 = channel_tf.make(_AT4, _AT4, bias=True, out_mask=True)
-_grad_out_tf6 = channel_tf.make(_A6, _A6)
-_grad_out_tf6_edge = channel_tf.make(_A6, _A6, in_mask=True)
-_scatter_tf6 = channel_tf.make(_B6, _B6, accumulate=True)
-
+(_input_tf6, _input_tf6_edge, _output_tf4, _grad_out_tf6, _grad_out_tf6_edge,
+ _scatter_tf6) = _transforms(_BT6, _AT4)
 
 # Stride 2, 2x2 output tiles from 5x5 input patches (25 positions).  A stride-2 3-tap filter
 # splits into its even taps (g0, g2) on the even inputs and its odd tap g1 on the odd ones;
@@ -102,16 +102,10 @@ _scatter_tf6 = channel_tf.make(_B6, _B6, accumulate=True)
 # (d0 - d2) g0, d2 (g0 + g2), (d4 - d2) g2, d1 g1, d3 g1: 25 multiply-adds per 2x2 outputs
 # and (c, k) pair instead of 36 (1.44x fewer), with transforms that only add.
 _BT5 = ((1, 0, -1, 0, 0), (0, 0, 1, 0, 0), (0, 0, -1, 0, 1), (0, 1, 0, 0, 0), (0, 0, 0, 1, 0))
-_B5 = tuple(zip(*_BT5))
 _AT5 = ((1, 1, 0, 1, 0), (0, 1, 1, 0, 1))
-_A5 = tuple(zip(*_AT5))
 _G5 = ((1, 0, 0), (1, 0, 1), (0, 0, 1), (0, 1, 0), (0, 1, 0))
-_input_tf5 = channel_tf.make(_BT5, _BT5)
-_input_tf5_edge = channel_tf.make(_BT5, _BT5, in_mask=True)
-_output_tf5 = channel_tf.make(_AT5, _AT5, bias=True, out_mask=True)
-_grad_out_tf5 = channel_tf.make(_A5, _A5)
-_grad_out_tf5_edge = channel_tf.make(_A5, _A5, in_mask=True)
-_scatter_tf5 = channel_tf.make(_B5, _B5, accumulate=True)
+(_input_tf5, _input_tf5_edge, _output_tf5, _grad_out_tf5, _grad_out_tf5_edge,
+ _scatter_tf5) = _transforms(_BT5, _AT5)
 
 
 # The 16 (25, 36) matrices of a block, one per position, lie this many elements apart: the
