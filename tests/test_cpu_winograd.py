@@ -249,6 +249,11 @@ def test_winograd_stride2_switch(monkeypatch):
     """Stride-2 3x3 layers take the 25-position variant unless USE_S2 is off."""
     assert winograd.applicable(64, 16, 16, 3, 3, 4, 4, (2, 2), (1, 1))
     assert winograd.variant(64, 16, 16, 4, 4, (2, 2)) == 25
+    # its whole-batch kernels take up to twice the tiles of stride 1's (ResNet-18's 128->256
+    # stride-2 layer at batch 128: 2048 tiles); its 64->128 layer at batch 128 stays blocked
+    assert winograd._whole_layer(128, 128, 256, 8, 8, 25)
+    assert not winograd._whole_layer(128, 128, 256, 8, 8, 16)
+    assert not winograd._whole_layer(128, 64, 128, 16, 16, 25)
     monkeypatch.setattr(winograd, "USE_S2", False)
     assert not winograd.applicable(64, 16, 16, 3, 3, 4, 4, (2, 2), (1, 1))
 

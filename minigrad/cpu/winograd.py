@@ -723,15 +723,21 @@ def transform_weights(w, dt, npos=16):
     return U
 
 
-def _whole(ntiles, C, K):
-    """Whole-batch variant when the 16 transformed weight matrices outweigh the tiles."""
-    return WHOLE_BATCH_RATIO * ntiles * (C + K) <= C * K
+def _whole(ntiles, C, K, ratio):
+    """Whole-batch variant when the transformed weight matrices outweigh the tiles."""
+    return ratio * ntiles * (C + K) <= C * K
 
 
-def _whole_layer(N, C, K, OH, OW):
-    """_whole for a layer, counted in F(2x2, 3x3) tiles whatever the tile size (so that
-    tile_size, forward and backward agree)."""
-    return _whole(N * ((OH + 1) // 2) * ((OW + 1) // 2), C, K)
+def _whole_layer(N, C, K, OH, OW, npos=16):
+    """_whole for a layer, counted in 2x2 output tiles whatever the tile size (so that
+    tile_size, forward and backward agree).  The stride-2 variant's blocked kernels hold half
+    as many tiles per block (_MIN_TB_S2), so they read U twice as often: it takes the
+    whole-batch kernels up to twice as many tiles (half the ratio).  Measured, channels-last,
+    batch 128, whole-batch against blocked: 128->256 at 16x16 1.29x faster (2048 tiles: whole
+    with half the ratio, blocked with the full one), 64->128 at 32x32 0.80x (8192: blocked
+    either way)."""
+    ratio = WHOLE_BATCH_RATIO / 2 if npos == 25 else WHOLE_BATCH_RATIO
+    return _whole(N * ((OH + 1) // 2) * ((OW + 1) // 2), C, K, ratio)
 
 
 class _Scratch(threading.local):
@@ -767,7 +773,7 @@ def forward(xcl, U, b, ph, pw, OH, OW, y4):
     ts = _tile_of(npos)
     dt = xcl.dtype
     ntiles = N * ((OH + ts - 1) // ts) * ((OW + ts - 1) // ts)
-    if _whole_layer(N, C, K, OH, OW):
+    if _whole_layer(N, C, K, OH, OW, npos):
         _fwd_whole(xcl, U, b, ph, pw, OH, OW, nt, y4,
                    _positions("v", 1, ntiles * C, dt, npos)[0],
                    _positions("m", 1, ntiles * K, dt, npos)[0])
@@ -790,7 +796,7 @@ def backward(xcl, gycl, U, ph, pw, need_x, need_w, gx4, addf):
     tpi = th * tw
     Hq, Wq = _padded_extent(th, H, ph, npos), _padded_extent(tw, W, pw, npos)
     need_x, need_w = bool(need_x), bool(need_w)
-    if _whole_layer(N, C, K, OH, OW):
+    if _whole_layer(N, C, K, OH, OW, npos):
         Q = N * tpi
         du = _scratch.get("du", npos * C * K if need_w else 1, dt).reshape(1, -1)
         _bwd_whole(xcl, gycl, U, ph, pw, nt, need_x, need_w, gx4, addf, du.reshape(-1),
