@@ -72,3 +72,16 @@ def _run_then_sum(a, start, span):
 def test_prefetch_run_leaves_values_alone():
     a = np.arange(200, dtype=np.float32)
     assert _run_then_sum(a, 3, 31) == np.arange(200, dtype=np.float32).sum()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stream_in_sums_and_leaves_values_alone(dtype):
+    """stream_in reads every element (its sum is theirs) and writes none; an empty view sums
+    to zero."""
+    from minigrad.cpu.prefetch import stream_in
+    a = np.arange(1, 1001, dtype=dtype)
+    before = a.copy()
+    assert stream_in(a) == 500500
+    assert stream_in(a[10:20]) == sum(range(11, 21))
+    assert stream_in(a[:0]) == 0
+    np.testing.assert_array_equal(a, before)

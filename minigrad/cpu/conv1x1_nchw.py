@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from .blas import gemm_rm
-from .prefetch import prefetch_run, runs_ahead
+from .prefetch import prefetch_run, runs_ahead, stream_in
 
 # Fewest GEMM columns (pixels) per work unit: images with fewer output pixels are
 # grouped.  Per-image GEMMs of 512x256 by 256x16 ran at 65-74% of the single-thread
@@ -51,15 +51,18 @@ def reads_x_in_place(sh, sw, g):
 # The stride gather and the dX scatter walk each plane's sampled rows (a short run of lines,
 # then a gap); on big arrays they prefetch the row prefetch.runs_ahead(...) rows ahead of the
 # one they copy: the NCHW 64->128 stride-2 row ran 1.22-1.25x faster (BENCHMARKS_perf.md,
-# change 120).
+# change 120).  The prefetched row is tracked by its own (plane, row) counters: working it
+# out from the row's index took two integer divisions a row, which made the gather 1.5x
+# slower after PyTorch's call and 2x slower from L3 (change 127).
 
 
 @njit(cache=True, inline="always")
-def _sampled_row_offset(r, OH, H, W, sh):
-    """Offset, from the first plane's start, of sampled row r of consecutive H x W planes
-    with OH sampled rows each (every sh-th row)."""
-    plane = r // OH
-    return plane * H * W + (r - plane * OH) * sh * W
+def _next_row(plane, row, OH):
+    """The sampled row after (plane, row), planes of OH sampled rows each."""
+    row += 1
+    if row == OH:
+        return plane + 1, 0
+    return plane, row
 
 
 @njit(cache=True, inline="always")
@@ -85,25 +88,26 @@ def _gather(x, n_a, n_b, sh, sw, OH, OW, xs):
     xf = x.reshape(-1)
     span = (OW - 1) * sw + 1
     ahead = runs_ahead(xf, span)
+    base = n_a * C * H * W
     if ahead == 0:
         for i in range(n_b - n_a):
             for c in range(C):
-                s0 = ((n_a + i) * C + c) * H * W
+                s0 = base + (i * C + c) * H * W
                 o = c * G + i * P
                 for oh in range(OH):
                     _copy_sampled_row(xf, s0 + oh * sh * W, sw, xs[o + oh * OW:], OW)
         return
-    rows = (n_b - n_a) * C * OH      # sampled rows of the unit, in x's order
-    for r in range(rows):
-        rp = r + ahead
-        if rp < rows:
-            prefetch_run(xf, n_a * C * H * W + _sampled_row_offset(rp, OH, H, W, sh), span)
-        plane = r // OH
-        oh = r - plane * OH
-        i = plane // C
-        o = (plane - i * C) * G + i * P + oh * OW
-        _copy_sampled_row(xf, n_a * C * H * W + _sampled_row_offset(r, OH, H, W, sh), sw,
-                          xs[o:], OW)
+    planes = (n_b - n_a) * C       # the unit's planes, in x's order
+    pp, pr = ahead // OH, ahead % OH     # the row to prefetch: (plane, sampled row)
+    for i in range(n_b - n_a):
+        for c in range(C):
+            s0 = base + (i * C + c) * H * W
+            o = c * G + i * P
+            for oh in range(OH):
+                if pp < planes:
+                    prefetch_run(xf, base + pp * H * W + pr * sh * W, span)
+                    pp, pr = _next_row(pp, pr, OH)
+                _copy_sampled_row(xf, s0 + oh * sh * W, sw, xs[o + oh * OW:], OW)
 
 
 @njit(cache=True)
@@ -115,13 +119,13 @@ def _scatter_add(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base):
     P = OH * OW
     span = (OW - 1) * sw + 1
     ahead = runs_ahead(gxf, span)
+    pp, pr = ahead // OH, ahead % OH
     for c in range(C):
         s0 = c * G + i * P
         for oh in range(OH):
-            if ahead > 0:
-                rp = c * OH + oh + ahead
-                if rp < C * OH:
-                    prefetch_run(gxf, base + _sampled_row_offset(rp, OH, H, W, sh), span)
+            if ahead > 0 and pp < C:
+                prefetch_run(gxf, base + pp * H * W + pr * sh * W, span)
+                pp, pr = _next_row(pp, pr, OH)
             _scatter_add_row(d[s0 + oh * OW:s0 + (oh + 1) * OW], gxf, base + (c * H + oh * sh) * W,
                              sw, OW, W)
 
@@ -236,6 +240,7 @@ def backward(x, xs, have_xs, wf, gy, sh, sw, g, need_x, need_w, x_mode, gx, gwac
     gyf = gy.reshape(-1)
     gxf = gx.reshape(-1)
     HW = H * W
+    sink = np.zeros(nt, dtype=x.dtype)    # stream_in's sums, kept so that its loops stay
     for gi in prange(ngroups):
         t = numba.get_thread_id()
         n_a = gi * g
@@ -243,14 +248,17 @@ def backward(x, xs, have_xs, wf, gy, sh, sw, g, need_x, need_w, x_mode, gx, gwac
         G = (n_b - n_a) * P
         if g == 1:
             gyg = gyf[n_a * K * P:]
+            sink[t] += stream_in(gyf[n_a * K * P:n_b * K * P])
         else:
             gyg = gbuf[t]
             _group_rows(gyf, n_a, n_b, K, P, gyg)
         if need_w:
             if in_place:
                 src = xf[n_a * C * P:]
+                sink[t] += stream_in(xf[n_a * C * P:n_b * C * P])
             elif have_xs:
                 src = xs[n_a * C * P:]
+                sink[t] += stream_in(xs[n_a * C * P:n_b * C * P])
             else:
                 src = xbuf[t]
                 _gather(x, n_a, n_b, sh, sw, OH, OW, src)

@@ -61,3 +61,19 @@ def prefetch_run(af, start, span):
     for j in range(start, start + span, per_line):
         prefetch(af, j)
     prefetch(af, start + span - 1)
+
+
+@njit(cache=True, fastmath=True)
+def stream_in(a):
+    """Read every element of the 1-D float array ``a`` in order and return their sum.
+
+    Brings an operand that sits in memory into L2 as one sequential stream, which the
+    hardware prefetchers follow at full speed, before a GEMM reads it in a strided pattern
+    (rows a kilobyte or more apart, one panel at a time) and would wait on each line.  The
+    caller keeps the sum somewhere (a per-thread sink), or the compiler drops the loop.  On
+    the NCHW 1x1 stride-2 64->128 backward, dY and the sampled x read this way before the
+    two GEMMs: 1.11x (BENCHMARKS_perf.md, change 127)."""
+    s = a.dtype.type(0)
+    for i in range(a.size):
+        s += a[i]
+    return s
