@@ -1664,7 +1664,7 @@ def _conv2d(x, w, b, stride, padding, dilation, box, keep_x):
             winograd.forward(xc, U, bb, ph, pw, OH, OW, y4)
         return y4.transpose(0, 3, 1, 2)
     if _nchw_1x1(x, w, (ph, pw), dt):
-        return _conv1x1_nchw(x, w, b, bb, sh, sw, OH, OW, box, keep_x)
+        return _conv1x1_nchw(x, w, bb, sh, sw, OH, OW, box, keep_x)
     if _whole_1x1(w, (ph, pw), N * OH * OW):
         return _conv1x1_cl(x, w, b, bb, sh, sw, OH, OW, box, keep_x)
     shift = _use_shift(N, C, H, W, K, R, S, (sh, sw), (ph, pw), (dh, dw))
@@ -1728,8 +1728,8 @@ def _nchw_1x1(x, w, padding, dt):
             and not is_channels_last(x) and x.shape[1] * w.shape[0] > _DIRECT_MAX_CK)
 
 
-def _conv1x1_nchw(x, w, b, bb, sh, sw, OH, OW, box, keep_x):
-    """Forward of the NCHW 1x1 path; keeps the sampled x in ``box`` when asked to."""
+def _conv1x1_nchw(x, w, bb, sh, sw, OH, OW, box, keep_x):
+    """Forward of the NCHW 1x1 path (bb: the bias, zeros for none); keeps the sampled x in ``box`` when asked to."""
     N, C = x.shape[0], x.shape[1]
     K = w.shape[0]
     dt = x.dtype
@@ -1739,8 +1739,8 @@ def _conv1x1_nchw(x, w, b, bb, sh, sw, OH, OW, box, keep_x):
     xs = np.empty(N * C * OH * OW if keep else 0, dtype=dt)
     y = np.empty((N, K, OH, OW), dtype=dt)
     with _single_blas, _dynamic_schedule():
-        conv1x1_nchw.forward(x, np.ascontiguousarray(w, dtype=dt).reshape(-1), bb, b is not None,
-                             sh, sw, OH, OW, g, keep, xs, y, nt)
+        conv1x1_nchw.forward(x, np.ascontiguousarray(w, dtype=dt).reshape(-1), bb, sh, sw, OH,
+                             OW, g, keep, xs, y, nt)
     if keep:
         box.x_sampled, box.sampled_group = xs, g
     return y

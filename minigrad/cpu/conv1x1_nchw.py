@@ -51,18 +51,15 @@ def reads_x_in_place(sh, sw, g):
 # The stride gather and the dX scatter walk each plane's sampled rows (a short run of lines,
 # then a gap); on big arrays they prefetch the row prefetch.runs_ahead(...) rows ahead of the
 # one they copy: the NCHW 64->128 stride-2 row ran 1.22-1.25x faster (BENCHMARKS_perf.md,
-# change 120).  The prefetched row is tracked by its own (plane, row) counters: working it
-# out from the row's index took two integer divisions a row, which made the gather 1.5x
-# slower after PyTorch's call and 2x slower from L3 (change 127).
+# change 120).
 
 
 @njit(cache=True, inline="always")
-def _next_row(plane, row, OH):
-    """The sampled row after (plane, row), planes of OH sampled rows each."""
-    row += 1
-    if row == OH:
-        return plane + 1, 0
-    return plane, row
+def _sampled_row_offset(r, OH, H, W, sh):
+    """Offset, from the first plane's start, of sampled row r of consecutive H x W planes
+    with OH sampled rows each (every sh-th row)."""
+    plane = r // OH
+    return plane * H * W + (r - plane * OH) * sh * W
 
 
 @njit(cache=True, inline="always")
@@ -88,26 +85,25 @@ def _gather(x, n_a, n_b, sh, sw, OH, OW, xs):
     xf = x.reshape(-1)
     span = (OW - 1) * sw + 1
     ahead = runs_ahead(xf, span)
-    base = n_a * C * H * W
     if ahead == 0:
         for i in range(n_b - n_a):
             for c in range(C):
-                s0 = base + (i * C + c) * H * W
+                s0 = ((n_a + i) * C + c) * H * W
                 o = c * G + i * P
                 for oh in range(OH):
                     _copy_sampled_row(xf, s0 + oh * sh * W, sw, xs[o + oh * OW:], OW)
         return
-    planes = (n_b - n_a) * C       # the unit's planes, in x's order
-    pp, pr = ahead // OH, ahead % OH     # the row to prefetch: (plane, sampled row)
-    for i in range(n_b - n_a):
-        for c in range(C):
-            s0 = base + (i * C + c) * H * W
-            o = c * G + i * P
-            for oh in range(OH):
-                if pp < planes:
-                    prefetch_run(xf, base + pp * H * W + pr * sh * W, span)
-                    pp, pr = _next_row(pp, pr, OH)
-                _copy_sampled_row(xf, s0 + oh * sh * W, sw, xs[o + oh * OW:], OW)
+    rows = (n_b - n_a) * C * OH      # sampled rows of the unit, in x's order
+    for r in range(rows):
+        rp = r + ahead
+        if rp < rows:
+            prefetch_run(xf, n_a * C * H * W + _sampled_row_offset(rp, OH, H, W, sh), span)
+        plane = r // OH
+        oh = r - plane * OH
+        i = plane // C
+        o = (plane - i * C) * G + i * P + oh * OW
+        _copy_sampled_row(xf, n_a * C * H * W + _sampled_row_offset(r, OH, H, W, sh), sw,
+                          xs[o:], OW)
 
 
 @njit(cache=True)
@@ -119,13 +115,13 @@ def _scatter_add(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base):
     P = OH * OW
     span = (OW - 1) * sw + 1
     ahead = runs_ahead(gxf, span)
-    pp, pr = ahead // OH, ahead % OH
     for c in range(C):
         s0 = c * G + i * P
         for oh in range(OH):
-            if ahead > 0 and pp < C:
-                prefetch_run(gxf, base + pp * H * W + pr * sh * W, span)
-                pp, pr = _next_row(pp, pr, OH)
+            if ahead > 0:
+                rp = c * OH + oh + ahead
+                if rp < C * OH:
+                    prefetch_run(gxf, base + _sampled_row_offset(rp, OH, H, W, sh), span)
             _scatter_add_row(d[s0 + oh * OW:s0 + (oh + 1) * OW], gxf, base + (c * H + oh * sh) * W,
                              sw, OW, W)
 
@@ -170,9 +166,9 @@ def _group_rows(a, n_a, n_b, R, P, out):
 
 
 @njit(parallel=True, cache=True)
-def forward(x, wf, b, has_b, sh, sw, OH, OW, g, keep, xs, y, nt):
+def forward(x, wf, b, sh, sw, OH, OW, g, keep, xs, y, nt):
     """y (N, K, OH, OW) = 1x1 conv of x (N, C, H, W), both C-contiguous, with wf (K*C,)
-    (w as a (K, C) matrix), plus b (K,) when has_b.  With ``keep``, the sampled input
+    (w as a (K, C) matrix), plus b (K,) (zeros for no bias).  With ``keep``, the sampled input
     is written to xs (N*C*P, grouped g images at a time) for the backward; stride 1
     with g == 1 reads x in place and writes nothing there."""
     N, C = x.shape[0], x.shape[1]
@@ -195,19 +191,22 @@ def forward(x, wf, b, has_b, sh, sw, OH, OW, g, keep, xs, y, nt):
             src = xs[n_a * C * P:] if keep else xbuf[t]
             _gather(x, n_a, n_b, sh, sw, OH, OW, src)
         if g == 1:
-            out = yf[n_a * K * P:]
-            gemm_rm(False, False, K, P, C, 1.0, wf, C, src, P, 0.0, out, P)
-            if has_b:
-                for k in range(K):
-                    row = out[k * P:(k + 1) * P]
-                    for p in range(P):
-                        row[p] += b[k]
+            # y's rows start as the bias (zeros without one), written in one sequential
+            # pass, and the GEMM adds into them (beta 1): the GEMM then finds y's lines in
+            # L2 instead of waiting on them 24 lines at a time (change 127)
+            out = yf[n_a * K * P:n_b * K * P]
+            for k in range(K):
+                bk = b[k]
+                row = out[k * P:(k + 1) * P]
+                for p in range(P):
+                    row[p] = bk
+            gemm_rm(False, False, K, P, C, 1.0, wf, C, src, P, 1.0, out, P)
         else:
             gemm_rm(False, False, K, G, C, 1.0, wf, C, src, G, 0.0, ybuf[t], G)
             yb = ybuf[t]
             for i in range(n_b - n_a):
                 for k in range(K):
-                    bk = b[k]       # zeros when not has_b, in x's dtype
+                    bk = b[k]
                     s = yb[k * G + i * P:]
                     d = yf[((n_a + i) * K + k) * P:]
                     for p in range(P):

@@ -72,7 +72,7 @@ def stream_in(a):
     (rows a kilobyte or more apart, one panel at a time) and would wait on each line.  The
     caller keeps the sum somewhere (a per-thread sink), or the compiler drops the loop.  On
     the NCHW 1x1 stride-2 64->128 backward, dY and the sampled x read this way before the
-    two GEMMs: 1.11x (BENCHMARKS_perf.md, change 127)."""
+    two GEMMs: 1.08-1.11x after PyTorch's call (BENCHMARKS_perf.md, change 127)."""
     s = a.dtype.type(0)
     for i in range(a.size):
         s += a[i]
