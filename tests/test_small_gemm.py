@@ -66,6 +66,10 @@ def test_sgemm_matches_numpy(m, n, k, transa, transb, beta, pad, seed):
     (100, 72, 70, True, False),        # rows and columns short of whole tiles
     (40, 64, 37, False, True),         # B transposed: packed, whole panels of either tile
     (12, 96, 300, True, True),         # ... two KC blocks (256 + 44), A transposed too
+    (64, 256, 128, True, False),       # m = 64: a 4-row edge strip read in place (NCHW 1x1 dX)
+    (128, 256, 64, False, False),      # m = 128: an 8-row edge strip
+    (68, 40, 20, False, False),        # 8 edge rows, and a column panel short of NR
+    (70, 64, 9, True, False),          # 10 edge rows: padded to a whole tile
 ])
 @pytest.mark.parametrize("beta", [0.0, 1.0])
 def test_sgemm_blocked_shapes(m, n, k, transa, transb, beta):

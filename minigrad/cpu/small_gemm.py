@@ -109,14 +109,21 @@ def _splat(builder, vt, x):
     return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), mask)
 
 
-@intrinsic
-def _micro_kernel(typingctx, kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, beta):
-    """C[i, j] = beta * C[i, j] + sum_p A[i, p] * B[p, j] for an MR x NR tile (C not read when
-    beta is 0), with A[i, p] = a[aoff + i*ars + p*acs], B[p, j] = b[boff + p*brs + j] and
-    C[i, j] = c[coff + i*ldc + j]; all three float32, kc >= 0 steps."""
-    sig = types.void(types.intp, a, types.intp, types.intp, types.intp, b, types.intp,
-                     types.intp, c, types.intp, types.intp, types.float32)
+def _make_micro_kernel(mr):
+    """The micro-kernel intrinsic for tiles of mr rows (see _micro_kernel)."""
+    @intrinsic
+    def kernel(typingctx, kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, beta):
+        sig = types.void(types.intp, a, types.intp, types.intp, types.intp, b, types.intp,
+                         types.intp, c, types.intp, types.intp, types.float32)
+        return sig, _micro_kernel_codegen(mr)
+    return kernel
 
+
+def _micro_kernel_codegen(MR):
+    """Code generator of an MR x NR micro-kernel: C[i, j] = beta * C[i, j] + sum_p A[i, p] *
+    B[p, j] (C not read when beta is 0), with A[i, p] = a[aoff + i*ars + p*acs],
+    B[p, j] = b[boff + p*brs + j] and C[i, j] = c[coff + i*ldc + j]; all three float32,
+    kc >= 0 steps."""
     def codegen(context, builder, signature, args):
         kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, beta = args
         f32, i64 = ir.FloatType(), ir.IntType(64)
@@ -180,7 +187,38 @@ def _micro_kernel(typingctx, kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, 
                     builder.store(builder.call(fma, [bsplat, old, v]), ptr, align=4)
         return context.get_dummy_value()
 
-    return sig, codegen
+    return codegen
+
+
+# The MR-row micro-kernel, and two shorter ones for the last rows of A when m is not a
+# multiple of MR (m = 64, 128 or 256 leave 4 or 8 rows on the wide tile): without them
+# those rows ran a whole MR-row tile on zero padding, through a scalar copy-out
+# (BENCHMARKS_perf.md, change 128).
+EDGE_MR = (MR // 3, 2 * MR // 3)
+_micro_kernel = _make_micro_kernel(MR)
+_micro_kernel_e0 = _make_micro_kernel(EDGE_MR[0])
+_micro_kernel_e1 = _make_micro_kernel(EDGE_MR[1])
+
+
+@njit(inline="always")
+def _tile(mr, kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, beta):
+    """The micro-kernel of mr rows (MR or one of EDGE_MR) on one tile."""
+    if mr == MR:
+        _micro_kernel(kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, beta)
+    elif mr == EDGE_MR[1]:
+        _micro_kernel_e1(kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, beta)
+    else:
+        _micro_kernel_e0(kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, beta)
+
+
+@njit(inline="always")
+def _tile_rows(r):
+    """Rows of the micro-kernel that computes a strip of r <= MR rows of C."""
+    if r <= EDGE_MR[0]:
+        return EDGE_MR[0]
+    if r <= EDGE_MR[1]:
+        return EDGE_MR[1]
+    return MR
 
 
 @njit(cache=True)
@@ -217,7 +255,6 @@ def _sgemm_views(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc):
     bp = np.empty(kcmax * ((min(n, NC) + NR - 1) // NR) * NR if packb else 1, np.float32)
     ap = np.empty(kcmax * MR, np.float32)
     edge = np.empty(MR * NR, np.float32)
-    mfull = m - m % MR
     if k == 0:
         for i in range(m):
             for j in range(n):
@@ -231,28 +268,30 @@ def _sgemm_views(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc):
             if packb:
                 _pack_b(transb, b, ldb, k0, kc, jb, nb, bp)
             for i0 in range(0, m, MR):
-                if i0 < mfull:
+                r = min(MR, m - i0)
+                mr = _tile_rows(r)
+                if r == mr:
                     asrc, aoff, sr, sc = a, i0 * ars + k0 * acs, ars, acs
                 else:
-                    # the last rows, zero-padded to a whole tile
+                    # the last rows, zero-padded to the next tile height
                     for p in range(kc):
-                        for ii in range(MR):
+                        for ii in range(mr):
                             i = i0 + ii
-                            ap[p * MR + ii] = a[i * ars + (k0 + p) * acs] if i < m else 0.0
-                    asrc, aoff, sr, sc = ap, 0, 1, MR
+                            ap[p * mr + ii] = a[i * ars + (k0 + p) * acs] if i < m else 0.0
+                    asrc, aoff, sr, sc = ap, 0, 1, mr
                 for jp in range((nb + NR - 1) // NR):
                     j0 = jb + jp * NR
                     if packb:
                         bsrc, boff, brs = bp, jp * kc * NR, NR
                     else:
                         bsrc, boff, brs = b, k0 * ldb + j0, ldb
-                    if i0 < mfull and j0 + NR <= n:
-                        _micro_kernel(kc, asrc, aoff, sr, sc, bsrc, boff, brs, c, i0 * ldc + j0,
-                                      ldc, bet)
+                    if r == mr and j0 + NR <= n:
+                        _tile(mr, kc, asrc, aoff, sr, sc, bsrc, boff, brs, c, i0 * ldc + j0,
+                              ldc, bet)
                     else:
-                        _micro_kernel(kc, asrc, aoff, sr, sc, bsrc, boff, brs, edge, 0, NR,
-                                      np.float32(0.0))
-                        for ii in range(min(MR, m - i0)):
+                        _tile(mr, kc, asrc, aoff, sr, sc, bsrc, boff, brs, edge, 0, NR,
+                              np.float32(0.0))
+                        for ii in range(r):
                             for jj in range(min(NR, n - j0)):
                                 o = (i0 + ii) * ldc + j0 + jj
                                 if bet == 0:
