@@ -18,6 +18,9 @@ once.  Its size follows the host's vectors (``LANES`` float32 lanes):
   3), 16 output columns (LeNet's conv2), small weight gradients summed over 512 pixels read
   transposed (BENCHMARKS_perf.md, change 78).
 
+When m is not a multiple of the tile's rows, the last rows run a shorter version of the same
+micro-kernel (``EDGE_MR``: 4 or 8 rows on the wide tile, 2 or 4 on the AVX2 one).
+
 ``sgemm(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc)`` has the row-major interface
 of ``blas.gemm_rm`` (alpha 1); ``preferred(transa, transb, m, n, k)`` says whether it beats
 OpenBLAS on that shape for this host's tile, and ``gemm_rm`` then calls it.  That happens only
