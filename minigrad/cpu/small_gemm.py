@@ -113,7 +113,7 @@ def _splat(builder, vt, x):
 
 
 def _make_micro_kernel(mr):
-    """The micro-kernel intrinsic for tiles of mr rows (see _micro_kernel)."""
+    """The micro-kernel intrinsic for tiles of mr rows (its code: _micro_kernel_codegen)."""
     @intrinsic
     def kernel(typingctx, kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, beta):
         sig = types.void(types.intp, a, types.intp, types.intp, types.intp, b, types.intp,
@@ -122,8 +122,8 @@ def _make_micro_kernel(mr):
     return kernel
 
 
-def _micro_kernel_codegen(MR):
-    """Code generator of an MR x NR micro-kernel: C[i, j] = beta * C[i, j] + sum_p A[i, p] *
+def _micro_kernel_codegen(rows):
+    """Code generator of a rows x NR micro-kernel: C[i, j] = beta * C[i, j] + sum_p A[i, p] *
     B[p, j] (C not read when beta is 0), with A[i, p] = a[aoff + i*ars + p*acs],
     B[p, j] = b[boff + p*brs + j] and C[i, j] = c[coff + i*ldc + j]; all three float32,
     kc >= 0 steps."""
@@ -141,7 +141,7 @@ def _micro_kernel_codegen(MR):
         C = builder.gep(data(8, c), [coff])
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]),
                                              "llvm.fma.v%df32" % _VW)
-        arow = [builder.gep(A, [builder.mul(ars, ir.Constant(i64, i))]) for i in range(MR)]
+        arow = [builder.gep(A, [builder.mul(ars, ir.Constant(i64, i))]) for i in range(rows)]
         entry, fn = builder.block, builder.function
         head = fn.append_basic_block("mk.head")
         body = fn.append_basic_block("mk.body")
@@ -152,7 +152,7 @@ def _micro_kernel_codegen(MR):
         p = builder.phi(i64)
         p.add_incoming(ir.Constant(i64, 0), entry)
         acc = []
-        for _ in range(MR * nv):
+        for _ in range(rows * nv):
             phi = builder.phi(vt)
             phi.add_incoming(ir.Constant(vt, [0.0] * _VW), entry)
             acc.append(phi)
@@ -164,7 +164,7 @@ def _micro_kernel_codegen(MR):
                                            vt.as_pointer()), align=4) for j in range(nv)]
         pa = builder.mul(p, acs)
         nxt = []
-        for i in range(MR):
+        for i in range(rows):
             av = _splat(builder, vt, builder.load(builder.gep(arow[i], [pa])))
             nxt.extend(builder.call(fma, [av, bv[j], acc[i * nv + j]]) for j in range(nv))
         tail = builder.block
@@ -178,7 +178,7 @@ def _micro_kernel_codegen(MR):
         ptrs = [builder.bitcast(builder.gep(C, [builder.add(builder.mul(ldc, ir.Constant(i64, i)),
                                                             ir.Constant(i64, j * _VW))]),
                                 vt.as_pointer())
-                for i in range(MR) for j in range(nv)]
+                for i in range(rows) for j in range(nv)]
         with builder.if_else(builder.fcmp_ordered("==", beta, ir.Constant(f32, 0.0))) as \
                 (overwrite, update):
             with overwrite:
