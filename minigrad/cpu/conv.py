@@ -1729,7 +1729,8 @@ def _nchw_1x1(x, w, padding, dt):
 
 
 def _conv1x1_nchw(x, w, bb, sh, sw, OH, OW, box, keep_x):
-    """Forward of the NCHW 1x1 path (bb: the bias, zeros for none); keeps the sampled x in ``box`` when asked to."""
+    """Forward of the NCHW 1x1 path (bb: the bias, zeros for none); keeps the sampled x in
+    ``box`` when asked to."""
     N, C = x.shape[0], x.shape[1]
     K = w.shape[0]
     dt = x.dtype
