@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import minigrad as mg
-from minigrad.cpu import conv, conv1x1_nchw, prefetch
+from minigrad.cpu import conv, conv1x1_nchw
 from conv_checks import check_addend_modes, check_backward_passes
 from gradcheck import check_grad
 
@@ -187,30 +187,33 @@ def test_switch_off_gives_the_same_values(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("stride", [(2, 2), (2, 3), (1, 2), (3, 1)])
-def test_gather_and_scatter_with_prefetching_match_numpy(dtype, stride):
-    """On arrays of at least prefetch.AHEAD_MIN_BYTES the stride gather and the dX scatter prefetch
-    rows ahead (a separate loop); the values must be those of NumPy's strided views, for a
-    unit of one image and of two, and x's data not 64-byte aligned."""
+@pytest.mark.parametrize("stride,W", [((2, 2), 32), ((2, 2), 31), ((2, 2), 16), ((2, 2), 15),
+                                      ((1, 2), 32), ((2, 2), 95), ((2, 3), 48), ((3, 1), 16)])
+def test_gather_and_scatter_match_numpy(dtype, stride, W):
+    """The stride gather and the dX scatter give NumPy's strided views, for a unit of one
+    image and of two, with x's data not 64-byte aligned.  Widths 32 and 31 (16 sampled
+    pixels) and 16 and 15 (8) at column stride 2 take the fixed-width copies
+    (conv1x1_nchw.FIXED_ROW_WIDTHS), odd widths the scatter's single-element stores; the rest
+    the general loops."""
     sh, sw = stride
-    C = 64 if dtype == np.float32 else 32
-    N, H, W = 2, 96, 95
-    count = N * C * H * W
+    N, C, H = 2, 5, 12
     rng = np.random.default_rng(3)
+    count = N * C * H * W
     x = rng.standard_normal(count + 1).astype(dtype)[1:].reshape(N, C, H, W)  # unaligned
-    assert x.nbytes >= prefetch.AHEAD_MIN_BYTES
-    assert prefetch.runs_ahead(x.reshape(-1), W) > 0
     OH, OW = (H - 1) // sh + 1, (W - 1) // sw + 1
+    assert (sw == 2 and OW in conv1x1_nchw.FIXED_ROW_WIDTHS) == (W in (32, 31, 16, 15) and sw == 2)
     P = OH * OW
     sampled = x[:, :, ::sh, ::sw]
     for n_a, n_b in ((0, 2), (1, 2)):
-        xs = np.full(C * (n_b - n_a) * P, np.nan, dtype)
+        xs = np.full(C * (n_b - n_a) * P + 7, np.nan, dtype)
         conv1x1_nchw._gather(x, n_a, n_b, sh, sw, OH, OW, xs)
         want = sampled[n_a:n_b].transpose(1, 0, 2, 3).reshape(C, -1)
-        np.testing.assert_array_equal(xs.reshape(C, -1), want)
-    d = rng.standard_normal(C * P).astype(dtype)
-    gx = rng.standard_normal(x.shape).astype(dtype)
-    want = gx.copy()
-    want[1, :, ::sh, ::sw] += d.reshape(C, OH, OW)
-    conv1x1_nchw._scatter_add(d, P, 0, C, OH, OW, sh, sw, H, W, gx.reshape(-1), C * H * W)
-    np.testing.assert_array_equal(gx, want)
+        np.testing.assert_array_equal(xs[:-7].reshape(C, -1), want)
+        assert np.isnan(xs[-7:]).all()
+    d = rng.standard_normal(2 * C * P).astype(dtype)
+    for i in (0, 1):
+        gx = rng.standard_normal(x.shape).astype(dtype)
+        want = gx.copy()
+        want[1, :, ::sh, ::sw] += d.reshape(C, 2, OH, OW)[:, i]
+        conv1x1_nchw._scatter_add(d, 2 * P, i, C, OH, OW, sh, sw, H, W, gx.reshape(-1), C * H * W)
+        np.testing.assert_array_equal(gx, want)

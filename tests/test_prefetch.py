@@ -49,20 +49,6 @@ def test_backward_with_dy_prefetch_is_bitwise_the_same(need_x, monkeypatch):
         np.testing.assert_array_equal(out[0][0], out[128 << 10][0])
 
 
-def test_runs_ahead_only_for_big_arrays():
-    """Strided walks prefetch ahead only on arrays of at least AHEAD_MIN_BYTES, about
-    AHEAD_LINES lines ahead: 128 runs of one line, 64 of two (a run of 31 float32 at any
-    alignment can straddle three lines, which prefetch_run covers with its last element)."""
-    from minigrad.cpu import prefetch as pf
-
-    small = np.empty(pf.AHEAD_MIN_BYTES // 4 - 1, np.float32)
-    big = np.empty(pf.AHEAD_MIN_BYTES // 4, np.float32)
-    assert pf.runs_ahead(small, 16) == 0
-    assert pf.runs_ahead(big, 16) == pf.AHEAD_LINES
-    assert pf.runs_ahead(big, 31) == pf.AHEAD_LINES // 2
-    assert pf.runs_ahead(big, 10_000) == 1
-
-
 @njit(cache=False)
 def _run_then_sum(a, start, span):
     prefetch_run(a, start, span)

@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from .blas import gemm_rm
-from .prefetch import prefetch_run, runs_ahead, stream_in
+from .prefetch import stream_in
 
 # Fewest GEMM columns (pixels) per work unit: images with fewer output pixels are
 # grouped.  Per-image GEMMs of 512x256 by 256x16 ran at 65-74% of the single-thread
@@ -48,18 +48,11 @@ def reads_x_in_place(sh, sw, g):
     return sh == 1 and sw == 1 and g == 1
 
 
-# The stride gather and the dX scatter walk each plane's sampled rows (a short run of lines,
-# then a gap); on big arrays they prefetch the row prefetch.runs_ahead(...) rows ahead of the
-# one they copy: the NCHW 64->128 stride-2 row ran 1.22-1.25x faster (BENCHMARKS_perf.md,
-# change 120).
-
-
-@njit(cache=True, inline="always")
-def _sampled_row_offset(r, OH, H, W, sh):
-    """Offset, from the first plane's start, of sampled row r of consecutive H x W planes
-    with OH sampled rows each (every sh-th row)."""
-    plane = r // OH
-    return plane * H * W + (r - plane * OH) * sh * W
+# Rows of FIXED_ROW_WIDTHS sampled pixels at stride 2 (ResNet's 1x1 stride-2 layers on 32x32
+# and 16x16 input) are copied by loops whose length is known when compiled: with a run-time
+# 16, LLVM's vector loop is never entered and the row goes element by element (the gather
+# 1.3-2x slower; BENCHMARKS_perf.md, change 129).
+FIXED_ROW_WIDTHS = (16, 8)
 
 
 @njit(cache=True, inline="always")
@@ -74,56 +67,55 @@ def _copy_sampled_row(xf, s, sw, dst, OW):
             dst[ow] = xf[s + ow * sw]
 
 
-@njit(cache=True)
-def _gather(x, n_a, n_b, sh, sw, OH, OW, xs):
-    """xs (C x G) flat, G = (n_b-n_a)*P: columns i*P .. (i+1)*P-1 hold
-    x[n_a+i, c, ::sh, ::sw] (its first OH x OW pixels) for each channel c.  On a big x each
-    sampled row is prefetched ahead of its copy (see prefetch.runs_ahead)."""
+@njit(cache=True, inline="always")
+def _gather_rows(x, n_a, n_b, sh, sw, OH, OW, xs):
+    """The body of _gather, inlined with a constant sw and OW where it can be."""
     N, C, H, W = x.shape
     P = OH * OW
     G = (n_b - n_a) * P
     xf = x.reshape(-1)
-    span = (OW - 1) * sw + 1
-    ahead = runs_ahead(xf, span)
-    if ahead == 0:
-        for i in range(n_b - n_a):
-            for c in range(C):
-                s0 = ((n_a + i) * C + c) * H * W
-                o = c * G + i * P
-                for oh in range(OH):
-                    _copy_sampled_row(xf, s0 + oh * sh * W, sw, xs[o + oh * OW:], OW)
-        return
-    rows = (n_b - n_a) * C * OH      # sampled rows of the unit, in x's order
-    for r in range(rows):
-        rp = r + ahead
-        if rp < rows:
-            prefetch_run(xf, n_a * C * H * W + _sampled_row_offset(rp, OH, H, W, sh), span)
-        plane = r // OH
-        oh = r - plane * OH
-        i = plane // C
-        o = (plane - i * C) * G + i * P + oh * OW
-        _copy_sampled_row(xf, n_a * C * H * W + _sampled_row_offset(r, OH, H, W, sh), sw,
-                          xs[o:], OW)
+    for i in range(n_b - n_a):
+        for c in range(C):
+            s0 = ((n_a + i) * C + c) * H * W
+            o = c * G + i * P
+            for oh in range(OH):
+                _copy_sampled_row(xf, s0 + oh * sh * W, sw, xs[o + oh * OW:o + (oh + 1) * OW], OW)
+
+
+@njit(cache=True)
+def _gather(x, n_a, n_b, sh, sw, OH, OW, xs):
+    """xs (C x G) flat, G = (n_b-n_a)*P: columns i*P .. (i+1)*P-1 hold
+    x[n_a+i, c, ::sh, ::sw] (its first OH x OW pixels) for each channel c."""
+    if sw == 2 and OW == FIXED_ROW_WIDTHS[0]:
+        _gather_rows(x, n_a, n_b, sh, 2, OH, FIXED_ROW_WIDTHS[0], xs)
+    elif sw == 2 and OW == FIXED_ROW_WIDTHS[1]:
+        _gather_rows(x, n_a, n_b, sh, 2, OH, FIXED_ROW_WIDTHS[1], xs)
+    else:
+        _gather_rows(x, n_a, n_b, sh, sw, OH, OW, xs)
+
+
+@njit(cache=True, inline="always")
+def _scatter_add_rows(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base):
+    """The body of _scatter_add, inlined with a constant sw and OW where it can be."""
+    P = OH * OW
+    for c in range(C):
+        s0 = c * G + i * P
+        o = base + c * H * W
+        for oh in range(OH):
+            _scatter_add_row(d[s0 + oh * OW:s0 + (oh + 1) * OW], gxf, o + oh * sh * W, sw, OW, W)
 
 
 @njit(cache=True)
 def _scatter_add(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base):
     """gx[n, c, oh*sh, ow*sw] += d[c, i*P + oh*OW + ow] for one image, whose planes start
     at gxf[base]; d is (C x G) flat, P = OH*OW.  With sw == 2 the pixels between the
-    sampled ones in a sampled row are rewritten unchanged (a -0.0 there becomes +0.0).
-    On a big gx each sampled row is prefetched ahead, as in _gather."""
-    P = OH * OW
-    span = (OW - 1) * sw + 1
-    ahead = runs_ahead(gxf, span)
-    for c in range(C):
-        s0 = c * G + i * P
-        for oh in range(OH):
-            if ahead > 0:
-                rp = c * OH + oh + ahead
-                if rp < C * OH:
-                    prefetch_run(gxf, base + _sampled_row_offset(rp, OH, H, W, sh), span)
-            _scatter_add_row(d[s0 + oh * OW:s0 + (oh + 1) * OW], gxf, base + (c * H + oh * sh) * W,
-                             sw, OW, W)
+    sampled ones in a sampled row are rewritten unchanged (a -0.0 there becomes +0.0)."""
+    if sw == 2 and OW == FIXED_ROW_WIDTHS[0]:
+        _scatter_add_rows(d, G, i, C, OH, FIXED_ROW_WIDTHS[0], sh, 2, H, W, gxf, base)
+    elif sw == 2 and OW == FIXED_ROW_WIDTHS[1]:
+        _scatter_add_rows(d, G, i, C, OH, FIXED_ROW_WIDTHS[1], sh, 2, H, W, gxf, base)
+    else:
+        _scatter_add_rows(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base)
 
 
 @njit(cache=True, inline="always")

@@ -33,24 +33,6 @@ def prefetch(typingctx, arr, i):
     return sig, codegen
 
 
-# Kernels that walk an array in short runs with gaps between them (a stride-2 gather or
-# scatter) prefetch the run about AHEAD_LINES cache lines ahead of the one they copy, on
-# arrays of at least AHEAD_MIN_BYTES: the hardware prefetchers follow such walks poorly when
-# the array is not in cache, while on smaller arrays, which tend to stay cached, the
-# prefetches only cost (BENCHMARKS_perf.md, change 120).
-AHEAD_LINES = 128
-AHEAD_MIN_BYTES = 4 << 20
-
-
-@njit(cache=True, inline="always")
-def runs_ahead(a, span):
-    """How many runs of ``span`` elements of array ``a`` hold about AHEAD_LINES lines; 0 (do not
-    prefetch) when ``a`` is under AHEAD_MIN_BYTES."""
-    if a.size * a.itemsize < AHEAD_MIN_BYTES:
-        return 0
-    return max(1, AHEAD_LINES // max(1, (span * a.itemsize + 63) // 64))
-
-
 @njit(cache=True, inline="always")
 def prefetch_run(af, start, span):
     """Prefetch the 64-byte lines of af[start:start + span] (1-D array), however af's data is
