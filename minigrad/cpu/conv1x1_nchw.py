@@ -95,33 +95,37 @@ def _gather(x, n_a, n_b, sh, sw, OH, OW, xs):
 
 
 @njit(cache=True, inline="always")
-def _scatter_add_rows(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base):
-    """The body of _scatter_add, inlined with a constant sw and OW where it can be."""
+def _scatter_add_rows(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base, paired):
+    """The body of _scatter_add, inlined with a constant sw and OW where it can be;
+    ``paired`` as in _scatter_add_row."""
     P = OH * OW
     for c in range(C):
         s0 = c * G + i * P
         o = base + c * H * W
         for oh in range(OH):
-            _scatter_add_row(d[s0 + oh * OW:s0 + (oh + 1) * OW], gxf, o + oh * sh * W, sw, OW, W)
+            _scatter_add_row(d[s0 + oh * OW:s0 + (oh + 1) * OW], gxf, o + oh * sh * W, sw, OW, W,
+                             paired)
 
 
 @njit(cache=True)
 def _scatter_add(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base):
     """gx[n, c, oh*sh, ow*sw] += d[c, i*P + oh*OW + ow] for one image, whose planes start
     at gxf[base]; d is (C x G) flat, P = OH*OW.  With sw == 2 the pixels between the
-    sampled ones in a sampled row are rewritten unchanged (a -0.0 there becomes +0.0)."""
+    sampled ones in a sampled row may be rewritten unchanged (a -0.0 there becomes +0.0)."""
     if sw == 2 and OW == FIXED_ROW_WIDTHS[0]:
-        _scatter_add_rows(d, G, i, C, OH, FIXED_ROW_WIDTHS[0], sh, 2, H, W, gxf, base)
+        _scatter_add_rows(d, G, i, C, OH, FIXED_ROW_WIDTHS[0], sh, 2, H, W, gxf, base, False)
     elif sw == 2 and OW == FIXED_ROW_WIDTHS[1]:
-        _scatter_add_rows(d, G, i, C, OH, FIXED_ROW_WIDTHS[1], sh, 2, H, W, gxf, base)
+        _scatter_add_rows(d, G, i, C, OH, FIXED_ROW_WIDTHS[1], sh, 2, H, W, gxf, base, False)
     else:
-        _scatter_add_rows(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base)
+        _scatter_add_rows(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base, True)
 
 
 @njit(cache=True, inline="always")
-def _scatter_add_row(src, gxf, o, sw, OW, W):
-    """gxf[o::sw][:OW] += src[:OW] (see _scatter_add)."""
-    if sw == 2 and 2 * OW <= W:
+def _scatter_add_row(src, gxf, o, sw, OW, W, paired):
+    """gxf[o::sw][:OW] += src[:OW] (see _scatter_add).  ``paired``: with sw == 2, add + 0.0
+    to the pixels in between too (for a run-time OW; with a fixed one the plain loop ran the
+    scatter 1.7x faster: BENCHMARKS_perf.md, change 129)."""
+    if sw == 2 and paired and 2 * OW <= W:
         # Both members of each (even, odd) pair are stored, so LLVM vectorises the
         # pairs as interleaved vectors; with the odd one left alone it does not.  The
         # odd one gets + 0.0 (an identity, except that -0.0 becomes +0.0) because a
