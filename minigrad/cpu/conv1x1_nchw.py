@@ -49,9 +49,8 @@ def reads_x_in_place(sh, sw, g):
 
 
 # Rows of FIXED_ROW_WIDTHS sampled pixels at stride 2 (ResNet's 1x1 stride-2 layers on 32x32
-# and 16x16 input) are copied by loops whose length is known when compiled: with a run-time
-# 16, LLVM's vector loop is never entered and the row goes element by element (the gather
-# 1.3-2x slower; BENCHMARKS_perf.md, change 129).
+# and 16x16 input) are copied by loops whose length is known when compiled: the same loops
+# with a run-time width of 16 ran the gather 2.0-2.5x slower (BENCHMARKS_perf.md, change 129).
 FIXED_ROW_WIDTHS = (16, 8)
 
 
