@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import minigrad as mg
+import minigrad.nn.functional as F
 from gradcheck import check_grad
 
 dims = st.integers(1, 5)
@@ -202,3 +203,30 @@ def test_log_softmax_float32_kernel(shape, axis, scale):
         assert np.isnan(out[0]).all() and np.isnan(out[1]).all()
         assert out[2, 2] == -np.inf and np.isfinite(np.delete(out[2], 2)).all()
         np.testing.assert_allclose(out[3:], want[3:], rtol=2e-6, atol=2e-5 * max(1.0, scale))
+
+
+@pytest.mark.parametrize("c", [1, 15, 16, 17, 31, 33, 255, 256, 257, 513])
+def test_float32_row_kernels_at_vector_and_block_edges(c):
+    """The float32 row kernels take the row maximum 16 lanes at a time plus a scalar tail,
+    and sum exps in blocks of loss.SUM_BLOCK: widths on both sides of those edges, with each
+    row's maximum placed at a different column (inside the vectors, in the tail, in the last
+    block), against float64; a NaN or +inf in a row's last column makes that row NaN."""
+    rng = np.random.default_rng(c)
+    rows = min(c, 24)
+    x = (rng.standard_normal((rows, c)) * 4).astype(np.float32)
+    for r in range(rows):
+        x[r, (r * 7919) % c if r else c - 1] = 30.0
+    want = _log_softmax(x.astype(np.float64), 1)
+    np.testing.assert_allclose(mg.log_softmax(mg.tensor(x), 1).numpy(), want, rtol=2e-6,
+                               atol=2e-5)
+    np.testing.assert_allclose(mg.softmax(mg.tensor(x), 1).numpy(), np.exp(want), rtol=2e-6,
+                               atol=1e-7)
+    labels = rng.integers(0, c, rows)
+    loss = F.cross_entropy(mg.tensor(x), mg.tensor(labels)).numpy()
+    np.testing.assert_allclose(loss, -want[np.arange(rows), labels].mean(), rtol=2e-6)
+    if rows >= 2:
+        special = x.copy()
+        special[0, c - 1] = np.nan
+        special[1, c - 1] = np.inf
+        out = mg.log_softmax(mg.tensor(special), 1).numpy()
+        assert np.isnan(out[:2]).all() and np.isfinite(out[2:]).all()

@@ -3,7 +3,10 @@ float32 log-softmax and softmax, which share the vectorised exp and the row maxi
 
 import numpy as np
 import numba
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from ._jit import pjit
 from .bitcast import float32_from_bits
@@ -71,55 +74,120 @@ def _exp_f32(d):
     return p * float32_from_bits((ni + np.int32(127)) << np.int32(23))
 
 
+# Row sums of exps are float32 within blocks of SUM_BLOCK elements, float64 across blocks: a
+# float64 accumulator converts every float32 exp (two conversions and two adds per 16 lanes),
+# one float32 sum over a whole row loses precision on long rows.  log_softmax forward on
+# 1024 x 1000, one thread: 0.62 -> 0.55 ms (BENCHMARKS_perf.md, change 130).
+SUM_BLOCK = 256
+
+
 @njit(cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
 def _exp_row_sum(xr, m, out):
-    """out[j] = exp(xr[j] - m) for a float32 row; returns the float64 sum (``reassoc`` lets
-    it vectorise)."""
+    """out[j] = exp(xr[j] - m) for a float32 row; returns the sum (float32 within blocks of
+    SUM_BLOCK, float64 across them; ``reassoc`` lets the blocks vectorise)."""
     s = 0.0
-    for j in range(xr.size):
-        e = _exp_f32(np.float32(xr[j] - m))
-        out[j] = e
-        s += e
+    for j0 in range(0, xr.size, SUM_BLOCK):
+        # views indexed from 0: an index j0 + j keeps Numba's negative-index check, which
+        # stops LLVM from vectorising the loop
+        src = xr[j0:j0 + SUM_BLOCK]
+        dst = out[j0:j0 + SUM_BLOCK]
+        b = np.float32(0.0)
+        for j in range(src.size):
+            e = _exp_f32(np.float32(src[j] - m))
+            dst[j] = e
+            b += e
+        s += b
     return s
+
+
+@njit(cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
+def _exp_sum(xr, m):
+    """The sum of exp(xr[j] - m) over a float32 row, summed as in _exp_row_sum."""
+    s = 0.0
+    for j0 in range(0, xr.size, SUM_BLOCK):
+        src = xr[j0:j0 + SUM_BLOCK]
+        b = np.float32(0.0)
+        for j in range(src.size):
+            b += _exp_f32(np.float32(src[j] - m))
+        s += b
+    return s
+
+
+@njit(cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
+def _row_sum(xr):
+    """The sum of a float32 row, summed as in _exp_row_sum."""
+    s = 0.0
+    for j0 in range(0, xr.size, SUM_BLOCK):
+        src = xr[j0:j0 + SUM_BLOCK]
+        b = np.float32(0.0)
+        for j in range(src.size):
+            b += src[j]
+        s += b
+    return s
+
+
+@intrinsic
+def _max_vectors_f32(typingctx, a, n):
+    """The maximum of a[:n - n % 16] (a C-contiguous float32 array, n >= 16) through one
+    16-lane vector of running maxima (llvm.maxnum) and a final lane reduction."""
+    if not (isinstance(a, types.Array) and a.dtype == types.float32 and a.ndim == 1
+            and a.layout == "C"):
+        return None
+    sig = types.float32(a, types.intp)
+
+    def codegen(context, builder, signature, args):
+        arr, n = args
+        data = context.make_array(signature.args[0])(context, builder, arr).data
+        vt = ir.VectorType(ir.FloatType(), 16)
+        i64 = ir.IntType(64)
+        vmax = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt]),
+                                              "llvm.maxnum.v16f32")
+        first = builder.load(builder.bitcast(data, vt.as_pointer()), align=4)
+        count = builder.sdiv(n, ir.Constant(i64, 16))
+        entry, fn = builder.block, builder.function
+        head = fn.append_basic_block("max.head")
+        body = fn.append_basic_block("max.body")
+        done = fn.append_basic_block("max.done")
+        builder.branch(head)
+        builder.position_at_end(head)
+        i = builder.phi(i64)
+        acc = builder.phi(vt)
+        i.add_incoming(ir.Constant(i64, 1), entry)
+        acc.add_incoming(first, entry)
+        builder.cbranch(builder.icmp_signed("<", i, count), body, done)
+        builder.position_at_end(body)
+        ptr = builder.bitcast(builder.gep(data, [builder.mul(i, ir.Constant(i64, 16))]),
+                              vt.as_pointer())
+        nxt = builder.call(vmax, [acc, builder.load(ptr, align=4)])
+        i.add_incoming(builder.add(i, ir.Constant(i64, 1)), body)
+        acc.add_incoming(nxt, body)
+        builder.branch(head)
+        builder.position_at_end(done)
+        reduce = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.FloatType(), [vt]), "llvm.vector.reduce.fmax.v16f32")
+        return builder.call(reduce, [acc])
+
+    return sig, codegen
 
 
 @njit(cache=True, fastmath={"nnan", "reassoc"}, inline="always")
 def _row_max(xr):
-    """Row maximum through eight independent running maxima.  LLVM vectorises neither a
-    max reduction nor this; one running maximum is a chain of dependent compares (its
-    latency, ~3 cycles an element), eight are limited by throughput: 0.54 -> 0.15 ms
-    for 1024x1000 on one thread.  A NaN in the row makes the row's loss and
-    probabilities NaN whatever this returns: the exp pass below is NaN-aware."""
+    """Maximum of a C-contiguous float32 row.  LLVM vectorises no max reduction written in
+    Numba (a running maximum is a chain of dependent compares, ~3 cycles an element); from 16
+    elements on, _max_vectors_f32 keeps 16 running maxima in one vector: 1024 x 1000, one
+    thread, 0.18 -> 0.11 ms (eight scalar running maxima before; BENCHMARKS_perf.md, change
+    130).  A NaN in the row makes the row's loss and probabilities NaN whatever this
+    returns: the exp pass below is NaN-aware."""
     c = xr.size
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = xr[0]
-    n8 = c - c % 8
-    for j in range(0, n8, 8):
+    m = xr[0]
+    start = 0
+    if c >= 16:
+        m = _max_vectors_f32(xr, c)
+        start = c - c % 16
+    for j in range(start, c):
         v = xr[j]
-        a0 = v if v > a0 else a0
-        v = xr[j + 1]
-        a1 = v if v > a1 else a1
-        v = xr[j + 2]
-        a2 = v if v > a2 else a2
-        v = xr[j + 3]
-        a3 = v if v > a3 else a3
-        v = xr[j + 4]
-        a4 = v if v > a4 else a4
-        v = xr[j + 5]
-        a5 = v if v > a5 else a5
-        v = xr[j + 6]
-        a6 = v if v > a6 else a6
-        v = xr[j + 7]
-        a7 = v if v > a7 else a7
-    for j in range(n8, c):
-        v = xr[j]
-        a0 = v if v > a0 else a0
-    a0 = a1 if a1 > a0 else a0
-    a2 = a3 if a3 > a2 else a2
-    a4 = a5 if a5 > a4 else a4
-    a6 = a7 if a7 > a6 else a6
-    a0 = a2 if a2 > a0 else a0
-    a4 = a6 if a6 > a4 else a4
-    return a4 if a4 > a0 else a0
+        m = v if v > m else m
+    return m
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
@@ -158,7 +226,7 @@ def _sce_backward(probs, labels, eps, gloss, gx):
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
 def log_softmax_f32(x, nt, out):
-    """out[i] = x[i] - logsumexp(x[i]) for float32 rows (vectorised exp, float64 sum);
+    """out[i] = x[i] - logsumexp(x[i]) for float32 rows (vectorised exp, blocked sum);
     rows split in nt blocks.  A NaN or +inf in a row makes that row NaN, as the float64
     kernel (``kernels.log_softmax_rows``) does."""
     n, c = x.shape
@@ -167,9 +235,7 @@ def log_softmax_f32(x, nt, out):
         for i in range(t * chunk, min(n, (t + 1) * chunk)):
             xr = x[i]
             m = _row_max(xr)
-            s = 0.0
-            for j in range(c):
-                s += _exp_f32(np.float32(xr[j] - m))
+            s = _exp_sum(xr, m)
             lse = np.float32(np.float64(m) + np.log(s))
             orow = out[i]
             for j in range(c):
@@ -185,10 +251,7 @@ def log_softmax_backward_f32(y, g, add, nt, out):
     for t in prange(nt):
         for i in range(t * chunk, min(n, (t + 1) * chunk)):
             gr = g[i]
-            sg = 0.0
-            for j in range(c):
-                sg += gr[j]
-            sgf = np.float32(sg)
+            sgf = np.float32(_row_sum(gr))
             yr = y[i]
             orow = out[i]
             if add.size:
@@ -203,7 +266,7 @@ def log_softmax_backward_f32(y, g, add, nt, out):
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
 def softmax_f32(x, nt, out):
     """out[i] = exp(x[i] - max) / sum(exp(x[i] - max)) for float32 rows (vectorised exp,
-    float64 sum); rows split in nt blocks.  NaN or +inf in a row makes it NaN, as
+    blocked sum); rows split in nt blocks.  NaN or +inf in a row makes it NaN, as
     log_softmax_f32 does."""
     n, c = x.shape
     chunk = (n + nt - 1) // nt
