@@ -10,6 +10,7 @@ from numba.extending import intrinsic
 
 from ._jit import pjit
 from .bitcast import float32_from_bits
+from .conv3x3_rows import _loop, _vec_ptr
 
 
 @pjit()
@@ -142,27 +143,12 @@ def _max_vectors_f32(typingctx, a, n):
         i64 = ir.IntType(64)
         vmax = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt]),
                                               "llvm.maxnum.v16f32")
-        first = builder.load(builder.bitcast(data, vt.as_pointer()), align=4)
-        count = builder.sdiv(n, ir.Constant(i64, 16))
-        entry, fn = builder.block, builder.function
-        head = fn.append_basic_block("max.head")
-        body = fn.append_basic_block("max.body")
-        done = fn.append_basic_block("max.done")
-        builder.branch(head)
-        builder.position_at_end(head)
-        i = builder.phi(i64)
-        acc = builder.phi(vt)
-        i.add_incoming(ir.Constant(i64, 1), entry)
-        acc.add_incoming(first, entry)
-        builder.cbranch(builder.icmp_signed("<", i, count), body, done)
-        builder.position_at_end(body)
-        ptr = builder.bitcast(builder.gep(data, [builder.mul(i, ir.Constant(i64, 16))]),
-                              vt.as_pointer())
-        nxt = builder.call(vmax, [acc, builder.load(ptr, align=4)])
-        i.add_incoming(builder.add(i, ir.Constant(i64, 1)), body)
-        acc.add_incoming(nxt, body)
-        builder.branch(head)
-        builder.position_at_end(done)
+        first = builder.load(_vec_ptr(builder, data, ir.Constant(i64, 0), vt), align=4)
+        count = builder.sub(builder.sdiv(n, ir.Constant(i64, 16)), ir.Constant(i64, 1))
+        i, (acc,), close = _loop(builder, count, [first])
+        off = builder.mul(builder.add(i, ir.Constant(i64, 1)), ir.Constant(i64, 16))
+        nxt = builder.call(vmax, [acc, builder.load(_vec_ptr(builder, data, off, vt), align=4)])
+        acc, = close([nxt])
         reduce = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.FloatType(), [vt]), "llvm.vector.reduce.fmax.v16f32")
         return builder.call(reduce, [acc])
