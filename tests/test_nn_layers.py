@@ -177,6 +177,26 @@ def test_cross_entropy_extreme_logits_and_errors():
         F.cross_entropy(x, mg.tensor([1]), reduction="avg")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_with_masked_logits(dtype):
+    """A -inf logit (a masked class, not the target) leaves the loss finite and its gradient
+    0 there, as in PyTorch (the unused smoothing term once made it NaN); with label
+    smoothing the mean over classes of -log p includes +inf, so the loss is +inf (PyTorch:
+    inf too)."""
+    x = np.array([[1.0, 2.0, -np.inf, 0.5], [0.1, -np.inf, 0.3, 0.2]], dtype)
+    y = np.array([1, 3])
+    t = mg.tensor(x, requires_grad=True)
+    loss = F.cross_entropy(t, mg.tensor(y))
+    loss.backward()
+    logp = x - np.log(np.exp(x.astype(np.float64)).sum(1, keepdims=True))
+    np.testing.assert_allclose(loss.item(), -logp[[0, 1], y].mean(), rtol=1e-6)
+    want = np.exp(logp)
+    want[[0, 1], y] -= 1.0
+    np.testing.assert_allclose(t.grad.numpy(), want / 2, rtol=1e-5, atol=1e-7)
+    assert t.grad.numpy()[0, 2] == 0 and t.grad.numpy()[1, 1] == 0
+    assert F.cross_entropy(mg.tensor(x), mg.tensor(y), label_smoothing=0.1).item() == np.inf
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("eps", [0.0, 0.2])
 def test_cross_entropy_and_nll_ignore_index(reduction, eps):

@@ -13,6 +13,17 @@ from .bitcast import float32_from_bits
 from .conv3x3_rows import _loop, _vec_ptr
 
 
+@njit(cache=True, inline="always")
+def _smoothed(nll, lse, sx, c, eps):
+    """A row's loss from its NLL, its logsumexp and the sum sx of its c logits, with label
+    smoothing eps: (1 - eps) * nll + eps * (lse - sx / c), the second term the mean over
+    classes of -log p_j.  Without smoothing the loss is nll alone: a -inf logit (a masked
+    class) makes that term +inf, and 0 * inf would turn the loss NaN (PyTorch's is finite)."""
+    if eps == 0.0:
+        return nll
+    return (1.0 - eps) * nll + eps * (lse - sx / c)
+
+
 @pjit()
 def _sce(x, labels, eps, loss, probs):
     n, c = x.shape
@@ -33,9 +44,7 @@ def _sce(x, labels, eps, loss, probs):
         for j in range(c):
             probs[i, j] = probs[i, j] * inv
         nll = lse - x[i, labels[i]]
-        # smoothing term: mean over classes of -log p_j = lse - mean(x)
-        smooth = lse - sx / c
-        loss[i] = (1.0 - eps) * nll + eps * smooth
+        loss[i] = _smoothed(nll, lse, sx, c, eps)
 
 
 # float32 exp without libm: exp(d) = 2^n * e^r, n = round(d / ln2), r = d - n*ln2 (two-part
@@ -185,9 +194,7 @@ def _sce_f32(x, labels, eps, nt, loss, probs):
         for i in range(t * chunk, min(n, (t + 1) * chunk)):
             xr = x[i]
             m = _row_max(xr)
-            sx = 0.0
-            for j in range(c):
-                sx += xr[j]
+            sx = _row_sum(xr) if eps != 0.0 else 0.0    # only label smoothing reads it
             pr = probs[i]
             s = _exp_row_sum(xr, m, pr)
             inv = np.float32(1.0 / s)
@@ -195,8 +202,7 @@ def _sce_f32(x, labels, eps, nt, loss, probs):
                 pr[j] = pr[j] * inv
             lse = np.float64(m) + np.log(s)
             nll = lse - x[i, labels[i]]
-            smooth = lse - sx / c
-            loss[i] = (1.0 - eps) * nll + eps * smooth
+            loss[i] = _smoothed(nll, lse, sx, c, eps)
 
 
 @pjit()
