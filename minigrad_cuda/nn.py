@@ -262,7 +262,11 @@ def softmax_xent_fwd(logits, labels, loss, probs, N, C, smooth):
                 loss[row] = math.nan
             else:
                 nll = lse - float64(logits[base + lab])
-                loss[row] = (1.0 - smooth) * nll + smooth * (lse - tot / C)
+                if smooth == 0.0:
+                    # no smoothing term: a -inf logit makes it +inf, and 0 * inf is NaN
+                    loss[row] = nll
+                else:
+                    loss[row] = (1.0 - smooth) * nll + smooth * (lse - tot / C)
 
 
 @cuda.jit

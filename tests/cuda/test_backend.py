@@ -386,6 +386,20 @@ def test_softmax_cross_entropy(be, N, C, smoothing):
     close(be.to_numpy(got), rg * gl[:, None], 1e-5)
 
 
+def test_softmax_cross_entropy_masked_logit_is_finite(be, cpu):
+    """A -inf logit that is not the target: finite loss without smoothing, +inf with it, as
+    on the CPU backend and in PyTorch."""
+    logits = np.array([[1.0, 2.0, -np.inf, 0.5], [0.1, -np.inf, 0.3, 0.2]], np.float32)
+    labels = np.array([1, 3])
+    for smoothing in (0.0, 0.1):
+        loss, _ = be.softmax_cross_entropy(be.from_numpy(logits), be.from_numpy(labels), smoothing)
+        want, _ = cpu.softmax_cross_entropy(cpu.from_numpy(logits), cpu.from_numpy(labels),
+                                            smoothing)
+        want = cpu.to_numpy(want)
+        np.testing.assert_allclose(be.to_numpy(loss), want, rtol=1e-6)
+        assert np.isfinite(want).all() == (smoothing == 0.0)
+
+
 def test_softmax_cross_entropy_bad_label_is_nan(be):
     loss, _ = be.softmax_cross_entropy(be.from_numpy(rand(2, 3)), be.from_numpy(np.array([0, 7])), 0.0)
     assert np.isnan(be.to_numpy(loss)[1]) and np.isfinite(be.to_numpy(loss)[0])
