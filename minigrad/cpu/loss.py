@@ -111,19 +111,6 @@ def _exp_row_sum(xr, m, out):
 
 
 @njit(cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
-def _exp_sum(xr, m):
-    """The sum of exp(xr[j] - m) over a float32 row, summed as in _exp_row_sum."""
-    s = 0.0
-    for j0 in range(0, xr.size, SUM_BLOCK):
-        src = xr[j0:j0 + SUM_BLOCK]
-        b = np.float32(0.0)
-        for j in range(src.size):
-            b += _exp_f32(np.float32(src[j] - m))
-        s += b
-    return s
-
-
-@njit(cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
 def _row_sum(xr):
     """The sum of a float32 row, summed as in _exp_row_sum."""
     s = 0.0
@@ -227,9 +214,11 @@ def log_softmax_f32(x, nt, out):
         for i in range(t * chunk, min(n, (t + 1) * chunk)):
             xr = x[i]
             m = _row_max(xr)
-            s = _exp_sum(xr, m)
-            lse = np.float32(np.float64(m) + np.log(s))
             orow = out[i]
+            # the exps go to the output row, which the next loop overwrites (as fast as a
+            # sum that stores nothing, in L1)
+            s = _exp_row_sum(xr, m, orow)
+            lse = np.float32(np.float64(m) + np.log(s))
             for j in range(c):
                 orow[j] = xr[j] - lse
 
