@@ -125,7 +125,10 @@ def test_preferred_shapes_wide_tile():
     assert not pref(False, False, 512, 64, 27)      # 27-step reduction: OpenBLAS
     assert not pref(True, False, 27, 64, 512)       # 27 rows and a 27-step reduction ...
     assert not pref(False, False, 384, 16, 150)     # 16 columns (LeNet's conv2)
-    assert not pref(False, True, 512, 128, 576)     # B transposed
+    assert pref(False, True, 512, 128, 576)         # B transposed (packed by block transposes)
+    assert pref(False, True, 128, 64, 256)          # NCHW 1x1 weight gradient, one image
+    assert not pref(False, True, 512, 48, 128)      # ... but not 48 columns
+    assert not pref(False, True, 512, 1024, 1024)   # ... nor packed blocks over 512 KB
     assert not pref(False, False, 128, 64, 64)      # 2^19 multiply-adds: too small
     assert pref(False, False, 512, 512, 1152)       # B's 256-row blocks: 512 KB
     assert not pref(False, False, 512, 1024, 1024)  # ... 1 MB: OpenBLAS
@@ -164,6 +167,22 @@ def test_padded_columns():
         assert small_gemm.padded_columns(False, 512, 27, 64) == 27
     finally:
         small_gemm.set_enabled(was)
+
+
+@pytest.mark.parametrize("jw,kc", [(32, 64), (32, 27), (20, 48), (15, 16), (16, 15), (1, 70),
+                                   (32, 1)])
+def test_pack_b_transposed_matches_numpy(jw, kc):
+    """B transposed is packed _VW x _VW block by block (in registers) plus scalar edges; each
+    packed panel must hold B's columns as rows, zeros past the last column, bit for bit."""
+    nr, ldb, k0, j0 = small_gemm.NR, 75, 3, 2
+    rng = np.random.default_rng(jw * 100 + kc)
+    b = rng.standard_normal((j0 + jw + 1) * ldb).astype(np.float32)
+    bp = np.full(kc * nr * 2, np.nan, np.float32)
+    small_gemm._pack_b(True, b, ldb, k0, kc, j0, jw, bp)
+    expected = np.zeros((kc, nr), np.float32)
+    expected[:, :jw] = b.reshape(-1, ldb)[j0:j0 + jw, k0:k0 + kc].T
+    np.testing.assert_array_equal(bp[:kc * nr].reshape(kc, nr), expected)
+    assert np.isnan(bp[kc * nr:]).all()            # nothing past the panel is written
 
 
 def _untransposed_and_sgemm(seed, m, n, k):

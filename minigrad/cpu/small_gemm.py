@@ -10,9 +10,11 @@ once.  Its size follows the host's vectors (``LANES`` float32 lanes):
   kernels when B is not transposed, there are at least 32 columns and a reduction of at least
   64 (the 3x3 stride-2 convolutions' tiles, the 1x1 stride-2 ones, Winograd's backward
   products), because it reads B in place where OpenBLAS packs it for every call; it lost
-  with B transposed, 16 columns or a 27-step reduction (BENCHMARKS_perf.md, change 117).
-  Measured on that CPU only: ``python -m benchmarks.bench_small_gemm --grid`` checks the
-  rule on another.
+  with 16 columns or a 27-step reduction (BENCHMARKS_perf.md, change 117).  B transposed is
+  packed by _VW x _VW block transposes in registers; with the scalar packing copy it had
+  lost to OpenBLAS, with the block transposes it ran 1.1-1.5x faster on an AMD Zen 5 host
+  (change 132), which also confirmed the rest of the rule.  ``python -m
+  benchmarks.bench_small_gemm --grid`` checks the rule on another CPU.
 * AVX2 with FMA (``LANES`` 8): a 6 x 16 tile in twelve ymm registers; it beat OpenBLAS's
   Haswell kernels on skinny shapes on a Zen 3 host: a short reduction (the stem's 27 = 3 x 3 x
   3), 16 output columns (LeNet's conv2), small weight gradients summed over 512 pixels read
@@ -224,6 +226,48 @@ def _tile_rows(r):
     return MR
 
 
+@intrinsic
+def _transpose_block(typingctx, src, soff, sld, dst, doff, dld):
+    """dst[doff + q*dld + r] = src[soff + r*sld + q] for r, q < _VW (float32 arrays): one
+    _VW x _VW block transposed in registers, _VW vector loads and stores and log2(_VW)
+    rounds of two-vector shuffles, where the scalar copy moved one element at a time."""
+    sig = types.void(src, types.intp, types.intp, dst, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        s_arr, soff_v, sld_v, d_arr, doff_v, dld_v = args
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        vt = ir.VectorType(ir.FloatType(), _VW)
+        S = builder.gep(context.make_array(signature.args[0])(context, builder, s_arr).data,
+                        [soff_v])
+        D = builder.gep(context.make_array(signature.args[3])(context, builder, d_arr).data,
+                        [doff_v])
+
+        def at(base, ld, r):
+            ptr = builder.gep(base, [builder.mul(ld, ir.Constant(i64, r))])
+            return builder.bitcast(ptr, vt.as_pointer())
+
+        rows = [builder.load(at(S, sld_v, r), align=4) for r in range(_VW)]
+        h = _VW // 2
+        while h:
+            # swap the off-diagonal h x h blocks of every 2h x 2h block
+            lo = ir.Constant(ir.VectorType(i32, _VW),
+                             [j if not j & h else _VW + j - h for j in range(_VW)])
+            hi = ir.Constant(ir.VectorType(i32, _VW),
+                             [j + h if not j & h else _VW + j for j in range(_VW)])
+            nxt = list(rows)
+            for i in range(_VW):
+                if not i & h:
+                    nxt[i] = builder.shuffle_vector(rows[i], rows[i + h], lo)
+                    nxt[i + h] = builder.shuffle_vector(rows[i], rows[i + h], hi)
+            rows = nxt
+            h //= 2
+        for q in range(_VW):
+            builder.store(rows[q], at(D, dld_v, q), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @njit(cache=True)
 def _pack_b(transb, b, ldb, k0, kc, j0, nb, bp):
     """bp <- B[k0:k0+kc, j0:j0+nb] as panels of NR columns (kc x NR each, zero-padded)."""
@@ -231,9 +275,15 @@ def _pack_b(transb, b, ldb, k0, kc, j0, nb, bp):
         base = jp * kc * NR
         jw = min(NR, nb - jp * NR)
         if transb:
+            jv = jw // _VW * _VW
+            kv = kc // _VW * _VW
+            for jj in range(0, jv, _VW):
+                for p in range(0, kv, _VW):
+                    _transpose_block(b, (j0 + jp * NR + jj) * ldb + k0 + p, ldb, bp,
+                                     base + p * NR + jj, NR)
             for jj in range(jw):
                 src = (j0 + jp * NR + jj) * ldb + k0
-                for p in range(kc):
+                for p in range(kv if jj < jv else 0, kc):
                     bp[base + p * NR + jj] = b[src + p]
         else:
             for p in range(kc):
@@ -307,18 +357,20 @@ def _sgemm_views(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc):
 def preferred(transa, transb, m, n, k):
     """True for the shapes on which sgemm beat single-threaded OpenBLAS on this host's tile.
 
-    Wide (AVX-512) tile: B untransposed, a whole number of 32-column panels, a reduction of
-    at least 64, at least 2^20 multiply-adds, and B's blocks of KC rows at most 512 KB (B is
-    read in place, once per 12 rows of A, so a block must stay in L2).  In cache, one thread,
-    Zen 4: 1.1-1.3x, A transposed up to 1.8x; smaller products lost; a 1024^3 product split
-    between two threads ran 0.67x with B's 1 MB blocks (BENCHMARKS_perf.md, change 117).
+    Wide (AVX-512) tile: a whole number of 32-column panels, a reduction of at least 64, at
+    least 2^20 multiply-adds, and B's blocks of KC rows at most 512 KB (B is read in place, or
+    packed when transposed, once per 12 rows of A, so a block must stay in L2).  In cache, one
+    thread, Zen 4: 1.1-1.3x, A transposed up to 1.8x; smaller products lost; a 1024^3 product
+    split between two threads ran 0.67x with B's 1 MB blocks (BENCHMARKS_perf.md, change 117).
+    B transposed, Zen 5: mostly 1.1-1.5x on the grid's shapes under the same rule, from 0.96x
+    (1024 x 512 by 576) up; 16 columns 0.3-0.7x (change 132).
 
     AVX2 tile (benchmarks/bench_small_gemm.py; BENCHMARKS_perf.md, changes 78 and 93):
     weight gradients with a small output (A transposed), 16-column products, reductions of
     at most 32, and 32-column products with reductions of at most 128 or at most 64 rows
     (the stem's transposed weight gradient, 64 x 32 summed over 512 pixels: change 96)."""
     if _VW == 16:
-        return (not transb and n % NR == 0 and k >= 64 and m * n * k >= (1 << 20)
+        return (n % NR == 0 and k >= 64 and m * n * k >= (1 << 20)
                 and n * min(k, KC) <= _WIDE_MAX_B_BLOCK)
     if transb:
         return transa and n <= NR
