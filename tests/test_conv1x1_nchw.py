@@ -145,6 +145,28 @@ def test_random_shapes(layout, N, C, K, H, W, sh, sw, seed):
     np.testing.assert_allclose(gw, gwr, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("N", [1, 5])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_gradient_summed_over_threads_in_blocks(N, dtype):
+    """dW is summed from per-thread partial sums in blocks of _SUM_BLOCK elements: 90 x 100
+    weights span two blocks, the second short; with one image, a thread has no partial sum."""
+    rng = np.random.default_rng(12)
+    K, C = 90, 100
+    assert conv1x1_nchw._SUM_BLOCK < K * C < 2 * conv1x1_nchw._SUM_BLOCK
+    x = rng.standard_normal((N, C, 4, 4)).astype(dtype)
+    w = rng.standard_normal((K, C, 1, 1)).astype(dtype)
+    y, saved = conv.conv2d_saving(x, w, None, (2, 2), (0, 0), (1, 1), True)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    for x_needed in (True, False):
+        gx, gw, _ = conv.conv2d_backward(x, w, gy, (2, 2), (0, 0), (1, 1), x_needed, True, False,
+                                         saved=saved)
+        gxr, gwr = ref_grads(x.astype(np.float64), w.astype(np.float64), gy.astype(np.float64),
+                             (2, 2))
+        np.testing.assert_allclose(gw, gwr, **tol(dtype))
+        if x_needed:
+            np.testing.assert_allclose(gx, gxr, **tol(dtype))
+
+
 @pytest.mark.parametrize("stride", [1, 2, (2, 3)])
 def test_autograd_central_differences(stride):
     rng = np.random.default_rng(10)

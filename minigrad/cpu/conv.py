@@ -1772,11 +1772,13 @@ def _conv1x1_nchw_backward(x, w, gy, stride, need_x, need_w, saved, gx_addend, a
         gx = np.empty((N, C, H, W) if need_x else (1, 1, 1, 1), dtype=dt)
         mode = conv1x1_nchw.DX_WRITE
         addf = gx_addend.reshape(-1) if fused else _EMPTY[dt.char]
-    gwacc = np.zeros((nt, K * C if need_w else 1), dtype=dt)
+    gwacc = np.empty((nt, K * C if need_w else 1), dtype=dt)
+    gw = np.empty(K * C if need_w else 1, dtype=dt)
     with _single_blas, _dynamic_schedule():
         conv1x1_nchw.backward(x, xs, have_xs, np.ascontiguousarray(w, dtype=dt).reshape(-1), gy,
-                              sh, sw, g, bool(need_x), bool(need_w), mode, gx, gwacc, addf, nt)
-    gw = gwacc.sum(axis=0).reshape(K, C, 1, 1) if need_w else None
+                              sh, sw, g, bool(need_x), bool(need_w), mode, gx, gwacc, gw, addf,
+                              nt)
+    gw = gw.reshape(K, C, 1, 1) if need_w else None
     return (gx if need_x else None), gw, fused
 
 

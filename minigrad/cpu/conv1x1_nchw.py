@@ -213,10 +213,16 @@ DX_WRITE = 0       # gx is a fresh array: gx = dX (+ addf when addf is not empty
 DX_ADD_IN_PLACE = 1   # gx holds the gradient gathered so far: gx += dX at the sampled pixels
 
 
+# Elements of dW per work unit when backward sums its per-thread partial sums.
+_SUM_BLOCK = 8192
+
+
 @njit(parallel=True, cache=True)
-def backward(x, xs, have_xs, wf, gy, sh, sw, g, need_x, need_w, x_mode, gx, gwacc, addf, nt):
-    """Gradients of ``forward``: gwacc (nt, K*C), zeroed by the caller, gets per-thread
-    sums of dW (a (K, C) matrix); gx (N, C, H, W) C-contiguous gets dX as x_mode says.
+def backward(x, xs, have_xs, wf, gy, sh, sw, g, need_x, need_w, x_mode, gx, gwacc, gw, addf,
+             nt):
+    """Gradients of ``forward``: gw (K*C,) gets dW (a (K, C) matrix), summed from per-thread
+    partial sums in gwacc (nt, K*C), scratch space the caller need not initialise; gx
+    (N, C, H, W) C-contiguous gets dX as x_mode says.
 
     ``gy`` (N, K, OH, OW) C-contiguous.  ``xs``: the forward's kept sampled input when
     ``have_xs`` (grouped by the same g), else it is gathered again from x."""
@@ -235,6 +241,7 @@ def backward(x, xs, have_xs, wf, gy, sh, sw, g, need_x, need_w, x_mode, gx, gwac
     gxf = gx.reshape(-1)
     HW = H * W
     sink = np.zeros(nt, dtype=x.dtype)    # stream_in's sums, kept so that its loops stay
+    started = np.zeros(nt, dtype=np.bool_)   # threads whose gwacc row holds a partial sum
     for gi in prange(ngroups):
         t = numba.get_thread_id()
         n_a = gi * g
@@ -256,7 +263,9 @@ def backward(x, xs, have_xs, wf, gy, sh, sw, g, need_x, need_w, x_mode, gx, gwac
             else:
                 src = xbuf[t]
                 _gather(x, n_a, n_b, sh, sw, OH, OW, src)
-            gemm_rm(False, True, K, C, G, 1.0, gyg, G, src, G, 1.0, gwacc[t], C)
+            gemm_rm(False, True, K, C, G, 1.0, gyg, G, src, G, 1.0 if started[t] else 0.0,
+                    gwacc[t], C)
+            started[t] = True
         if not need_x:
             continue
         if in_place:
@@ -285,3 +294,29 @@ def backward(x, xs, have_xs, wf, gy, sh, sw, g, need_x, need_w, x_mode, gx, gwac
                     for j in range(C * HW):
                         dst[j] = 0.0
             _scatter_add(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base)
+    if need_w:
+        _sum_partials(gwacc, started, gw)
+
+
+@njit(parallel=True, cache=True)
+def _sum_partials(parts, started, out):
+    """out = the sum of the rows t of parts (nt, L) with started[t] (zeros if none)."""
+    L = out.size
+    for bi in prange((L + _SUM_BLOCK - 1) // _SUM_BLOCK):
+        j0 = bi * _SUM_BLOCK
+        d = out[j0:min(L, j0 + _SUM_BLOCK)]
+        first = True
+        for t in range(parts.shape[0]):
+            if not started[t]:
+                continue
+            src = parts[t, j0:j0 + d.size]
+            if first:
+                for j in range(d.size):
+                    d[j] = src[j]
+                first = False
+            else:
+                for j in range(d.size):
+                    d[j] += src[j]
+        if first:
+            for j in range(d.size):
+                d[j] = 0.0
