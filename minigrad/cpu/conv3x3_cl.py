@@ -193,8 +193,10 @@ _gx_pixel_2 = _make_gx_group(2, 1)
 _gx_pixel_3 = _make_gx_group(3, 1)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _gw_row(C, npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff):
+    """One dW sweep along an image row (inlined into _backward: as a call, 1.11x slower on
+    the stem's dW; BENCHMARKS_perf.md, change 135)."""
     if C == 1:
         _gw_sweep_1(npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff)
     elif C == 2:
