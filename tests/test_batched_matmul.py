@@ -195,7 +195,8 @@ def test_batched_preferred_rule_avx2_tile():
     assert small_gemm.batched_preferred(True, False, 64, 64, 64)
     assert small_gemm.batched_preferred(False, False, 1024, 1024, 64)
     assert not small_gemm.batched_preferred(True, False, 1024, 1024, 64)
-    assert not small_gemm.batched_preferred(False, True, 128, 128, 64)    # B transposed
+    assert small_gemm.batched_preferred(False, True, 128, 128, 64)    # B transposed, packed
+    assert not small_gemm.batched_preferred(False, True, 128, 48, 64)  # not whole panels
     assert not small_gemm.batched_preferred(False, False, 256, 256, 256)
     assert not small_gemm.batched_preferred(False, False, 197, 197, 64)   # not 16k columns
 
@@ -208,7 +209,8 @@ def test_batched_preferred_rule_wide_tile():
                   (False, False, 197, 197, 64), (False, False, 64, 64, 64)]:
         assert small_gemm.batched_preferred(*shape) == bool(small_gemm.preferred(*shape))
     assert small_gemm.batched_preferred(False, False, 128, 128, 64)
-    assert not small_gemm.batched_preferred(False, True, 128, 128, 64)    # B transposed
+    assert small_gemm.batched_preferred(False, True, 128, 128, 64)    # B transposed, packed
+    assert not small_gemm.batched_preferred(False, True, 128, 48, 64)  # not whole panels
 
 
 @pytest.mark.parametrize("sa, sb", [((2, 3, 4), (4, 5)),          # 2-D weight: one product
