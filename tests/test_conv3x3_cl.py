@@ -29,9 +29,10 @@ def grads(x, w, gy, need_x, need_w, addend=None, writable=False):
 
 
 # N, C, H, W, K: the stem; one pixel; two pixels (edges only); 7 wide (a group of 4, one
-# single interior pixel, two edges); 10 wide with 48 channels; 3 wide (one interior single)
+# single interior pixel, two edges); 10 wide with 48 channels; 3 wide (one interior single);
+# 32 wide (dX by conv3x3_rows' row kernel) with one row, and with 2 channels and 48 outputs
 CASES = [(2, 3, 32, 32, 64), (1, 1, 1, 1, 16), (3, 2, 2, 2, 32), (2, 3, 5, 7, 16),
-         (2, 1, 3, 10, 48), (1, 3, 4, 3, 16)]
+         (2, 1, 3, 10, 48), (1, 3, 4, 3, 16), (1, 1, 1, 32, 16), (2, 2, 3, 32, 48)]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -54,8 +55,9 @@ def test_gradients_match_the_reference(case):
             assert gw is None
 
 
-def test_addend_is_read_or_updated_in_place_as_allowed():
-    x, w, gy = operands(2, 3, 6, 16, seed=1, W=12)
+@pytest.mark.parametrize("W", [12, 32])     # 32: dX by the row kernel
+def test_addend_is_read_or_updated_in_place_as_allowed(W):
+    x, w, gy = operands(2, 3, 6, 16, seed=1, W=W)
     gxr, _ = ref_grads(x, w, gy)
     gyc = channels_last(gy)
     addend = np.random.default_rng(2).standard_normal(x.shape).astype(np.float32)
@@ -67,6 +69,18 @@ def test_addend_is_read_or_updated_in_place_as_allowed():
     gx, _, folded = grads(x, w, gyc, True, False, addend, True)
     assert folded and gx is addend
     np.testing.assert_allclose(addend, gxr + kept, **TOL)
+
+
+def test_both_dx_paths_agree_on_32_wide_images(monkeypatch):
+    """32-wide images take dX by transposed dY rows and conv3x3_rows' row kernel; the pixel
+    groups compute the same sums (in another order)."""
+    x, w, gy = operands(2, 3, 5, 32, seed=3)
+    gyc = channels_last(gy)
+    by_rows, _, _ = grads(x, w, gyc, True, False)
+    monkeypatch.setattr(conv3x3_cl, "USE_ROW_DX", False)
+    by_groups, _, _ = grads(x, w, gyc, True, False)
+    np.testing.assert_allclose(by_rows, by_groups, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(by_rows, ref_grads(x, w, gy)[0], **TOL)
 
 
 def test_backward_dispatches_here_only_for_channels_last_dy(monkeypatch):

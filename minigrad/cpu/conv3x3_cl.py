@@ -20,7 +20,11 @@ Both go down each image's dY rows in one pass: dW's sweep of row h (which reads 
 memory), then dX's row h - 1, whose dY rows are all cached by then, with the next dY row
 prefetched between its pixel groups so that the memory traffic overlaps dX's arithmetic
 (1.08-1.12x the backward that ran dW over the whole image first; BENCHMARKS_perf.md, change
-123).
+123).  Images conv3x3_rows.ROW (32) pixels wide take dX another way: dY's row h, in cache after
+dW's sweep, is transposed to (K, ROW) in registers and spread into the three dX rows it
+reaches by conv3x3_rows' row kernel, with no lane sums (dX alone 1.70x, dW + dX 1.28x faster;
+change 136).  dW alone, all training needs of a first layer, is a kernel of its own
+(_backward_dw), so that training compiles no dX code (0.7 s instead of 6.1 s cold).
 
 x is read from its zero-padded channels-last copy (N, H + 2, W + 2, C); dX is written NCHW.
 """
@@ -33,10 +37,15 @@ from numba.extending import intrinsic
 
 from . import conv3x3_rows, small_gemm
 from .addend import accumulating_dx
-from .conv3x3_rows import LANES, MAX_CHANNELS, _fma, _loop, _pointer, _vec_ptr
+from .conv3x3_rows import LANES, MAX_CHANNELS, ROW, _fma, _gx_from_row, _loop, _pointer, _vec_ptr
 from .prefetch import prefetch_run
+from .small_gemm import _transpose_block
 
 PIXELS = 4          # dX pixels per group
+# dX of ROW-wide images (the CIFAR stem's) from transposed dY rows by conv3x3_rows' row
+# kernel (_backward_rows): CL stem row 1.156x paired (BENCHMARKS_perf.md, change 136).
+# False: the pixel groups, as for other widths.
+USE_ROW_DX = True
 
 
 def applies(x, w, gy, stride, padding, dilation):
@@ -274,6 +283,27 @@ def _gx_row(n, h, H, W, K, C, gyf, wt, gxf, dyo, wo, ahead):
                    xrow + W - 1, H * W)
 
 
+@njit(cache=True, inline="always")
+def _gw_image_row(n, h, H, W, K, C, xpf, gyf, acc):
+    """dW's sweeps of image n's row h, one per vector of LANES output channels."""
+    ldrow = (W + 2) * C
+    xrow = (n * (H + 2) + h) * ldrow
+    grow = (n * H + h) * W * K
+    for v in range(K // LANES):
+        _gw_row(C, W, xpf, xrow, ldrow, gyf, grow + v * LANES, K, acc, v * 9 * C * LANES)
+
+
+@njit(parallel=True, cache=True)
+def _backward_dw(xpf, gyf, N, C, H, W, K, gwv):
+    """dW alone (what training needs of a network's first layer): per image (in parallel),
+    the per-thread lane sums into gwv[t] as in _backward.  A kernel of its own, so that
+    training compiles none of dX's code."""
+    for n in prange(N):
+        acc = gwv[numba.get_thread_id()]
+        for h in range(H):
+            _gw_image_row(n, h, H, W, K, C, xpf, gyf, acc)
+
+
 @njit(parallel=True, cache=True)
 def _backward(xpf, gyf, wt, N, C, H, W, K, need_x, need_w, gxf, gwv):
     """Per image (in parallel): dW's per-thread lane sums into gwv[t] ((K // LANES, 9*C,
@@ -282,8 +312,6 @@ def _backward(xpf, gyf, wt, N, C, H, W, K, need_x, need_w, gxf, gwv):
     One pass down the image's dY rows: dW's sweep of row h, which reads it from memory,
     then dX's row h - 1, whose dY rows are then all cached; during dX's row the next dY row
     is prefetched, so that its memory traffic overlaps dX's arithmetic."""
-    Wp = W + 2
-    ldrow = Wp * C
     nv = K // LANES
     for n in prange(N):
         t = numba.get_thread_id()
@@ -292,14 +320,37 @@ def _backward(xpf, gyf, wt, N, C, H, W, K, need_x, need_w, gxf, gwv):
         wo = np.empty(9 * nv, dtype=np.int64)
         for h in range(H + 1):
             if need_w and h < H:
-                xrow = (n * (H + 2) + h) * ldrow
-                grow = (n * H + h) * W * K
-                for v in range(nv):
-                    _gw_row(C, W, xpf, xrow, ldrow, gyf, grow + v * LANES, K, acc,
-                            v * 9 * C * LANES)
+                _gw_image_row(n, h, H, W, K, C, xpf, gyf, acc)
             if need_x and h >= 1:
                 ahead = (n * H + h + 1) * W * K if h + 1 < H else -1
                 _gx_row(n, h - 1, H, W, K, C, gyf, wt, gxf, dyo, wo, ahead)
+
+
+@njit(cache=True, inline="always")
+def _dy_row_planes(gyf, grow, K, planes):
+    """planes (K, ROW) flat = dY's image row at gyf[grow:] ((ROW, K) channels-last), by
+    LANES x LANES block transposes in registers."""
+    for pb in range(ROW // LANES):
+        for cb in range(K // LANES):
+            _transpose_block(gyf, grow + pb * LANES * K + cb * LANES, K, planes,
+                             cb * LANES * ROW + pb * LANES, ROW)
+
+
+@njit(parallel=True, cache=True)
+def _backward_rows(xpf, gyf, wk, N, C, H, K, need_w, gxf, gwv):
+    """_backward with dX, for images ROW pixels wide: after dW's sweep of row h, dY's row h
+    (then in cache) is transposed to (K, ROW) and spread into the dX rows it reaches by
+    conv3x3_rows' row kernel, with wk the (K, C, 3, 3) weights (flat).  A kernel of its own,
+    so that _backward_dw and _backward, whichever runs, do not compile it."""
+    for n in prange(N):
+        acc = gwv[numba.get_thread_id()]
+        planes = np.empty(K * ROW, dtype=np.float32)
+        for h in range(H):
+            if need_w:
+                _gw_image_row(n, h, H, ROW, K, C, xpf, gyf, acc)
+            _dy_row_planes(gyf, (n * H + h) * ROW * K, K, planes)
+            _gx_from_row(C, K, planes, 0, ROW, wk, gxf, (n * C * H + h - 1) * ROW, H * ROW,
+                         max(0, 1 - h), min(3, H + 1 - h))
 
 
 @njit(cache=True)
@@ -328,7 +379,13 @@ def backward(xp, wt, gy, N, C, H, W, K, need_x, need_w, gx_addend=None, addend_w
         else (np.empty(1, dtype=np.float32), False)
     nt = numba.get_num_threads()
     gwv = np.zeros((nt, K * 9 * C if need_w else 1), dtype=np.float32)
-    _backward(xp, gyf, wt, N, C, H, W, K, bool(need_x), bool(need_w), gx.reshape(-1), gwv)
+    if not need_x:
+        _backward_dw(xp, gyf, N, C, H, W, K, gwv)
+    elif W == ROW and USE_ROW_DX:
+        wk = np.ascontiguousarray(wt.reshape(3, 3, C, K).transpose(3, 2, 0, 1)).reshape(-1)
+        _backward_rows(xp, gyf, wk, N, C, H, K, bool(need_w), gx.reshape(-1), gwv)
+    else:
+        _backward(xp, gyf, wt, N, C, H, W, K, bool(need_x), bool(need_w), gx.reshape(-1), gwv)
     gw = None
     if need_w:
         gw = np.empty((K, C, 3, 3), dtype=np.float32)
