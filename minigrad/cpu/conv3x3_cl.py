@@ -215,22 +215,18 @@ def _gw_row(C, npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff):
 
 
 @njit(cache=True, inline="always")
-def _gx_group(C, steps, gyf, gyoff, dyo, ldp, wt, wo, ldw, gxf, gxoff, ldc):
-    """A group of PIXELS pixels.  This and _gx_pixel are inlined into _gx_row: as calls
-    (about 11 per image row, each passing four arrays) they made the stem's dX 1.085x and
-    its whole backward 1.06x slower (BENCHMARKS_perf.md, change 135)."""
-    if C == 1:
-        _gx_group_1(steps, gyf, gyoff, dyo, ldp, wt, wo, ldw, gxf, gxoff, ldc)
-    elif C == 2:
-        _gx_group_2(steps, gyf, gyoff, dyo, ldp, wt, wo, ldw, gxf, gxoff, ldc)
-    else:
-        _gx_group_3(steps, gyf, gyoff, dyo, ldp, wt, wo, ldw, gxf, gxoff, ldc)
-
-
-@njit(cache=True, inline="always")
-def _gx_pixel(C, steps, gyf, gyoff, dyo, ldp, wt, wo, ldw, gxf, gxoff, ldc):
-    """One pixel (the row's edges and the pixels after its last whole group)."""
-    if C == 1:
+def _gx_pixels(C, npx, steps, gyf, gyoff, dyo, ldp, wt, wo, ldw, gxf, gxoff, ldc):
+    """A group of npx (PIXELS or 1) pixels; inlined into _gx_row, where npx is a constant at
+    each call: as calls (about 11 per image row, each passing four arrays) they made the
+    stem's dX 1.085x and its whole backward 1.06x slower (BENCHMARKS_perf.md, change 135)."""
+    if npx == PIXELS:
+        if C == 1:
+            _gx_group_1(steps, gyf, gyoff, dyo, ldp, wt, wo, ldw, gxf, gxoff, ldc)
+        elif C == 2:
+            _gx_group_2(steps, gyf, gyoff, dyo, ldp, wt, wo, ldw, gxf, gxoff, ldc)
+        else:
+            _gx_group_3(steps, gyf, gyoff, dyo, ldp, wt, wo, ldw, gxf, gxoff, ldc)
+    elif C == 1:
         _gx_pixel_1(steps, gyf, gyoff, dyo, ldp, wt, wo, ldw, gxf, gxoff, ldc)
     elif C == 2:
         _gx_pixel_2(steps, gyf, gyoff, dyo, ldp, wt, wo, ldw, gxf, gxoff, ldc)
@@ -267,19 +263,19 @@ def _gx_row(n, h, H, W, K, C, gyf, wt, gxf, dyo, wo, ahead):
     while w + PIXELS <= W - 1:
         if ahead >= 0:
             prefetch_run(gyf, ahead + (w - 1) * K, PIXELS * K)
-        _gx_group(C, steps, gyf, grow + w * K, dyo, K, wt, wo, K, gxf, xrow + w, H * W)
+        _gx_pixels(C, PIXELS, steps, gyf, grow + w * K, dyo, K, wt, wo, K, gxf, xrow + w, H * W)
         w += PIXELS
     if ahead >= 0 and w < W:
         prefetch_run(gyf, ahead + (w - 1) * K, (W - w + 1) * K)
     while w < W - 1:
-        _gx_pixel(C, steps, gyf, grow + w * K, dyo, K, wt, wo, K, gxf, xrow + w, H * W)
+        _gx_pixels(C, 1, steps, gyf, grow + w * K, dyo, K, wt, wo, K, gxf, xrow + w, H * W)
         w += 1
     # the edge pixels: tap column s reads dY's column w + 1 - s
     steps = _tap_table(h, H, W, K, C, max(0, 2 - W), 2, dyo, wo)
-    _gx_pixel(C, steps, gyf, grow, dyo, K, wt, wo, K, gxf, xrow, H * W)
+    _gx_pixels(C, 1, steps, gyf, grow, dyo, K, wt, wo, K, gxf, xrow, H * W)
     if W > 1:
         steps = _tap_table(h, H, W, K, C, 1, 3, dyo, wo)
-        _gx_pixel(C, steps, gyf, grow + (W - 1) * K, dyo, K, wt, wo, K, gxf,
+        _gx_pixels(C, 1, steps, gyf, grow + (W - 1) * K, dyo, K, wt, wo, K, gxf,
                    xrow + W - 1, H * W)
 
 
