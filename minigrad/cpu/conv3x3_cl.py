@@ -204,8 +204,8 @@ _gx_pixel_3 = _make_gx_group(3, 1)
 
 @njit(cache=True, inline="always")
 def _gw_row(C, npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff):
-    """One dW sweep along an image row (inlined into _backward: as a call, 1.11x slower on
-    the stem's dW; BENCHMARKS_perf.md, change 135)."""
+    """One dW sweep along an image row (inlined: as a call, 1.11x slower on the stem's dW;
+    BENCHMARKS_perf.md, change 135)."""
     if C == 1:
         _gw_sweep_1(npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff)
     elif C == 2:
@@ -301,9 +301,9 @@ def _backward_dw(xpf, gyf, N, C, H, W, K, gwv):
 
 
 @njit(parallel=True, cache=True)
-def _backward(xpf, gyf, wt, N, C, H, W, K, need_x, need_w, gxf, gwv):
-    """Per image (in parallel): dW's per-thread lane sums into gwv[t] ((K // LANES, 9*C,
-    LANES) flat) and dX added into gxf ((N, C, H, W) flat).
+def _backward(xpf, gyf, wt, N, C, H, W, K, need_w, gxf, gwv):
+    """Per image (in parallel): dX added into gxf ((N, C, H, W) flat) and, with need_w, dW's
+    per-thread lane sums into gwv[t] ((K // LANES, 9*C, LANES) flat).
 
     One pass down the image's dY rows: dW's sweep of row h, which reads it from memory,
     then dX's row h - 1, whose dY rows are then all cached; during dX's row the next dY row
@@ -317,7 +317,7 @@ def _backward(xpf, gyf, wt, N, C, H, W, K, need_x, need_w, gxf, gwv):
         for h in range(H + 1):
             if need_w and h < H:
                 _gw_image_row(n, h, H, W, K, C, xpf, gyf, acc)
-            if need_x and h >= 1:
+            if h >= 1:
                 ahead = (n * H + h + 1) * W * K if h + 1 < H else -1
                 _gx_row(n, h - 1, H, W, K, C, gyf, wt, gxf, dyo, wo, ahead)
 
@@ -381,7 +381,7 @@ def backward(xp, wt, gy, N, C, H, W, K, need_x, need_w, gx_addend=None, addend_w
         wk = np.ascontiguousarray(wt.reshape(3, 3, C, K).transpose(3, 2, 0, 1)).reshape(-1)
         _backward_rows(xp, gyf, wk, N, C, H, K, bool(need_w), gx.reshape(-1), gwv)
     else:
-        _backward(xp, gyf, wt, N, C, H, W, K, bool(need_x), bool(need_w), gx.reshape(-1), gwv)
+        _backward(xp, gyf, wt, N, C, H, W, K, bool(need_w), gx.reshape(-1), gwv)
     gw = None
     if need_w:
         gw = np.empty((K, C, 3, 3), dtype=np.float32)
