@@ -6,7 +6,7 @@
     python -m benchmarks.run_all --only matmul,transformer   # 2-D and batched matmuls, a transformer block
 
 Each workload is timed as the median of ``--repeat`` runs after warm-up, minigrad and
-PyTorch interleaved call by call (``time_pair``) so that both see the same machine.  PyTorch is used
+PyTorch in alternating turns (``time_pair``) so that both see the same machine.  PyTorch is used
 only when importable (``pip install torch==2.13.0``; benchmark-only, never a dependency).
 The OpenBLAS core type in the environment is printed: OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE
 as set on these machines halve sgemm speed, and a benchmark may unset both in its own
@@ -72,11 +72,14 @@ def time_pair(row, mg_fn, torch_fn, repeat, warmup=2, ref_fn=None):
     Alternating puts both under the same background load and clock speed, so the ratio
     does not drift with the machine the way two long blocks of runs do (seen here: the
     same LeNet code timed 8.1-11.6 ms in three consecutive runs).  Calls shorter than
-    ``SHORT_CALL_S`` run in blocks of ``BLOCK`` calls per framework and the first call
-    of each block is not counted: the first call after the other framework ran finds
-    that framework's data in the caches and its OpenMP threads still spinning, which cost
-    nll_loss(log_softmax) at 1024x1000 +0.36 ms (minigrad) and +0.30 ms (PyTorch) on
-    calls of 0.97 and 0.81 ms.  Longer calls alternate one by one."""
+    ``SHORT_CALL_S`` run in turns (``turn_calls``): each framework first runs untimed calls
+    for ``SETTLE_S``, then its timed calls.  The first calls after the other framework ran
+    are slow for both and settle over about 10 ms, not one call: on the 1x1 stride-2
+    64->128 row, minigrad's calls 1-6 after three PyTorch calls took 2.20, 1.81, 1.75, 1.58,
+    1.55, 1.50 ms and its later ones 1.42-1.52 ms; PyTorch's channels-last CIFAR stem 3.01,
+    2.42, 2.24, 2.13 ms, then 2.09-2.14 (BENCHMARKS_perf.md, session 31).  Counting calls 2-3 of each
+    block, as the harness did up to session 30, timed that transient into both columns.
+    Longer calls alternate one by one."""
     ref_times = []
     if ref_fn is not None:
         ref_times += _time_calls(ref_fn, REF_CALLS)
@@ -104,28 +107,46 @@ def _time_row(row, mg_fn, torch_fn, repeat, warmup):
         row["minigrad_s"] = timeit(mg_fn, repeat, warmup)
         return row
     mg_times, torch_times = [], []
-    timed = ((mg_fn, mg_times), (torch_fn, torch_times))
-    t0 = time.perf_counter()
+    call_s = [0.0, 0.0]
     for _ in range(warmup):
-        mg_fn()
-        torch_fn()
-    short = warmup and (time.perf_counter() - t0) / warmup < 2 * SHORT_CALL_S
-    block = BLOCK if short else 1
-    while len(mg_times) < repeat:
-        for fn, times in timed:
-            for k in range(block):
+        for i, fn in enumerate((mg_fn, torch_fn)):
+            t0 = time.perf_counter()
+            fn()
+            call_s[i] += (time.perf_counter() - t0) / warmup
+    # without warm-up calls to go by, every call counts as a long one (strict alternation)
+    turns = [turn_calls(c if warmup else SHORT_CALL_S, repeat) for c in call_s]
+    timed = ((mg_fn, mg_times, turns[0]), (torch_fn, torch_times, turns[1]))
+    while len(mg_times) < repeat or len(torch_times) < repeat:
+        for fn, times, (untimed, counted) in timed:
+            for k in range(untimed + counted):
                 t1 = time.perf_counter()
                 fn()
-                if k or block == 1:
+                if k >= untimed:
                     times.append(time.perf_counter() - t1)
     row["minigrad_s"] = statistics.median(mg_times[:repeat])
     row["torch_s"] = statistics.median(torch_times[:repeat])
     return row
 
 
-# time_pair: calls shorter than this (per framework) are timed in blocks of BLOCK calls.
+def turn_calls(call_s, repeat):
+    """(untimed, timed) calls in one framework's turn of time_pair, for calls of about
+    ``call_s`` seconds: enough untimed calls to fill SETTLE_S, then enough timed ones to
+    fill TIMED_S (at least two, at most ``repeat``); (0, 1) for calls of SHORT_CALL_S or
+    more, which alternate one by one."""
+    if call_s >= SHORT_CALL_S:
+        return 0, 1
+    call_s = max(call_s, 1e-6)
+    untimed = min(MAX_SETTLE_CALLS, max(1, int(np.ceil(SETTLE_S / call_s))))
+    counted = max(2, min(repeat, int(np.ceil(TIMED_S / call_s))))
+    return untimed, counted
+
+
+# time_pair: calls shorter than SHORT_CALL_S (per framework) run in turns of SETTLE_S of
+# untimed calls (at most MAX_SETTLE_CALLS of them), then TIMED_S of timed ones.
 SHORT_CALL_S = 0.05
-BLOCK = 3
+SETTLE_S = 0.012
+TIMED_S = 0.006
+MAX_SETTLE_CALLS = 64
 # time_pair's reference: calls before and after the row, and the pause before the row.
 REF_CALLS = 3
 REF_SETTLE_S = 0.25

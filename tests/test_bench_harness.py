@@ -7,7 +7,7 @@ import pytest
 from benchmarks import ab_pairs, run_all
 
 
-def test_time_pair_alternates_blocks_and_takes_medians(monkeypatch):
+def test_time_pair_alternates_turns_and_takes_medians(monkeypatch):
     calls = []
 
     def a():
@@ -17,16 +17,40 @@ def test_time_pair_alternates_blocks_and_takes_medians(monkeypatch):
         calls.append("b")
         time.sleep(0.002)
 
+    seen = []
+
+    def turns(call_s, repeat):
+        seen.append(call_s)
+        return (2, 3) if call_s < 0.001 else (1, 2)
+
+    monkeypatch.setattr(run_all, "turn_calls", turns)
     row = run_all.time_pair({"workload": "w"}, a, b, repeat=4, warmup=1)
-    # short calls: one warm-up pair, then blocks of three, the first call of each not counted
-    assert calls == ["a", "b"] + (["a"] * 3 + ["b"] * 3) * 2
+    # one warm-up pair, then turns of untimed + timed calls until both have 4 timed calls
+    assert calls == ["a", "b"] + (["a"] * 5 + ["b"] * 3) * 2
+    assert seen[0] < 0.001 <= 0.002 <= seen[1]        # each framework's own call time
     assert row["torch_s"] > row["minigrad_s"] and row["torch_s"] >= 0.002
+    monkeypatch.undo()
     calls.clear()
     monkeypatch.setattr(run_all, "SHORT_CALL_S", 0.0005)   # b is now a long call
+    monkeypatch.setattr(run_all, "SETTLE_S", 0.0)
+    monkeypatch.setattr(run_all, "TIMED_S", 0.0)
     run_all.time_pair({"workload": "w"}, a, b, repeat=3, warmup=1)
-    assert calls == ["a", "b"] * 4                          # strictly alternating
+    # a: one untimed call and two timed ones (the fewest); b alternates call by call
+    assert calls == ["a", "b"] + (["a"] * 3 + ["b"]) * 3
     row = run_all.time_pair({}, a, None, repeat=3, warmup=0)
     assert "torch_s" not in row and row["minigrad_s"] >= 0
+
+
+def test_turns_settle_for_a_time_then_time_calls():
+    short = run_all.SHORT_CALL_S
+    settle, timed = run_all.SETTLE_S, run_all.TIMED_S
+    # a 1.5 ms call: ceil(12 / 1.5) = 8 untimed calls, ceil(6 / 1.5) = 4 timed ones
+    assert (settle, timed) == (0.012, 0.006)
+    assert run_all.turn_calls(0.0015, 10) == (8, 4)
+    assert run_all.turn_calls(0.0015, 3) == (8, 3)            # never more than repeat
+    assert run_all.turn_calls(0.020, 10) == (1, 2)            # at least one and two
+    assert run_all.turn_calls(1e-9, 1000) == (run_all.MAX_SETTLE_CALLS, 1000)
+    assert run_all.turn_calls(short, 10) == (0, 1)             # long calls alternate
 
 
 def test_others_load_excludes_this_process(monkeypatch):
@@ -59,6 +83,7 @@ def test_table_notes_conv_layouts_and_ratios():
 
 def test_reference_call_is_timed_around_the_row_and_used_for_it(monkeypatch):
     monkeypatch.setattr(run_all, "REF_SETTLE_S", 0.0)
+    monkeypatch.setattr(run_all, "turn_calls", lambda call_s, repeat: (1, 2))
     calls = []
 
     def a():
