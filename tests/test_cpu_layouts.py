@@ -391,6 +391,7 @@ def test_nchw_to_channels_last_padded_copy(shape, pad, dtype, kernel, monkeypatc
     """The NCHW -> padded channels-last kernels (by row, by 16-channel block of rows, by
     32-channel block of whole planes; the last needs 32 channels) give np.pad, zero border
     and slack included, whatever the buffer held before."""
+    monkeypatch.setattr(conv, "USE_TRANSPOSES", False)
     monkeypatch.setattr(conv, "_PLANE_TASK_BYTES", 0 if kernel == "planes" else 1 << 30)
     monkeypatch.setattr(conv, "_CL_BLOCK_MIN_PLANE", 0 if kernel == "blocks" else 1 << 30)
     x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
@@ -404,6 +405,32 @@ def test_nchw_to_channels_last_padded_copy(shape, pad, dtype, kernel, monkeypatc
     Hp, Wp = shape[2] + 2 * ph, shape[3] + 2 * pw
     conv._nchw_to_cl(x, ph, pw, buf, Hp, Wp)
     np.testing.assert_array_equal(buf, np.concatenate([want, np.zeros(3, dtype)]))
+
+
+@pytest.mark.skipif(not small_gemm.SUPPORTED, reason="no vector width small_gemm supports")
+@pytest.mark.parametrize("channels,size,ph", [(1, (4, 4), 2), (2, (8, 8), 0), (3, (2, 8), 1),
+                                              (2, (32, 32), 0), (4, (16, 16), 0)])
+def test_nchw_to_channels_last_by_register_transposes(channels, size, ph, monkeypatch):
+    """The register-transpose kernel (float32, C-contiguous, no column padding, channels and
+    plane sizes multiples of LANES) gives np.pad, zero rows and slack included; _nchw_to_cl
+    takes it exactly there."""
+    L = small_gemm.LANES
+    shape = (2, channels * L) + size
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    want = np.pad(x.transpose(0, 2, 3, 1), ((0, 0), (ph, ph), (0, 0), (0, 0))).reshape(-1)
+    taken = []
+    kernel = conv._pad_cl_from_nchw_transposed
+    monkeypatch.setattr(conv, "_pad_cl_from_nchw_transposed",
+                        lambda *a: (taken.append(a[0].shape), kernel(*a)))
+    buf = np.full(want.size + 3, np.nan, np.float32)
+    conv._nchw_to_cl(x, ph, 0, buf, shape[2] + 2 * ph, shape[3])
+    np.testing.assert_array_equal(buf, np.concatenate([want, np.zeros(3, np.float32)]))
+    assert taken == [shape]
+    # not taken: padded columns, float64, a strided view, channels or planes off the lanes
+    for other, pw in ((x, 1), (x.astype(np.float64), 0), (x[:, :, :, ::-1], 0),
+                      (x[:, :L - 1].copy(), 0), (x[:, :, :1, :1].copy(), 0)):
+        assert not conv._transposes_apply(other, pw)
+    assert conv._transposes_apply(x, 0)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -68,6 +68,7 @@ from ._jit import pjit
 from .blas import gemm_rm
 from .kernels import add_flat, crop_padded
 from .prefetch import prefetch
+from .small_gemm import _transpose_block
 
 # Pixels per im2col tile (rows of the per-tile GEMMs), forward and backward.  Tiles
 # used to grow to 512 KiB of column matrix (up to 4096 pixels) for layers with few input
@@ -418,12 +419,48 @@ def _pad_cl_from_nchw_blocks(x, ph, pw, out):
                     out[n, h + ph, w + pw, c] = x[n, c, h, w]
 
 
+@njit(parallel=True, cache=True)
+def _pad_cl_from_nchw_transposed(x, ph, out):
+    """out (N, H + 2*ph, W, C) = float32 x (N, C, H, W) C-contiguous, zero rows above and
+    below, by small_gemm's register transposes of LANES channels x LANES pixels (C and H*W
+    multiples of LANES): the blocks kernel's stores, one float at a time at a stride of C
+    floats, took 0.82 ms per conversion on ResNet's 64-channel 32x32 layer at batch 32
+    (BENCHMARKS_perf.md, change 137).  One task per (image, block of _CL_BLOCK channels)."""
+    N, C, H, W = x.shape
+    L = small_gemm.LANES
+    HW = H * W
+    Hp = out.shape[1]
+    CB = _CL_BLOCK
+    nb = (C + CB - 1) // CB
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    for t in prange(N * nb):
+        n = t // nb
+        c0 = (t - n * nb) * CB
+        c1 = min(C, c0 + CB)
+        img = n * Hp * W * C
+        for r in range(ph):
+            for row in (r, Hp - 1 - r):
+                for w in range(W):
+                    d = of[img + (row * W + w) * C + c0:]
+                    for c in range(c1 - c0):
+                        d[c] = 0
+        dst = img + ph * W * C
+        for p0 in range(0, HW, L):
+            for cb in range(c0, c1, L):
+                _transpose_block(xf, (n * C + cb) * HW + p0, HW, of, dst + p0 * C + cb, C)
+
+
 def _nchw_to_cl(x, ph, pw, xbuf, Hp, Wp):
     """Padded channels-last copy of NCHW-ordered x (contiguous, or a strided view of an
     NCHW array) into flat xbuf (zeros after the copy), by the faster kernel for the
     shape."""
     N, C, H, W = x.shape
-    if C >= _CL_BLOCK and H * W * x.itemsize >= _CL_BLOCK_MIN_PLANE:
+    if _transposes_apply(x, pw):
+        q = N * Hp * Wp * C
+        _pad_cl_from_nchw_transposed(x, ph, xbuf[:q].reshape(N, Hp, Wp, C))
+        xbuf[q:] = 0
+    elif C >= _CL_BLOCK and H * W * x.itemsize >= _CL_BLOCK_MIN_PLANE:
         q = N * Hp * Wp * C
         _pad_cl_from_nchw_blocks(x, ph, pw, xbuf[:q].reshape(N, Hp, Wp, C))
         xbuf[q:] = 0
@@ -433,6 +470,19 @@ def _nchw_to_cl(x, ph, pw, xbuf, Hp, Wp):
         _pad_cl_from_nchw(x, ph, pw, xbuf, Hp, Wp)
 
 
+def _transposes_apply(x, pw):
+    """True when _pad_cl_from_nchw_transposed converts x: float32, C-contiguous, no padding
+    of the columns, channels and plane size multiples of small_gemm.LANES (on CPUs whose
+    vectors small_gemm supports)."""
+    N, C, H, W = x.shape
+    L = small_gemm.LANES
+    return (USE_TRANSPOSES and small_gemm.SUPPORTED and x.dtype == np.float32
+            and x.flags.c_contiguous and pw == 0 and C % L == 0 and (H * W) % L == 0)
+
+
+# NCHW -> channels-last copies by register transposes where _transposes_apply (off: the blocks
+# and planes kernels below).
+USE_TRANSPOSES = True
 # Planes at least this big are converted by _pad_cl_from_nchw_planes (when the blocks
 # kernel does not take them: fewer than 32 channels, or planes under 1 KB, where it ran
 # slower: 0.62 against 0.52 ms for 32 x 16 x 32 x 32, 0.84-0.93 against 0.42-0.46 for
