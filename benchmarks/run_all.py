@@ -75,11 +75,11 @@ def time_pair(row, mg_fn, torch_fn, repeat, warmup=2, ref_fn=None):
     ``SHORT_CALL_S`` run in turns (``turn_calls``): each framework first runs untimed calls
     for ``SETTLE_S``, then its timed calls.  The first calls after the other framework ran
     are slow for both and settle over about 10 ms, not one call: on the 1x1 stride-2
-    64->128 row, minigrad's calls 1-6 after three PyTorch calls took 2.20, 1.81, 1.75, 1.58,
-    1.55, 1.50 ms and its later ones 1.42-1.52 ms; PyTorch's channels-last CIFAR stem 3.01,
-    2.42, 2.24, 2.13 ms, then 2.09-2.14 (BENCHMARKS_perf.md, session 31).  Counting calls 2-3 of each
-    block, as the harness did up to session 30, timed that transient into both columns.
-    Longer calls alternate one by one."""
+    64->128 row, minigrad's calls 1-6 after PyTorch's took 2.20, 1.81, 1.75, 1.58, 1.55,
+    1.50 ms and its later ones 1.42-1.52 ms; PyTorch's channels-last CIFAR stem 3.01, 2.42,
+    2.24, 2.13 ms, then 2.09-2.14 (BENCHMARKS_perf.md, session 31).  Counting calls 2-3 of
+    each block of three, as the harness did up to session 30, timed that transient into both
+    columns.  Longer calls alternate one by one."""
     ref_times = []
     if ref_fn is not None:
         ref_times += _time_calls(ref_fn, REF_CALLS)
