@@ -426,7 +426,7 @@ def _pad_cl_from_nchw_transposed(x, ph, out):
     multiples of LANES): the blocks kernel's stores, one float at a time at a stride of C
     floats, took 0.82 ms per copy on the NCHW 3x3 stride-2 64->128 layer at batch 32 (x, 64 x
     32x32, and dY, 128 x 16x16; 2.3-10x faster here: BENCHMARKS_perf.md, change 137).  One task
-    per (image, block of _CL_BLOCK channels).
+    per (image, block of _CL_BLOCK channels)."""
     N, C, H, W = x.shape
     L = small_gemm.LANES
     HW = H * W
