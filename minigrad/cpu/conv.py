@@ -457,13 +457,14 @@ def _nchw_to_cl(x, ph, pw, xbuf, Hp, Wp):
     NCHW array) into flat xbuf (zeros after the copy), by the faster kernel for the
     shape."""
     N, C, H, W = x.shape
-    if _transposes_apply(x, pw):
+    transposes = _transposes_apply(x, pw)
+    if transposes or (C >= _CL_BLOCK and H * W * x.itemsize >= _CL_BLOCK_MIN_PLANE):
         q = N * Hp * Wp * C
-        _pad_cl_from_nchw_transposed(x, ph, xbuf[:q].reshape(N, Hp, Wp, C))
-        xbuf[q:] = 0
-    elif C >= _CL_BLOCK and H * W * x.itemsize >= _CL_BLOCK_MIN_PLANE:
-        q = N * Hp * Wp * C
-        _pad_cl_from_nchw_blocks(x, ph, pw, xbuf[:q].reshape(N, Hp, Wp, C))
+        out = xbuf[:q].reshape(N, Hp, Wp, C)
+        if transposes:
+            _pad_cl_from_nchw_transposed(x, ph, out)
+        else:
+            _pad_cl_from_nchw_blocks(x, ph, pw, out)
         xbuf[q:] = 0
     elif H * W * x.itemsize >= _PLANE_TASK_BYTES:
         _pad_cl_from_nchw_planes(x, ph, pw, xbuf, Hp, Wp)
