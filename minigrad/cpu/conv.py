@@ -62,7 +62,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import conv1x1_cl, conv1x1_nchw, conv3x3_cl, conv3x3_rows, small_gemm, winograd
+from . import (conv1x1_cl, conv1x1_nchw, conv3x3_cl, conv3x3_rows, conv_direct_cl, small_gemm,
+               winograd)
 from .addend import nchw_foldable, writable_in_place
 from ._jit import pjit
 from .blas import gemm_rm
@@ -1704,6 +1705,14 @@ def _conv2d(x, w, b, stride, padding, dilation, box, keep_x):
             _keep_copy(box, keep_x, xp.reshape(N, H + 2 * ph, W + 2 * pw, C), x)
         y4 = conv3x3_rows.forward(xp, wf, bb, N, C, H, W, K)
         return y4.transpose(0, 3, 1, 2)
+    if conv_direct_cl.forward_applies(x, w, (sh, sw), (ph, pw), (dh, dw)):
+        xp = _padded(x, ph, pw, conv_direct_cl.slack_pixels(C))
+        wf = _weights_rsck(w, dt)
+        if box is not None:
+            box.weights = wf
+            _keep_copy(box, keep_x, xp, x)
+        y4 = conv_direct_cl.forward(xp, wf, bb, N, C, H + 2 * ph, W + 2 * pw, K, R, S)
+        return y4.transpose(0, 3, 1, 2)
     x = np.asarray(x, dtype=dt)
     if USE_WINOGRAD and winograd.applicable(N, C, K, R, S, OH, OW, (sh, sw), (dh, dw)):
         U = winograd.transform_weights(w, dt, winograd.variant(N, C, K, OH, OW, (sh, sw)))
@@ -1965,6 +1974,12 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
         gx, gw, folded = conv3x3_rows.backward(x, w, gy, need_x, need_w, gx_addend,
                                                addend_writable)
         gb = _bias_grad_any(gy, dt) if need_b else None
+    elif (need_x or need_w) and conv_direct_cl.backward_applies(
+            x, w, gy, *_pairs(stride, padding, dilation), need_x):
+        gx, gw, folded = _direct_cl_backward(x, w, gy, _pairs(stride, padding, dilation)[1],
+                                             need_x, need_w, wf, saved, gx_addend,
+                                             addend_writable)
+        gb = _bias_grad_any(gy, dt) if need_b else None
     else:
         addf = _EMPTY[dt.char] if gx_addend is None or not need_x else \
             _cl_flat(gx_addend, x.shape, dt)
@@ -1988,6 +2003,27 @@ def _conv3x3_cl_backward(x, w, gy, need_x, need_w, wf, saved, gx_addend, addend_
         wf = _weights_rsck(w, np.float32)
     return conv3x3_cl.backward(xp, wf, gy, N, C, H, W, w.shape[0], need_x, need_w, gx_addend,
                                addend_writable)
+
+
+def _direct_cl_backward(x, w, gy, padding, need_x, need_w, wf, saved, gx_addend,
+                        addend_writable):
+    """conv_direct_cl's backward from x's padded channels-last copy (the forward's, when
+    kept), the (R*S*C, K) weights (the forward's, when kept or passed as ``wf``) and dY
+    channels-last, its rows zero-padded by S - 1 columns when dX is needed."""
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    ph, pw = padding
+    slack = conv_direct_cl.slack_pixels(C)
+    xp = _saved_x(saved, (((N * (H + 2 * ph) * (W + 2 * pw)) + slack) * C,), np.float32)
+    if xp is None:
+        xp = _padded(x, ph, pw, slack)
+    if wf is None and saved is not None:
+        wf = saved.weights
+    if wf is None or wf.dtype != np.float32 or wf.size != w.size:
+        wf = _weights_rsck(w, np.float32)
+    gyb = _padded(gy, 0, S - 1, 0) if need_x else _cl_contig(gy).reshape(-1)
+    return conv_direct_cl.backward(xp, wf, gyb, need_x, N, C, H, W, K, R, S, ph, pw, need_x,
+                                   need_w, gx_addend, addend_writable)
 
 
 # Empty float arrays by dtype char: "no addend", and placeholders for unused array arguments.

@@ -144,7 +144,10 @@ def _lane_sums(builder, vecs):
     return sums
 
 
-def _make_gx_group(C, npx):
+def make_gx_group(C, npx):
+    """dX's register tile for C input channels and npx pixels as an intrinsic (its contract:
+    the ``__doc__`` set below); npx * C accumulators, summed over their lanes LANES at a
+    time."""
     @intrinsic
     def gx_group(typingctx, steps, gy, gyoff, dyo, ldp, wt, wo, ldw, gx, gxoff, ldc):
         sig = types.void(types.intp, gy, types.intp, dyo, types.intp, wt, wo, types.intp, gx,
@@ -173,7 +176,9 @@ def _make_gx_group(C, npx):
                 for c in range(C):
                     nxt[j * C + c] = builder.call(fma, [dys[j], wvs[c], nxt[j * C + c]])
             final = close(nxt)
-            sums = _lane_sums(builder, final)
+            sums = []
+            for first in range(0, len(final), LANES):
+                sums += _lane_sums(builder, final[first:first + LANES])
             for j in range(npx):
                 for c in range(C):
                     ptr = builder.gep(GX, [builder.add(builder.mul(ldc, ir.Constant(i64, c)),
@@ -194,12 +199,12 @@ def _make_gx_group(C, npx):
 _gw_sweep_1 = _make_gw_sweep(1)
 _gw_sweep_2 = _make_gw_sweep(2)
 _gw_sweep_3 = _make_gw_sweep(3)
-_gx_group_1 = _make_gx_group(1, PIXELS)
-_gx_group_2 = _make_gx_group(2, PIXELS)
-_gx_group_3 = _make_gx_group(3, PIXELS)
-_gx_pixel_1 = _make_gx_group(1, 1)
-_gx_pixel_2 = _make_gx_group(2, 1)
-_gx_pixel_3 = _make_gx_group(3, 1)
+_gx_group_1 = make_gx_group(1, PIXELS)
+_gx_group_2 = make_gx_group(2, PIXELS)
+_gx_group_3 = make_gx_group(3, PIXELS)
+_gx_pixel_1 = make_gx_group(1, 1)
+_gx_pixel_2 = make_gx_group(2, 1)
+_gx_pixel_3 = make_gx_group(3, 1)
 
 
 @njit(cache=True, inline="always")

@@ -314,19 +314,25 @@ def forward_applies(x, w, stride, padding, dilation):
             and tuple(dilation) == (1, 1))
 
 
-@intrinsic
-def _fwd_group(typingctx, xp, xoff, toff, ntaps, pstride, wt, woff, ldw, b, boff, y, yoff):
-    """y[yoff + j*ldw + v] = b[boff + v] + sum over taps t < ntaps of
-    xp[xoff + toff[t] + j*pstride] * wt[woff + t*ldw + v], for the FWD_PIXELS pixels j and
-    FWD_CHANNELS channels v (float32; toff int64: each tap's offset in xp)."""
-    sig = types.void(xp, types.intp, toff, types.intp, types.intp, wt, types.intp, types.intp,
-                     b, types.intp, y, types.intp)
+def make_fwd_group(npx, nv):
+    """The forward's register tile as an intrinsic: ``group(xp, xoff, toff, ntaps, pstride,
+    wt, woff, ldw, b, boff, y, yoff)`` sets y[yoff + j*ldw + v] = b[boff + v] + sum over taps
+    t < ntaps of xp[xoff + toff[t] + j*pstride] * wt[woff + t*ldw + v], for the npx pixels j
+    and nv*LANES channels v (float32; toff int64: each tap's offset in xp)."""
+    @intrinsic
+    def group(typingctx, xp, xoff, toff, ntaps, pstride, wt, woff, ldw, b, boff, y, yoff):
+        sig = types.void(xp, types.intp, toff, types.intp, types.intp, wt, types.intp,
+                         types.intp, b, types.intp, y, types.intp)
+        return sig, _fwd_group_codegen(npx, nv)
 
+    return group
+
+
+def _fwd_group_codegen(npx, nv):
     def codegen(context, builder, signature, args):
         ntaps, pstride, ldw = args[3], args[4], args[7]
         i64 = ir.IntType(64)
         vt, fma = _fma(builder)
-        nv = FWD_CHANNELS // LANES
         X = _pointer(context, builder, signature, args, 0, args[1])
         T = _pointer(context, builder, signature, args, 2, ir.Constant(i64, 0))
         Wt = _pointer(context, builder, signature, args, 5, args[6])
@@ -334,27 +340,30 @@ def _fwd_group(typingctx, xp, xoff, toff, ntaps, pstride, wt, woff, ldw, b, boff
         Y = _pointer(context, builder, signature, args, 10, args[11])
         bias = [builder.load(_vec_ptr(builder, B, ir.Constant(i64, v * LANES), vt), align=4)
                 for v in range(nv)]
-        t, accs, close = _loop(builder, ntaps, [bias[v] for _ in range(FWD_PIXELS)
+        t, accs, close = _loop(builder, ntaps, [bias[v] for _ in range(npx)
                                                 for v in range(nv)])
         xt = builder.gep(X, [builder.load(builder.gep(T, [t]))])
         wrow = builder.gep(Wt, [builder.mul(t, ldw)])
         wv = [builder.load(_vec_ptr(builder, wrow, ir.Constant(i64, v * LANES), vt), align=4)
               for v in range(nv)]
         nxt = list(accs)
-        for j in range(FWD_PIXELS):
+        for j in range(npx):
             xv = small_gemm._splat(builder, vt, builder.load(
                 builder.gep(xt, [builder.mul(pstride, ir.Constant(i64, j))])))
             for v in range(nv):
                 nxt[j * nv + v] = builder.call(fma, [xv, wv[v], nxt[j * nv + v]])
         final = close(nxt)
-        for j in range(FWD_PIXELS):
+        for j in range(npx):
             for v in range(nv):
                 ptr = _vec_ptr(builder, Y, builder.add(builder.mul(ldw, ir.Constant(i64, j)),
                                                        ir.Constant(i64, v * LANES)), vt)
                 builder.store(final[j * nv + v], ptr, align=4)
         return context.get_dummy_value()
 
-    return sig, codegen
+    return codegen
+
+
+_fwd_group = make_fwd_group(FWD_PIXELS, FWD_CHANNELS // LANES)
 
 
 @njit(parallel=True, cache=True)
