@@ -40,7 +40,9 @@ TAPS = 15           # dW taps per sweep (LeNet-5's conv2: its 30-tap runs in two
 DX_PIXELS = 4       # dX pixels per tile (x C channels of accumulators)
 DX_CHANNELS = (6,)  # input channel counts with a dX tile compiled
 MAX_CHANNELS = 8    # input channels of the layers sent here
-MAX_OUTPUTS = 32    # output channels of the layers sent here
+# output channels of the layers sent here: with 64 or 128 the im2col GEMMs were as fast or
+# faster in 3 of 4 shapes (0.70-1.16x; BENCHMARKS_perf.md, change 138)
+MAX_OUTPUTS = 32
 USE = True          # False: conv.py takes its im2col path instead
 
 
