@@ -62,8 +62,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import (conv1x1_cl, conv1x1_nchw, conv3x3_cl, conv3x3_rows, conv_direct_cl, small_gemm,
-               winograd)
+from . import (conv1x1_cl, conv1x1_nchw, conv3x3_cl, conv3x3_rows, conv_direct_cl,
+               conv_direct_rows, small_gemm, winograd)
 from .addend import nchw_foldable, writable_in_place
 from ._jit import pjit
 from .blas import gemm_rm
@@ -1687,6 +1687,14 @@ def _conv2d(x, w, b, stride, padding, dilation, box, keep_x):
         y = np.empty((N, K, OH, OW), dtype=dt)
         y[...] = bb[None, :, None, None]
         return y
+    if conv_direct_rows.forward_applies(x, w, (sh, sw), (ph, pw), (dh, dw)):
+        # one input channel: the padded channels-last copy is the padded NCHW one
+        xp = _padded(x, ph, pw, conv_direct_rows.SLACK)
+        wf = _weights_rsck(w, dt)
+        if box is not None:
+            box.weights = wf
+            _keep_copy(box, keep_x, xp, x)
+        return conv_direct_rows.forward(xp, wf, bb, N, H + 2 * ph, W + 2 * pw, K, R, S)
     if C * K <= _DIRECT_MAX_CK:
         y = np.empty((N, K, OH, OW), dtype=dt)
         x = np.ascontiguousarray(x, dtype=dt)
@@ -1980,6 +1988,11 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
                                              need_x, need_w, wf, saved, gx_addend,
                                              addend_writable)
         gb = _bias_grad_any(gy, dt) if need_b else None
+    elif need_w and conv_direct_rows.backward_applies(x, w, gy, *_pairs(stride, padding, dilation),
+                                                     need_x):
+        gx, gw, folded = None, _direct_rows_backward(x, w, gy, _pairs(stride, padding, dilation)[1],
+                                                     saved), False
+        gb = _bias_grad_any(gy, dt) if need_b else None
     else:
         addf = _EMPTY[dt.char] if gx_addend is None or not need_x else \
             _cl_flat(gx_addend, x.shape, dt)
@@ -2024,6 +2037,18 @@ def _direct_cl_backward(x, w, gy, padding, need_x, need_w, wf, saved, gx_addend,
     gyb = _padded(gy, 0, S - 1, 0) if need_x else _cl_contig(gy).reshape(-1)
     return conv_direct_cl.backward(xp, wf, gyb, need_x, N, C, H, W, K, R, S, ph, pw, need_x,
                                    need_w, gx_addend, addend_writable)
+
+
+def _direct_rows_backward(x, w, gy, padding, saved):
+    """conv_direct_rows' dW from x's padded copy (the forward's, when kept) and dY."""
+    N, _, H, W = x.shape
+    K, _, R, S = w.shape
+    ph, pw = padding
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    xp = _saved_x(saved, (N * Hp * Wp + conv_direct_rows.SLACK,), np.float32)
+    if xp is None:
+        xp = _padded(x, ph, pw, conv_direct_rows.SLACK)
+    return conv_direct_rows.backward(xp, gy, N, Hp, Wp, K, R, S)
 
 
 # Empty float arrays by dtype char: "no addend", and placeholders for unused array arguments.
