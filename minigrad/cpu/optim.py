@@ -3,7 +3,7 @@
 import math
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from ._jit import pjit
 
@@ -25,7 +25,12 @@ def _sgd(p, g, buf, lr, momentum, dampening, nesterov, weight_decay, first, use_
         p[i] = p[i] - lr * d
 
 
-@pjit()
+# Always the parallel compilation, unlike pjit's kernels: LLVM vectorises this loop only in
+# Numba's parallel (gufunc) form, and the serial copy ran 14x slower per element (48,000
+# float32 parameters, one thread: 185 us against 13 us on two threads); LeNet-5's Adam step
+# (10 tensors, all under pjit's size limit) spent 0.24 ms of a 2.5 ms train step there
+# (BENCHMARKS_perf.md, change 140).
+@njit(parallel=True, cache=True)
 def _adam(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step_size, bc2_sqrt):
     for i in prange(p.size):
         pi = np.float64(p[i])
