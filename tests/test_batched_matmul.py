@@ -21,12 +21,12 @@ from minigrad.cpu.conv import _single_blas
 @contextlib.contextmanager
 def kernel_path(small=True):
     """Every product through kernels.batched_gemm (no size threshold), small_gemm on or off."""
-    old = backend._SMALL_GEMM, backend.USE_BATCHED_SMALL_GEMM
-    backend._SMALL_GEMM, backend.USE_BATCHED_SMALL_GEMM = 0, small
+    old = backend._SMALL_GEMM, backend._SMALL_BATCHED, backend.USE_BATCHED_SMALL_GEMM
+    backend._SMALL_GEMM, backend._SMALL_BATCHED, backend.USE_BATCHED_SMALL_GEMM = 0, 0, small
     try:
         yield
     finally:
-        backend._SMALL_GEMM, backend.USE_BATCHED_SMALL_GEMM = old
+        backend._SMALL_GEMM, backend._SMALL_BATCHED, backend.USE_BATCHED_SMALL_GEMM = old
 
 
 def tol(dt):

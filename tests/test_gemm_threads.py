@@ -1,14 +1,15 @@
 """Big 2-D matmuls and linear layers split between the Numba threads, one BLAS thread each
-(minigrad.cpu.kernels.gemm_threads, taken by CPUBackend.matmul / linear from 8M
-multiply-adds).  Checked against float64 NumPy for transposed views, both dtypes, bias,
-shares with no rows or columns, and through autograd."""
+(minigrad.cpu.kernels.gemm_threads, taken by CPUBackend.matmul / linear from
+backend._SMALL_GEMM multiply-adds).  Checked against float64 NumPy for transposed views, both
+dtypes, bias, shares with no rows or columns, and through autograd; and the context that holds
+every OpenBLAS the kernels reach (SciPy's and NumPy's) to one thread."""
 
 import numba
 import numpy as np
 import pytest
 
 import minigrad as mg
-from minigrad.cpu import backend, kernels
+from minigrad.cpu import backend, conv, kernels
 from minigrad.cpu.backend import CPUBackend
 from minigrad.cpu.conv import _single_blas
 
@@ -106,3 +107,26 @@ def test_one_numba_thread():
     finally:
         numba.set_num_threads(prev)
     np.testing.assert_allclose(out, a.astype(np.float64) @ b, **tol(np.float32))
+
+
+def test_single_blas_holds_scipys_and_numpys_openblas_to_one_thread():
+    import scipy.linalg.cython_blas as scipy_blas
+    try:
+        from numpy._core import _multiarray_umath as numpy_core
+    except ImportError:  # NumPy 1.x
+        from numpy.core import _multiarray_umath as numpy_core
+
+    # NumPy's wheel and SciPy's each ship an OpenBLAS: np.matmul calls NumPy's
+    controls = [conv._thread_controls(f) for f in (numpy_core.__file__, scipy_blas.__file__)]
+    if None in controls:
+        pytest.skip("NumPy or SciPy without the OpenBLAS of their wheels")
+    before = [get() for get, _ in controls]
+    try:
+        for _, set_ in controls:
+            set_(2)
+        with _single_blas:
+            assert [get() for get, _ in controls] == [1, 1]
+        assert [get() for get, _ in controls] == [2, 2]
+    finally:
+        for (_, set_), n in zip(controls, before):
+            set_(n)

@@ -37,9 +37,16 @@ _UNARY = {
 _ACT_GRAD = {"relu": kernels.relu_grad, "sigmoid": kernels.sigmoid_grad, "tanh": kernels.tanh_grad}
 
 
-# GEMMs with fewer multiply-adds than this run on one BLAS thread: waking the BLAS
-# thread pool costs more than it saves (LeNet's fully connected layers are 1-6 M).
-_SMALL_GEMM = 1 << 23
+# 2-D GEMMs with fewer multiply-adds than this run on one BLAS thread; bigger ones are split
+# between the Numba threads (kernels.gemm_threads).  Paired on the Zen 5 host, one thread
+# against two: 0.88x at 0.1M multiply-adds, 0.98x at 0.26M, 1.17-1.24x at 0.52M, 1.41-1.52x at
+# 1.3M (LeNet's fc2), 1.67-1.85x at 6.1M (fc1); the LeNet-5 step 1.07x faster with the line at
+# 0.5M instead of 8M (BENCHMARKS_perf.md, change 142).
+_SMALL_GEMM = 1 << 19
+# Batched products with fewer multiply-adds than this (all matrices together) run as one
+# np.matmul on one BLAS thread: below it kernels.batched_gemm was not faster (0.74-1.01x at
+# 1M multiply-adds, change 142).
+_SMALL_BATCHED = 1 << 23
 # ReLU of at least this many elements runs in the (parallel) Numba kernel; NumPy's
 # np.maximum is one thread.
 _RELU_KERNEL_MIN = 1 << 16
@@ -413,7 +420,7 @@ class CPUBackend(Backend):
             # one 2-D product over all of a's rows (a linear map applied to a batch)
             return self.matmul(a.reshape(-1, K), b.reshape(K, N)).reshape(batch + (M, N))
         nt = numba.get_num_threads()
-        if count * M * N * K < _SMALL_GEMM or nt == 1:
+        if count * M * N * K < _SMALL_BATCHED or nt == 1:
             with _single_blas():
                 return np.matmul(a, b)
         out = np.empty(batch + (M, N), dtype=dtype)

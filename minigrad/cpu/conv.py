@@ -80,52 +80,92 @@ _TILE = 512
 
 
 # ---------------------------------------------------------------------------
-# BLAS thread control (the BLAS that Numba's np.dot calls: SciPy's)
+# BLAS thread control: SciPy's OpenBLAS (what Numba's np.dot and blas.gemm_rm call) and
+# NumPy's own copy (np.matmul's)
 # ---------------------------------------------------------------------------
 
+def _thread_controls(module_file):
+    """(get, set) of the OpenBLAS thread count that the shared object ``module_file`` links,
+    or None (no OpenBLAS there, or one under other names)."""
+    try:
+        lib = ctypes.CDLL(module_file)
+    except OSError:
+        return None
+    for prefix in ("scipy_openblas", "openblas"):
+        for suffix in ("", "64_"):
+            try:
+                g = getattr(lib, prefix + "_get_num_threads" + suffix)
+                s = getattr(lib, prefix + "_set_num_threads" + suffix)
+            except AttributeError:
+                continue
+            g.restype = ctypes.c_int
+            g.argtypes = []
+            s.restype = None
+            s.argtypes = [ctypes.c_int]
+            return g, s
+    return None
+
+
+def _blas_modules():
+    """Files of the extension modules whose OpenBLAS the kernels call: SciPy's cython_blas
+    and NumPy's multiarray (each wheel ships its own OpenBLAS, with its own threads)."""
+    files = []
+    try:
+        import scipy.linalg.cython_blas as cb
+        files.append(cb.__file__)
+    except ImportError:  # no SciPy: nothing of it to control
+        pass
+    try:
+        from numpy._core import _multiarray_umath as mu
+    except ImportError:  # NumPy 1.x
+        from numpy.core import _multiarray_umath as mu
+    files.append(mu.__file__)
+    return files
+
+
 class _BlasThreads:
+    """Context manager: every OpenBLAS the kernels reach runs on one thread inside it.
+
+    Kernels that split work between Numba's threads call single-threaded BLAS from each.
+    And a BLAS call on OpenBLAS's own threads, however short, leaves them spinning for a
+    while; a Numba parallel region right after it then waits on the cores they hold: a
+    batched product of two 128x64 @ 64x64 matrices through np.matmul followed by a ReLU
+    over 1M floats took 8.0 ms a round instead of 0.1 (NumPy's OpenBLAS had not been
+    held to one thread; BENCHMARKS_perf.md, change 141)."""
+
     def __init__(self):
         self._lock = threading.Lock()
-        self._get = self._set = None
-        self._looked_up = False
+        self._controls = None
+        self._prev = []
 
     def _lookup(self):
-        self._looked_up = True
-        try:
-            import scipy.linalg.cython_blas as cb
-            lib = ctypes.CDLL(cb.__file__)
-        except Exception:  # noqa: BLE001 - no SciPy BLAS: nothing to control
-            return
-        for prefix in ("scipy_openblas", "openblas"):
-            for suffix in ("", "64_"):
-                try:
-                    g = getattr(lib, prefix + "_get_num_threads" + suffix)
-                    s = getattr(lib, prefix + "_set_num_threads" + suffix)
-                except AttributeError:
-                    continue
-                g.restype = ctypes.c_int
-                g.argtypes = []
-                s.restype = None
-                s.argtypes = [ctypes.c_int]
-                self._get, self._set = g, s
-                return
+        controls, seen = [], set()
+        for f in _blas_modules():
+            c = _thread_controls(f)
+            if c is None:
+                continue
+            key = ctypes.cast(c[1], ctypes.c_void_p).value
+            if key not in seen:       # both modules may link one shared OpenBLAS
+                seen.add(key)
+                controls.append(c)
+        self._controls = controls
 
     def __enter__(self):
         self._lock.acquire()
-        if not self._looked_up:
+        if self._controls is None:
             self._lookup()
-        self._prev = None
-        if self._get is not None:
-            prev = self._get()
+        self._prev = []
+        for get, set_ in self._controls:
+            prev = get()
             if prev != 1:
-                self._set(1)
-                self._prev = prev
+                set_(1)
+                self._prev.append((set_, prev))
         return self
 
     def __exit__(self, *exc):
         try:
-            if self._prev is not None:
-                self._set(self._prev)
+            for set_, prev in self._prev:
+                set_(prev)
         finally:
             self._lock.release()
         return False
