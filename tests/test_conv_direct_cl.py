@@ -12,10 +12,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import minigrad as mg
-import minigrad.nn.functional as F
 import reference
-import zoo
+from lenet_step import gradients_with_and_without
 from minigrad.cpu import conv, conv_direct_cl, small_gemm
 
 pytestmark = pytest.mark.skipif(small_gemm.LANES != 16,
@@ -179,15 +177,6 @@ def test_random_shapes_match_the_reference_through_conv2d(N, C, H, W, vectors, R
 
 def test_lenet_step_matches_the_im2col_path(monkeypatch):
     """A LeNet-5 train step (conv2 takes this path) gives the gradients the im2col path gives."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)
-    labels = rng.integers(0, 10, 4)
-    grads = []
-    for use in (True, False):
-        monkeypatch.setattr(conv_direct_cl, "USE", use)
-        mg.manual_seed(0)
-        model = zoo.lenet5()
-        F.cross_entropy(model(mg.tensor(x)), mg.tensor(labels)).backward()
-        grads.append([p.grad.numpy().copy() for p in model.parameters()])
+    grads = gradients_with_and_without(conv_direct_cl, monkeypatch)
     for a, b in zip(*grads):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
