@@ -223,6 +223,16 @@ class Backend:
         """Gradient w.r.t. logits given per-sample loss gradient ``gloss`` (N,)."""
         raise NotImplementedError
 
+    def log_softmax_nll_backward(self, logp, labels, gloss, addend=None, addend_writable=False):
+        """Gradient with respect to x of the NLL of logp = log_softmax(x) (N, C) at int64
+        labels (N,), given the per-sample loss gradient gloss (N,):
+        ``gloss[:, None] * (exp(logp) - onehot(labels))``, plus ``addend`` (an array of
+        logp's shape) when given, which may then be updated in place and returned when
+        ``addend_writable``.  This default composes other methods; a device with a fused
+        kernel overrides it."""
+        gx = self.softmax_cross_entropy_backward(self.unary("exp", logp), labels, 0.0, gloss)
+        return gx if addend is None else self.binary("add", gx, addend)
+
     def layer_norm(self, x, weight, bias, eps):
         """Layer norm over the rows of a 2-D ``x`` (rows, D): ``(y, mean, rstd)`` with
         ``y = (x - mean) * rstd * weight + bias``, rstd = 1 / sqrt(biased variance + eps);

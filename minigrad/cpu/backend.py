@@ -576,6 +576,11 @@ class CPUBackend(Backend):
 
         return loss.softmax_cross_entropy_backward(probs, labels, label_smoothing, gloss)
 
+    def log_softmax_nll_backward(self, logp, labels, gloss, addend=None, addend_writable=False):
+        from . import loss
+
+        return loss.log_softmax_nll_backward(logp, labels, gloss, addend, addend_writable)
+
     def layer_norm(self, x, weight, bias, eps):
         if x.dtype.char not in _NO_BIAS:
             return super().layer_norm(x, weight, bias, eps)

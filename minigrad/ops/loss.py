@@ -6,6 +6,8 @@ from ..autograd import Function
 from ..tensor import Tensor
 
 _REDUCTIONS = ("mean", "sum", "none")
+# False: nll_loss of a log_softmax output takes NLLLoss and log_softmax's backward separately
+FUSE_LOG_SOFTMAX_NLL = True
 
 
 class SoftmaxCrossEntropy(Function):
@@ -60,6 +62,60 @@ class NLLLoss(Function):
         else:
             per_sample = be.broadcast_to(be.reshape(be.scalar("mul", g, self.scale), (1,)), (n,))
         return be.index_add(self.shape, self.index, per_sample), None
+
+
+class LogSoftmaxNLL(Function):
+    """``nll_loss(log_softmax(x, 1), labels)`` with its gradient taken to x in one pass.
+
+    Through log_softmax, the gradient of the loss term -logp[i, labels[i]] (weight g_i) is
+    g_i * (exp(logp[i, j]) - [j == labels[i]]): what softmax cross-entropy's backward
+    computes.  :func:`nll_loss` builds this node, whose parent is x, when its input is the
+    output of log_softmax over the classes; the log_softmax node stays in the graph for any
+    other use of logp.  So the backward skips NLLLoss's dense one-hot gradient and the
+    log_softmax backward over it, two passes over (N, C) arrays (BENCHMARKS_perf.md, change
+    143).  ``logp``: log_softmax's output (storage); ``labels_host``: the labels as a host
+    int64 array; ``labels``: the same as a Tensor on x's device."""
+
+    grad_addend_inputs = (0,)
+
+    def forward(self, x, labels, logp=None, labels_host=None, reduction="mean"):
+        """Output storage from input storage (x itself is not read: logp holds what is needed)."""
+        be = self.be
+        n = logp.shape[0]
+        self.save(logp, labels)
+        self.scale = 1.0 if reduction != "mean" else 1.0 / n if n else float("nan")
+        self.reduction = reduction
+        picked = be.getitem(logp, (np.arange(n), labels_host))
+        if reduction == "none":
+            return be.scalar("mul", picked, -1.0)
+        return be.scalar("mul", be.sum(picked, (0,), False), -self.scale)
+
+    def backward(self, g):
+        """Gradients for the positional inputs."""
+        logp, labels = self.saved
+        be = self.be
+        n = logp.shape[0]
+        if self.reduction == "none":
+            gloss = g
+        else:
+            gloss = be.broadcast_to(be.reshape(be.scalar("mul", g, self.scale), (1,)), (n,))
+        addend, writable = self.grad_addend(0)
+        return be.log_softmax_nll_backward(logp, labels, gloss, addend, writable), None
+
+
+def _log_softmax_input(logp):
+    """x when the 2-D Tensor ``logp`` is the output of log_softmax(x, 1) recorded in the graph
+    (and nothing asked to keep logp's own gradient), else None."""
+    from .softmax import LogSoftmax
+
+    ctx = logp._ctx
+    if not (FUSE_LOG_SOFTMAX_NLL and isinstance(ctx, LogSoftmax)) or ctx.axis != 1 \
+            or logp._retains_grad:
+        return None
+    x = ctx.parents[0] if ctx.parents else None
+    if not isinstance(x, Tensor) or x.shape != logp.shape or x.dtype != logp.dtype:
+        return None
+    return x
 
 
 def _check_reduction(reduction, what):
@@ -189,7 +245,12 @@ def cross_entropy(input, target, reduction="mean", label_smoothing=0.0,  # noqa:
 
 def nll_loss(input, target, reduction="mean", ignore_index=-100, weight=None):  # noqa: A002
     """Negative log-likelihood of log-probabilities (N, C) at int class indices (N,);
-    ``ignore_index`` and ``weight`` as in :func:`cross_entropy`."""
+    ``ignore_index`` and ``weight`` as in :func:`cross_entropy`.
+
+    When ``input`` is log_softmax's output over the classes (``nll_loss(log_softmax(x, 1),
+    target)``) and no label is ignored or weighted, the loss node takes its gradient to x
+    directly (:class:`LogSoftmaxNLL`, the same values); ``FUSE_LOG_SOFTMAX_NLL = False`` turns
+    that off, and so does ``input.retain_grad()`` called before this."""
     _check_reduction(reduction, "nll_loss")
     if input.ndim != 2:
         raise ValueError(f"nll_loss: input must be 2-D (N, C), got shape {input.shape}")
@@ -199,6 +260,10 @@ def nll_loss(input, target, reduction="mean", ignore_index=-100, weight=None):  
         return _weighted_nll(input, labels.numpy(), keep, w, 0.0, reduction)
     if keep is not None:
         return _masked(NLLLoss.apply(input, labels.numpy(), reduction="none"), keep, reduction)
+    x = _log_softmax_input(input)
+    if x is not None:
+        return LogSoftmaxNLL.apply(x, labels, logp=input.data, labels_host=labels.numpy(),
+                                   reduction=reduction)
     return NLLLoss.apply(input, labels.numpy(), reduction=reduction)
 
 
