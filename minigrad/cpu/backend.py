@@ -38,11 +38,11 @@ _ACT_GRAD = {"relu": kernels.relu_grad, "sigmoid": kernels.sigmoid_grad, "tanh":
 
 
 # 2-D GEMMs with fewer multiply-adds than this run on one BLAS thread; bigger ones are split
-# between the Numba threads (kernels.gemm_threads).  Paired on the Zen 5 host, one thread
-# against two: 0.88x at 0.1M multiply-adds, 0.98x at 0.26M, 1.17-1.24x at 0.52M, 1.41-1.52x at
-# 1.3M (LeNet's fc2), 1.67-1.85x at 6.1M (fc1); the LeNet-5 step 1.07x faster with the line at
-# 0.5M instead of 8M (BENCHMARKS_perf.md, change 142).
-_SMALL_GEMM = 1 << 19
+# between the Numba threads (kernels.gemm_threads).  Paired on the Zen 5 host (OpenBLAS without
+# the machine's OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE), one thread against two: 0.80-0.82x up to
+# 0.26M multiply-adds, 0.96-1.19x at 0.52M, 1.05-1.07x at 0.79-0.88M, 1.34-2.2x at 1.05M,
+# 1.50-1.76x at 1.3M (LeNet's fc2), 1.55-1.75x at 6.1M (fc1) (BENCHMARKS_perf.md, change 142).
+_SMALL_GEMM = 1 << 20
 # Batched products with fewer multiply-adds than this (all matrices together) run as one
 # np.matmul on one BLAS thread: below it kernels.batched_gemm was not faster (0.74-1.01x at
 # 1M multiply-adds, change 142).

@@ -129,7 +129,7 @@ class _BlasThreads:
     Kernels that split work between Numba's threads call single-threaded BLAS from each.
     And a BLAS call on OpenBLAS's own threads, however short, leaves them spinning for a
     while; a Numba parallel region right after it then waits on the cores they hold: a
-    batched product of two 128x64 @ 64x64 matrices through np.matmul followed by a ReLU
+    batched product of two 256x128 @ 128x64 matrices through np.matmul followed by a ReLU
     over 1M floats took 8.0 ms a round instead of 0.1 (NumPy's OpenBLAS had not been
     held to one thread; BENCHMARKS_perf.md, change 141)."""
 
