@@ -438,32 +438,6 @@ def _bwd_whole(x, gy, U, ph, pw, nt, need_x, need_w, gx, addf, du, V, M, gxpbuf)
             crop_padded(gxp, n, n + 1, H, W, C, Hq, Wq, ph, pw, gxf, addf)
 
 
-@pjit(size_arg=1)
-def _weights_tf(w, U):
-    """U (16, K, C) = G g G^T for w (K, C, 3, 3), G = [[1,0,0],[.5,.5,.5],[.5,-.5,.5],[0,0,1]].
-
-    (K, C) order on both sides: contiguous reads, 16 contiguous write streams; the GEMMs
-    take U[pos] transposed."""
-    K, C = w.shape[0], w.shape[1]
-    for k in prange(K):
-        for a in range(4):
-            for c in range(C):
-                # row a of G g
-                if a == 0:
-                    t0, t1, t2 = w[k, c, 0, 0], w[k, c, 0, 1], w[k, c, 0, 2]
-                elif a == 3:
-                    t0, t1, t2 = w[k, c, 2, 0], w[k, c, 2, 1], w[k, c, 2, 2]
-                else:
-                    sg = 1.0 if a == 1 else -1.0
-                    t0 = 0.5 * (w[k, c, 0, 0] + sg * w[k, c, 1, 0] + w[k, c, 2, 0])
-                    t1 = 0.5 * (w[k, c, 0, 1] + sg * w[k, c, 1, 1] + w[k, c, 2, 1])
-                    t2 = 0.5 * (w[k, c, 0, 2] + sg * w[k, c, 1, 2] + w[k, c, 2, 2])
-                U[a * 4 + 0, k, c] = t0
-                U[a * 4 + 1, k, c] = 0.5 * (t0 + t1 + t2)
-                U[a * 4 + 2, k, c] = 0.5 * (t0 - t1 + t2)
-                U[a * 4 + 3, k, c] = t2
-
-
 @pjit(size_arg=0)
 def _weights_grad(duacc, gw):
     """gw (K, C, 3, 3) = G^T dU G, dU (16, K, C) = the sum over duacc's rows (float64).
@@ -510,12 +484,15 @@ def _weights_grad(duacc, gw):
                     gw[k, c0 + c, r, 2] = 0.5 * (t1 + t2) + t3
 
 
-# Input channels per task of the F(4x4, 3x3) weight transforms: whole rows of up to 256
-# channels, the float64 blocks (at most 36 x 256) in L2.  Against the per-channel scalar
-# loops these replaced, 256 x 256: transform 4.1-4.9 -> 0.9-1.5 ms, gradient (one partial
-# sum) 2.8-4.4 -> 2.1-2.3 ms; 64-channel tasks made the transform 2.1 ms (BENCHMARKS_perf.md,
-# change 99).  F(2x2, 3x3)'s scalar kernels above stay: this form ran them 1.3-1.7x slower
-# at 512 x 512, where they move memory at the machine's rate already.
+# Input channels per task of the general weight transforms (F(4x4, 3x3), the stride-2
+# variant, and F(2x2, 3x3)'s forward transform): whole rows of up to 256 channels, the float64
+# blocks (at most 36 x 256) in L2.  Against the per-channel scalar loops these replaced,
+# 256 x 256: transform 4.1-4.9 -> 0.9-1.5 ms, gradient (one partial sum) 2.8-4.4 -> 2.1-2.3
+# ms; 64-channel tasks made the transform 2.1 ms (BENCHMARKS_perf.md, change 99).  For
+# F(2x2, 3x3) this form ran 1.3-1.7x slower than the scalar kernels above on a host with a
+# third of the memory speed; on the Zen 5 host its forward transform ran 1.40-1.44x faster
+# than F(2x2)'s scalar transform kernel (128 to 512 channels; that kernel is gone) and its
+# gradient 0.77-0.86x as fast as _weights_grad, so F(2x2) keeps _weights_grad (change 144).
 _WT6_CHANNELS = 256
 
 
@@ -664,6 +641,8 @@ USE_S2 = os.environ.get("MINIGRAD_WINOGRAD_S2", "1") != "0"
 # (batch 32, channels-last) ran 1.07-1.10x faster than with 128-tile blocks, 1.11x with 96.
 _MIN_TB_S2 = 64
 _G5_ARRAY = np.array(_G5, dtype=np.float64)
+# F(2x2, 3x3)'s G (4 x 3), for _weights_tf_g
+_G4_ARRAY = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
 
 def applicable(N, C, K, R, S, OH, OW, stride, dilation):
@@ -716,10 +695,7 @@ def transform_weights(w, dt, npos=16):
     K, C = w.shape[0], w.shape[1]
     U = np.empty((npos, K, C), dtype=dt)
     w = np.ascontiguousarray(w, dtype=dt)
-    if npos == 16:
-        _weights_tf(w, U)
-    else:
-        _weights_tf_g(w, U, _G5_ARRAY if npos == 25 else _G6_ARRAY)
+    _weights_tf_g(w, U, _G4_ARRAY if npos == 16 else _G5_ARRAY if npos == 25 else _G6_ARRAY)
     return U
 
 
