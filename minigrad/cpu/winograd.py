@@ -492,7 +492,7 @@ def _weights_grad(duacc, gw):
 # F(2x2, 3x3) this form ran 1.3-1.7x slower than the scalar kernels above on a host with a
 # third of the memory speed; on the Zen 5 host its forward transform ran 1.40-1.44x faster
 # than F(2x2)'s scalar transform kernel (128 to 512 channels; that kernel is gone) and its
-# gradient 0.77-0.86x as fast as _weights_grad, so F(2x2) keeps _weights_grad (change 144).
+# gradient 0.65-0.80x as fast as _weights_grad, so F(2x2) keeps _weights_grad (change 144).
 _WT6_CHANNELS = 256
 
 
