@@ -41,16 +41,10 @@ SLACK = 4 * LANES   # zero floats the padded x needs after its last image
 USE = True          # False: conv.py takes its other paths instead
 
 
-def _applies(x, w, stride, dilation, OW):
-    return (USE and small_gemm.LANES == 16 and x.ndim == 4 and w.ndim == 4
-            and x.dtype == np.float32 and w.dtype == np.float32 and x.shape[1] == 1
-            and w.shape[0] == OUTPUTS and w.shape[1] == 1 and LANES < OW <= 2 * LANES
-            and x.shape[0] > 0 and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1))
-
-
-def output_width(x, w, padding):
-    """OW of a stride-1, dilation-1 convolution of x (N, C, H, W) by w (K, C, R, S)."""
-    return x.shape[3] + 2 * padding[1] - w.shape[3] + 1
+def output_size(x, w, padding):
+    """(OH, OW) of a stride-1, dilation-1 convolution of x (N, C, H, W) by w (K, C, R, S)."""
+    return (x.shape[2] + 2 * padding[0] - w.shape[2] + 1,
+            x.shape[3] + 2 * padding[1] - w.shape[3] + 1)
 
 
 def forward_applies(x, w, stride, padding, dilation):
@@ -58,10 +52,13 @@ def forward_applies(x, w, stride, padding, dilation):
     float32 w (OUTPUTS, 1, R, S), output rows of LANES + 1 to 2 * LANES pixels, at least
     one output row, stride 1, dilation 1, on an AVX-512 host (LANES 16, where these kernels
     were measured), while ``USE`` is True."""
-    if x.ndim != 4 or w.ndim != 4:
+    if not USE or small_gemm.LANES != 16 or x.ndim != 4 or w.ndim != 4:
         return False
-    OH = x.shape[2] + 2 * padding[0] - w.shape[2] + 1
-    return OH >= 1 and _applies(x, w, stride, dilation, output_width(x, w, padding))
+    OH, OW = output_size(x, w, padding)
+    return (x.dtype == np.float32 and w.dtype == np.float32 and x.shape[1] == 1
+            and w.shape[0] == OUTPUTS and w.shape[1] == 1 and LANES < OW <= 2 * LANES
+            and OH >= 1 and x.shape[0] > 0 and tuple(stride) == (1, 1)
+            and tuple(dilation) == (1, 1))
 
 
 def backward_applies(x, w, gy, stride, padding, dilation, need_x):
@@ -69,20 +66,15 @@ def backward_applies(x, w, gy, stride, padding, dilation, need_x):
     a convolution ``forward_applies`` accepts, with a float32 dY of the output's shape."""
     if need_x or not forward_applies(x, w, stride, padding, dilation):
         return False
-    OH = x.shape[2] + 2 * padding[0] - w.shape[2] + 1
-    return gy.dtype == np.float32 and gy.shape == (x.shape[0], w.shape[0], OH,
-                                                    output_width(x, w, padding))
+    return gy.dtype == np.float32 and gy.shape == (x.shape[0], w.shape[0]) + output_size(
+        x, w, padding)
 
 
 def _lane_mask(builder, count):
     """i1 vector: lane j on when j < count (an i64 value)."""
-    i64 = ir.IntType(64)
-    lanes = ir.Constant(ir.VectorType(i64, LANES), list(range(LANES)))
-    splat = builder.insert_element(ir.Constant(ir.VectorType(i64, LANES), ir.Undefined), count,
-                                   ir.Constant(ir.IntType(32), 0))
-    splat = builder.shuffle_vector(splat, ir.Constant(ir.VectorType(i64, LANES), ir.Undefined),
-                                   ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
-    return builder.icmp_signed("<", lanes, splat)
+    it = ir.VectorType(ir.IntType(64), LANES)
+    lanes = ir.Constant(it, list(range(LANES)))
+    return builder.icmp_signed("<", lanes, small_gemm._splat(builder, it, count))
 
 
 def make_fwd_tile(rows, K):

@@ -43,15 +43,10 @@ class NLLLoss(Function):
 
     def forward(self, logp, labels, reduction="mean"):
         """Output storage from input storage."""
-        be = self.be
-        n = logp.shape[0]
-        self.index, self.shape = (np.arange(n), labels), logp.shape
-        self.scale = -1.0 if reduction != "mean" else -1.0 / n if n else float("nan")
+        self.index, self.shape = (np.arange(logp.shape[0]), labels), logp.shape
         self.reduction = reduction
-        picked = be.getitem(logp, self.index)
-        if reduction == "none":
-            return be.scalar("mul", picked, -1.0)
-        return be.scalar("mul", be.sum(picked, (0,), False), self.scale)
+        out, self.scale = _picked_nll(self.be, logp, self.index, reduction)
+        return out
 
     def backward(self, g):
         """Gradients for the positional inputs."""
@@ -80,27 +75,36 @@ class LogSoftmaxNLL(Function):
 
     def forward(self, x, labels, logp=None, labels_host=None, reduction="mean"):
         """Output storage from input storage (x itself is not read: logp holds what is needed)."""
-        be = self.be
-        n = logp.shape[0]
         self.save(logp, labels)
-        self.scale = 1.0 if reduction != "mean" else 1.0 / n if n else float("nan")
         self.reduction = reduction
-        picked = be.getitem(logp, (np.arange(n), labels_host))
-        if reduction == "none":
-            return be.scalar("mul", picked, -1.0)
-        return be.scalar("mul", be.sum(picked, (0,), False), -self.scale)
+        out, self.scale = _picked_nll(self.be, logp, (np.arange(logp.shape[0]), labels_host),
+                                      reduction)
+        return out
 
     def backward(self, g):
         """Gradients for the positional inputs."""
         logp, labels = self.saved
         be = self.be
         n = logp.shape[0]
+        # the loss terms' weights (NLLLoss's per-sample gradient with the sign turned)
         if self.reduction == "none":
             gloss = g
         else:
-            gloss = be.broadcast_to(be.reshape(be.scalar("mul", g, self.scale), (1,)), (n,))
+            gloss = be.broadcast_to(be.reshape(be.scalar("mul", g, -self.scale), (1,)), (n,))
         addend, writable = self.grad_addend(0)
         return be.log_softmax_nll_backward(logp, labels, gloss, addend, writable), None
+
+
+def _picked_nll(be, logp, index, reduction):
+    """(loss, scale) of the NLL of logp (N, C) at index = (arange(N), labels): the per-sample
+    losses -logp[index] for reduction "none", else their sum times -scale; scale is d loss /
+    d logp[index] per sample for a unit loss gradient (-1, or -1/N for "mean")."""
+    n = logp.shape[0]
+    scale = -1.0 if reduction != "mean" else -1.0 / n if n else float("nan")
+    picked = be.getitem(logp, index)
+    if reduction == "none":
+        return be.scalar("mul", picked, -1.0), scale
+    return be.scalar("mul", be.sum(picked, (0,), False), scale), scale
 
 
 def _log_softmax_input(logp):
