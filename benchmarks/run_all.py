@@ -31,6 +31,7 @@ import minigrad as mg  # noqa: E402
 import minigrad.nn as nn  # noqa: E402
 import minigrad.nn.functional as F  # noqa: E402
 import minigrad.optim as optim  # noqa: E402
+from benchmarks import read_bandwidth  # noqa: E402
 
 try:
     import torch
@@ -301,6 +302,11 @@ def _channels_last(a):
     return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
 
 
+# Buffer read just before each conv row (read_bandwidth): about the size of the memory-heavy
+# rows' working sets, so its rate says whether the host's shared cache holds them now.
+ROW_PROBE_MB = 24
+
+
 def bench_convs(batch, repeat, channels_last=False):
     """conv2d forward + both backward passes on each ResNet-18 (CIFAR stem) layer shape.
 
@@ -335,8 +341,9 @@ def bench_convs(batch, repeat, channels_last=False):
                 torch.nn.functional.conv2d(xt, wt, stride=s, padding=p).backward(gyt)
 
         layout = ", channels-last" if channels_last else ""
-        rows.append(time_pair({"workload": f"conv {cin}->{cout} {h}x{h} k{k} s{s} fwd+bwd, batch {batch}{layout}",
-                               "flops": flops}, mg_run, torch_run, repeat, ref_fn=sgemm))
+        row = {"workload": f"conv {cin}->{cout} {h}x{h} k{k} s{s} fwd+bwd, batch {batch}{layout}",
+               "flops": flops, "read_gbps": read_bandwidth.read_gbps(ROW_PROBE_MB)}
+        rows.append(time_pair(row, mg_run, torch_run, repeat, ref_fn=sgemm))
     return rows
 
 
@@ -644,6 +651,11 @@ def format_table(rows, sgemm):
         lines.append(f"% of sgemm: conv rows against the sgemm {SGEMM_N}^3 timed just before and after "
                      f"each row (median per row; {min(refs):.0f}-{max(refs):.0f} GFLOP/s over the rows), "
                      "other rows against the sgemm at the start of the run.")
+    probes = [r["read_gbps"] for r in rows if "read_gbps" in r]
+    if probes:
+        lines.append(f"Reading {ROW_PROBE_MB} MB (two threads) just before each conv row: "
+                     f"{min(probes):.0f}-{max(probes):.0f} GB/s (benchmarks/read_bandwidth.py; a low "
+                     "rate means the shared cache does not hold the memory-heavy rows' data then).")
     return "\n".join(lines)
 
 
@@ -673,12 +685,14 @@ def main(argv=None):
     l2 = os.environ.get("OPENBLAS_L2_SIZE", "unset")
     sgemm = sgemm_rate(args.repeat)
     cores = blas_core_types()
+    reads0 = read_bandwidth.probe()
     load0 = loadavg()
     cpu0, wall0 = cpu_seconds(), time.perf_counter()
     print(f"threads {THREADS}; OPENBLAS_CORETYPE={core} OPENBLAS_L2_SIZE={l2}; OpenBLAS core type in use: "
           + ", ".join(f"{k} {v}" for k, v in cores.items())
           + f"; NumPy sgemm 2048^3: {sgemm:.0f} GFLOP/s; torch: {torch.__version__ if torch else 'not installed'}; "
-          f"load average at start {load0:.2f}", flush=True)
+          f"load average at start {load0:.2f}; read bandwidth (two threads) {read_bandwidth.describe(reads0)}",
+          flush=True)
     rows = []
     for name in args.only.split(","):
         name = name.strip()
@@ -689,17 +703,20 @@ def main(argv=None):
         for r in new:
             print("  done:", r["workload"], flush=True)
     sgemm_end = sgemm_rate(args.repeat)
+    reads1 = read_bandwidth.probe()
     load1 = loadavg()
     others = others_load(cpu0, time.perf_counter() - wall0)
     print(format_table(rows, sgemm))
     print(f"sgemm at the end of the run: {sgemm_end:.0f} GFLOP/s; load average at the end {load1:.2f}; "
-          f"other processes kept {others:.2f} cores busy on average during the run"
+          f"other processes kept {others:.2f} cores busy on average during the run; "
+          f"read bandwidth at the end {read_bandwidth.describe(reads1)}"
           + ("  (LOADED MACHINE: numbers not representative)" if others > 0.25 else ""))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"sgemm_gflops": sgemm, "sgemm_gflops_end": sgemm_end, "openblas_coretype": core,
                        "openblas_l2_size": l2, "openblas_core_in_use": cores, "load_start": load0,
-                       "load_end": load1, "others_cores": others, "rows": rows}, fh, indent=1)
+                       "load_end": load1, "others_cores": others, "read_gbps_start": reads0,
+                       "read_gbps_end": reads1, "rows": rows}, fh, indent=1)
     return rows
 
 

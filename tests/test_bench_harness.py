@@ -4,7 +4,9 @@ import time
 
 import pytest
 
-from benchmarks import ab_pairs, run_all
+import numpy as np
+
+from benchmarks import ab_pairs, read_bandwidth, run_all
 
 
 def test_time_pair_alternates_turns_and_takes_medians(monkeypatch):
@@ -79,6 +81,32 @@ def test_table_notes_conv_layouts_and_ratios():
     assert "| 2.00 ms | 3.00 ms | 1.50x | 100 | 50% |" in text
     assert "| matmul 4x4x4 | 1.00 ms | - |" in text
     assert "channels-last in both frameworks" in text
+
+
+def test_table_reports_the_read_probe_range_of_the_conv_rows():
+    rows = [{"workload": "conv 64->128 32x32 k1 s2 fwd+bwd, batch 32", "minigrad_s": 0.001,
+             "flops": 1e8, "read_gbps": 61.4},
+            {"workload": "conv 64->128 32x32 k1 s2 fwd+bwd, batch 32, channels-last",
+             "minigrad_s": 0.001, "flops": 1e8, "read_gbps": 152.6}]
+    text = run_all.format_table(rows, sgemm=200.0)
+    assert "Reading 24 MB (two threads) just before each conv row: 61-153 GB/s" in text
+    assert "Reading" not in run_all.format_table([{"workload": "matmul 4x4x4", "minigrad_s": 0.001}], 1.0)
+
+
+def test_read_probe_reads_every_element_of_its_buffer():
+    a = np.arange(1000, dtype=np.float32)
+    sums = np.zeros(2, dtype=np.float32)
+    read_bandwidth._read(a, sums)
+    assert sums.sum() == a.sum()      # both halves, once each
+    assert sums[0] == a[:500].sum() and sums[1] == a[500:].sum()
+
+
+def test_read_probe_reports_a_rate_for_each_size(monkeypatch):
+    clock = iter(np.arange(0.0, 100.0, 0.5))   # every read takes 0.5 s
+    monkeypatch.setattr(read_bandwidth.time, "perf_counter", lambda: next(clock))
+    rates = read_bandwidth.probe((1, 2))
+    assert rates == {1: pytest.approx((1 << 20) / 0.5 / 1e9), 2: pytest.approx((2 << 20) / 0.5 / 1e9)}
+    assert read_bandwidth.describe({8: 150.2, 128: 55.0}) == "8 MB 150, 128 MB 55 GB/s"
 
 
 def test_reference_call_is_timed_around_the_row_and_used_for_it(monkeypatch):
