@@ -46,13 +46,17 @@ CASES = [(3, 5, 9, 8, 6, (2, 2)), (16, 8, 4, 4, 8, (1, 1)), (2, 3, 8, 8, 4, (1, 
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("bias", [False, True])
-def test_forward_and_gradients_match_the_reference(case, dtype, bias):
+@pytest.mark.parametrize("bias", [False, True, "one channel"])
+@pytest.mark.parametrize("fill_first", [False, True])
+def test_forward_and_gradients_match_the_reference(case, dtype, bias, fill_first, monkeypatch):
+    monkeypatch.setattr(conv1x1_nchw, "FILL_Y_FIRST", fill_first)
     N, C, H, W, K, stride = case
     rng = np.random.default_rng(7)
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
     w = rng.standard_normal((K, C, 1, 1)).astype(dtype)
     b = rng.standard_normal(K).astype(dtype) if bias else None
+    if bias == "one channel":   # a bias that is zero but for its last channel is still added
+        b[:-1] = 0
     assert conv._nchw_1x1(x, w, (0, 0), np.dtype(dtype))
     y, saved = conv.conv2d_saving(x, w, b, stride, (0, 0), (1, 1), True)
     OH, OW = (H - 1) // stride[0] + 1, (W - 1) // stride[1] + 1

@@ -1850,7 +1850,7 @@ def _conv1x1_nchw(x, w, bb, sh, sw, OH, OW, box, keep_x):
     y = np.empty((N, K, OH, OW), dtype=dt)
     with _single_blas, _dynamic_schedule():
         conv1x1_nchw.forward(x, np.ascontiguousarray(w, dtype=dt).reshape(-1), bb, sh, sw, OH,
-                             OW, g, keep, xs, y, nt)
+                             OW, g, keep, xs, y, nt, conv1x1_nchw.FILL_Y_FIRST)
     if keep:
         box.x_sampled, box.sampled_group = xs, g
     return y

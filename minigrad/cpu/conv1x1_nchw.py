@@ -160,17 +160,29 @@ def _group_rows(a, n_a, n_b, R, P, out):
                 d[p] = s[p]
 
 
+# One image per work unit: True fills y's rows with the bias in one sequential pass and has
+# the GEMM add into them (faster on the Zen 4 host of change 127, where the GEMM otherwise
+# waited on y's lines); False (the default) has the GEMM write y and adds a nonzero bias
+# afterwards, while y is in L2.  On the Zen 5 host of session 34, without a bias (ResNet's
+# downsampling layers), False ran the 64->128 stride-2 row 1.033-1.039x faster (paired);
+# with a bias, 1.002-1.011x (BENCHMARKS_perf.md, change 145).
+FILL_Y_FIRST = False
+
+
 @njit(parallel=True, cache=True)
-def forward(x, wf, b, sh, sw, OH, OW, g, keep, xs, y, nt):
+def forward(x, wf, b, sh, sw, OH, OW, g, keep, xs, y, nt, fill_first):
     """y (N, K, OH, OW) = 1x1 conv of x (N, C, H, W), both C-contiguous, with wf (K*C,)
     (w as a (K, C) matrix), plus b (K,) (zeros for no bias).  With ``keep``, the sampled input
     is written to xs (N*C*P, grouped g images at a time) for the backward; stride 1
-    with g == 1 reads x in place and writes nothing there."""
+    with g == 1 reads x in place and writes nothing there.  ``fill_first``: FILL_Y_FIRST."""
     N, C = x.shape[0], x.shape[1]
     K = b.shape[0]
     P = OH * OW
     ngroups = (N + g - 1) // g
     in_place = reads_x_in_place(sh, sw, g)
+    has_b = False
+    for k in range(K):
+        has_b = has_b or b[k] != 0
     xbuf = np.empty((nt, 0 if (keep or in_place) else C * g * P), dtype=x.dtype)
     ybuf = np.empty((nt, K * g * P if g > 1 else 0), dtype=x.dtype)
     xf = x.reshape(-1)
@@ -186,16 +198,21 @@ def forward(x, wf, b, sh, sw, OH, OW, g, keep, xs, y, nt):
             src = xs[n_a * C * P:] if keep else xbuf[t]
             _gather(x, n_a, n_b, sh, sw, OH, OW, src)
         if g == 1:
-            # y's rows start as the bias (zeros without one), written in one sequential
-            # pass, and the GEMM adds into them (beta 1): the GEMM then finds y's lines in
-            # L2 instead of waiting on them 24 lines at a time (change 127)
             out = yf[n_a * K * P:n_b * K * P]
-            for k in range(K):
-                bk = b[k]
-                row = out[k * P:(k + 1) * P]
-                for p in range(P):
-                    row[p] = bk
-            gemm_rm(False, False, K, P, C, 1.0, wf, C, src, P, 1.0, out, P)
+            if fill_first:
+                for k in range(K):
+                    bk = b[k]
+                    row = out[k * P:(k + 1) * P]
+                    for p in range(P):
+                        row[p] = bk
+                gemm_rm(False, False, K, P, C, 1.0, wf, C, src, P, 1.0, out, P)
+            else:
+                gemm_rm(False, False, K, P, C, 1.0, wf, C, src, P, 0.0, out, P)
+                for k in range(K if has_b else 0):
+                    bk = b[k]
+                    row = out[k * P:(k + 1) * P]
+                    for p in range(P):
+                        row[p] += bk
         else:
             gemm_rm(False, False, K, G, C, 1.0, wf, C, src, G, 0.0, ybuf[t], G)
             yb = ybuf[t]
