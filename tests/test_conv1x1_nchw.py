@@ -217,10 +217,10 @@ def test_switch_off_gives_the_same_values(monkeypatch):
                                       ((1, 2), 32), ((2, 2), 95), ((2, 3), 48), ((3, 1), 16)])
 def test_gather_and_scatter_match_numpy(dtype, stride, W):
     """The stride gather and the dX scatter give NumPy's strided views, for a unit of one
-    image and of two, with x's data not 64-byte aligned.  Widths 32 and 31 (16 sampled
-    pixels) and 16 and 15 (8) at column stride 2 take the fixed-width copies
-    (conv1x1_nchw.FIXED_ROW_WIDTHS), odd widths the scatter's single-element stores; the rest
-    the general loops."""
+    image and of two, with x's data not 64-byte aligned.  Widths 32 and 16 (16 and 8 sampled
+    pixels) at column stride 2 take the vector shuffles (stride2_lanes), 31 and 15 the
+    fixed-width copies (conv1x1_nchw.FIXED_ROW_WIDTHS), odd widths the scatter's
+    single-element stores; the rest the general loops."""
     sh, sw = stride
     N, C, H = 2, 5, 12
     rng = np.random.default_rng(3)
@@ -228,6 +228,7 @@ def test_gather_and_scatter_match_numpy(dtype, stride, W):
     x = rng.standard_normal(count + 1).astype(dtype)[1:].reshape(N, C, H, W)  # unaligned
     OH, OW = (H - 1) // sh + 1, (W - 1) // sw + 1
     assert (sw == 2 and OW in conv1x1_nchw.FIXED_ROW_WIDTHS) == (W in (32, 31, 16, 15) and sw == 2)
+    assert conv1x1_nchw.pairs_apply(sw, OW, W) == (W in (32, 16) and sw == 2)
     P = OH * OW
     sampled = x[:, :, ::sh, ::sw]
     for n_a, n_b in ((0, 2), (1, 2)):

@@ -27,6 +27,7 @@ from numba import njit, prange
 
 from .blas import gemm_rm
 from .prefetch import stream_in
+from .stride2_lanes import add_to_even_8, add_to_even_16, take_even_8, take_even_16
 
 # Fewest GEMM columns (pixels) per work unit: images with fewer output pixels are
 # grouped.  Per-image GEMMs of 512x256 by 256x16 ran at 65-74% of the single-thread
@@ -82,10 +83,39 @@ def _gather_rows(x, n_a, n_b, sh, sw, OH, OW, xs):
 
 
 @njit(cache=True)
+def _gather_pairs(x, n_a, n_b, sh, OH, OW, xs):
+    """_gather for sw == 2, OW 16 or 8 and 2*OW <= W: each sampled row is the even
+    elements of 2*OW, taken by vector shuffles (stride2_lanes)."""
+    N, C, H, W = x.shape
+    P = OH * OW
+    G = (n_b - n_a) * P
+    xf = x.reshape(-1)
+    for i in range(n_b - n_a):
+        for c in range(C):
+            s0 = ((n_a + i) * C + c) * H * W
+            o = c * G + i * P
+            for oh in range(OH):
+                if OW == 16:
+                    take_even_16(xf, s0 + oh * sh * W, xs, o + oh * OW)
+                else:
+                    take_even_8(xf, s0 + oh * sh * W, xs, o + oh * OW)
+
+
+def pairs_apply(sw, OW, W):
+    """True when the gather and scatter of a sampled row use stride2_lanes' shuffles."""
+    return sw == 2 and (OW == 16 or OW == 8) and 2 * OW <= W
+
+
+pairs_apply_jit = njit(cache=True, inline="always")(pairs_apply)
+
+
+@njit(cache=True)
 def _gather(x, n_a, n_b, sh, sw, OH, OW, xs):
     """xs (C x G) flat, G = (n_b-n_a)*P: columns i*P .. (i+1)*P-1 hold
     x[n_a+i, c, ::sh, ::sw] (its first OH x OW pixels) for each channel c."""
-    if sw == 2 and OW == FIXED_ROW_WIDTHS[0]:
+    if pairs_apply_jit(sw, OW, x.shape[3]):
+        _gather_pairs(x, n_a, n_b, sh, OH, OW, xs)
+    elif sw == 2 and OW == FIXED_ROW_WIDTHS[0]:
         _gather_rows(x, n_a, n_b, sh, 2, OH, FIXED_ROW_WIDTHS[0], xs)
     elif sw == 2 and OW == FIXED_ROW_WIDTHS[1]:
         _gather_rows(x, n_a, n_b, sh, 2, OH, FIXED_ROW_WIDTHS[1], xs)
@@ -111,7 +141,17 @@ def _scatter_add(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base):
     """gx[n, c, oh*sh, ow*sw] += d[c, i*P + oh*OW + ow] for one image, whose planes start
     at gxf[base]; d is (C x G) flat, P = OH*OW.  With sw == 2 the pixels between the
     sampled ones in a sampled row may be rewritten unchanged (a -0.0 there becomes +0.0)."""
-    if sw == 2 and OW == FIXED_ROW_WIDTHS[0]:
+    if pairs_apply_jit(sw, OW, W):
+        P = OH * OW
+        for c in range(C):
+            s0 = c * G + i * P
+            o = base + c * H * W
+            for oh in range(OH):
+                if OW == 16:
+                    add_to_even_16(d, s0 + oh * OW, gxf, o + oh * sh * W)
+                else:
+                    add_to_even_8(d, s0 + oh * OW, gxf, o + oh * sh * W)
+    elif sw == 2 and OW == FIXED_ROW_WIDTHS[0]:
         _scatter_add_rows(d, G, i, C, OH, FIXED_ROW_WIDTHS[0], sh, 2, H, W, gxf, base, False)
     elif sw == 2 and OW == FIXED_ROW_WIDTHS[1]:
         _scatter_add_rows(d, G, i, C, OH, FIXED_ROW_WIDTHS[1], sh, 2, H, W, gxf, base, False)
