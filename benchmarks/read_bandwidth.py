@@ -7,6 +7,11 @@ so how much of it this process gets changes from minute to minute.  ``read_gbps(
 measures it: a buffer of ``mb`` MB read end to end by both threads, again and again; the
 rate at 8 MB is the cache's, at 128 MB DRAM's, and at 24 MB whichever the host allows now.
 
+Run it a moment after any multi-threaded OpenBLAS call, not right after: OpenBLAS's
+threads spin on for a while and share the two cores with the probe's (measured right after
+a 2048^3 sgemm: 8 MB once at 1 GB/s, 128 MB at 26-35 GB/s; 0.25 s later 123-145 and
+47-48 GB/s).  run_all sleeps REF_SETTLE_S first.
+
     python -m benchmarks.read_bandwidth        # one line: GB/s at PROBE_MB
 """
 

@@ -341,6 +341,7 @@ def bench_convs(batch, repeat, channels_last=False):
                 torch.nn.functional.conv2d(xt, wt, stride=s, padding=p).backward(gyt)
 
         layout = ", channels-last" if channels_last else ""
+        time.sleep(REF_SETTLE_S)   # the previous row ended with a multi-threaded sgemm
         row = {"workload": f"conv {cin}->{cout} {h}x{h} k{k} s{s} fwd+bwd, batch {batch}{layout}",
                "flops": flops, "read_gbps": read_bandwidth.read_gbps(ROW_PROBE_MB)}
         rows.append(time_pair(row, mg_run, torch_run, repeat, ref_fn=sgemm))
@@ -685,6 +686,7 @@ def main(argv=None):
     l2 = os.environ.get("OPENBLAS_L2_SIZE", "unset")
     sgemm = sgemm_rate(args.repeat)
     cores = blas_core_types()
+    time.sleep(REF_SETTLE_S)   # OpenBLAS's threads spin on for a while after the sgemm
     reads0 = read_bandwidth.probe()
     load0 = loadavg()
     cpu0, wall0 = cpu_seconds(), time.perf_counter()
@@ -703,6 +705,7 @@ def main(argv=None):
         for r in new:
             print("  done:", r["workload"], flush=True)
     sgemm_end = sgemm_rate(args.repeat)
+    time.sleep(REF_SETTLE_S)
     reads1 = read_bandwidth.probe()
     load1 = loadavg()
     others = others_load(cpu0, time.perf_counter() - wall0)
