@@ -56,9 +56,14 @@ FIXED_ROW_WIDTHS = (16, 8)
 
 
 @njit(cache=True, inline="always")
-def _copy_sampled_row(xf, s, sw, dst, OW):
-    """dst[:OW] = xf[s::sw][:OW]."""
-    if sw == 2:   # a constant stride vectorises (2.6x faster on 32x32 planes)
+def _copy_sampled_row(xf, s, sw, dst, OW, shuffled):
+    """dst[:OW] = xf[s::sw][:OW]; ``shuffled`` (pairs_apply: sw 2, OW 16 or 8, the row
+    holding 2*OW elements): by stride2_lanes' vector shuffle."""
+    if shuffled and OW == 16:
+        take_even_16(xf, s, dst, 0)
+    elif shuffled:
+        take_even_8(xf, s, dst, 0)
+    elif sw == 2:   # a constant stride vectorises (2.6x faster on 32x32 planes)
         src = xf[s:s + 2 * OW - 1]
         for ow in range(OW):
             dst[ow] = src[2 * ow]
@@ -68,7 +73,7 @@ def _copy_sampled_row(xf, s, sw, dst, OW):
 
 
 @njit(cache=True, inline="always")
-def _gather_rows(x, n_a, n_b, sh, sw, OH, OW, xs):
+def _gather_rows(x, n_a, n_b, sh, sw, OH, OW, xs, shuffled):
     """The body of _gather, inlined with a constant sw and OW where it can be."""
     N, C, H, W = x.shape
     P = OH * OW
@@ -79,26 +84,8 @@ def _gather_rows(x, n_a, n_b, sh, sw, OH, OW, xs):
             s0 = ((n_a + i) * C + c) * H * W
             o = c * G + i * P
             for oh in range(OH):
-                _copy_sampled_row(xf, s0 + oh * sh * W, sw, xs[o + oh * OW:o + (oh + 1) * OW], OW)
-
-
-@njit(cache=True)
-def _gather_pairs(x, n_a, n_b, sh, OH, OW, xs):
-    """_gather for sw == 2, OW 16 or 8 and 2*OW <= W: each sampled row is the even
-    elements of 2*OW, taken by vector shuffles (stride2_lanes)."""
-    N, C, H, W = x.shape
-    P = OH * OW
-    G = (n_b - n_a) * P
-    xf = x.reshape(-1)
-    for i in range(n_b - n_a):
-        for c in range(C):
-            s0 = ((n_a + i) * C + c) * H * W
-            o = c * G + i * P
-            for oh in range(OH):
-                if OW == 16:
-                    take_even_16(xf, s0 + oh * sh * W, xs, o + oh * OW)
-                else:
-                    take_even_8(xf, s0 + oh * sh * W, xs, o + oh * OW)
+                _copy_sampled_row(xf, s0 + oh * sh * W, sw, xs[o + oh * OW:o + (oh + 1) * OW], OW,
+                                  shuffled)
 
 
 def pairs_apply(sw, OW, W):
@@ -114,19 +101,19 @@ def _gather(x, n_a, n_b, sh, sw, OH, OW, xs):
     """xs (C x G) flat, G = (n_b-n_a)*P: columns i*P .. (i+1)*P-1 hold
     x[n_a+i, c, ::sh, ::sw] (its first OH x OW pixels) for each channel c."""
     if pairs_apply_jit(sw, OW, x.shape[3]):
-        _gather_pairs(x, n_a, n_b, sh, OH, OW, xs)
+        _gather_rows(x, n_a, n_b, sh, 2, OH, OW, xs, True)
     elif sw == 2 and OW == FIXED_ROW_WIDTHS[0]:
-        _gather_rows(x, n_a, n_b, sh, 2, OH, FIXED_ROW_WIDTHS[0], xs)
+        _gather_rows(x, n_a, n_b, sh, 2, OH, FIXED_ROW_WIDTHS[0], xs, False)
     elif sw == 2 and OW == FIXED_ROW_WIDTHS[1]:
-        _gather_rows(x, n_a, n_b, sh, 2, OH, FIXED_ROW_WIDTHS[1], xs)
+        _gather_rows(x, n_a, n_b, sh, 2, OH, FIXED_ROW_WIDTHS[1], xs, False)
     else:
-        _gather_rows(x, n_a, n_b, sh, sw, OH, OW, xs)
+        _gather_rows(x, n_a, n_b, sh, sw, OH, OW, xs, False)
 
 
 @njit(cache=True, inline="always")
 def _scatter_add_rows(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base, paired):
     """The body of _scatter_add, inlined with a constant sw and OW where it can be;
-    ``paired`` as in _scatter_add_row."""
+    ``paired`` as in _scatter_add_row (2: by stride2_lanes' vector shuffle)."""
     P = OH * OW
     for c in range(C):
         s0 = c * G + i * P
@@ -142,29 +129,26 @@ def _scatter_add(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base):
     at gxf[base]; d is (C x G) flat, P = OH*OW.  With sw == 2 the pixels between the
     sampled ones in a sampled row may be rewritten unchanged (a -0.0 there becomes +0.0)."""
     if pairs_apply_jit(sw, OW, W):
-        P = OH * OW
-        for c in range(C):
-            s0 = c * G + i * P
-            o = base + c * H * W
-            for oh in range(OH):
-                if OW == 16:
-                    add_to_even_16(d, s0 + oh * OW, gxf, o + oh * sh * W)
-                else:
-                    add_to_even_8(d, s0 + oh * OW, gxf, o + oh * sh * W)
+        _scatter_add_rows(d, G, i, C, OH, OW, sh, 2, H, W, gxf, base, 2)
     elif sw == 2 and OW == FIXED_ROW_WIDTHS[0]:
-        _scatter_add_rows(d, G, i, C, OH, FIXED_ROW_WIDTHS[0], sh, 2, H, W, gxf, base, False)
+        _scatter_add_rows(d, G, i, C, OH, FIXED_ROW_WIDTHS[0], sh, 2, H, W, gxf, base, 0)
     elif sw == 2 and OW == FIXED_ROW_WIDTHS[1]:
-        _scatter_add_rows(d, G, i, C, OH, FIXED_ROW_WIDTHS[1], sh, 2, H, W, gxf, base, False)
+        _scatter_add_rows(d, G, i, C, OH, FIXED_ROW_WIDTHS[1], sh, 2, H, W, gxf, base, 0)
     else:
-        _scatter_add_rows(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base, True)
+        _scatter_add_rows(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base, 1)
 
 
 @njit(cache=True, inline="always")
 def _scatter_add_row(src, gxf, o, sw, OW, W, paired):
-    """gxf[o::sw][:OW] += src[:OW] (see _scatter_add).  ``paired``: with sw == 2, add + 0.0
+    """gxf[o::sw][:OW] += src[:OW] (see _scatter_add).  ``paired`` 1: with sw == 2, add + 0.0
     to the pixels in between too (for a run-time OW; with a fixed one the plain loop ran the
-    scatter 1.7x faster: BENCHMARKS_perf.md, change 129)."""
-    if sw == 2 and paired and 2 * OW <= W:
+    scatter 1.7x faster: BENCHMARKS_perf.md, change 129); 2: the same by stride2_lanes' vector
+    shuffle (pairs_apply must hold)."""
+    if paired == 2 and OW == 16:
+        add_to_even_16(src, 0, gxf, o)
+    elif paired == 2:
+        add_to_even_8(src, 0, gxf, o)
+    elif sw == 2 and paired == 1 and 2 * OW <= W:
         # Both members of each (even, odd) pair are stored, so LLVM vectorises the
         # pairs as interleaved vectors; with the odd one left alone it does not.  The
         # odd one gets + 0.0 (an identity, except that -0.0 becomes +0.0) because a

@@ -39,25 +39,34 @@ def _lanes(values):
     return ir.Constant(ir.VectorType(ir.IntType(32), len(values)), values)
 
 
+def _operands(context, builder, signature, args, n):
+    """(pointer to src[soff], pointer to dst[doff], the n-element vector type, the element
+    size) for an intrinsic called as ``(src, soff, dst, doff)``."""
+    S, et, align = _element_pointer(context, builder, signature, args, 0, args[1])
+    D, _, _ = _element_pointer(context, builder, signature, args, 2, args[3])
+    return S, D, ir.VectorType(et, n), align
+
+
+def _typed(src, dst):
+    """The intrinsics' signature: two arrays of one dtype and their int offsets."""
+    if src.dtype != dst.dtype:
+        return None
+    return types.void(src, types.intp, dst, types.intp)
+
+
 def make_take_even(n):
     """The intrinsic ``take_even(src, soff, dst, doff)`` for n elements (see the module)."""
     @intrinsic
     def take_even(typingctx, src, soff, dst, doff):
-        if src.dtype != dst.dtype:
-            return None
-        sig = types.void(src, types.intp, dst, types.intp)
-
         def codegen(context, builder, signature, args):
-            S, et, align = _element_pointer(context, builder, signature, args, 0, args[1])
-            D, _, _ = _element_pointer(context, builder, signature, args, 2, args[3])
-            vt = ir.VectorType(et, n)
+            S, D, vt, align = _operands(context, builder, signature, args, n)
             a = builder.load(_vector(builder, S, 0, vt), align=align)
             b = builder.load(_vector(builder, S, n, vt), align=align)
             even = builder.shuffle_vector(a, b, _lanes([2 * j for j in range(n)]))
             builder.store(even, _vector(builder, D, 0, vt), align=align)
             return context.get_dummy_value()
 
-        return sig, codegen
+        return _typed(src, dst), codegen
 
     return take_even
 
@@ -66,14 +75,8 @@ def make_add_to_even(n):
     """The intrinsic ``add_to_even(src, soff, dst, doff)`` for n elements (see the module)."""
     @intrinsic
     def add_to_even(typingctx, src, soff, dst, doff):
-        if src.dtype != dst.dtype:
-            return None
-        sig = types.void(src, types.intp, dst, types.intp)
-
         def codegen(context, builder, signature, args):
-            S, et, align = _element_pointer(context, builder, signature, args, 0, args[1])
-            D, _, _ = _element_pointer(context, builder, signature, args, 2, args[3])
-            vt = ir.VectorType(et, n)
+            S, D, vt, align = _operands(context, builder, signature, args, n)
             v = builder.load(_vector(builder, S, 0, vt), align=align)
             zero = ir.Constant(vt, [0.0] * n)
             # lane 2j of the first vector <- v[j], lane 2j + 1 <- 0 (lane n + j of the pair)
@@ -87,7 +90,7 @@ def make_add_to_even(n):
                               align=align)
             return context.get_dummy_value()
 
-        return sig, codegen
+        return _typed(src, dst), codegen
 
     return add_to_even
 
