@@ -187,7 +187,7 @@ def _group_rows(a, n_a, n_b, R, P, out):
 # One image per work unit: True fills y's rows with the bias in one sequential pass and has
 # the GEMM add into them (faster on the Zen 4 host of change 127, where the GEMM otherwise
 # waited on y's lines); False (the default) has the GEMM write y and adds a nonzero bias
-# afterwards, while y is in L2.  On the Zen 5 host of session 34, without a bias (ResNet's
+# afterwards, while y is in L2.  On the Zen 5 host of session 34, without a bias (as in ResNet's
 # downsampling layers), False ran the 64->128 stride-2 row 1.033-1.039x faster (paired);
 # with a bias, 1.002-1.011x (BENCHMARKS_perf.md, change 145).
 FILL_Y_FIRST = False
