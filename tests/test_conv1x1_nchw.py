@@ -214,7 +214,8 @@ def test_switch_off_gives_the_same_values(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("stride,W", [((2, 2), 32), ((2, 2), 31), ((2, 2), 16), ((2, 2), 15),
-                                      ((1, 2), 32), ((2, 2), 95), ((2, 3), 48), ((3, 1), 16)])
+                                      ((1, 2), 32), ((3, 2), 16), ((2, 2), 95), ((2, 3), 48),
+                                      ((3, 1), 16)])
 def test_gather_and_scatter_match_numpy(dtype, stride, W):
     """The stride gather and the dX scatter give NumPy's strided views, for a unit of one
     image and of two, with x's data not 64-byte aligned.  Widths 32 and 16 (16 and 8 sampled
@@ -228,7 +229,7 @@ def test_gather_and_scatter_match_numpy(dtype, stride, W):
     x = rng.standard_normal(count + 1).astype(dtype)[1:].reshape(N, C, H, W)  # unaligned
     OH, OW = (H - 1) // sh + 1, (W - 1) // sw + 1
     assert (sw == 2 and OW in conv1x1_nchw.FIXED_ROW_WIDTHS) == (W in (32, 31, 16, 15) and sw == 2)
-    assert conv1x1_nchw.pairs_apply(sw, OW, W) == (W in (32, 16) and sw == 2)
+    assert conv1x1_nchw.pairs_apply(sw, OW, W) == (W in (32, 16) and sw == 2)   # any row stride
     P = OH * OW
     sampled = x[:, :, ::sh, ::sw]
     for n_a, n_b in ((0, 2), (1, 2)):
