@@ -17,8 +17,9 @@ accumulators over a loop of taps, reading x from its zero-padded channels-last c
   pixel.  A run that is not a multiple of TAPS long ends with a partial chunk whose extra
   taps read the next floats of x (the caller leaves TAPS zero floats after the image batch)
   into accumulators that are never read;
-* dX: dY zero-padded by S - 1 columns on each side, so that all pixels of a dX row share
-  its taps: the kernel rows r that reach a dY row, times all S columns; groups of DX_PIXELS
+* dX: dY zero-padded by S - 1 columns on each side, so that all pixels of a group share its
+  taps: the kernel rows r that reach a dY row, times the kernel columns that reach a dY
+  column for at least one pixel of the group; groups of DX_PIXELS
   pixels x C channels of accumulators over output channels (conv3x3_cl's register tile),
   summed over their lanes at the end, written into an NCHW dX.  Its tile is compiled per
   channel count: DX_CHANNELS lists the ones built.
@@ -154,6 +155,26 @@ def forward(xp, wt, bb, N, C, Hp, Wp, K, R, S):
     return y4
 
 
+@njit(cache=True, inline="always")
+def _group_taps(dyo, wo, r_lo, r_hi, w, npx, pw, S, OW, nv, taps_dy, taps_w):
+    """Copy into taps_dy / taps_w the taps (r, s, v) of dX pixels w .. w + npx - 1 for kernel
+    rows r_lo .. r_hi - 1 and the kernel columns s that reach a dY column of the row for at
+    least one of the pixels (the others read only the zero padding); returns their number.
+    At LeNet-5's conv2 (rows of 14 pixels, 5 kernel columns) a row's groups skip 10 of its
+    70 (pixel, column) products (BENCHMARKS_perf.md, change 148)."""
+    s_lo = max(0, w + pw - OW + 1)
+    s_hi = min(S - 1, w + npx - 1 + pw)
+    count = 0
+    for r in range(r_lo, r_hi):
+        for s in range(s_lo, s_hi + 1):
+            for v in range(nv):
+                i = (r * S + s) * nv + v
+                taps_dy[count] = dyo[i]
+                taps_w[count] = wo[i]
+                count += 1
+    return count
+
+
 @njit(parallel=True, cache=True)
 def _backward(xpf, N, Hp, Wp, C, gyf, gy_image, gy_origin, gy_row, K, R, S, OH, OW, ph, pw,
               H, W, wt, need_x, need_w, gxf, gwv):
@@ -176,6 +197,28 @@ def _backward(xpf, N, Hp, Wp, C, gyf, gy_image, gy_origin, gy_row, K, R, S, OH, 
                 dyo[i] = (S - 1 - s) * K + v * LANES - r * gy_row
                 wo[i] = (r * S + s) * C * K + v * LANES
     plane = H * W
+    # dX's pixel groups along a row (DX_PIXELS, then a pair, then single pixels) and, per row h
+    # and group, their taps (_group_taps; count -1: no kernel row reaches dY from row h)
+    ngroups = W // DX_PIXELS + (W % DX_PIXELS) // 2 + (W % DX_PIXELS) % 2
+    gstart = np.empty(ngroups, dtype=np.int64)
+    gwidth = np.empty(ngroups, dtype=np.int64)
+    w = 0
+    for gi in range(ngroups):
+        gwidth[gi] = DX_PIXELS if w + DX_PIXELS <= W else (2 if w + 2 <= W else 1)
+        gstart[gi] = w
+        w += gwidth[gi]
+    gdy = np.empty((H if need_x else 0, ngroups, steps), dtype=np.int64)
+    gwo = np.empty((H if need_x else 0, ngroups, steps), dtype=np.int64)
+    gcount = np.full((H if need_x else 0, ngroups), -1, dtype=np.int64)
+    for h in range(H if need_x else 0):
+        # dX pixel (h, w) reads dY rows h + ph - r for the kernel rows r that reach one
+        r_lo = max(0, h + ph - OH + 1)
+        r_hi = min(R, h + ph + 1)
+        if r_hi <= r_lo:
+            continue
+        for gi in range(ngroups):
+            gcount[h, gi] = _group_taps(dyo, wo, r_lo, r_hi, gstart[gi], gwidth[gi], pw, S, OW,
+                                        nv, gdy[h, gi], gwo[h, gi])
     for n in prange(N):
         if need_w:
             acc = gwv[numba.get_thread_id()]
@@ -187,31 +230,25 @@ def _backward(xpf, N, Hp, Wp, C, gyf, gy_image, gy_origin, gy_row, K, R, S, OH, 
                                   ((v * R + r) * chunks + ch) * TAPS * LANES)
         if need_x:
             for h in range(H):
-                # dX pixel (h, w) reads dY rows h + ph - r for the kernel rows r that reach
-                # one, and padded dY columns w + pw - s + S - 1: the taps r_lo*S*nv onwards
-                r_lo = max(0, h + ph - OH + 1)
-                r_hi = min(R, h + ph + 1)
-                if r_hi <= r_lo:
+                if gcount[h, 0] < 0:
                     continue
-                first = r_lo * S * nv
-                count = (r_hi - r_lo) * S * nv
-                taps_dy = dyo[first:]
-                taps_w = wo[first:]
                 base = n * gy_image + (h + ph) * gy_row + pw * K
                 out = (n * C * H + h) * W
-                w = 0
-                while w + DX_PIXELS <= W:
-                    _gx_tile_6(count, gyf, base + w * K, taps_dy, K, wt, taps_w, K, gxf, out + w,
-                               plane)
-                    w += DX_PIXELS
-                if w + 2 <= W:
-                    _gx_pair_6(count, gyf, base + w * K, taps_dy, K, wt, taps_w, K, gxf, out + w,
-                               plane)
-                    w += 2
-                while w < W:
-                    _gx_pixel_6(count, gyf, base + w * K, taps_dy, K, wt, taps_w, K, gxf,
-                                out + w, plane)
-                    w += 1
+                for gi in range(ngroups):
+                    w = gstart[gi]
+                    npx = gwidth[gi]
+                    count = gcount[h, gi]
+                    tdy = gdy[h, gi]
+                    tw = gwo[h, gi]
+                    if npx == DX_PIXELS:
+                        _gx_tile_6(count, gyf, base + w * K, tdy, K, wt, tw, K, gxf, out + w,
+                                   plane)
+                    elif npx == 2:
+                        _gx_pair_6(count, gyf, base + w * K, tdy, K, wt, tw, K, gxf, out + w,
+                                   plane)
+                    else:
+                        _gx_pixel_6(count, gyf, base + w * K, tdy, K, wt, tw, K, gxf, out + w,
+                                    plane)
 
 
 @njit(cache=True)
