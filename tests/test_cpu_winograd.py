@@ -297,24 +297,3 @@ def test_winograd_non_finite_input_never_hidden(force_winograd, monkeypatch, bad
     assert (~np.isfinite(y))[bad_ref].all()
     ok = np.isfinite(y)
     np.testing.assert_allclose(y[ok], y_ref[ok], rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("G", [winograd._G6_ARRAY, winograd._G5_ARRAY], ids=["f43", "s2"])
-@pytest.mark.parametrize("K, C, nt", [(3, 5, 1), (40, 300, 2), (24, 256, 1)])
-def test_weight_transforms_match_float64(K, C, nt, G):
-    """_weights_tf_g (U = G g G^T) and _weights_grad_g (dg = G^T (sum of dU) G) against float64
-    einsums, for F(4x4, 3x3)'s G and the stride-2 variant's, one and two tasks per output
-    channel (300 channels: 256 and a partial run), serial and parallel compilations."""
-    rng = np.random.default_rng(7)
-    s = G.shape[0]
-    w = rng.standard_normal((K, C, 3, 3)).astype(np.float32)
-    U = np.full((s * s, K, C), np.nan, np.float32)
-    winograd._weights_tf_g(w, U, G)
-    ref_u = np.einsum("ai,kcij,bj->abkc", G, w.astype(np.float64), G).reshape(s * s, K, C)
-    np.testing.assert_allclose(U, ref_u, rtol=1e-6, atol=1e-6)
-    du = rng.standard_normal((nt, s * s * K * C)).astype(np.float32)
-    gw = np.full((K, C, 3, 3), np.nan, np.float32)
-    winograd._weights_grad_g(du, gw, G)
-    dsum = du.astype(np.float64).sum(axis=0).reshape(s, s, K, C)
-    ref_g = np.einsum("ai,abkc,bj->kcij", G, dsum, G)
-    np.testing.assert_allclose(gw, ref_g, rtol=1e-5, atol=1e-5)

@@ -226,6 +226,26 @@ def _tile_rows(r):
     return MR
 
 
+def transpose_registers(builder, rows):
+    """The transpose of a square block held as len(rows) vectors of as many lanes (a power of
+    two), row r's lane q becoming vector q's lane r: log2(len(rows)) rounds of two-vector
+    shuffles, each swapping the off-diagonal h x h blocks of every 2h x 2h block."""
+    n = len(rows)
+    i32 = ir.IntType(32)
+    h = n // 2
+    while h:
+        lo = ir.Constant(ir.VectorType(i32, n), [j if not j & h else n + j - h for j in range(n)])
+        hi = ir.Constant(ir.VectorType(i32, n), [j + h if not j & h else n + j for j in range(n)])
+        nxt = list(rows)
+        for i in range(n):
+            if not i & h:
+                nxt[i] = builder.shuffle_vector(rows[i], rows[i + h], lo)
+                nxt[i + h] = builder.shuffle_vector(rows[i], rows[i + h], hi)
+        rows = nxt
+        h //= 2
+    return rows
+
+
 @intrinsic
 def _transpose_block(typingctx, src, soff, sld, dst, doff, dld):
     """dst[doff + q*dld + r] = src[soff + r*sld + q] for r, q < _VW (float32 arrays): one
@@ -235,7 +255,7 @@ def _transpose_block(typingctx, src, soff, sld, dst, doff, dld):
 
     def codegen(context, builder, signature, args):
         s_arr, soff_v, sld_v, d_arr, doff_v, dld_v = args
-        i64, i32 = ir.IntType(64), ir.IntType(32)
+        i64 = ir.IntType(64)
         vt = ir.VectorType(ir.FloatType(), _VW)
         S = builder.gep(context.make_array(signature.args[0])(context, builder, s_arr).data,
                         [soff_v])
@@ -246,21 +266,8 @@ def _transpose_block(typingctx, src, soff, sld, dst, doff, dld):
             ptr = builder.gep(base, [builder.mul(ld, ir.Constant(i64, r))])
             return builder.bitcast(ptr, vt.as_pointer())
 
-        rows = [builder.load(at(S, sld_v, r), align=4) for r in range(_VW)]
-        h = _VW // 2
-        while h:
-            # swap the off-diagonal h x h blocks of every 2h x 2h block
-            lo = ir.Constant(ir.VectorType(i32, _VW),
-                             [j if not j & h else _VW + j - h for j in range(_VW)])
-            hi = ir.Constant(ir.VectorType(i32, _VW),
-                             [j + h if not j & h else _VW + j for j in range(_VW)])
-            nxt = list(rows)
-            for i in range(_VW):
-                if not i & h:
-                    nxt[i] = builder.shuffle_vector(rows[i], rows[i + h], lo)
-                    nxt[i + h] = builder.shuffle_vector(rows[i], rows[i + h], hi)
-            rows = nxt
-            h //= 2
+        rows = transpose_registers(builder, [builder.load(at(S, sld_v, r), align=4)
+                                             for r in range(_VW)])
         for q in range(_VW):
             builder.store(rows[q], at(D, dld_v, q), align=4)
         return context.get_dummy_value()

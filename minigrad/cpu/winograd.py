@@ -29,10 +29,10 @@ Stride 2 (25 positions): a stride-2 3-tap filter is its even taps (g0, g2) appli
 even inputs plus its odd tap g1 applied to the odd ones.  F(2, 2) on the even phase and the
 odd phase as it is give 5 products per 2 outputs instead of 6, so each 2x2 output tile is
 computed from the 5x5 input patch under it (patches 4 apart) with 25 positions instead of 36
-multiply-adds per (c, k) pair: 1.44x fewer.  Its transforms (``_BT5``, ``_G5``, ``_AT5``)
-only add, so its float32 error is that of F(2x2, 3x3).  The kernels below serve all three
-variants; the size of U (16, 36 or 25 positions) tells them which.  MINIGRAD_WINOGRAD_S2=0
-sends stride-2 layers back to the im2col path.
+multiply-adds per (c, k) pair: 1.44x fewer.  Its transforms (``_BT5``, ``_AT5`` and
+``winograd_weights.G5``) only add, so its float32 error is that of F(2x2, 3x3).  The
+kernels below serve all three variants; the size of U (16, 36 or 25 positions) tells them
+which.  MINIGRAD_WINOGRAD_S2=0 sends stride-2 layers back to the im2col path.
 
 Layout: activations are channels-last (N, H, W, C) so that every transform is one
 vector loop over contiguous channels (``channel_tf``); the output is channels-last
@@ -60,8 +60,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ._jit import pjit
-from . import channel_tf
+from . import channel_tf, winograd_weights
 from .blas import gemm_rm
 from .kernels import crop_padded
 
@@ -87,11 +86,10 @@ _A = tuple(zip(*_AT))
  _scatter_tf) = _transforms(_BT, _AT)
 
 # F(4x4, 3x3) (Lavin & Gray, interpolation points 0, +-1, +-2): 6x6 input patches, 4x4 outputs.
+# The weight transforms G of all three variants are in winograd_weights.
 _BT6 = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
         (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1))
 _AT4 = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
-_G6 = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
-       (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
 (_input_tf6, _input_tf6_edge, _output_tf4, _grad_out_tf6, _grad_out_tf6_edge,
  _scatter_tf6) = _transforms(_BT6, _AT4)
 
@@ -103,7 +101,6 @@ _G6 = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
 # and (c, k) pair instead of 36 (1.44x fewer), with transforms that only add.
 _BT5 = ((1, 0, -1, 0, 0), (0, 0, 1, 0, 0), (0, 0, -1, 0, 1), (0, 1, 0, 0, 0), (0, 0, 0, 1, 0))
 _AT5 = ((1, 1, 0, 1, 0), (0, 1, 1, 0, 1))
-_G5 = ((1, 0, 0), (1, 0, 1), (0, 0, 1), (0, 1, 0), (0, 1, 0))
 (_input_tf5, _input_tf5_edge, _output_tf5, _grad_out_tf5, _grad_out_tf5_edge,
  _scatter_tf5) = _transforms(_BT5, _AT5)
 
@@ -438,164 +435,6 @@ def _bwd_whole(x, gy, U, ph, pw, nt, need_x, need_w, gx, addf, du, V, M, gxpbuf)
             crop_padded(gxp, n, n + 1, H, W, C, Hq, Wq, ph, pw, gxf, addf)
 
 
-@pjit(size_arg=0)
-def _weights_grad(duacc, gw):
-    """gw (K, C, 3, 3) = G^T dU G, dU (16, K, C) = the sum over duacc's rows (float64).
-
-    Channels go 64 at a time: a (16, C) block of float64 for C = 512 puts its 16 rows 4 KB
-    apart, in the same L1 sets (6.6-6.8 ms for 512 x 512, BENCHMARKS_perf.md, change 80)."""
-    nt = duacc.shape[0]
-    K, C = gw.shape[0], gw.shape[1]
-    CB = 64
-    for k in prange(K):
-        du = np.empty((16, CB), dtype=np.float64)
-        for c0 in range(0, C, CB):
-            cn = min(CB, C - c0)
-            for p in range(16):
-                row = du[p]
-                o = (p * K + k) * C + c0
-                src = duacc[0, o:o + cn]
-                for c in range(cn):
-                    row[c] = src[c]
-                for j in range(1, nt):
-                    src = duacc[j, o:o + cn]
-                    for c in range(cn):
-                        row[c] += src[c]
-            for c in range(cn):
-                # t = G^T du (3 x 4): G^T rows [1,.5,.5,0], [0,.5,-.5,0], [0,.5,.5,1]
-                for r in range(3):
-                    if r == 0:
-                        t0 = du[0, c] + 0.5 * (du[4, c] + du[8, c])
-                        t1 = du[1, c] + 0.5 * (du[5, c] + du[9, c])
-                        t2 = du[2, c] + 0.5 * (du[6, c] + du[10, c])
-                        t3 = du[3, c] + 0.5 * (du[7, c] + du[11, c])
-                    elif r == 1:
-                        t0 = 0.5 * (du[4, c] - du[8, c])
-                        t1 = 0.5 * (du[5, c] - du[9, c])
-                        t2 = 0.5 * (du[6, c] - du[10, c])
-                        t3 = 0.5 * (du[7, c] - du[11, c])
-                    else:
-                        t0 = 0.5 * (du[4, c] + du[8, c]) + du[12, c]
-                        t1 = 0.5 * (du[5, c] + du[9, c]) + du[13, c]
-                        t2 = 0.5 * (du[6, c] + du[10, c]) + du[14, c]
-                        t3 = 0.5 * (du[7, c] + du[11, c]) + du[15, c]
-                    gw[k, c0 + c, r, 0] = t0 + 0.5 * (t1 + t2)
-                    gw[k, c0 + c, r, 1] = 0.5 * (t1 - t2)
-                    gw[k, c0 + c, r, 2] = 0.5 * (t1 + t2) + t3
-
-
-# Input channels per task of the general weight transforms (F(4x4, 3x3), the stride-2
-# variant, and F(2x2, 3x3)'s forward transform): whole rows of up to 256 channels, the float64
-# blocks (at most 36 x 256) in L2.  Against the per-channel scalar loops these replaced,
-# 256 x 256: transform 4.1-4.9 -> 0.9-1.5 ms, gradient (one partial sum) 2.8-4.4 -> 2.1-2.3
-# ms; 64-channel tasks made the transform 2.1 ms (BENCHMARKS_perf.md, change 99).  For
-# F(2x2, 3x3) this form ran 1.3-1.7x slower than the scalar kernels above on a host with a
-# third of the memory speed; on the Zen 5 host its forward transform ran 1.40-1.44x faster
-# than F(2x2)'s scalar transform kernel (128 to 512 channels; that kernel is gone) and its
-# gradient 0.65-0.80x as fast as _weights_grad, so F(2x2) keeps _weights_grad (change 144).
-_WT6_CHANNELS = 256
-
-
-@njit(cache=True)
-def _channel_run(task, nb, CB, C):
-    """(k, c0, cn) of task ``task`` of the F(4x4) weight kernels: output channel k, input
-    channels c0 .. c0+cn-1 (nb runs of up to CB channels per output channel)."""
-    k = task // nb
-    c0 = (task - k * nb) * CB
-    return k, c0, min(CB, C - c0)
-
-
-@pjit(size_arg=1)
-def _weights_tf_g(w, U, G):
-    """U (s*s, K, C) = G g G^T for w (K, C, 3, 3) with a G of s rows (s x 3, float64:
-    F(4x4, 3x3)'s or the stride-2 variant's), computed in float64.  Each task takes one
-    output channel's run of up to _WT6_CHANNELS input channels and computes every row of
-    G g and of U as one vector loop over them."""
-    K, C = w.shape[0], w.shape[1]
-    sg = G.shape[0]
-    CB = min(C, _WT6_CHANNELS)
-    nb = (C + CB - 1) // CB
-    for task in prange(K * nb):
-        k, c0, cn = _channel_run(task, nb, CB, C)
-        wb = np.empty((9, CB))
-        t = np.empty((3 * sg, CB))       # row a * 3 + j: (G g)[a, j]
-        src = w[k]
-        for c in range(cn):
-            for i in range(3):
-                for j in range(3):
-                    wb[i * 3 + j, c] = src[c0 + c, i, j]
-        for a in range(sg):
-            g0, g1, g2 = G[a, 0], G[a, 1], G[a, 2]
-            for j in range(3):
-                r0, r1, r2, d = wb[j], wb[3 + j], wb[6 + j], t[a * 3 + j]
-                for c in range(cn):
-                    d[c] = g0 * r0[c] + g1 * r1[c] + g2 * r2[c]
-        for a in range(sg):
-            t0, t1, t2 = t[a * 3], t[a * 3 + 1], t[a * 3 + 2]
-            for b in range(sg):
-                h0, h1, h2 = G[b, 0], G[b, 1], G[b, 2]
-                d = U[a * sg + b, k, c0:c0 + cn]
-                for c in range(cn):
-                    d[c] = t0[c] * h0 + t1[c] * h1 + t2[c] * h2
-
-
-@pjit(size_arg=0)
-def _weights_grad_g(duacc, gw, G):
-    """gw (K, C, 3, 3) = G^T dU G for a G of s rows, dU (s*s, K, C) = the sum over duacc's
-    rows (float64); tasks and vector loops as in _weights_tf_g."""
-    nt = duacc.shape[0]
-    K, C = gw.shape[0], gw.shape[1]
-    sg = G.shape[0]
-    CB = min(C, _WT6_CHANNELS)
-    nb = (C + CB - 1) // CB
-    for task in prange(K * nb):
-        k, c0, cn = _channel_run(task, nb, CB, C)
-        du = np.empty((sg * sg, CB))
-        t = np.empty((3 * sg, CB))       # row r * s + b: (G^T dU)[r, b]
-        o = np.empty((9, CB))            # row r * 3 + j: (G^T dU G)[r, j]
-        for p in range(sg * sg):
-            off = (p * K + k) * C + c0
-            d = du[p]
-            src = duacc[0, off:off + cn]
-            for c in range(cn):
-                d[c] = src[c]
-            for j in range(1, nt):
-                src = duacc[j, off:off + cn]
-                for c in range(cn):
-                    d[c] += src[c]
-        # the two contractions stay written out: through a shared helper taking a column
-        # of G this kernel ran 8-20% slower (BENCHMARKS_perf.md, change 99)
-        for r in range(3):
-            for b in range(sg):
-                d = t[r * sg + b]
-                g = G[0, r]
-                s = du[b]
-                for c in range(cn):
-                    d[c] = g * s[c]
-                for a in range(1, sg):
-                    g = G[a, r]
-                    s = du[a * sg + b]
-                    for c in range(cn):
-                        d[c] += g * s[c]
-        for r in range(3):
-            for j in range(3):
-                d = o[r * 3 + j]
-                h = G[0, j]
-                s = t[r * sg]
-                for c in range(cn):
-                    d[c] = h * s[c]
-                for b in range(1, sg):
-                    h = G[b, j]
-                    s = t[r * sg + b]
-                    for c in range(cn):
-                        d[c] += h * s[c]
-        dst = gw[k]
-        for c in range(cn):
-            for r in range(3):
-                for j in range(3):
-                    dst[c0 + c, r, j] = o[r * 3 + j, c]
-
-
 # ---------------------------------------------------------------------------
 # planning and entry points (called by minigrad.cpu.conv)
 # ---------------------------------------------------------------------------
@@ -633,16 +472,12 @@ MAX_CHANNELS_F43_WHOLE = 256
 # Its blocks hold 64 tiles or more: f+b of 64->64 at 32x32, batch 32, with 32 / 64 / 128 /
 # 256 tiles: 31.7 / 27.1 / 31.2 / 34.4 ms (128->128 at 16x16: 35.5 / 32.9 / 32.1 / 31.9).
 _MIN_TB_F43 = 64
-_G6_ARRAY = np.array(_G6, dtype=np.float64)
 # 3x3 stride-2 layers take the 25-position variant (1.44x fewer multiply-adds than im2col).
 # MINIGRAD_WINOGRAD_S2=0 sends them back to the im2col path.
 USE_S2 = os.environ.get("MINIGRAD_WINOGRAD_S2", "1") != "0"
 # Its blocks hold 64 tiles or more (about _BLOCK_BYTES for 64->128): the 64->128 stride-2 row
 # (batch 32, channels-last) ran 1.07-1.10x faster than with 128-tile blocks, 1.11x with 96.
 _MIN_TB_S2 = 64
-_G5_ARRAY = np.array(_G5, dtype=np.float64)
-# F(2x2, 3x3)'s G (4 x 3), for _weights_tf_g
-_G4_ARRAY = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
 
 def applicable(N, C, K, R, S, OH, OW, stride, dilation):
@@ -695,7 +530,7 @@ def transform_weights(w, dt, npos=16):
     K, C = w.shape[0], w.shape[1]
     U = np.empty((npos, K, C), dtype=dt)
     w = np.ascontiguousarray(w, dtype=dt)
-    _weights_tf_g(w, U, _G4_ARRAY if npos == 16 else _G5_ARRAY if npos == 25 else _G6_ARRAY)
+    winograd_weights.transform(w, U)
     return U
 
 
@@ -792,8 +627,5 @@ def backward(xcl, gycl, U, ph, pw, need_x, need_w, gx4, addf):
     if not need_w:
         return None
     gw = np.empty((K, C, 3, 3), dtype=dt)
-    if npos == 16:
-        _weights_grad(du, gw)
-    else:
-        _weights_grad_g(du, gw, _G5_ARRAY if npos == 25 else _G6_ARRAY)
+    winograd_weights.gradient(du, gw)
     return gw
