@@ -245,13 +245,24 @@ def _gradient_blocks(duacc, gw):
 # float64 kernels (any dtype, any channel count)
 # ---------------------------------------------------------------------------
 
+@njit(inline="always")
+def _sum_copies(duacc, off, cn, row):
+    """row[:cn] (float64) = the sum over duacc's rows of duacc[:, off:off + cn]."""
+    src = duacc[0, off:off + cn]
+    for c in range(cn):
+        row[c] = src[c]
+    for j in range(1, duacc.shape[0]):
+        src = duacc[j, off:off + cn]
+        for c in range(cn):
+            row[c] += src[c]
+
+
 @pjit(size_arg=0)
 def _weights_grad(duacc, gw):
     """gw (K, C, 3, 3) = G^T dU G, dU (16, K, C) = the sum over duacc's rows (float64).
 
     Channels go 64 at a time: a (16, C) block of float64 for C = 512 puts its 16 rows 4 KB
     apart, in the same L1 sets (6.6-6.8 ms for 512 x 512, BENCHMARKS_perf.md, change 80)."""
-    nt = duacc.shape[0]
     K, C = gw.shape[0], gw.shape[1]
     CB = 64
     for k in prange(K):
@@ -259,15 +270,7 @@ def _weights_grad(duacc, gw):
         for c0 in range(0, C, CB):
             cn = min(CB, C - c0)
             for p in range(16):
-                row = du[p]
-                o = (p * K + k) * C + c0
-                src = duacc[0, o:o + cn]
-                for c in range(cn):
-                    row[c] = src[c]
-                for j in range(1, nt):
-                    src = duacc[j, o:o + cn]
-                    for c in range(cn):
-                        row[c] += src[c]
+                _sum_copies(duacc, (p * K + k) * C + c0, cn, du[p])
             for c in range(cn):
                 # t = G^T du (3 x 4): G^T rows [1,.5,.5,0], [0,.5,-.5,0], [0,.5,.5,1]
                 for r in range(3):
@@ -350,7 +353,6 @@ def _weights_tf_g(w, U, G):
 def _weights_grad_g(duacc, gw, G):
     """gw (K, C, 3, 3) = G^T dU G for a G of s rows, dU (s*s, K, C) = the sum over duacc's
     rows (float64); tasks and vector loops as in _weights_tf_g."""
-    nt = duacc.shape[0]
     K, C = gw.shape[0], gw.shape[1]
     sg = G.shape[0]
     CB = min(C, _WT6_CHANNELS)
@@ -361,15 +363,7 @@ def _weights_grad_g(duacc, gw, G):
         t = np.empty((3 * sg, CB))       # row r * s + b: (G^T dU)[r, b]
         o = np.empty((9, CB))            # row r * 3 + j: (G^T dU G)[r, j]
         for p in range(sg * sg):
-            off = (p * K + k) * C + c0
-            d = du[p]
-            src = duacc[0, off:off + cn]
-            for c in range(cn):
-                d[c] = src[c]
-            for j in range(1, nt):
-                src = duacc[j, off:off + cn]
-                for c in range(cn):
-                    d[c] += src[c]
+            _sum_copies(duacc, (p * K + k) * C + c0, cn, du[p])
         # the two contractions stay written out: through a shared helper taking a column
         # of G this kernel ran 8-20% slower (BENCHMARKS_perf.md, change 99)
         for r in range(3):
