@@ -19,9 +19,11 @@ F(4x4, 3x3) is the same scheme with 4x4 output tiles from 6x6 input patches (36
 positions, interpolation points 0, +-1, +-2): 2.25 transformed numbers per output pixel
 instead of 4, so 1.78x fewer GEMM FLOPs again.  Its transforms multiply by 2, 4, 5 and 8
 and its weight transform divides by 6 and 24, so its float32 error is larger (3-4e-6 of
-the largest output against 2e-7).  It runs where the blocked variant would (below) on
-outputs of at least MIN_SIZE_F43 pixels a side, and in the whole-batch kernels on layers
-with at least MIN_TILES_F43_WHOLE of its tiles and at most MAX_CHANNELS_F43_WHOLE channels;
+the largest output against 2e-7 on a 32-channel layer; 0.6-1.5e-5 against 3-6e-7 for the
+im2col path on ResNet-18's 64- to 512-channel layers).  It runs where the blocked variant
+would (below) on outputs of at least MIN_SIZE_F43 pixels a side, and in the whole-batch
+kernels on layers with at least MIN_TILES_F43_WHOLE of its tiles and at most
+MAX_CHANNELS_F43_WHOLE channels;
 ``tile_size`` says which a layer gets, and the size of U (16 or 36 positions) tells the
 kernels.  MINIGRAD_WINOGRAD_F43=0 turns it off.
 
@@ -457,18 +459,21 @@ _MAX_TB = 1024
 # F(4x4, 3x3) (36 positions, 4x4 output tiles: 1.78x fewer multiply-adds than F(2x2, 3x3),
 # 2.25 instead of 4 transformed numbers per output pixel) for the layers that would run the
 # blocked kernels, with outputs of at least MIN_SIZE_F43 pixels a side.  Its float32 error
-# is larger (3-4e-6 of the largest output against 2e-7: it multiplies by 2, 4, 5 and 8 and
-# its weight transform divides by 6 and 24).  MINIGRAD_WINOGRAD_F43=0 keeps F(2x2, 3x3).
+# is larger (3-4e-6 of the largest output against 2e-7 on a 32-channel layer, up to 1.5e-5 on
+# ResNet-18's layers: it multiplies by 2, 4, 5 and 8 and its weight transform divides by 6
+# and 24).  MINIGRAD_WINOGRAD_F43=0 keeps F(2x2, 3x3).
 USE_F43 = os.environ.get("MINIGRAD_WINOGRAD_F43", "1") != "0"
 MIN_SIZE_F43 = 16
 # The whole-batch kernels take F(4x4, 3x3) when there are at least MIN_TILES_F43_WHOLE of its
 # 4x4 tiles and at most MAX_CHANNELS_F43_WHOLE channels in and out: its U is 2.25x bigger than
 # F(2x2, 3x3)'s and is made (and its gradient reduced) on every step, which only many tiles
-# pay for.  F(2x2) time over F(4x4) time, f+b (BENCHMARKS_perf.md, change 84): 256->256 at 8x8
-# with 32 / 64 / 128 / 256 / 512 tiles 0.63 / 0.83 / 1.24 / 1.29 / 1.57x; 128 and 256
-# channels at 128 tiles 1.06-1.14x; 512->512 at 128 tiles 0.97-1.02x.
-MIN_TILES_F43_WHOLE = 128
-MAX_CHANNELS_F43_WHOLE = 256
+# pay for.  F(2x2) time over F(4x4) time, f+b, channels-last, paired: with change 149's weight
+# kernels (BENCHMARKS_perf.md, change 150) 512->512 at 4x4 with 32 / 64 / 128 tiles 0.88 / 1.15
+# / 1.36-1.38x, 256->256 at 8x8 with 32 / 64 tiles 1.00 / 1.14x; with the float64 weight kernels
+# before it (change 84) 256->256 with 32 / 64 / 128 / 256 / 512 tiles 0.63 / 0.83 / 1.24 / 1.29 /
+# 1.57x and 512->512 at 128 tiles 0.97-1.02x.  Wider layers were not measured.
+MIN_TILES_F43_WHOLE = 64
+MAX_CHANNELS_F43_WHOLE = 512
 # Its blocks hold 64 tiles or more: f+b of 64->64 at 32x32, batch 32, with 32 / 64 / 128 /
 # 256 tiles: 31.7 / 27.1 / 31.2 / 34.4 ms (128->128 at 16x16: 35.5 / 32.9 / 32.1 / 31.9).
 _MIN_TB_F43 = 64
