@@ -78,17 +78,18 @@ def _fma(builder):
 
 
 def _masked_load(builder, ptr, lanes_on, vt):
-    """Load a vector from ptr with only the lanes in ``lanes_on`` read (the others 0 and not
-    touched in memory, so they may lie outside the array); ``lanes_on`` a collection of
-    lane numbers, or an i1 vector computed at run time."""
-    mt = ir.VectorType(ir.IntType(1), LANES)
+    """Load a float32 vector of type vt from ptr with only the lanes in ``lanes_on`` read (the
+    others 0 and not touched in memory, so they may lie outside the array); ``lanes_on`` a
+    collection of lane numbers, or an i1 vector computed at run time."""
+    n = vt.count
+    mt = ir.VectorType(ir.IntType(1), n)
     fn = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(vt, [vt.as_pointer(), ir.IntType(32), mt, vt]),
-        "llvm.masked.load.v%df32.p0v%df32" % (LANES, LANES))
+        "llvm.masked.load.v%df32.p0v%df32" % (n, n))
     mask = lanes_on if isinstance(lanes_on, ir.Value) else \
-        ir.Constant(mt, [1 if i in lanes_on else 0 for i in range(LANES)])
+        ir.Constant(mt, [1 if i in lanes_on else 0 for i in range(n)])
     return builder.call(fn, [ptr, ir.Constant(ir.IntType(32), 4), mask,
-                             ir.Constant(vt, [0.0] * LANES)])
+                             ir.Constant(vt, [0.0] * n)])
 
 
 def _masked_store(builder, value, ptr, mask):
@@ -97,7 +98,7 @@ def _masked_store(builder, value, ptr, mask):
     fn = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), ir.IntType(32),
                                                         mask.type]),
-        "llvm.masked.store.v%df32.p0v%df32" % (LANES, LANES))
+        "llvm.masked.store.v%df32.p0v%df32" % (vt.count, vt.count))
     builder.call(fn, [value, ptr, ir.Constant(ir.IntType(32), 4), mask])
 
 

@@ -12,8 +12,9 @@ Two implementations:
   ``_gradient_blocks``): 16 input channels at a time in vector registers.  The 16 kernels'
   9 taps are read as 16 rows of 9 floats and turned into 9 vectors of 16 channels by a
   register transpose (small_gemm.transpose_registers); G's products, constants compiled in,
-  give the s*s vectors of U, each stored to its plane.  The gradient runs the same steps backwards and
-  stores each channel's 9 taps with a 9-lane masked store.  Computed in float32.
+  give the s*s vectors of U, each stored to its plane.  The gradient runs the same steps
+  backwards and stores each channel's 9 taps with a 9-lane masked store.  Computed in
+  float32.
 * otherwise (float64, other channel counts, other hosts) the float64 kernels below, one
   vector loop per row of G g over up to _WT6_CHANNELS channels, rounded once at the end.
 
@@ -27,7 +28,7 @@ from numba.extending import intrinsic
 
 from . import small_gemm
 from ._jit import pjit
-from .conv3x3_rows import _masked_load, _masked_store
+from .conv3x3_rows import _masked_load, _masked_store, _pointer, _vec_ptr
 
 # The weight transform matrices G (s x 3) of the three variants.
 # F(2x2, 3x3) (Lavin & Gray, interpolation points 0, +-1, inf):
@@ -102,16 +103,6 @@ def _combination(builder, vt, coefs, vecs):
     return acc if acc is not None else ir.Constant(vt, [0.0] * LANES)
 
 
-def _array_at(context, builder, signature, args, i, off):
-    """Pointer to element ``off`` of the intrinsic's array argument ``i``."""
-    data = context.make_array(signature.args[i])(context, builder, args[i]).data
-    return builder.gep(data, [off])
-
-
-def _vector_at(builder, base, off, vt):
-    return builder.bitcast(builder.gep(base, [off]), vt.as_pointer())
-
-
 def _make_tf_block(G):
     G = np.asarray(G, dtype=np.float64)
     s = G.shape[0]
@@ -123,9 +114,9 @@ def _make_tf_block(G):
         def codegen(context, builder, signature, args):
             i64 = ir.IntType(64)
             vt = ir.VectorType(ir.FloatType(), LANES)
-            W = _array_at(context, builder, signature, args, 0, args[1])
-            D = _array_at(context, builder, signature, args, 2, args[3])
-            rows = [_masked_load(builder, _vector_at(builder, W, ir.Constant(i64, 9 * r), vt),
+            W = _pointer(context, builder, signature, args, 0, args[1])
+            D = _pointer(context, builder, signature, args, 2, args[3])
+            rows = [_masked_load(builder, _vec_ptr(builder, W, ir.Constant(i64, 9 * r), vt),
                                  range(9), vt) for r in range(LANES)]
             taps = small_gemm.transpose_registers(builder, rows)[:9]
             gg = [[_combination(builder, vt, G[a], [taps[i * 3 + j] for i in range(3)])
@@ -134,7 +125,7 @@ def _make_tf_block(G):
                 for b in range(s):
                     off = builder.mul(args[4], ir.Constant(i64, a * s + b))
                     builder.store(_combination(builder, vt, G[b], gg[a]),
-                                  _vector_at(builder, D, off, vt), align=4)
+                                  _vec_ptr(builder, D, off, vt), align=4)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -156,9 +147,9 @@ def _make_grad_block(G):
         def codegen(context, builder, signature, args):
             i64, i1 = ir.IntType(64), ir.IntType(1)
             vt = ir.VectorType(ir.FloatType(), LANES)
-            S = _array_at(context, builder, signature, args, 0, args[1])
-            D = _array_at(context, builder, signature, args, 3, args[4])
-            du = [builder.load(_vector_at(builder, S, builder.mul(args[2], ir.Constant(i64, p)),
+            S = _pointer(context, builder, signature, args, 0, args[1])
+            D = _pointer(context, builder, signature, args, 3, args[4])
+            du = [builder.load(_vec_ptr(builder, S, builder.mul(args[2], ir.Constant(i64, p)),
                                           vt), align=4) for p in range(s * s)]
             # (G^T dU)[r, b], then (G^T dU G)[r, j]
             t = [[_combination(builder, vt, G[:, r], [du[a * s + b] for a in range(s)])
@@ -167,7 +158,7 @@ def _make_grad_block(G):
             zero = ir.Constant(vt, [0.0] * LANES)
             per_channel = small_gemm.transpose_registers(builder, out + [zero] * (LANES - 9))
             mask = ir.Constant(ir.VectorType(i1, LANES), [1] * 9 + [0] * (LANES - 9))
-            ptrs = [_vector_at(builder, D, ir.Constant(i64, 9 * l), vt) for l in range(LANES)]
+            ptrs = [_vec_ptr(builder, D, ir.Constant(i64, 9 * l), vt) for l in range(LANES)]
             add_flag = args[5] if args[5].type == i1 else builder.trunc(args[5], i1)
             with builder.if_else(add_flag) as (accumulate, overwrite):
                 with accumulate:
