@@ -534,7 +534,6 @@ def transform_weights(w, dt, npos=16):
     """U (npos, K, C) for weights w (K, C, 3, 3) in the npos-position variant."""
     K, C = w.shape[0], w.shape[1]
     U = np.empty((npos, K, C), dtype=dt)
-    w = np.ascontiguousarray(w, dtype=dt)
     winograd_weights.transform(w, U)
     return U
 
