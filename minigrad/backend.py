@@ -62,6 +62,14 @@ class Backend:
         """Set every element of ``x`` to ``value`` in place."""
         raise NotImplementedError
 
+    def mix_into_(self, dst, keep, src, take):
+        """``dst = keep * dst + take * src`` in place, ``src`` (same shape) converted to
+        ``dst``'s dtype first (BatchNorm's running statistics).  This default builds it from
+        other methods; a backend overrides it to do it in one pass."""
+        src = self.astype(src, dst.dtype)
+        self.copy_(dst, self.binary("add", self.scalar("mul", dst, keep),
+                                    self.scalar("mul", src, take)))
+
     # --- elementwise ---------------------------------------------------
     def unary(self, op, x):
         """Elementwise ``op`` in {"neg","exp","log","sqrt","relu","sigmoid","tanh","abs","sign"}."""

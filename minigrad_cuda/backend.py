@@ -11,6 +11,7 @@ training does not call the driver allocator.
 import functools
 import math
 import os
+import sys
 
 import numpy as np
 import scipy.special
@@ -81,6 +82,45 @@ def _overlap(a, b):
     return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
 
 
+def _storage(x):
+    """The object holding the memory of device array ``x`` that every reshape of ``x`` refers
+    to too: numba's ``MemoryPointer`` for an allocation (``None`` for a view into another
+    one), or, under the simulator, the NumPy array that owns the memory of the array ``x``
+    wraps (that array itself, or the base of a reshape of it; ``None`` for a slice)."""
+    if SIM:
+        ary = getattr(x, "_ary", None)
+        if type(ary) is not np.ndarray or not ary.flags.writeable:
+            return None
+        base = ary if ary.flags.owndata else ary.base
+        whole = type(base) is np.ndarray and base.flags.owndata and base.nbytes == ary.nbytes
+        return base if whole else None
+    from numba.cuda.cudadrv.driver import MemoryPointer
+
+    data = getattr(x, "gpu_data", None)
+    return data if isinstance(data, MemoryPointer) and data._owner is None else None
+
+
+def _storage_counts(x):
+    """(type of x's storage, Python references to it, numba's count of views into it), or
+    None when ``x`` has no storage of its own (see ``_storage``)."""
+    storage = _storage(x)
+    if storage is None or not _prod(x.shape):
+        return None
+    return type(storage), sys.getrefcount(storage), getattr(storage, "refct", 0)
+
+
+def _unshared_storage_counts(be):
+    """{storage type: (references, views)} measured on fresh arrays that nothing shares, from
+    the backend's allocator and from numba's (their pointer types count views differently)."""
+    out = {}
+    for fresh in (be.empty((1,), np.float32), cuda.device_array(1, dtype=np.float32)):
+        counts = _storage_counts(fresh)
+        if counts is not None:
+            out.setdefault(counts[0], counts[1:])
+        del fresh
+    return out
+
+
 class CUDABackend(Backend):
     """Kernels for device "cuda" (``numba.cuda``; runs under the simulator too)."""
 
@@ -96,6 +136,7 @@ class CUDABackend(Backend):
             self._pool = numba_pool()
         self._dummies = {}
         self._k_tables = {}
+        self._unshared_counts = None
 
     # --- helpers ---------------------------------------------------------
     def empty(self, shape, dtype):
@@ -221,6 +262,32 @@ class CUDABackend(Backend):
         n = _prod(x.shape)
         if n:
             self._launch1d(ew.fill_kernel, n, self._flat(x), np_scalar(value, x.dtype), n)
+
+    def mix_into_(self, dst, keep, src, take):
+        """``dst = keep * dst + take * src`` in place (one kernel; ``src`` converted to
+        ``dst``'s dtype first when they differ)."""
+        src = self._c(src)
+        if tuple(src.shape) != tuple(dst.shape):
+            raise ValueError(f"mix_into_: src shape {tuple(src.shape)} != dst shape "
+                             f"{tuple(dst.shape)}")
+        if np.dtype(src.dtype) != np.dtype(dst.dtype):
+            src = self.astype(src, dst.dtype)
+        n = _prod(dst.shape)
+        if n:
+            self._launch1d(ew.mix_kernel, n, self._flat(dst), np_scalar(keep, dst.dtype),
+                           self._flat(src), np_scalar(take, dst.dtype), n)
+
+    def owns_memory(self, x):
+        """True when ``x`` is a contiguous device array on memory of its own that no other
+        array object shares (no reshape or view of it is alive): autograd may then keep it
+        as a leaf's ``.grad`` instead of copying it."""
+        if not callable(getattr(x, "is_c_contiguous", None)) or not x.is_c_contiguous():
+            return False
+        if self._unshared_counts is None:
+            self._unshared_counts = _unshared_storage_counts(self)
+        counts = _storage_counts(x)
+        limit = None if counts is None else self._unshared_counts.get(counts[0])
+        return limit is not None and counts[1] <= limit[0] and counts[2] <= limit[1]
 
     # --- elementwise ---------------------------------------------------
     def _map2(self, op, a, b, out_dtype, shape):

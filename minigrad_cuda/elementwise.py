@@ -262,6 +262,13 @@ def cast_kernel(x, out, n):
 
 
 @cuda.jit
+def mix_kernel(dst, keep, src, take, n):
+    """``dst[i] = keep * dst[i] + take * src[i]`` in place."""
+    for i in range(cuda.grid(1), n, cuda.gridsize(1)):
+        dst[i] = keep * dst[i] + take * src[i]
+
+
+@cuda.jit
 def strided_copy_kernel(src, soff, sst, dst, doff, dst_st, shape, n):
     """``dst[doff + c.dst_st] = src[soff + c.sst]`` for every coordinate ``c`` of ``shape``.
 
@@ -308,5 +315,5 @@ def scatter_add_kernel(out, idx, g, n):
 
 
 __all__ = ["unary_kernel", "binary_flat_kernel", "binary_bcast_kernel", "scalar_kernel",
-           "where_kernel", "fill_kernel", "cast_kernel", "strided_copy_kernel", "pad_kernel",
-           "gather_kernel", "scatter_add_kernel", "offset1"]
+           "where_kernel", "fill_kernel", "cast_kernel", "mix_kernel", "strided_copy_kernel",
+           "pad_kernel", "gather_kernel", "scatter_add_kernel", "offset1"]

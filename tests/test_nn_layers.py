@@ -100,6 +100,21 @@ def test_batchnorm_running_stats_several_steps():
     assert bn.num_batches_tracked.item() == 5
 
 
+def test_cpu_mix_into_converts_src_and_names_bad_shapes():
+    """The running-statistics update dst = keep * dst + take * src, in place, with a float64
+    src rounded to dst's float32 before it is scaled (as the update always did)."""
+    be = mg.backend.get("cpu")
+    dst = np.array([1.0, -2.0, 3.0], np.float32)
+    before = dst.copy()
+    src = np.array([0.1, 0.2, 1e-9], np.float64)
+    be.mix_into_(dst, 0.9, src, 0.3)
+    want = np.float32(0.9) * before + np.float32(0.3) * src.astype(np.float32)
+    np.testing.assert_array_equal(dst, want)
+    assert dst.dtype == np.float32
+    with pytest.raises(ValueError, match=r"\(2,\).*\(3,\)"):
+        be.mix_into_(dst, 0.5, np.ones(2), 0.5)
+
+
 def test_batchnorm_cumulative_momentum_none_and_1d():
     rng = np.random.default_rng(5)
     bn = nn.BatchNorm1d(2, momentum=None)

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Everything to run on a machine with an NVIDIA GPU, in one call, logs into one folder:
-# the CUDA tests (real-GPU agreement tests included), the GPU benchmarks next to PyTorch,
-# and LeNet training with --device cuda.  Results go to BENCHMARKS.md, section "GPU".
+# the GPU benchmarks next to PyTorch (alone on the GPU), then the CUDA tests (real-GPU
+# agreement tests included) side by side with LeNet training on --device cuda.
+# Results go to BENCHMARKS.md, section "GPU".
 #
 #   bash tools/gpu_check.sh [LOG_DIR]        (from the repository root)
 #
 # Needs Numba with CUDA (numba-cuda), NumPy < 2.5 (see README, "Devices"), pytest and
-# hypothesis; PyTorch with CUDA for the reference columns; MNIST under $MINIGRAD_DATA
-# for the training run (it is skipped without it).  Each step has its own time limit, so
-# a slow step cannot eat the others' time; the whole script takes about 10 minutes on an
-# H100, most of it compiling kernels on a fresh machine.
+# hypothesis (pytest-xdist, when present, spreads the tests over 12 processes; the
+# pytest-benchmark plugin is switched off: loaded beside xdist it kept pytest from
+# exiting after the last test on the H200 image); PyTorch
+# with CUDA for the reference columns; MNIST under $MINIGRAD_DATA for the training run
+# (it is skipped without it).  Each step has its own time limit, so a slow step cannot
+# eat the others' time; on a fresh H200 machine the whole script takes about 2.5 minutes
+# (session 36: benchmarks 75 s, tests 70 s beside training 47 s), most of it compiling.
 set -u
 LOG=${1:-gpu_logs}
 mkdir -p "$LOG"
@@ -21,25 +25,33 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $LOG/NAM
     shift 2
     echo "== $name ($(date -u +%H:%M:%S), limit ${limit}s): $*"
     timeout "$limit" "$@" > "$LOG/$name.log" 2>&1
-    echo "   exit $? ; last lines:"
-    tr '\r' '\n' < "$LOG/$name.log" | grep -v '^\s*$' | tail -n 6 | sed 's/^/   /'
+    echo "== $name exit $? ($(date -u +%H:%M:%S)); last lines:"
+    tr '\r' '\n' < "$LOG/$name.log" | grep -v '^\s*$' | tail -n 8 | sed "s/^/   $name: /"
 }
 
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > "$LOG/gpu.log" 2>&1
-python3 - > "$LOG/env.log" 2>&1 <<'EOF'
+python3 - > "$LOG/env.log" 2>&1 <<'PY'
 import numba, numpy
 import minigrad_cuda
+try:
+    from importlib.metadata import version
+    print("numba-cuda", version("numba-cuda"))
+except Exception as err:  # noqa: BLE001
+    print("numba-cuda version unknown:", err)
 print("numpy", numpy.__version__, "numba", numba.__version__)
 print("cuda:", minigrad_cuda.unavailable_reason() or "usable")
-EOF
+PY
 cat "$LOG/gpu.log" "$LOG/env.log"
 
-step tests 900 python3 -m pytest -q -p no:cacheprovider tests/cuda
-step bench 420 python3 benchmarks/bench_cuda.py --repeat 5
-step depthwise 120 python3 -m benchmarks.bench_depthwise --device cuda --repeat 10
+step bench 270 python3 benchmarks/bench_cuda.py --repeat 5
+
+PARALLEL=()
+if python3 -c "import xdist" 2>/dev/null; then PARALLEL=(-n 12); fi
+step tests 240 python3 -m pytest -q -p no:cacheprovider -p no:benchmark "${PARALLEL[@]}" tests/cuda &
 if [ -d "${MINIGRAD_DATA:-}/mnist" ]; then
-    step lenet 300 python3 cli.py train lenet --device cuda --epochs 2 --no-progress
+    step lenet 200 python3 cli.py train lenet --device cuda --epochs 1 --no-progress \
+        --data-dir "$MINIGRAD_DATA" &
 else
     echo "== lenet: skipped (no \$MINIGRAD_DATA/mnist)"
 fi
-step profile 120 python3 benchmarks/bench_cuda.py --profile
+wait

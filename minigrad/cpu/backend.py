@@ -248,6 +248,13 @@ class CPUBackend(Backend):
     def fill_(self, x, value):
         x.fill(value)
 
+    def mix_into_(self, dst, keep, src, take):
+        if tuple(np.shape(src)) != dst.shape:
+            raise ValueError(f"mix_into_: src shape {tuple(np.shape(src))} != dst shape {dst.shape}")
+        src = np.asarray(src).astype(dst.dtype, copy=False)
+        np.multiply(dst, keep, out=dst)
+        dst += take * src
+
     def add_into_(self, dst, src):
         if (type(dst) is not np.ndarray or type(src) is not np.ndarray
                 or not dst.flags.writeable or dst.shape != src.shape or dst.dtype != src.dtype

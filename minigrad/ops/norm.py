@@ -97,11 +97,7 @@ class LocalResponseNorm(Function):
 
 def _update_running_(be, running, batch, momentum, factor=1.0):
     """running = (1 - momentum) * running + momentum * factor * batch, in place."""
-    batch = be.astype(batch, running.dtype)
-    if factor != 1.0:
-        batch = be.scalar("mul", batch, factor)
-    new = be.binary("add", be.scalar("mul", running, 1.0 - momentum), be.scalar("mul", batch, momentum))
-    be.copy_(running, new)
+    be.mix_into_(running, 1.0 - momentum, batch, momentum * factor)
 
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,

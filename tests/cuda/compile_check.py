@@ -66,6 +66,8 @@ def cases():
     out.append(("where", ew.where_kernel, (A, A, A, A, i64, tup(2), tup(2), tup(2), tup(2))))
     out.append(("fill", ew.fill_kernel, (A, f32, i64)))
     out.append(("cast", ew.cast_kernel, (A, D, i64)))
+    out.append(("mix", ew.mix_kernel, (A, f32, A, f32, i64)))
+    out.append(("mix f64", ew.mix_kernel, (D, f64, D, f64, i64)))
     out.append(("strided_copy", ew.strided_copy_kernel, (A, i64, tup(3), A, i64, tup(3), tup(3), i64)))
     out.append(("pad", ew.pad_kernel, (A, A, i64, tup(4), tup(4), tup(4), tup(4), f32)))
     out.append(("gather", ew.gather_kernel, (A, I32, A, i64)))

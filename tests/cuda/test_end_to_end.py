@@ -8,6 +8,7 @@ import pytest
 import minigrad as mg
 import minigrad.nn.functional as F
 import minigrad_cuda
+from minigrad.autograd import Function
 
 RNG = np.random.default_rng(1)
 
@@ -232,3 +233,83 @@ def test_add_into_refuses_overlap_and_mismatches():
     assert not be.add_into_(a, be.from_numpy(np.ones(5, np.float32)))
     assert be.add_into_(a, be.from_numpy(np.full(6, 2.0, np.float32)))
     np.testing.assert_array_equal(be.to_numpy(a), np.full(6, 3.0, np.float32))
+
+
+def test_mix_into_matches_numpy_and_names_bad_shapes():
+    """dst = keep * dst + take * src in one kernel; a float64 src is converted to dst's dtype
+    first (as the CPU backend does), and mismatched shapes are refused with both named."""
+    be = mg.backend.get("cuda")
+    start = RNG.standard_normal(7).astype(np.float32)
+    for src_dtype in (np.float32, np.float64):
+        src = RNG.standard_normal(7).astype(src_dtype)
+        dst = be.from_numpy(start)
+        be.mix_into_(dst, 0.9, be.from_numpy(src), 0.25)
+        want = np.float32(0.9) * start + np.float32(0.25) * src.astype(np.float32)
+        np.testing.assert_allclose(be.to_numpy(dst), want, rtol=1e-6, atol=1e-7)
+        assert be.to_numpy(dst).dtype == np.float32
+    dst64 = be.from_numpy(start.astype(np.float64))
+    be.mix_into_(dst64, 0.5, be.from_numpy(np.ones(7)), 2.0)
+    np.testing.assert_allclose(be.to_numpy(dst64), 0.5 * start.astype(np.float64) + 2.0,
+                               rtol=1e-14)
+    with pytest.raises(ValueError, match=r"\(6,\).*\(7,\)"):
+        be.mix_into_(dst, 0.5, be.from_numpy(np.ones(6, np.float32)), 0.5)
+
+
+def test_batchnorm_running_stats_match_the_cpu():
+    """Training-mode BatchNorm2d updates running_mean and running_var on the device as the CPU
+    does, over several steps of batches with different statistics."""
+    bns = {dev: mg.nn.BatchNorm2d(3, momentum=0.2).to(dev) for dev in ("cpu", "cuda")}
+    for step in range(3):
+        x = (RNG.standard_normal((4, 3, 5, 5)) * (step + 1) + step).astype(np.float32)
+        for dev, bn in bns.items():
+            bn(mg.tensor(x, device=dev))
+    for name in ("running_mean", "running_var"):
+        np.testing.assert_allclose(getattr(bns["cuda"], name).numpy(),
+                                   getattr(bns["cpu"], name).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_owns_memory_sees_reshapes_and_views():
+    """A device array owns its memory while no reshape or view of it is alive; views never do."""
+    be = mg.backend.get("cuda")
+    a = be.from_numpy(np.arange(6, dtype=np.float32))
+    assert be.owns_memory(a)
+    v = a.reshape((2, 3))
+    assert not be.owns_memory(a) and not be.owns_memory(v)
+    del v
+    assert be.owns_memory(a)
+    s = a[1:]
+    assert not be.owns_memory(a) and not be.owns_memory(s)
+    del s
+    assert be.owns_memory(a)
+    assert not be.owns_memory(np.ones(3, np.float32))
+    assert not be.owns_memory(be.from_numpy(np.ones((0, 3), np.float32)))
+
+
+class _TwoReshapes(Function):
+    """a + b whose backward returns two reshapes (two objects, one memory) of its gradient."""
+
+    def forward(self, a, b):
+        return a + b
+
+    def backward(self, grad):
+        return grad.reshape(grad.shape), grad.reshape(grad.shape)
+
+
+def test_leaf_takes_over_an_unshared_gradient_and_copies_a_shared_one(monkeypatch):
+    """An unshared gradient array becomes .grad without a copy (no cast kernel); two
+    reshapes of one gradient array are copied, so the two leaves' .grad never alias."""
+    be = mg.backend.get("cuda")
+    copies = []
+    original = be.astype
+    monkeypatch.setattr(be, "astype", lambda x, dtype: copies.append(x) or original(x, dtype))
+    c, g = pair(3, 4)
+    w = RNG.standard_normal((3, 4)).astype(np.float32)
+    (g * mg.tensor(w, device="cuda")).sum().backward()
+    assert copies == []
+    np.testing.assert_allclose(g.grad.numpy(), w, rtol=1e-6)
+    a, b = (mg.tensor(np.ones((2, 3), np.float32), requires_grad=True, device="cuda")
+            for _ in range(2))
+    (_TwoReshapes.apply(a, b) * 2.0).sum().backward()
+    assert copies
+    be.fill_(a.grad.data, 7.0)
+    np.testing.assert_array_equal(b.grad.numpy(), np.full((2, 3), 2.0, np.float32))
