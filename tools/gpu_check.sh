@@ -45,9 +45,10 @@ cat "$LOG/gpu.log" "$LOG/env.log"
 
 step bench 270 python3 benchmarks/bench_cuda.py --repeat 5
 
+# -v: each test's result is in the log as it finishes, even if the step runs out of time
 PARALLEL=()
 if python3 -c "import xdist" 2>/dev/null; then PARALLEL=(-n 12); fi
-step tests 240 python3 -m pytest -q -p no:cacheprovider -p no:benchmark "${PARALLEL[@]}" tests/cuda &
+step tests 240 python3 -m pytest -v -p no:cacheprovider -p no:benchmark "${PARALLEL[@]}" tests/cuda &
 if [ -d "${MINIGRAD_DATA:-}/mnist" ]; then
     step lenet 200 python3 cli.py train lenet --device cuda --epochs 1 --no-progress \
         --data-dir "$MINIGRAD_DATA" &

@@ -313,3 +313,28 @@ def test_leaf_takes_over_an_unshared_gradient_and_copies_a_shared_one(monkeypatc
     assert copies
     be.fill_(a.grad.data, 7.0)
     np.testing.assert_array_equal(b.grad.numpy(), np.full((2, 3), 2.0, np.float32))
+
+
+def test_train_steps_match_the_cpu():
+    """Two SGD-momentum steps of a small conv / BatchNorm / linear model, two backward
+    passes each (the second adds into .grad in place), give the same parameters and running
+    statistics on both devices: every leaf that takes over its gradient array keeps one of
+    its own."""
+    x = RNG.standard_normal((2, 1, 4, 4)).astype(np.float32)
+    y = RNG.integers(0, 3, 2)
+    states = {}
+    for dev in ("cpu", "cuda"):
+        mg.manual_seed(3)
+        model = mg.nn.Sequential(mg.nn.Conv2d(1, 2, 3, padding=1), mg.nn.BatchNorm2d(2),
+                                 mg.nn.ReLU(), mg.nn.MaxPool2d(2), mg.nn.Flatten(),
+                                 mg.nn.Linear(8, 3)).to(dev)
+        opt = mg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        xt, yt = mg.tensor(x, device=dev), mg.tensor(y, device=dev)
+        for _ in range(2):
+            opt.zero_grad()
+            for _ in range(2):
+                F.cross_entropy(model(xt), yt).backward()
+            opt.step()
+        states[dev] = model.state_dict()
+    for k, want in states["cpu"].items():
+        np.testing.assert_allclose(states["cuda"][k], want, rtol=1e-4, atol=1e-5, err_msg=k)
