@@ -110,8 +110,11 @@ def _storage_counts(x):
 
 
 def _unshared_storage_counts(be):
-    """{storage type: (references, views)} measured on fresh arrays that nothing shares, from
-    the backend's allocator and from numba's (their pointer types count views differently)."""
+    """{storage type: (references, views)} measured on fresh arrays that nothing shares: one
+    from the backend's allocator (the memory pool's ``MemoryPointer`` on a GPU) and one from
+    numba's.  On a GPU numba hands out its own allocations through an ``OwnedPointer``, which
+    ``_storage`` never counts as an allocation: arrays made without the pool are always
+    copied.  Under the simulator both are NumPy arrays."""
     out = {}
     for fresh in (be.empty((1,), np.float32), cuda.device_array(1, dtype=np.float32)):
         counts = _storage_counts(fresh)

@@ -250,7 +250,8 @@ class CPUBackend(Backend):
 
     def mix_into_(self, dst, keep, src, take):
         if tuple(np.shape(src)) != dst.shape:
-            raise ValueError(f"mix_into_: src shape {tuple(np.shape(src))} != dst shape {dst.shape}")
+            raise ValueError(f"mix_into_: src shape {tuple(np.shape(src))} != dst shape "
+                             f"{dst.shape}")
         src = np.asarray(src).astype(dst.dtype, copy=False)
         np.multiply(dst, keep, out=dst)
         dst += take * src
