@@ -12,8 +12,9 @@
 # exiting after the last test on the H200 image); PyTorch
 # with CUDA for the reference columns; MNIST under $MINIGRAD_DATA for the training run
 # (it is skipped without it).  Each step has its own time limit, so a slow step cannot
-# eat the others' time; on a fresh H200 machine the whole script takes about 2.5 minutes
-# (session 36: benchmarks 75 s, tests 70 s beside training 47 s), most of it compiling.
+# eat the others' time.  Session 36 on an H200: benchmarks 75 s; the tests 70 s on a machine
+# that had run them before, over 110 s on a fresh one (every process compiles its kernels);
+# LeNet training 47 s beside the tests.
 set -u
 LOG=${1:-gpu_logs}
 mkdir -p "$LOG"
@@ -28,6 +29,14 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $LOG/NAM
     echo "== $name exit $? ($(date -u +%H:%M:%S)); last lines:"
     tr '\r' '\n' < "$LOG/$name.log" | grep -v '^\s*$' | tail -n 8 | sed "s/^/   $name: /"
 }
+
+# numba-cuda 0.30 cannot compile with NumPy 2.5 (the H100/H200 images' NumPy): when minigrad
+# says so and a NumPy wheel was carried in .whl/ (README, "Devices"), install it for this run.
+if ! python3 -c 'import minigrad_cuda, sys; sys.exit(minigrad_cuda.unavailable_reason() is not None)' \
+        && ls .whl/numpy-*.whl > /dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/gpu_check_site .whl/numpy-*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/gpu_check_site"
+fi
 
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > "$LOG/gpu.log" 2>&1
 python3 - > "$LOG/env.log" 2>&1 <<'PY'
