@@ -32,7 +32,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $LOG/NAM
 
 # numba-cuda 0.30 cannot compile with NumPy 2.5 (the H100/H200 images' NumPy): when minigrad
 # says so and a NumPy wheel was carried in .whl/ (README, "Devices"), install it for this run.
-if ! python3 -c 'import minigrad_cuda, sys; sys.exit(minigrad_cuda.unavailable_reason() is not None)' \
+if ! python3 -c 'import minigrad_cuda, sys; sys.exit(minigrad_cuda.compiler_problem() is not None)' \
         && ls .whl/numpy-*.whl > /dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/gpu_check_site .whl/numpy-*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/gpu_check_site"
