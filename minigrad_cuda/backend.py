@@ -110,18 +110,13 @@ def _storage_counts(x):
 
 
 def _unshared_storage_counts(be):
-    """{storage type: (references, views)} measured on fresh arrays that nothing shares: one
-    from the backend's allocator (the memory pool's ``MemoryPointer`` on a GPU) and one from
-    numba's.  On a GPU numba hands out its own allocations through an ``OwnedPointer``, which
-    ``_storage`` never counts as an allocation: arrays made without the pool are always
-    copied.  Under the simulator both are NumPy arrays."""
-    out = {}
-    for fresh in (be.empty((1,), np.float32), cuda.device_array(1, dtype=np.float32)):
-        counts = _storage_counts(fresh)
-        if counts is not None:
-            out.setdefault(counts[0], counts[1:])
-        del fresh
-    return out
+    """{storage type: (references, views)} measured on a fresh array from the backend's
+    allocator that nothing shares (the memory pool's ``MemoryPointer`` on a GPU; a NumPy
+    array under the simulator).  numba's own allocations reach a GPU array through an
+    ``OwnedPointer``, which ``_storage`` never counts: arrays made without the pool are
+    always copied."""
+    counts = _storage_counts(be.empty((1,), np.float32))
+    return {} if counts is None else {counts[0]: counts[1:]}
 
 
 class CUDABackend(Backend):
