@@ -80,7 +80,10 @@ def time_pair(row, mg_fn, torch_fn, repeat, warmup=2, ref_fn=None):
     1.50 ms and its later ones 1.42-1.52 ms; PyTorch's channels-last CIFAR stem 3.01, 2.42,
     2.24, 2.13 ms, then 2.09-2.14 (BENCHMARKS_perf.md, session 31).  Counting calls 2-3 of
     each block of three, as the harness did up to session 30, timed that transient into both
-    columns.  Longer calls alternate one by one."""
+    columns.  On the Intel host of session 37 the transient follows any pause in memory
+    traffic (a plain 32 MB read after 20 ms of sleep or of a busy wait: 3.49, 3.27, 3.00,
+    2.63, 2.49 ms, then 2.45) and lasts 15-20 ms, hence SETTLE_S.  Longer calls alternate
+    one by one."""
     ref_times = []
     if ref_fn is not None:
         ref_times += _time_calls(ref_fn, REF_CALLS)
@@ -143,9 +146,10 @@ def turn_calls(call_s, repeat):
 
 
 # time_pair: calls shorter than SHORT_CALL_S (per framework) run in turns of SETTLE_S of
-# untimed calls (at most MAX_SETTLE_CALLS of them), then TIMED_S of timed ones.
+# untimed calls (at most MAX_SETTLE_CALLS of them), then TIMED_S of timed ones.  SETTLE_S was
+# 0.012 until session 37 (BENCHMARKS_perf.md, change 152).
 SHORT_CALL_S = 0.05
-SETTLE_S = 0.012
+SETTLE_S = 0.030
 TIMED_S = 0.006
 MAX_SETTLE_CALLS = 64
 # time_pair's reference: calls before and after the row, and the pause before the row.

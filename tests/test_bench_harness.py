@@ -46,11 +46,11 @@ def test_time_pair_alternates_turns_and_takes_medians(monkeypatch):
 def test_turns_settle_for_a_time_then_time_calls():
     short = run_all.SHORT_CALL_S
     settle, timed = run_all.SETTLE_S, run_all.TIMED_S
-    # a 1.5 ms call: ceil(12 / 1.5) = 8 untimed calls, ceil(6 / 1.5) = 4 timed ones
-    assert (settle, timed) == (0.012, 0.006)
-    assert run_all.turn_calls(0.0015, 10) == (8, 4)
-    assert run_all.turn_calls(0.0015, 3) == (8, 3)            # never more than repeat
-    assert run_all.turn_calls(0.020, 10) == (1, 2)            # at least one and two
+    # a 1.5 ms call: ceil(30 / 1.5) = 20 untimed calls, ceil(6 / 1.5) = 4 timed ones
+    assert (settle, timed) == (0.030, 0.006)
+    assert run_all.turn_calls(0.0015, 10) == (20, 4)
+    assert run_all.turn_calls(0.0015, 3) == (20, 3)           # never more than repeat
+    assert run_all.turn_calls(0.040, 10) == (1, 2)            # at least one and two
     assert run_all.turn_calls(1e-9, 1000) == (run_all.MAX_SETTLE_CALLS, 1000)
     assert run_all.turn_calls(short, 10) == (0, 1)             # long calls alternate
 
