@@ -277,6 +277,23 @@ class Backend:
         """Batch norm over all axes but 1; returns ``(y, mean, var, invstd)`` (``var`` biased)."""
         raise NotImplementedError
 
+    def batch_norm_train_tracked(self, x, gamma, beta, eps, running_mean, running_var, keep,
+                                 take_mean, take_var, counter):
+        """``batch_norm_train`` that also updates running statistics in place, as BatchNorm's
+        training step does: ``running_mean = keep * running_mean + take_mean * mean`` and
+        ``running_var = keep * running_var + take_var * var`` (either buffer may be None),
+        then ``counter`` (a one-element int64 array, or None) += 1.  Returns what
+        ``batch_norm_train`` returns.  This default builds it from other methods; a backend
+        overrides it to save the extra passes (the CUDA backend: kernel launches)."""
+        y, mean, var, invstd = self.batch_norm_train(x, gamma, beta, eps)
+        if running_mean is not None:
+            self.mix_into_(running_mean, keep, mean, take_mean)
+        if running_var is not None:
+            self.mix_into_(running_var, keep, var, take_var)
+        if counter is not None:
+            self.copy_(counter, self.scalar("add", counter, 1))
+        return y, mean, var, invstd
+
     def batch_norm_eval(self, x, mean, var, gamma, beta, eps):
         """Batch norm with given statistics."""
         raise NotImplementedError

@@ -928,17 +928,40 @@ class CUDABackend(Backend):
 
     def batch_norm_train(self, x, gamma, beta, eps):
         """Batch statistics over all axes but 1; returns ``(y, mean, biased var, invstd)``."""
+        return self.batch_norm_train_tracked(x, gamma, beta, eps, None, None, 1.0, 0.0, 0.0,
+                                             None)
+
+    def batch_norm_train_tracked(self, x, gamma, beta, eps, running_mean, running_var, keep,
+                                 take_mean, take_var, counter):
+        """``batch_norm_train`` plus the running-statistics update and batch count (see the
+        base class) in two kernels: the statistics kernel also computes the per-channel
+        scale and shift, mixes the running buffers and counts, then one pass writes y.
+        Running buffers of another dtype than x, or not C-contiguous device arrays, take the
+        base class's separate updates."""
         x = self._c(x)
         N, C, L = self._ncl(x.shape)
         dt = x.dtype
-        mean, var, invstd = (self.empty((C,), dt) for _ in range(3))
-        if C == 0:
-            return self.empty(x.shape, dt), mean, var, invstd
-        nk.bn_stats[min(C, 65535), red_block(N * L), self.stream](
-            self._flat(x), mean, var, invstd, N, C, L, float(eps))
+        fused = all(b is None or (not isinstance(b, np.ndarray) and np.dtype(b.dtype) == dt
+                                  and b.is_c_contiguous()) for b in (running_mean, running_var))
+        fused = fused and (counter is None or (not isinstance(counter, np.ndarray)
+                                               and np.dtype(counter.dtype) == np.int64))
+        if C == 0 or not fused:
+            if running_mean is None and running_var is None and counter is None:   # C == 0
+                return (self.empty(x.shape, dt),) + tuple(self.empty((C,), dt) for _ in range(3))
+            return super().batch_norm_train_tracked(x, gamma, beta, eps, running_mean,
+                                                    running_var, keep, take_mean, take_var,
+                                                    counter)
+        mean, var, invstd, scale, shift = (self.empty((C,), dt) for _ in range(5))
         g, b, affine = self._affine(gamma, beta, dt)
-        scale, shift = self.empty((C,), dt), self.empty((C,), dt)
-        self._launch1d(nk.bn_affine_params, C, mean, invstd, g, b, scale, shift, C, affine)
+        dummy = self._dummy(dt)
+        nk.bn_stats[min(C, 65535), red_block(N * L), self.stream](
+            self._flat(x), mean, var, invstd, N, C, L, float(eps), g, b, affine, scale, shift,
+            dummy if running_mean is None else self._flat(running_mean),
+            dummy if running_var is None else self._flat(running_var),
+            np_scalar(keep, dt), np_scalar(take_mean, dt), np_scalar(take_var, dt),
+            running_mean is not None, running_var is not None,
+            self._dummy(np.int64) if counter is None else self._flat(counter),
+            counter is not None)
         return self._bn_apply(x, scale, shift), mean, var, invstd
 
     def batch_norm_eval(self, x, mean, var, gamma, beta, eps):

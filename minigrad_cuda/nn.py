@@ -285,28 +285,44 @@ def softmax_xent_bwd(probs, labels, gloss, gx, n, C, smooth):
 
 
 @cuda.jit
-def bn_stats(x, mean, var, invstd, N, C, L, eps):
-    """Block per channel: two-pass mean and biased variance in float64; invstd = 1/sqrt(var+eps)."""
+def bn_stats(x, mean, var, invstd, N, C, L, eps, gamma, beta, has_affine, scale, shift,
+             run_mean, run_var, keep, take_mean, take_var, track_mean, track_var, counter, count):
+    """Block per channel: two-pass mean and biased variance in float64, invstd =
+    1/sqrt(var+eps), and what follows from them per channel: scale = gamma * invstd, shift =
+    beta - mean * scale (gamma 1, beta 0 without affine); with track_mean, run_mean = keep *
+    run_mean + take_mean * mean (track_var: run_var from var likewise), from the stored
+    statistics as a separate update would read them; with count, counter[0] += 1 (once)."""
     sh = cuda.shared.array(RED_MAX, float64)
     t = cuda.threadIdx.x
     nt = cuda.blockDim.x
-    count = N * L
+    count_n = N * L
     for c in range(cuda.blockIdx.x, C, cuda.gridDim.x):
         s = 0.0
-        for j in range(t, count, nt):
+        for j in range(t, count_n, nt):
             nidx = j // L
             s += x[(nidx * C + c) * L + (j - nidx * L)]
-        mu = _block_sum(sh, s) / count
+        mu = _block_sum(sh, s) / count_n
         q = 0.0
-        for j in range(t, count, nt):
+        for j in range(t, count_n, nt):
             nidx = j // L
             d = x[(nidx * C + c) * L + (j - nidx * L)] - mu
             q += d * d
-        v = _block_sum(sh, q) / count
+        v = _block_sum(sh, q) / count_n
         if t == 0:
             mean[c] = mu
             var[c] = v
             invstd[c] = 1.0 / math.sqrt(v + eps)
+            g = gamma[c] if has_affine else 1.0
+            b = beta[c] if has_affine else 0.0
+            sc = g * invstd[c]
+            scale[c] = sc
+            shift[c] = b - mean[c] * sc
+            if track_mean:
+                run_mean[c] = keep * run_mean[c] + take_mean * mean[c]
+            if track_var:
+                run_var[c] = keep * run_var[c] + take_var * var[c]
+            if count and c == 0:
+                counter[0] += 1
 
 
 @cuda.jit
@@ -315,17 +331,6 @@ def bn_apply(x, y, scale, shift, n, C, L):
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
         c = (i // L) % C
         y[i] = x[i] * scale[c] + shift[c]
-
-
-@cuda.jit
-def bn_affine_params(mean, invstd, gamma, beta, scale, shift, C, has_affine):
-    """scale = gamma * invstd, shift = beta - mean * scale (gamma = 1, beta = 0 without affine)."""
-    for c in range(cuda.grid(1), C, cuda.gridsize(1)):
-        g = gamma[c] if has_affine else 1.0
-        b = beta[c] if has_affine else 0.0
-        sc = g * invstd[c]
-        scale[c] = sc
-        shift[c] = b - mean[c] * sc
 
 
 @cuda.jit

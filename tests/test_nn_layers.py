@@ -115,6 +115,25 @@ def test_cpu_mix_into_converts_src_and_names_bad_shapes():
         be.mix_into_(dst, 0.5, np.ones(2), 0.5)
 
 
+def test_batchnorm_counts_batches_in_place_and_functional_counts_none():
+    """A training step adds one to num_batches_tracked in its own storage (as PyTorch's add_),
+    eval steps and F.batch_norm leave it alone; batch_norm_counted takes it as an argument."""
+    bn = nn.BatchNorm2d(2)
+    storage = bn.num_batches_tracked.data
+    x = mg.tensor(np.arange(16, dtype=np.float32).reshape(2, 2, 2, 2))
+    bn(x)
+    bn(x)
+    assert bn.num_batches_tracked.data is storage and int(storage) == 2
+    bn.eval()
+    bn(x)
+    F.batch_norm(x, bn.running_mean, bn.running_var, training=True)
+    assert int(storage) == 2
+    from minigrad.ops.norm import batch_norm_counted
+    counter = mg.tensor(np.array(7, np.int64))
+    batch_norm_counted(x, None, None, training=True, num_batches_tracked=counter)
+    assert counter.item() == 8
+
+
 def test_batchnorm_cumulative_momentum_none_and_1d():
     rng = np.random.default_rng(5)
     bn = nn.BatchNorm1d(2, momentum=None)

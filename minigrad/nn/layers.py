@@ -6,6 +6,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..ops.conv import pair, resolve_padding
+from ..ops.norm import batch_norm_counted
 from ..tensor import Tensor
 from . import functional as F
 from . import init
@@ -303,16 +304,19 @@ class _BatchNorm(Module):
             raise ValueError(f"{type(self).__name__}({self.num_features}): input {x.shape} has "
                              f"{x.shape[1]} channels")
         factor = 0.0 if self.momentum is None else self.momentum
+        counted = None
         if self.training and self.track_running_stats:
             nbt = self.num_batches_tracked
-            nbt.data = nbt.be.scalar("add", nbt.data, 1)
-            if self.momentum is None:
+            if self.momentum is None:   # the cumulative average needs the new count first
+                nbt.data = nbt.be.scalar("add", nbt.data, 1)
                 factor = 1.0 / float(nbt.item())
+            else:                       # counted in the batch norm's own backend call
+                counted = nbt
         use_batch = self.training or not self.track_running_stats
         track = self.training and self.track_running_stats
-        return F.batch_norm(x, self.running_mean if track or not use_batch else None,
-                            self.running_var if track or not use_batch else None,
-                            self.weight, self.bias, use_batch, factor, self.eps)
+        return batch_norm_counted(x, self.running_mean if track or not use_batch else None,
+                                  self.running_var if track or not use_batch else None,
+                                  self.weight, self.bias, use_batch, factor, self.eps, counted)
 
     def extra_repr(self):
         """PyTorch's BatchNorm description."""

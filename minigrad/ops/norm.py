@@ -3,7 +3,8 @@
 Training-mode batch norm is one fused backend kernel forward and one backward
 (``batch_norm_train`` / ``batch_norm_backward``); eval mode uses
 ``batch_norm_eval`` and a per-channel scale for its gradient.  Running-statistic
-updates happen outside the graph, in place, through backend elementwise calls.
+updates happen outside the graph, in place, in the forward's backend call
+(``batch_norm_train_tracked``).
 Layer norm is one backend call each way (``layer_norm`` / ``layer_norm_backward``) when
 input, weight and bias share a float dtype, else composed of elementwise ops and reductions.
 """
@@ -18,9 +19,11 @@ def _channel_shape(ndim, c):
 
 
 class BatchNormTrain(Function):
-    """Batch norm with batch statistics; ``stats`` (a dict) receives the batch ``mean`` and biased ``var``."""
+    """Batch norm with batch statistics.  ``running``: None, or the arguments of the backend's
+    ``batch_norm_train_tracked`` after ``eps`` (running buffers, mixing factors, batch counter),
+    which it updates in place in the same call."""
 
-    def forward(self, x, gamma=None, beta=None, eps=1e-5, stats=None):
+    def forward(self, x, gamma=None, beta=None, eps=1e-5, running=None):
         """Output storage from input storage."""
         be = self.be
         c = x.shape[1]
@@ -28,9 +31,10 @@ class BatchNormTrain(Function):
             gamma = be.full((c,), 1.0, x.dtype)
         if beta is None:
             beta = be.full((c,), 0.0, x.dtype)
-        y, mean, var, invstd = be.batch_norm_train(x, gamma, beta, eps)
-        if stats is not None:
-            stats["mean"], stats["var"] = mean, var
+        if running is None:
+            y, mean, _, invstd = be.batch_norm_train(x, gamma, beta, eps)
+        else:
+            y, mean, _, invstd = be.batch_norm_train_tracked(x, gamma, beta, eps, *running)
         self.save(x, gamma, mean, invstd)
         return y
 
@@ -95,11 +99,6 @@ class LocalResponseNorm(Function):
         return (self.be.lrn_backward(x, y, scale, g, *self.conf),)
 
 
-def _update_running_(be, running, batch, momentum, factor=1.0):
-    """running = (1 - momentum) * running + momentum * factor * batch, in place."""
-    be.mix_into_(running, 1.0 - momentum, batch, momentum * factor)
-
-
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5):
     """Batch normalisation as ``torch.nn.functional.batch_norm``.
@@ -109,6 +108,14 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     ``running_var`` with the *unbiased* batch variance, both with factor ``momentum``.
     In eval mode the running statistics are used.
     """
+    return batch_norm_counted(x, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+def batch_norm_counted(x, running_mean=None, running_var=None, weight=None, bias=None,
+                       training=False, momentum=0.1, eps=1e-5, num_batches_tracked=None):
+    """``batch_norm``, plus (in training mode) ``num_batches_tracked`` (a scalar int64 tensor,
+    or None) += 1 in place, in the same backend call as the running statistics: what a
+    BatchNorm module's training step does."""
     if x.ndim < 2:
         raise ValueError(f"batch_norm: input must have at least 2 dimensions (N, C, ...), got {x.shape}")
     if x.dtype.kind != "f":
@@ -123,17 +130,16 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         if count <= 1:
             raise ValueError(
                 f"batch_norm: expected more than 1 value per channel when training, got input {x.shape}")
-        stats = {}
-        args = [x, weight, bias]
-        y = BatchNormTrain.apply(*args, eps=eps, stats=stats)
-        if running_mean is not None or running_var is not None:
+        running = None
+        if running_mean is not None or running_var is not None or num_batches_tracked is not None:
             be = x.be
             m = 0.0 if momentum is None else momentum
-            if running_mean is not None:
-                _update_running_(be, running_mean.data, stats["mean"], m)
-            if running_var is not None:
-                _update_running_(be, running_var.data, stats["var"], m, count / (count - 1))
-        return y
+            counter = (None if num_batches_tracked is None
+                       else be.reshape(num_batches_tracked.data, (1,)))
+            running = (None if running_mean is None else running_mean.data,
+                       None if running_var is None else running_var.data,
+                       1.0 - m, m, m * count / (count - 1), counter)
+        return BatchNormTrain.apply(x, weight, bias, eps=eps, running=running)
     if running_mean is None or running_var is None:
         raise ValueError("batch_norm: eval mode needs running_mean and running_var")
     return BatchNormEval.apply(x, running_mean.detach(), running_var.detach(), weight, bias, eps=eps)

@@ -101,9 +101,10 @@ def cases():
     out.append(("log_softmax_bwd_strided", nk.log_softmax_bwd_strided, (A, A, A, i64, i64, i64)))
     out.append(("xent_fwd", nk.softmax_xent_fwd, (A, I64, A, A, i64, i64, f64)))
     out.append(("xent_bwd", nk.softmax_xent_bwd, (A, I64, A, A, i64, i64, f64)))
-    out.append(("bn_stats", nk.bn_stats, (A, A, A, A, i64, i64, i64, f64)))
+    for T, t in ((A, f32), (D, f64)):
+        out.append((f"bn_stats {t}", nk.bn_stats, (T, T, T, T, i64, i64, i64, f64, T, T, b1, T, T,
+                                                    T, T, t, t, t, b1, b1, I64, b1)))
     out.append(("bn_apply", nk.bn_apply, (A, A, A, A, i64, i64, i64)))
-    out.append(("bn_affine_params", nk.bn_affine_params, (A, A, A, A, A, A, i64, b1)))
     out.append(("bn_eval_params", nk.bn_eval_params, (A, A, A, A, A, A, i64, f64, b1)))
     out.append(("bn_bwd_reduce", nk.bn_bwd_reduce, (A, A, A, A, A, A, i64, i64, i64)))
     out.append(("bn_bwd_apply", nk.bn_bwd_apply, (A, A, A, A, A, A, A, A, i64, i64, i64, f64, b1)))

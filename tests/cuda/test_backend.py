@@ -432,6 +432,53 @@ def test_batch_norm_without_affine(be):
     close(be.to_numpy(y), ref.batch_norm(x, np.ones(3), np.zeros(3), 1e-5)[0], 1e-4)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("tracked", [(True, True, True), (True, False, False), (False, True, True),
+                                     (False, False, True)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_train_tracked_matches_the_cpu(be, cpu, dtype, tracked, affine):
+    """The statistics kernel's running-buffer update and batch count give what the CPU's
+    separate updates give (same rounding: from the stored batch statistics), update only
+    the buffers passed, and count once however many blocks the channels take."""
+    C = 5
+    x = (rand(3, C, 4, 2) * 2 + 1).astype(dtype)
+    gamma, beta = (rand(C).astype(dtype) if affine else None for _ in range(2))
+    rm0, rv0 = rand(C).astype(dtype), (rand(C) ** 2 + 0.5).astype(dtype)
+    results = {}
+    for name, b in (("cuda", be), ("cpu", cpu)):
+        up = lambda a: None if a is None else b.from_numpy(a)  # noqa: E731
+        rm, rv = up(rm0.copy()), up(rv0.copy())
+        counter = b.from_numpy(np.array([41], np.int64))
+        out = b.batch_norm_train_tracked(up(x), up(gamma), up(beta), 1e-5,
+                                         rm if tracked[0] else None, rv if tracked[1] else None,
+                                         0.8, 0.2, 0.2 * 24 / 23, counter if tracked[2] else None)
+        results[name] = [b.to_numpy(a) for a in out] + [b.to_numpy(rm), b.to_numpy(rv),
+                                                        b.to_numpy(counter)]
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for got, want in zip(results["cuda"], results["cpu"]):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    rm, rv, counter = results["cuda"][-3:]
+    assert counter[0] == 41 + tracked[2]
+    np.testing.assert_array_equal(rm == rm0, np.full(C, not tracked[0]))
+    np.testing.assert_array_equal(rv == rv0, np.full(C, not tracked[1]))
+    assert rm.dtype == dtype and rv.dtype == dtype
+
+
+def test_batch_norm_train_tracked_buffers_of_another_dtype(be, cpu):
+    """float64 running buffers with float32 input take the separate updates (src rounded to
+    float32 first), as on the CPU."""
+    x = rand(4, 3, 5)
+    results = []
+    for b in (be, cpu):
+        rm, rv = b.from_numpy(np.zeros(3)), b.from_numpy(np.ones(3))
+        b.batch_norm_train_tracked(b.from_numpy(x), None, None, 1e-5, rm, rv, 0.9, 0.1, 0.1,
+                                   None)
+        results.append((b.to_numpy(rm), b.to_numpy(rv)))
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        assert got.dtype == np.float64
+
+
 def test_lrn(be):
     x = rand(2, 6, 3, 2).astype(np.float64)
     size, alpha, beta, k = 3, 1e-2, 0.75, 2.0

@@ -266,6 +266,8 @@ def test_batchnorm_running_stats_match_the_cpu():
     for name in ("running_mean", "running_var"):
         np.testing.assert_allclose(getattr(bns["cuda"], name).numpy(),
                                    getattr(bns["cpu"], name).numpy(), rtol=1e-5, atol=1e-6)
+    assert bns["cuda"].num_batches_tracked.item() == bns["cpu"].num_batches_tracked.item() == 3
+    assert bns["cuda"].num_batches_tracked.device == "cuda"
 
 
 def _ownership(be, x):
