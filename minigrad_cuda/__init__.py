@@ -81,6 +81,13 @@ def is_available():
     return unavailable_reason() is None
 
 
+_CACHE_STATE = {"status": "not checked"}   # what the cached-kernel check did
+
+
+def _cache_probe():
+    """A function of this package, for asking Numba where its cached kernels live."""
+
+
 def _factory():
     reason = unavailable_reason()
     if reason is not None:
@@ -89,6 +96,11 @@ def _factory():
 
     # Small tensors legitimately launch small grids; Numba would warn on every such launch.
     config.CUDA_LOW_OCCUPANCY_WARNINGS = False
+    if not is_simulator():   # kernels are cached on disk (cache=True): drop stale ones first
+        from minigrad.cpu import cache_stamp
+
+        cache_stamp.check(package_dir=os.path.dirname(os.path.abspath(__file__)),
+                          probe=_cache_probe, state=_CACHE_STATE)
     from .backend import CUDABackend
 
     return CUDABackend()

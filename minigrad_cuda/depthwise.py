@@ -12,7 +12,7 @@ from ._common import RED_MAX
 from .nn import _block_sum
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def depthwise_fwd(x, w, b, y, n, C, H, W, m, R, S, OH, OW, sh, sw, ph, pw, dh, dw):
     """y[img, o, oh, ow] = b[o] + sum_{r,s} w[o, r, s] * xpad[img, o // m, ...] for n outputs."""
     K = C * m
@@ -36,7 +36,7 @@ def depthwise_fwd(x, w, b, y, n, C, H, W, m, R, S, OH, OW, sh, sw, ph, pw, dh, d
         y[i] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def depthwise_bwd_data(gy, w, gx, n, C, H, W, m, R, S, OH, OW, sh, sw, ph, pw, dh, dw, zero):
     """gx[img, c, ih, iw] = sum over c's m filters and their taps that read pixel (ih, iw)
     of w * gy at the output that tap belongs to; n = the number of input pixels."""
@@ -64,7 +64,7 @@ def depthwise_bwd_data(gy, w, gx, n, C, H, W, m, R, S, OH, OW, sh, sw, ph, pw, d
         gx[i] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def depthwise_bwd_weight(x, gy, gw, N, C, H, W, m, R, S, OH, OW, sh, sw, ph, pw, dh, dw):
     """gw[o, r, s] = sum over images and output pixels of gy[img, o] * the input pixel tap
     (r, s) reads; one block per weight element (grid-stride), float64 sums."""

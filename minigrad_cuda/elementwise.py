@@ -184,7 +184,7 @@ def unary_kernel(op):
     """``out[i] = op(x[i])`` over flat contiguous arrays."""
     fn = UNARY_FUNCS[op]
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def kernel(x, out, n):
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
             out[i] = fn(x[i])
@@ -197,7 +197,7 @@ def binary_flat_kernel(op):
     """``out[i] = op(a[i], b[i])`` for same-shape contiguous operands."""
     fn = BINARY_FUNCS[op]
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def kernel(a, b, out, n):
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
             out[i] = fn(a[i], b[i])
@@ -210,7 +210,7 @@ def binary_bcast_kernel(op):
     """``out[i] = op(a[off_a(i)], b[off_b(i)])`` with broadcasting stride tuples."""
     fn = BINARY_FUNCS[op]
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def kernel(a, b, out, n, shape, sa, sb):
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
             oa, ob = offset2(i, shape, sa, sb)
@@ -224,19 +224,19 @@ def scalar_kernel(op, reverse):
     """``out[i] = op(x[i], s)`` (or ``op(s, x[i])`` when ``reverse``)."""
     fn = BINARY_FUNCS[op]
     if reverse:
-        @cuda.jit
+        @cuda.jit(cache=True)
         def kernel(x, s, out, n):
             for i in range(cuda.grid(1), n, cuda.gridsize(1)):
                 out[i] = fn(s, x[i])
     else:
-        @cuda.jit
+        @cuda.jit(cache=True)
         def kernel(x, s, out, n):
             for i in range(cuda.grid(1), n, cuda.gridsize(1)):
                 out[i] = fn(x[i], s)
     return kernel
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def where_kernel(c, a, b, out, n, shape, sc, sa, sb):
     """``out[i] = a if c != 0 else b`` with broadcasting stride tuples."""
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
@@ -247,28 +247,28 @@ def where_kernel(c, a, b, out, n, shape, sc, sa, sb):
             out[i] = b[ob]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fill_kernel(out, value, n):
     """``out[:] = value``."""
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
         out[i] = value
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def cast_kernel(x, out, n):
     """``out[i] = x[i]`` converting dtype."""
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
         out[i] = x[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def mix_kernel(dst, keep, src, take, n):
     """``dst[i] = keep * dst[i] + take * src[i]`` in place."""
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
         dst[i] = keep * dst[i] + take * src[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def strided_copy_kernel(src, soff, sst, dst, doff, dst_st, shape, n):
     """``dst[doff + c.dst_st] = src[soff + c.sst]`` for every coordinate ``c`` of ``shape``.
 
@@ -280,7 +280,7 @@ def strided_copy_kernel(src, soff, sst, dst, doff, dst_st, shape, n):
         dst[doff + od] = src[soff + os_]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def pad_kernel(x, out, n, out_shape, in_strides, before, in_shape, value):
     """Constant padding: ``out[c] = x[c - before]`` inside the input, else ``value``."""
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
@@ -300,14 +300,14 @@ def pad_kernel(x, out, n, out_shape, in_strides, before, in_shape, value):
             out[i] = value
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def gather_kernel(src, idx, out, n):
     """``out[i] = src[idx[i]]`` (integer-array indexing through a flat index map)."""
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
         out[i] = src[idx[i]]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def scatter_add_kernel(out, idx, g, n):
     """``out[idx[i]] += g[i]`` with atomics (repeated indices accumulate)."""
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):

@@ -306,7 +306,7 @@ def gemm_kernel(kind, dtype, a_kfast=True, b_nfast=True, tile=None):
                 v = load_b(B, P, T, lb[l, 0], lb[l, 1], lb[l, 2], k, zero)
             pb[l] = v
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def kernel(A, B, C, bias, T, M, N, K, kz, kchunk, nz, P):
         if ALIGN_SHARED:
             As = cuda.shared.array((BK, a_row), nbt, alignment=16)

@@ -18,7 +18,7 @@ from ._common import RED_MAX, dmax, dmin
 # --- pooling ---------------------------------------------------------------------
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def max_pool_fwd(x, y, am, n, H, W, OH, OW, kh, kw, sh, sw, ph, pw):
     """y = max over each window (padding never chosen, NaN propagates); am = flat ih*W+iw."""
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
@@ -51,7 +51,7 @@ def max_pool_fwd(x, y, am, n, H, W, OH, OW, kh, kw, sh, sw, ph, pw):
         am[i] = bi
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def max_pool_bwd(gy, am, gx, n, OHW, HW):
     """gx[plane, argmax] += gy for every output (atomic: windows may share their argmax)."""
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
@@ -66,7 +66,7 @@ def _avg_div(h0, w0, kh, kw, H, W, ph, pw, include_pad):
     return (dmin(h0 + kh, H) - dmax(h0, 0)) * (dmin(w0 + kw, W) - dmax(w0, 0))
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def avg_pool_fwd(x, y, n, H, W, OH, OW, kh, kw, sh, sw, ph, pw, include_pad, zero):
     """Average pooling, PyTorch's divisor rules for ``count_include_pad``."""
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
@@ -88,7 +88,7 @@ def avg_pool_fwd(x, y, n, H, W, OH, OW, kh, kw, sh, sw, ph, pw, include_pad, zer
             y[i] = zero
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def avg_pool_bwd(gy, gx, n, H, W, OH, OW, kh, kw, sh, sw, ph, pw, include_pad, zero):
     """gx[pixel] = sum of gy/divisor over the windows covering the pixel."""
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
@@ -154,7 +154,7 @@ def _block_max(sh, v):
 # --- softmax family (rows of a (outer, C, inner) view) ------------------------------
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def log_softmax_rows(x, out, nrows, C):
     """Block per row of a contiguous (rows, C) array: out = x - max - log(sum(exp(x - max)))."""
     sh = cuda.shared.array(RED_MAX, float64)
@@ -177,7 +177,7 @@ def log_softmax_rows(x, out, nrows, C):
             out[base + c] = float64(x[base + c]) - lse
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def log_softmax_strided(x, out, nrows, C, inner):
     """Thread per row of an (outer, C, inner) array (axis not last): coalesced over ``inner``."""
     for row in range(cuda.grid(1), nrows, cuda.gridsize(1)):
@@ -197,7 +197,7 @@ def log_softmax_strided(x, out, nrows, C, inner):
             out[base + c * inner] = float64(x[base + c * inner]) - lse
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def log_softmax_bwd_rows(y, g, out, nrows, C):
     """Block per row: out = g - exp(y) * sum(g)."""
     sh = cuda.shared.array(RED_MAX, float64)
@@ -213,7 +213,7 @@ def log_softmax_bwd_rows(y, g, out, nrows, C):
             out[base + c] = g[base + c] - math.exp(float64(y[base + c])) * s
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def log_softmax_bwd_strided(y, g, out, nrows, C, inner):
     """Thread per row of an (outer, C, inner) array: out = g - exp(y) * sum(g)."""
     for row in range(cuda.grid(1), nrows, cuda.gridsize(1)):
@@ -227,7 +227,7 @@ def log_softmax_bwd_strided(y, g, out, nrows, C, inner):
             out[base + c * inner] = g[base + c * inner] - math.exp(float64(y[base + c * inner])) * s
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def softmax_xent_fwd(logits, labels, loss, probs, N, C, smooth):
     """Fused per-row softmax cross-entropy with label smoothing (PyTorch's formula).
 
@@ -269,7 +269,7 @@ def softmax_xent_fwd(logits, labels, loss, probs, N, C, smooth):
                     loss[row] = (1.0 - smooth) * nll + smooth * (lse - tot / C)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def softmax_xent_bwd(probs, labels, gloss, gx, n, C, smooth):
     """gx = gloss[row] * (probs - ((1 - smooth) * onehot + smooth / C))."""
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
@@ -284,7 +284,7 @@ def softmax_xent_bwd(probs, labels, gloss, gx, n, C, smooth):
 # --- batch norm on an (N, C, L) view ----------------------------------------------------
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def bn_stats(x, mean, var, invstd, N, C, L, eps, gamma, beta, has_affine, scale, shift,
              run_mean, run_var, keep, take_mean, take_var, track_mean, track_var, counter, count):
     """Block per channel: two-pass mean and biased variance in float64, invstd =
@@ -325,7 +325,7 @@ def bn_stats(x, mean, var, invstd, N, C, L, eps, gamma, beta, has_affine, scale,
                 counter[0] += 1
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def bn_apply(x, y, scale, shift, n, C, L):
     """y = x * scale[c] + shift[c] for the (N, C, L) layout (scale/shift precomputed per channel)."""
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
@@ -333,7 +333,7 @@ def bn_apply(x, y, scale, shift, n, C, L):
         y[i] = x[i] * scale[c] + shift[c]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def bn_eval_params(mean, var, gamma, beta, scale, shift, C, eps, has_affine):
     """Per-channel scale/shift for evaluation from running statistics."""
     for c in range(cuda.grid(1), C, cuda.gridsize(1)):
@@ -344,7 +344,7 @@ def bn_eval_params(mean, var, gamma, beta, scale, shift, C, eps, has_affine):
         shift[c] = b - mean[c] * sc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def bn_bwd_reduce(gy, x, mean, invstd, gsum, gdot, N, C, L):
     """Block per channel: gsum = sum(gy), gdot = sum(gy * xhat) in float64."""
     sh = cuda.shared.array(RED_MAX, float64)
@@ -368,7 +368,7 @@ def bn_bwd_reduce(gy, x, mean, invstd, gsum, gdot, N, C, L):
             gdot[c] = d * invstd[c]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def bn_bwd_apply(gy, x, mean, invstd, gamma, gsum, gdot, gx, n, C, L, count, has_affine):
     """gx = gamma * invstd / M * (M * gy - gsum - xhat * gdot)."""
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
@@ -382,7 +382,7 @@ def bn_bwd_apply(gy, x, mean, invstd, gamma, gsum, gdot, gx, n, C, L, count, has
 # --- local response norm across channels of an (N, C, L) view ------------------------
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def lrn_fwd(x, y, scale, n, C, L, size, alpha, beta, k):
     """scale = k + alpha/size * sum of x^2 over the channel window; y = x * scale^-beta."""
     lo = size // 2
@@ -399,7 +399,7 @@ def lrn_fwd(x, y, scale, n, C, L, size, alpha, beta, k):
         y[i] = x[i] * sc ** (-beta)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def lrn_bwd(x, y, scale, gy, gx, n, C, L, size, alpha, beta):
     """gx = gy * scale^-beta - 2*alpha*beta/size * x * sum over windows containing x of gy*y/scale."""
     lo = size // 2
@@ -442,7 +442,7 @@ def philox4x32(c0, c1, c2, c3, k0, k1):
     return c0, c1, c2, c3
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def dropout_mask_kernel(out, n, k0, k1, p, keep_value):
     """out[i] = 0 with probability p else keep_value; thread t fills elements 4t..4t+3."""
     nq = (n + 3) // 4
@@ -464,7 +464,7 @@ def dropout_mask_kernel(out, n, k0, k1, p, keep_value):
 def sgd_kernel(has_buf, nesterov, first, has_wd):
     """Fused PyTorch SGD step for one parameter (flags specialise the kernel)."""
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def kernel(p, g, buf, n, lr, momentum, damp1, wd):
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
             d = g[i]
@@ -489,7 +489,7 @@ def sgd_kernel(has_buf, nesterov, first, has_wd):
 def adam_kernel(decoupled, has_wd):
     """Fused PyTorch Adam / AdamW step for one parameter."""
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def kernel(p, g, m, v, n, decay, wd, beta1, omb1, beta2, omb2, eps, step_size, bc2_sqrt):
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
             d = g[i]

@@ -54,7 +54,7 @@ def rows_kernel(op, nb_dtype):
     fmap = _MAP[op]
     comb = _COMBINE[op]
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def kernel(x, out, nout, kshape, kst, rshape, rst, nred, chunk, init):
         sh = cuda.shared.array(RED_MAX, nb_dtype)
         t = cuda.threadIdx.x
@@ -88,7 +88,7 @@ def cols_kernel(op):
     fmap = _MAP[op]
     comb = _COMBINE[op]
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def kernel(x, out, nout, kshape, kst, rshape, rst, nred, chunk, init):
         split = cuda.blockIdx.y
         r0 = split * chunk

@@ -69,6 +69,31 @@ def test_check_drops_only_the_changed_modules_files(tmp_path, monkeypatch):
     assert (tmp_path / "conv._fwd-1.py311.nbi").exists()
 
 
+def test_check_of_another_package_uses_its_sources_and_state(tmp_path, monkeypatch):
+    """The CUDA backend checks minigrad_cuda's cached kernels with the same function: the
+    digests come from the folder it names, the status goes to the dict it passes, and the
+    CPU package's status is left alone."""
+    monkeypatch.delenv("MINIGRAD_CACHE_STAMP", raising=False)
+    pkg, cache = tmp_path / "pkg", tmp_path / "cache"
+    pkg.mkdir()
+    cache.mkdir()
+    (pkg / "nn.py").write_text("from ._common import f\n")
+    (pkg / "_common.py").write_text("f = 1\n")
+    (cache / "nn.bn_stats-288.py312.nbi").write_text("x")
+    cpu_status = cache_stamp.status()
+    state = {"status": "not checked"}
+    cache_stamp.check(str(cache), package_dir=str(pkg), state=state)
+    assert state["status"] == "2 changed modules: 1 cached kernel files dropped"
+    assert cache_stamp.status() == cpu_status
+    digests = json.loads((cache / cache_stamp.STAMP_NAME).read_text())
+    assert digests == cache_stamp.module_digests(str(pkg)) and sorted(digests) == ["_common", "nn"]
+    (cache / "nn.bn_stats-288.py312.nbi").write_text("x")
+    (pkg / "_common.py").write_text("f = 2\n")   # a helper the kernel's module imports
+    assert "1 cached kernel files dropped" in cache_stamp.check(str(cache), package_dir=str(pkg),
+                                                                state=state)
+    assert not (cache / "nn.bn_stats-288.py312.nbi").exists()
+
+
 HELPER = "from numba import njit\n\n\n@njit(cache=True)\ndef helper():\n    return {}\n"
 KERNEL = ("from numba import njit\n\nfrom .zz_helper import helper\n\n\n"
           "@njit(cache=True)\ndef kernel():\n    return helper()\n")

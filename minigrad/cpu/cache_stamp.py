@@ -64,12 +64,13 @@ def _probe():
     """A function of this package, for asking Numba where the package's cache lives."""
 
 
-def cache_folder():
-    """Where Numba keeps the cache files of this package's kernels: its ``__pycache__``
-    when that is writable and NUMBA_CACHE_DIR is unset (asked without importing Numba),
-    else wherever Numba's own lookup says."""
+def cache_folder(package_dir=_HERE, probe=_probe):
+    """Where Numba keeps the cache files of the kernels in ``package_dir`` (this package by
+    default; ``probe``: a function defined in that folder): its ``__pycache__`` when that is
+    writable and NUMBA_CACHE_DIR is unset (asked without importing Numba), else wherever
+    Numba's own lookup says."""
     if not os.environ.get("NUMBA_CACHE_DIR"):
-        in_tree = os.path.join(_HERE, "__pycache__")
+        in_tree = os.path.join(package_dir, "__pycache__")
         try:
             os.makedirs(in_tree, exist_ok=True)
             if os.access(in_tree, os.W_OK):
@@ -77,17 +78,19 @@ def cache_folder():
         except OSError:
             pass
     from numba.core.caching import CompileResultCacheImpl
-    return CompileResultCacheImpl(_probe).locator.get_cache_path()
+    return CompileResultCacheImpl(probe).locator.get_cache_path()
 
 
-def check(folder=None):
-    """Delete stale cached kernels (see the module docstring); returns what it did."""
+def check(folder=None, package_dir=_HERE, probe=_probe, state=_state):
+    """Delete stale cached kernels (see the module docstring); returns what it did.  The
+    defaults check this package; the CUDA backend passes its own folder, a function defined
+    there, and a dict of its own for the status."""
     if os.environ.get("MINIGRAD_CACHE_STAMP", "1") == "0":
-        _state["status"] = "off (MINIGRAD_CACHE_STAMP=0)"
-        return _state["status"]
+        state["status"] = "off (MINIGRAD_CACHE_STAMP=0)"
+        return state["status"]
     try:
-        folder = folder or cache_folder()
-        digests = module_digests()
+        folder = folder or cache_folder(package_dir, probe)
+        digests = module_digests(package_dir)
         stamp = os.path.join(folder, STAMP_NAME)
         try:
             with open(stamp) as f:
@@ -98,8 +101,8 @@ def check(folder=None):
             old = {}
         changed = sorted(m for m, d in digests.items() if old.get(m) != d)
         if not changed:
-            _state["status"] = "cache matches the sources"
-            return _state["status"]
+            state["status"] = "cache matches the sources"
+            return state["status"]
         removed = 0
         for mod in changed:
             for pattern in (f"{mod}.*.nbi", f"{mod}.*.nbc"):
@@ -114,11 +117,11 @@ def check(folder=None):
         with open(tmp, "w") as f:
             json.dump(digests, f, indent=0, sort_keys=True)
         os.replace(tmp, stamp)
-        _state["status"] = (f"{len(changed)} changed modules: {removed} cached kernel files "
+        state["status"] = (f"{len(changed)} changed modules: {removed} cached kernel files "
                             f"dropped" if removed else "stamp written (no stale kernels)")
     except OSError as e:   # a read-only cache: Numba itself will not write there either
-        _state["status"] = f"not checked ({e.strerror or e})"
-    return _state["status"]
+        state["status"] = f"not checked ({e.strerror or e})"
+    return state["status"]
 
 
 def status():

@@ -5,7 +5,8 @@ compiler rejects.  This script runs Numba's CUDA front end (typing and lowering 
 NVVM IR, ``compile_cuda(..., cc=(9, 0))``) on every kernel with representative
 argument types; it needs neither a GPU nor the CUDA toolkit.  Run it *without*
 ``NUMBA_ENABLE_CUDASIM``:  ``python tests/cuda/compile_check.py``; it prints one line
-per failure and exits non-zero if any kernel does not compile.
+per failure and exits non-zero if any kernel does not compile, or could not be cached on disk
+(``cache_problem``).
 """
 
 import os
@@ -15,6 +16,7 @@ os.environ.pop("NUMBA_ENABLE_CUDASIM", None)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from numba import types  # noqa: E402
+from numba.core.serialize import dumps  # noqa: E402
 from numba.cuda import dispatcher as _dispatcher  # noqa: E402
 from numba.cuda.compiler import compile_cuda  # noqa: E402
 
@@ -118,6 +120,20 @@ def cases():
     return out
 
 
+def cache_problem(kernel):
+    """None, or why ``kernel`` would not be cached on disk: every kernel is declared with
+    ``cache=True``, and Numba's cache key pickles a factory-made kernel's closure variables
+    (device functions, types, constants), which must therefore pickle."""
+    if type(kernel._cache).__name__ == "NullCache":
+        return "declared without cache=True"
+    closure = kernel.py_func.__closure__ or ()
+    try:
+        dumps(tuple(cell.cell_contents for cell in closure))
+    except Exception as err:  # noqa: BLE001 - report every failure
+        return f"its closure variables do not pickle ({type(err).__name__}: {err})"
+    return None
+
+
 def main():
     """Compile every case; print failures; return the number of failures."""
     failures = 0
@@ -125,6 +141,9 @@ def main():
     for name, kernel, argtypes in all_cases:
         try:
             compile_cuda(kernel.py_func, types.void, argtypes, cc=(9, 0))
+            problem = cache_problem(kernel)
+            if problem:
+                raise RuntimeError(f"not cacheable: {problem}")
         except Exception as err:  # noqa: BLE001 - report every failure
             failures += 1
             msg = " ".join(str(err).split())[:600]
