@@ -14,7 +14,11 @@
 # (it is skipped without it).  Each step has its own time limit, so a slow step cannot
 # eat the others' time.  Session 36 on an H200: benchmarks 75 s; the tests 70 s on a machine
 # that had run them before, over 110 s on a fresh one (every process compiles its kernels);
-# LeNet training 47 s beside the tests.
+# LeNet training 47 s beside the tests.  Session 37: the tests 153-229 s on fresh machines
+# (243 of them); the kernels are now cached on disk, so a second run on the same machine
+# compiles little.  Through the `device` tool, .whl/ (and a data folder) are git-ignored and
+# must be named in its `carry` list, or the run has the image's NumPy 2.5 (session 37 lost a
+# call that way).
 set -u
 LOG=${1:-gpu_logs}
 mkdir -p "$LOG"
@@ -57,7 +61,7 @@ step bench 270 python3 benchmarks/bench_cuda.py --repeat 5
 # -v: each test's result is in the log as it finishes, even if the step runs out of time
 PARALLEL=()
 if python3 -c "import xdist" 2>/dev/null; then PARALLEL=(-n 12); fi
-step tests 240 python3 -m pytest -v -p no:cacheprovider -p no:benchmark "${PARALLEL[@]}" tests/cuda &
+step tests 300 python3 -m pytest -v -p no:cacheprovider -p no:benchmark "${PARALLEL[@]}" tests/cuda &
 if [ -d "${MINIGRAD_DATA:-}/mnist" ]; then
     step lenet 200 python3 cli.py train lenet --device cuda --epochs 1 --no-progress \
         --data-dir "$MINIGRAD_DATA" &
