@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything to run on a machine with an NVIDIA GPU, in one call, logs into one folder:
-# the GPU benchmarks next to PyTorch (alone on the GPU), then the CUDA tests (real-GPU
-# agreement tests included) side by side with LeNet training on --device cuda.
+# the GPU benchmarks next to PyTorch (alone on the GPU) and the first-step times with a cold
+# and a warm kernel cache, then the CUDA tests (real-GPU agreement tests included) side by
+# side with LeNet training on --device cuda.
 # Results go to BENCHMARKS.md, section "GPU".
 #
 #   bash tools/gpu_check.sh [LOG_DIR]        (from the repository root)
@@ -57,6 +58,8 @@ PY
 cat "$LOG/gpu.log" "$LOG/env.log"
 
 step bench 270 python3 benchmarks/bench_cuda.py --repeat 5
+# a fresh process's first LeNet step with a cold, then a warm kernel cache (about 30 s)
+step first_step 120 python3 -m benchmarks.cuda_first_step --model lenet5
 
 # -v: each test's result is in the log as it finishes, even if the step runs out of time
 PARALLEL=()
