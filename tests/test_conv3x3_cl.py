@@ -30,9 +30,11 @@ def grads(x, w, gy, need_x, need_w, addend=None, writable=False):
 
 # N, C, H, W, K: the stem; one pixel; two pixels (edges only); 7 wide (a group of 4, one
 # single interior pixel, two edges); 10 wide with 48 channels; 3 wide (one interior single);
-# 32 wide (dX by conv3x3_rows' row kernel) with one row, and with 2 channels and 48 outputs
+# 32 wide (dX by conv3x3_rows' row kernel) with one row, and with 2 channels and 48 outputs;
+# dW's wide sweeps (64 outputs and more) with 1 and 2 channels, and with a vector left over
 CASES = [(2, 3, 32, 32, 64), (1, 1, 1, 1, 16), (3, 2, 2, 2, 32), (2, 3, 5, 7, 16),
-         (2, 1, 3, 10, 48), (1, 3, 4, 3, 16), (1, 1, 1, 32, 16), (2, 2, 3, 32, 48)]
+         (2, 1, 3, 10, 48), (1, 3, 4, 3, 16), (1, 1, 1, 32, 16), (2, 2, 3, 32, 48),
+         (1, 1, 2, 5, 64), (2, 2, 3, 9, 64), (1, 3, 3, 32, 80), (1, 2, 2, 6, 128)]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -53,6 +55,25 @@ def test_gradients_match_the_reference(case):
             np.testing.assert_allclose(gw, gwr, **TOL)
         else:
             assert gw is None
+
+
+@pytest.mark.parametrize("case", [(2, 3, 32, 32, 64), (1, 1, 3, 7, 80), (1, 2, 2, 32, 128)])
+def test_wide_and_one_vector_dw_sweeps_agree(case, monkeypatch):
+    """dW's wide sweeps (USE_WIDE_DW) and the one-vector sweeps add the same products in the
+    same order into each tap's sum: equal results, through each of the three kernels."""
+    N, C, H, W, K = case
+    x, w, gy = operands(N, C, H, K, W=W)
+    gyc = channels_last(gy)
+    for need_x in (False, True):
+        out = {}
+        for wide in (True, False):
+            monkeypatch.setattr(conv3x3_cl, "USE_WIDE_DW", wide)
+            out[wide] = grads(x, w, gyc, need_x, True)[1]
+        np.testing.assert_array_equal(out[True], out[False])
+    monkeypatch.setattr(conv3x3_cl, "USE_ROW_DX", False)
+    if W == 32:
+        monkeypatch.setattr(conv3x3_cl, "USE_WIDE_DW", True)
+        np.testing.assert_array_equal(grads(x, w, gyc, True, True)[1], out[False])
 
 
 @pytest.mark.parametrize("W", [12, 32])     # 32: dX by the row kernel
@@ -114,7 +135,7 @@ def test_backward_dispatches_here_only_for_channels_last_dy(monkeypatch):
 
 @settings(max_examples=12, deadline=None)
 @given(N=st.integers(1, 3), C=st.integers(1, 3), H=st.integers(1, 6), W=st.integers(2, 20),
-       vectors=st.integers(1, 3), seed=st.integers(0, 2 ** 16))
+       vectors=st.integers(1, 6), seed=st.integers(0, 2 ** 16))
 def test_random_shapes_match_the_reference_through_conv2d_backward(N, C, H, W, vectors, seed):
     x, w, gy = operands(N, C, H, 16 * vectors, seed, W=W)
     gyc = channels_last(gy)

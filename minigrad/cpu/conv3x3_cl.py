@@ -8,9 +8,12 @@ transposed first, and the transposes, which read dY from memory in bursts, cost 
 they saved (BENCHMARKS_perf.md, change 122).  These kernels read dY in its own order:
 
 * dW[k, c, r, s] = sum over pixels p of dY[p, k] * xpad[p + (r, s), c]: per (image row,
-  vector of LANES output channels) one sweep along the row keeps the 9*C tap sums in 9*C
-  vector accumulators (one dY load and 9*C broadcast input values per pixel), summed per
-  thread and lane afterwards;
+  WIDE_VECTORS vectors of LANES output channels) one pass along the row for each group of
+  TAP_GROUP taps keeps WIDE_VECTORS * TAP_GROUP tap sums in vector accumulators (per pixel
+  WIDE_VECTORS dY loads and TAP_GROUP broadcast input values feed that many FMAs; 1.10-1.11x
+  on the channels-last stem row, BENCHMARKS_perf.md, change 155); vectors left over take one
+  sweep each with all 9*C tap sums (one dY load and 9*C broadcasts per pixel); the sums are
+  added up per thread and lane afterwards;
 * dX[p, c] = sum over taps (r, s) and k of dY[p + (1 - r, 1 - s), k] * W[k, c, r, s]: per
   group of PIXELS pixels, PIXELS x C vector accumulators over (tap, vector of channels), each
   summed over its lanes at the end.  Taps that fall outside the image are left out of the
@@ -110,6 +113,62 @@ def _make_gw_sweep(C):
     return gw_sweep
 
 
+# dW's wide sweeps: WIDE_VECTORS vectors of output channels at once, the 9*C taps TAP_GROUP at
+# a time (WIDE_VECTORS * TAP_GROUP accumulators): per pixel WIDE_VECTORS dY loads and
+# TAP_GROUP broadcasts feed WIDE_VECTORS * TAP_GROUP FMAs, where the one-vector sweep loads
+# as often as it multiplies (1 + 9*C loads for 9*C FMAs), and dY's row is read in order.
+WIDE_VECTORS = 4
+TAP_GROUP = 6
+# False: the one-vector sweeps for every vector (the kernels' ``wide`` argument).
+USE_WIDE_DW = True
+
+
+def _make_gw_sweep_wide(C):
+    ntaps = 9 * C
+    groups = [list(range(t, min(ntaps, t + TAP_GROUP))) for t in range(0, ntaps, TAP_GROUP)]
+
+    @intrinsic
+    def gw_sweep_wide(typingctx, npix, xp, xoff, ldrow, gy, gyoff, ldp, acc, accoff):
+        sig = types.void(types.intp, xp, types.intp, types.intp, gy, types.intp, types.intp,
+                         acc, types.intp)
+
+        def codegen(context, builder, signature, args):
+            npix, ldrow, ldp = args[0], args[3], args[6]
+            i64 = ir.IntType(64)
+            vt, fma = _fma(builder)
+            X = _pointer(context, builder, signature, args, 1, args[2])
+            G = _pointer(context, builder, signature, args, 4, args[5])
+            A = _pointer(context, builder, signature, args, 7, args[8])
+            for taps in groups:   # one pass along the row per group of taps
+                aptrs = [_vec_ptr(builder, A, ir.Constant(i64, (v * ntaps + t) * LANES), vt)
+                         for v in range(WIDE_VECTORS) for t in taps]
+                p, accs, close = _loop(builder, npix, [builder.load(q, align=4) for q in aptrs])
+                gp = builder.gep(G, [builder.mul(p, ldp)])
+                dys = [builder.load(_vec_ptr(builder, gp, ir.Constant(i64, v * LANES), vt),
+                                    align=4) for v in range(WIDE_VECTORS)]
+                xpix = builder.gep(X, [builder.mul(p, ir.Constant(i64, C))])
+                nxt = list(accs)
+                for j, t in enumerate(taps):
+                    rs, c = divmod(t, C)
+                    r, s = divmod(rs, 3)
+                    row = builder.gep(xpix, [builder.mul(ldrow, ir.Constant(i64, r))])
+                    xv = _splat_at(builder, row, ir.Constant(i64, s * C + c), vt)
+                    for v in range(WIDE_VECTORS):
+                        k = v * len(taps) + j
+                        nxt[k] = builder.call(fma, [dys[v], xv, nxt[k]])
+                for q, val in zip(aptrs, close(nxt)):
+                    builder.store(val, q, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    gw_sweep_wide.__doc__ = (
+        "acc[accoff + (v*%d + t)*LANES + lane] += sum over p < npix of gy[gyoff + p*ldp + "
+        "v*LANES + lane] * xp[xoff + p*%d + r*ldrow + s*%d + c] for the %d vectors v and the "
+        "%d taps t = (r*3 + s)*%d + c." % (ntaps, C, C, WIDE_VECTORS, ntaps, C))
+    return gw_sweep_wide
+
+
 def _lane_sums(builder, vecs):
     """The sums of the lanes of each vector in ``vecs`` (at most LANES of them), as scalars:
     pairs of vectors are folded into one at each of log2(LANES) rounds (two shuffles and an
@@ -199,6 +258,9 @@ def make_gx_group(C, npx):
 _gw_sweep_1 = _make_gw_sweep(1)
 _gw_sweep_2 = _make_gw_sweep(2)
 _gw_sweep_3 = _make_gw_sweep(3)
+_gw_sweep_wide_1 = _make_gw_sweep_wide(1)
+_gw_sweep_wide_2 = _make_gw_sweep_wide(2)
+_gw_sweep_wide_3 = _make_gw_sweep_wide(3)
 _gx_group_1 = make_gx_group(1, PIXELS)
 _gx_group_2 = make_gx_group(2, PIXELS)
 _gx_group_3 = make_gx_group(3, PIXELS)
@@ -217,6 +279,17 @@ def _gw_row(C, npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff):
         _gw_sweep_2(npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff)
     else:
         _gw_sweep_3(npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff)
+
+
+@njit(cache=True, inline="always")
+def _gw_row_wide(C, npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff):
+    """One wide dW sweep (WIDE_VECTORS vectors of output channels) along an image row."""
+    if C == 1:
+        _gw_sweep_wide_1(npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff)
+    elif C == 2:
+        _gw_sweep_wide_2(npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff)
+    else:
+        _gw_sweep_wide_3(npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff)
 
 
 @njit(cache=True, inline="always")
@@ -285,28 +358,36 @@ def _gx_row(n, h, H, W, K, C, gyf, wt, gxf, dyo, wo, ahead):
 
 
 @njit(cache=True, inline="always")
-def _gw_image_row(n, h, H, W, K, C, xpf, gyf, acc):
-    """dW's sweeps of image n's row h, one per vector of LANES output channels."""
+def _gw_image_row(n, h, H, W, K, C, xpf, gyf, acc, wide):
+    """dW's sweeps of image n's row h: with ``wide``, one per WIDE_VECTORS vectors of LANES
+    output channels, then one per vector left over."""
     ldrow = (W + 2) * C
     xrow = (n * (H + 2) + h) * ldrow
     grow = (n * H + h) * W * K
-    for v in range(K // LANES):
+    nv = K // LANES
+    v0 = 0
+    if wide:
+        while v0 + WIDE_VECTORS <= nv:
+            _gw_row_wide(C, W, xpf, xrow, ldrow, gyf, grow + v0 * LANES, K, acc,
+                         v0 * 9 * C * LANES)
+            v0 += WIDE_VECTORS
+    for v in range(v0, nv):
         _gw_row(C, W, xpf, xrow, ldrow, gyf, grow + v * LANES, K, acc, v * 9 * C * LANES)
 
 
 @njit(parallel=True, cache=True)
-def _backward_dw(xpf, gyf, N, C, H, W, K, gwv):
+def _backward_dw(xpf, gyf, N, C, H, W, K, gwv, wide):
     """dW alone (what training needs of a network's first layer): per image (in parallel),
     the per-thread lane sums into gwv[t] as in _backward.  A kernel of its own, so that
     training compiles none of dX's code."""
     for n in prange(N):
         acc = gwv[numba.get_thread_id()]
         for h in range(H):
-            _gw_image_row(n, h, H, W, K, C, xpf, gyf, acc)
+            _gw_image_row(n, h, H, W, K, C, xpf, gyf, acc, wide)
 
 
 @njit(parallel=True, cache=True)
-def _backward(xpf, gyf, wt, N, C, H, W, K, need_w, gxf, gwv):
+def _backward(xpf, gyf, wt, N, C, H, W, K, need_w, gxf, gwv, wide):
     """Per image (in parallel): dX added into gxf ((N, C, H, W) flat) and, with need_w, dW's
     per-thread lane sums into gwv[t] ((K // LANES, 9*C, LANES) flat).
 
@@ -321,7 +402,7 @@ def _backward(xpf, gyf, wt, N, C, H, W, K, need_w, gxf, gwv):
         wo = np.empty(9 * nv, dtype=np.int64)
         for h in range(H + 1):
             if need_w and h < H:
-                _gw_image_row(n, h, H, W, K, C, xpf, gyf, acc)
+                _gw_image_row(n, h, H, W, K, C, xpf, gyf, acc, wide)
             if h >= 1:
                 ahead = (n * H + h + 1) * W * K if h + 1 < H else -1
                 _gx_row(n, h - 1, H, W, K, C, gyf, wt, gxf, dyo, wo, ahead)
@@ -338,7 +419,7 @@ def _dy_row_planes(gyf, grow, K, planes):
 
 
 @njit(parallel=True, cache=True)
-def _backward_rows(xpf, gyf, wk, N, C, H, K, need_w, gxf, gwv):
+def _backward_rows(xpf, gyf, wk, N, C, H, K, need_w, gxf, gwv, wide):
     """_backward with dX, for images ROW pixels wide: after dW's sweep of row h, dY's row h
     (then in cache) is transposed to (K, ROW) and spread into the dX rows it reaches by
     conv3x3_rows' row kernel, with wk the (K, C, 3, 3) weights (flat).  A kernel of its own,
@@ -348,7 +429,7 @@ def _backward_rows(xpf, gyf, wk, N, C, H, K, need_w, gxf, gwv):
         planes = np.empty(K * ROW, dtype=np.float32)
         for h in range(H):
             if need_w:
-                _gw_image_row(n, h, H, ROW, K, C, xpf, gyf, acc)
+                _gw_image_row(n, h, H, ROW, K, C, xpf, gyf, acc, wide)
             _dy_row_planes(gyf, (n * H + h) * ROW * K, K, planes)
             _gx_from_row(C, K, planes, 0, ROW, wk, gxf, (n * C * H + h - 1) * ROW, H * ROW,
                          max(0, 1 - h), min(3, H + 1 - h))
@@ -380,13 +461,14 @@ def backward(xp, wt, gy, N, C, H, W, K, need_x, need_w, gx_addend=None, addend_w
         else (np.empty(1, dtype=np.float32), False)
     nt = numba.get_num_threads()
     gwv = np.zeros((nt, K * 9 * C if need_w else 1), dtype=np.float32)
+    wide = bool(USE_WIDE_DW)
     if not need_x:
-        _backward_dw(xp, gyf, N, C, H, W, K, gwv)
+        _backward_dw(xp, gyf, N, C, H, W, K, gwv, wide)
     elif W == ROW and USE_ROW_DX:
         wk = np.ascontiguousarray(wt.reshape(3, 3, C, K).transpose(3, 2, 0, 1)).reshape(-1)
-        _backward_rows(xp, gyf, wk, N, C, H, K, bool(need_w), gx.reshape(-1), gwv)
+        _backward_rows(xp, gyf, wk, N, C, H, K, bool(need_w), gx.reshape(-1), gwv, wide)
     else:
-        _backward(xp, gyf, wt, N, C, H, W, K, bool(need_w), gx.reshape(-1), gwv)
+        _backward(xp, gyf, wt, N, C, H, W, K, bool(need_w), gx.reshape(-1), gwv, wide)
     gw = None
     if need_w:
         gw = np.empty((K, C, 3, 3), dtype=np.float32)
