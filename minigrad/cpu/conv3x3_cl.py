@@ -72,8 +72,22 @@ def _splat_at(builder, base, off, vt):
     return small_gemm._splat(builder, vt, v)
 
 
-def _make_gw_sweep(C):
+# dW's wide sweeps: WIDE_VECTORS vectors of output channels at once, the 9*C taps TAP_GROUP at
+# a time (WIDE_VECTORS * TAP_GROUP accumulators): per pixel WIDE_VECTORS dY loads and
+# TAP_GROUP broadcasts feed WIDE_VECTORS * TAP_GROUP FMAs, where the one-vector sweep loads
+# as often as it multiplies (1 + 9*C loads for 9*C FMAs), and dY's row is read in order.
+WIDE_VECTORS = 4
+TAP_GROUP = 6
+# False: the one-vector sweeps for every vector (the kernels' ``wide`` argument).
+USE_WIDE_DW = True
+
+
+def _make_gw_sweep(C, vectors, tap_group):
+    """dW's sweep along a row for C input channels as an intrinsic (its contract: the
+    ``__doc__`` set below): ``vectors`` vectors of output channels, the taps ``tap_group`` at a
+    time (one pass along the row per group)."""
     ntaps = 9 * C
+    groups = [list(range(t, min(ntaps, t + tap_group))) for t in range(0, ntaps, tap_group)]
 
     @intrinsic
     def gw_sweep(typingctx, npix, xp, xoff, ldrow, gy, gyoff, ldp, acc, accoff):
@@ -87,65 +101,13 @@ def _make_gw_sweep(C):
             X = _pointer(context, builder, signature, args, 1, args[2])
             G = _pointer(context, builder, signature, args, 4, args[5])
             A = _pointer(context, builder, signature, args, 7, args[8])
-            aptrs = [_vec_ptr(builder, A, ir.Constant(i64, t * LANES), vt) for t in range(ntaps)]
-            p, accs, close = _loop(builder, npix, [builder.load(q, align=4) for q in aptrs])
-            dy = builder.load(_vec_ptr(builder, G, builder.mul(p, ldp), vt), align=4)
-            xpix = builder.gep(X, [builder.mul(p, ir.Constant(i64, C))])
-            rows = [builder.gep(xpix, [builder.mul(ldrow, ir.Constant(i64, r))]) for r in range(3)]
-            nxt = list(accs)
-            for r in range(3):
-                for s in range(3):
-                    for c in range(C):
-                        t = (r * 3 + s) * C + c
-                        xv = _splat_at(builder, rows[r], ir.Constant(i64, s * C + c), vt)
-                        nxt[t] = builder.call(fma, [dy, xv, nxt[t]])
-            final = close(nxt)
-            for q, v in zip(aptrs, final):
-                builder.store(v, q, align=4)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    gw_sweep.__doc__ = (
-        "acc[accoff + t*LANES + lane] += sum over p < npix of gy[gyoff + p*ldp + lane] * "
-        "xp[xoff + p*%d + r*ldrow + s*%d + c] for the %d taps t = (r*3 + s)*%d + c." % (
-            C, C, ntaps, C))
-    return gw_sweep
-
-
-# dW's wide sweeps: WIDE_VECTORS vectors of output channels at once, the 9*C taps TAP_GROUP at
-# a time (WIDE_VECTORS * TAP_GROUP accumulators): per pixel WIDE_VECTORS dY loads and
-# TAP_GROUP broadcasts feed WIDE_VECTORS * TAP_GROUP FMAs, where the one-vector sweep loads
-# as often as it multiplies (1 + 9*C loads for 9*C FMAs), and dY's row is read in order.
-WIDE_VECTORS = 4
-TAP_GROUP = 6
-# False: the one-vector sweeps for every vector (the kernels' ``wide`` argument).
-USE_WIDE_DW = True
-
-
-def _make_gw_sweep_wide(C):
-    ntaps = 9 * C
-    groups = [list(range(t, min(ntaps, t + TAP_GROUP))) for t in range(0, ntaps, TAP_GROUP)]
-
-    @intrinsic
-    def gw_sweep_wide(typingctx, npix, xp, xoff, ldrow, gy, gyoff, ldp, acc, accoff):
-        sig = types.void(types.intp, xp, types.intp, types.intp, gy, types.intp, types.intp,
-                         acc, types.intp)
-
-        def codegen(context, builder, signature, args):
-            npix, ldrow, ldp = args[0], args[3], args[6]
-            i64 = ir.IntType(64)
-            vt, fma = _fma(builder)
-            X = _pointer(context, builder, signature, args, 1, args[2])
-            G = _pointer(context, builder, signature, args, 4, args[5])
-            A = _pointer(context, builder, signature, args, 7, args[8])
             for taps in groups:   # one pass along the row per group of taps
                 aptrs = [_vec_ptr(builder, A, ir.Constant(i64, (v * ntaps + t) * LANES), vt)
-                         for v in range(WIDE_VECTORS) for t in taps]
+                         for v in range(vectors) for t in taps]
                 p, accs, close = _loop(builder, npix, [builder.load(q, align=4) for q in aptrs])
                 gp = builder.gep(G, [builder.mul(p, ldp)])
                 dys = [builder.load(_vec_ptr(builder, gp, ir.Constant(i64, v * LANES), vt),
-                                    align=4) for v in range(WIDE_VECTORS)]
+                                    align=4) for v in range(vectors)]
                 xpix = builder.gep(X, [builder.mul(p, ir.Constant(i64, C))])
                 nxt = list(accs)
                 for j, t in enumerate(taps):
@@ -153,7 +115,7 @@ def _make_gw_sweep_wide(C):
                     r, s = divmod(rs, 3)
                     row = builder.gep(xpix, [builder.mul(ldrow, ir.Constant(i64, r))])
                     xv = _splat_at(builder, row, ir.Constant(i64, s * C + c), vt)
-                    for v in range(WIDE_VECTORS):
+                    for v in range(vectors):
                         k = v * len(taps) + j
                         nxt[k] = builder.call(fma, [dys[v], xv, nxt[k]])
                 for q, val in zip(aptrs, close(nxt)):
@@ -162,11 +124,11 @@ def _make_gw_sweep_wide(C):
 
         return sig, codegen
 
-    gw_sweep_wide.__doc__ = (
+    gw_sweep.__doc__ = (
         "acc[accoff + (v*%d + t)*LANES + lane] += sum over p < npix of gy[gyoff + p*ldp + "
-        "v*LANES + lane] * xp[xoff + p*%d + r*ldrow + s*%d + c] for the %d vectors v and the "
-        "%d taps t = (r*3 + s)*%d + c." % (ntaps, C, C, WIDE_VECTORS, ntaps, C))
-    return gw_sweep_wide
+        "v*LANES + lane] * xp[xoff + p*%d + r*ldrow + s*%d + c] for the %d vector(s) v and the "
+        "%d taps t = (r*3 + s)*%d + c." % (ntaps, C, C, vectors, ntaps, C))
+    return gw_sweep
 
 
 def _lane_sums(builder, vecs):
@@ -255,12 +217,13 @@ def make_gx_group(C, npx):
     return gx_group
 
 
-_gw_sweep_1 = _make_gw_sweep(1)
-_gw_sweep_2 = _make_gw_sweep(2)
-_gw_sweep_3 = _make_gw_sweep(3)
-_gw_sweep_wide_1 = _make_gw_sweep_wide(1)
-_gw_sweep_wide_2 = _make_gw_sweep_wide(2)
-_gw_sweep_wide_3 = _make_gw_sweep_wide(3)
+# one vector with all 9*C tap sums (one dY load and 9*C broadcasts per pixel), and the wide ones
+_gw_sweep_1 = _make_gw_sweep(1, 1, 9)
+_gw_sweep_2 = _make_gw_sweep(2, 1, 18)
+_gw_sweep_3 = _make_gw_sweep(3, 1, 27)
+_gw_sweep_wide_1 = _make_gw_sweep(1, WIDE_VECTORS, TAP_GROUP)
+_gw_sweep_wide_2 = _make_gw_sweep(2, WIDE_VECTORS, TAP_GROUP)
+_gw_sweep_wide_3 = _make_gw_sweep(3, WIDE_VECTORS, TAP_GROUP)
 _gx_group_1 = make_gx_group(1, PIXELS)
 _gx_group_2 = make_gx_group(2, PIXELS)
 _gx_group_3 = make_gx_group(3, PIXELS)
@@ -270,26 +233,22 @@ _gx_pixel_3 = make_gx_group(3, 1)
 
 
 @njit(cache=True, inline="always")
-def _gw_row(C, npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff):
-    """One dW sweep along an image row (inlined: as a call, 1.11x slower on the stem's dW;
+def _gw_row(C, wide, npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff):
+    """One dW sweep along an image row: over WIDE_VECTORS vectors of output channels when
+    ``wide``, else over one (inlined: as a call, 1.11x slower on the stem's dW;
     BENCHMARKS_perf.md, change 135)."""
-    if C == 1:
+    if wide and C == 1:
+        _gw_sweep_wide_1(npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff)
+    elif wide and C == 2:
+        _gw_sweep_wide_2(npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff)
+    elif wide:
+        _gw_sweep_wide_3(npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff)
+    elif C == 1:
         _gw_sweep_1(npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff)
     elif C == 2:
         _gw_sweep_2(npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff)
     else:
         _gw_sweep_3(npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff)
-
-
-@njit(cache=True, inline="always")
-def _gw_row_wide(C, npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff):
-    """One wide dW sweep (WIDE_VECTORS vectors of output channels) along an image row."""
-    if C == 1:
-        _gw_sweep_wide_1(npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff)
-    elif C == 2:
-        _gw_sweep_wide_2(npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff)
-    else:
-        _gw_sweep_wide_3(npix, xpf, xoff, ldrow, gyf, gyoff, ldp, acc, accoff)
 
 
 @njit(cache=True, inline="always")
@@ -368,11 +327,12 @@ def _gw_image_row(n, h, H, W, K, C, xpf, gyf, acc, wide):
     v0 = 0
     if wide:
         while v0 + WIDE_VECTORS <= nv:
-            _gw_row_wide(C, W, xpf, xrow, ldrow, gyf, grow + v0 * LANES, K, acc,
-                         v0 * 9 * C * LANES)
+            _gw_row(C, True, W, xpf, xrow, ldrow, gyf, grow + v0 * LANES, K, acc,
+                    v0 * 9 * C * LANES)
             v0 += WIDE_VECTORS
     for v in range(v0, nv):
-        _gw_row(C, W, xpf, xrow, ldrow, gyf, grow + v * LANES, K, acc, v * 9 * C * LANES)
+        _gw_row(C, False, W, xpf, xrow, ldrow, gyf, grow + v * LANES, K, acc,
+                v * 9 * C * LANES)
 
 
 @njit(parallel=True, cache=True)
