@@ -81,9 +81,6 @@ def is_available():
     return unavailable_reason() is None
 
 
-_CACHE_STATE = {"status": "not checked"}   # what the cached-kernel check did
-
-
 def _cache_probe():
     """A function of this package, for asking Numba where its cached kernels live."""
 
@@ -100,7 +97,7 @@ def _factory():
         from minigrad.cpu import cache_stamp
 
         cache_stamp.check(package_dir=os.path.dirname(os.path.abspath(__file__)),
-                          probe=_cache_probe, state=_CACHE_STATE)
+                          probe=_cache_probe)
     from .backend import CUDABackend
 
     return CUDABackend()

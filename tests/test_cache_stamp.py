@@ -71,8 +71,8 @@ def test_check_drops_only_the_changed_modules_files(tmp_path, monkeypatch):
 
 def test_check_of_another_package_uses_its_sources_and_state(tmp_path, monkeypatch):
     """The CUDA backend checks minigrad_cuda's cached kernels with the same function: the
-    digests come from the folder it names, the status goes to the dict it passes, and the
-    CPU package's status is left alone."""
+    digests come from the folder it names, its status is kept for that folder, and the CPU
+    package's status is left alone."""
     monkeypatch.delenv("MINIGRAD_CACHE_STAMP", raising=False)
     pkg, cache = tmp_path / "pkg", tmp_path / "cache"
     pkg.mkdir()
@@ -81,16 +81,15 @@ def test_check_of_another_package_uses_its_sources_and_state(tmp_path, monkeypat
     (pkg / "_common.py").write_text("f = 1\n")
     (cache / "nn.bn_stats-288.py312.nbi").write_text("x")
     cpu_status = cache_stamp.status()
-    state = {"status": "not checked"}
-    cache_stamp.check(str(cache), package_dir=str(pkg), state=state)
-    assert state["status"] == "2 changed modules: 1 cached kernel files dropped"
+    assert cache_stamp.status(str(pkg)) == "not checked"
+    cache_stamp.check(str(cache), package_dir=str(pkg))
+    assert cache_stamp.status(str(pkg)) == "2 changed modules: 1 cached kernel files dropped"
     assert cache_stamp.status() == cpu_status
     digests = json.loads((cache / cache_stamp.STAMP_NAME).read_text())
     assert digests == cache_stamp.module_digests(str(pkg)) and sorted(digests) == ["_common", "nn"]
     (cache / "nn.bn_stats-288.py312.nbi").write_text("x")
     (pkg / "_common.py").write_text("f = 2\n")   # a helper the kernel's module imports
-    assert "1 cached kernel files dropped" in cache_stamp.check(str(cache), package_dir=str(pkg),
-                                                                state=state)
+    assert "1 cached kernel files dropped" in cache_stamp.check(str(cache), package_dir=str(pkg))
     assert not (cache / "nn.bn_stats-288.py312.nbi").exists()
 
 

@@ -24,7 +24,7 @@ import re
 
 STAMP_NAME = "minigrad_sources.stamp"
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_state = {"status": "not checked"}
+_status = {}   # package folder -> what check() did there
 
 
 _IMPORT_FROM = re.compile(r"^\s*from \.(\w+) import", re.M)
@@ -81,13 +81,17 @@ def cache_folder(package_dir=_HERE, probe=_probe):
     return CompileResultCacheImpl(probe).locator.get_cache_path()
 
 
-def check(folder=None, package_dir=_HERE, probe=_probe, state=_state):
-    """Delete stale cached kernels (see the module docstring); returns what it did.  The
-    defaults check this package; the CUDA backend passes its own folder, a function defined
-    there, and a dict of its own for the status."""
+def check(folder=None, package_dir=_HERE, probe=_probe):
+    """Delete stale cached kernels (see the module docstring); returns what it did (also kept
+    for ``status(package_dir)``).  The defaults check this package; the CUDA backend passes
+    its own folder and a function defined there."""
+    _status[package_dir] = _check(folder, package_dir, probe)
+    return _status[package_dir]
+
+
+def _check(folder, package_dir, probe):
     if os.environ.get("MINIGRAD_CACHE_STAMP", "1") == "0":
-        state["status"] = "off (MINIGRAD_CACHE_STAMP=0)"
-        return state["status"]
+        return "off (MINIGRAD_CACHE_STAMP=0)"
     try:
         folder = folder or cache_folder(package_dir, probe)
         digests = module_digests(package_dir)
@@ -101,8 +105,7 @@ def check(folder=None, package_dir=_HERE, probe=_probe, state=_state):
             old = {}
         changed = sorted(m for m, d in digests.items() if old.get(m) != d)
         if not changed:
-            state["status"] = "cache matches the sources"
-            return state["status"]
+            return "cache matches the sources"
         removed = 0
         for mod in changed:
             for pattern in (f"{mod}.*.nbi", f"{mod}.*.nbc"):
@@ -117,13 +120,13 @@ def check(folder=None, package_dir=_HERE, probe=_probe, state=_state):
         with open(tmp, "w") as f:
             json.dump(digests, f, indent=0, sort_keys=True)
         os.replace(tmp, stamp)
-        state["status"] = (f"{len(changed)} changed modules: {removed} cached kernel files "
-                            f"dropped" if removed else "stamp written (no stale kernels)")
+        return (f"{len(changed)} changed modules: {removed} cached kernel files dropped"
+                if removed else "stamp written (no stale kernels)")
     except OSError as e:   # a read-only cache: Numba itself will not write there either
-        state["status"] = f"not checked ({e.strerror or e})"
-    return state["status"]
+        return f"not checked ({e.strerror or e})"
 
 
-def status():
-    """One line on what :func:`check` did in this process (for ``cli.py info``)."""
-    return _state["status"]
+def status(package_dir=_HERE):
+    """One line on what :func:`check` did for ``package_dir`` (this package by default) in
+    this process (for ``cli.py info``)."""
+    return _status.get(package_dir, "not checked")
