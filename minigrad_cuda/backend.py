@@ -941,16 +941,18 @@ class CUDABackend(Backend):
         x = self._c(x)
         N, C, L = self._ncl(x.shape)
         dt = x.dtype
-        fused = all(b is None or (not isinstance(b, np.ndarray) and np.dtype(b.dtype) == dt
-                                  and b.is_c_contiguous()) for b in (running_mean, running_var))
-        fused = fused and (counter is None or (not isinstance(counter, np.ndarray)
-                                               and np.dtype(counter.dtype) == np.int64))
-        if C == 0 or not fused:
-            if running_mean is None and running_var is None and counter is None:   # C == 0
-                return (self.empty(x.shape, dt),) + tuple(self.empty((C,), dt) for _ in range(3))
+        def usable(a, dtype):   # None, or a C-contiguous device array of dtype
+            return a is None or (not isinstance(a, np.ndarray) and np.dtype(a.dtype) == dtype
+                                 and a.is_c_contiguous())
+
+        tracked = running_mean is not None or running_var is not None or counter is not None
+        if tracked and (C == 0 or not (usable(running_mean, dt) and usable(running_var, dt)
+                                       and usable(counter, np.int64))):
             return super().batch_norm_train_tracked(x, gamma, beta, eps, running_mean,
                                                     running_var, keep, take_mean, take_var,
                                                     counter)
+        if C == 0:
+            return (self.empty(x.shape, dt),) + tuple(self.empty((C,), dt) for _ in range(3))
         mean, var, invstd, scale, shift = (self.empty((C,), dt) for _ in range(5))
         g, b, affine = self._affine(gamma, beta, dt)
         dummy = self._dummy(dt)
