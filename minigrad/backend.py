@@ -273,19 +273,23 @@ class Backend:
                                             self.binary("mul", xhat, c)), rstd)
         return gx, gw, gb
 
-    def batch_norm_train(self, x, gamma, beta, eps):
-        """Batch norm over all axes but 1; returns ``(y, mean, var, invstd)`` (``var`` biased)."""
+    def batch_norm_train(self, x, gamma, beta, eps, relu=False, residual=None):
+        """Batch norm over all axes but 1; returns ``(y, mean, var, invstd)`` (``var`` biased).
+
+        ``residual`` (None, or an array of x's shape and dtype, any layout) is added to the
+        normalised output, then with ``relu`` the sum is rectified: ``y = relu(bn(x) +
+        residual)`` in the output pass (ResNet's block endings; see batch_norm_relu_backward)."""
         raise NotImplementedError
 
     def batch_norm_train_tracked(self, x, gamma, beta, eps, running_mean, running_var, keep,
-                                 take_mean, take_var, counter):
+                                 take_mean, take_var, counter, relu=False, residual=None):
         """``batch_norm_train`` that also updates running statistics in place, as BatchNorm's
         training step does: ``running_mean = keep * running_mean + take_mean * mean`` and
         ``running_var = keep * running_var + take_var * var`` (either buffer may be None),
         then ``counter`` (a one-element int64 array, or None) += 1.  Returns what
         ``batch_norm_train`` returns.  This default builds it from other methods; a backend
         overrides it to save the extra passes (the CUDA backend: kernel launches)."""
-        y, mean, var, invstd = self.batch_norm_train(x, gamma, beta, eps)
+        y, mean, var, invstd = self.batch_norm_train(x, gamma, beta, eps, relu, residual)
         if running_mean is not None:
             self.mix_into_(running_mean, keep, mean, take_mean)
         if running_var is not None:
@@ -294,13 +298,23 @@ class Backend:
             self.copy_(counter, self.scalar("add", counter, 1))
         return y, mean, var, invstd
 
-    def batch_norm_eval(self, x, mean, var, gamma, beta, eps):
-        """Batch norm with given statistics."""
+    def batch_norm_eval(self, x, mean, var, gamma, beta, eps, relu=False, residual=None):
+        """Batch norm with given statistics; ``relu`` and ``residual`` as in batch_norm_train."""
         raise NotImplementedError
 
     def batch_norm_backward(self, gy, x, gamma, mean, invstd):
         """Gradients ``(gx, ggamma, gbeta)`` of training-mode batch norm."""
         raise NotImplementedError
+
+    def batch_norm_relu_backward(self, gy, y, x, gamma, mean, invstd, want_masked):
+        """Gradients of ``y = relu(batch_norm_train(x) + residual)`` from y itself:
+        ``(gx, ggamma, gbeta, gm)``, where ``gm = gy where y > 0 else 0`` is the gradient of
+        the sum (the residual's gradient; None unless ``want_masked``) and the others are
+        batch_norm_backward's for gm.  This default builds it from other methods; a backend
+        overrides it to read gy once and skip gm's pass (the CPU backend: memory traffic)."""
+        gm = self.activation_grad("relu", y, gy)
+        gx, ggamma, gbeta = self.batch_norm_backward(gm, x, gamma, mean, invstd)
+        return gx, ggamma, gbeta, gm if want_masked else None
 
     def lrn(self, x, size, alpha, beta, k):
         """Local response norm across channels (PyTorch's formula); returns ``(y, scale)``."""

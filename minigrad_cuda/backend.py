@@ -918,26 +918,42 @@ class CUDABackend(Backend):
         b = self._c(beta) if beta is not None else self.full((C,), 0, dtype)
         return g, b, True
 
-    def _bn_apply(self, x, scale, shift):
+    def _bn_residual(self, residual, x):
+        """``residual`` as a C-contiguous device array of x's shape and dtype (or None)."""
+        if residual is None:
+            return None
+        residual = self._c(residual)
+        if tuple(residual.shape) != tuple(x.shape):
+            raise ValueError(f"batch norm: residual of shape {tuple(residual.shape)} for "
+                             f"input of shape {tuple(x.shape)}")
+        if np.dtype(residual.dtype) != np.dtype(x.dtype):
+            residual = self.astype(residual, x.dtype)
+        return residual
+
+    def _bn_apply(self, x, scale, shift, relu=False, residual=None):
+        """One pass: ``y = x * scale[c] + shift[c]`` (+ residual, then relu if asked)."""
         N, C, L = self._ncl(x.shape)
         y = self.empty(x.shape, x.dtype)
         n = N * C * L
         if n:
-            self._launch1d(nk.bn_apply, n, self._flat(x), self._flat(y), scale, shift, n, C, L)
+            res = self._dummy(x.dtype) if residual is None else self._flat(residual)
+            self._launch1d(nk.bn_apply, n, self._flat(x), self._flat(y), scale, shift, n, C, L,
+                           res, residual is not None, bool(relu))
         return y
 
-    def batch_norm_train(self, x, gamma, beta, eps):
-        """Batch statistics over all axes but 1; returns ``(y, mean, biased var, invstd)``."""
+    def batch_norm_train(self, x, gamma, beta, eps, relu=False, residual=None):
+        """Batch statistics over all axes but 1; returns ``(y, mean, biased var, invstd)``,
+        ``y = relu(bn(x) + residual)`` with the optional parts (see the base class)."""
         return self.batch_norm_train_tracked(x, gamma, beta, eps, None, None, 1.0, 0.0, 0.0,
-                                             None)
+                                             None, relu, residual)
 
     def batch_norm_train_tracked(self, x, gamma, beta, eps, running_mean, running_var, keep,
-                                 take_mean, take_var, counter):
+                                 take_mean, take_var, counter, relu=False, residual=None):
         """``batch_norm_train`` plus the running-statistics update and batch count (see the
         base class) in two kernels: the statistics kernel also computes the per-channel
-        scale and shift, mixes the running buffers and counts, then one pass writes y.
-        Running buffers of another dtype than x, or not C-contiguous device arrays, take the
-        base class's separate updates."""
+        scale and shift, mixes the running buffers and counts, then one pass writes y (adding
+        the residual and applying the relu on the way).  Running buffers of another dtype
+        than x, or not C-contiguous device arrays, take the base class's separate updates."""
         x = self._c(x)
         N, C, L = self._ncl(x.shape)
         dt = x.dtype
@@ -950,7 +966,8 @@ class CUDABackend(Backend):
                                        and usable(counter, np.int64))):
             return super().batch_norm_train_tracked(x, gamma, beta, eps, running_mean,
                                                     running_var, keep, take_mean, take_var,
-                                                    counter)
+                                                    counter, relu, residual)
+        residual = self._bn_residual(residual, x)
         if C == 0:
             return (self.empty(x.shape, dt),) + tuple(self.empty((C,), dt) for _ in range(3))
         mean, var, invstd, scale, shift = (self.empty((C,), dt) for _ in range(5))
@@ -964,11 +981,13 @@ class CUDABackend(Backend):
             running_mean is not None, running_var is not None,
             self._dummy(np.int64) if counter is None else self._flat(counter),
             counter is not None)
-        return self._bn_apply(x, scale, shift), mean, var, invstd
+        return self._bn_apply(x, scale, shift, relu, residual), mean, var, invstd
 
-    def batch_norm_eval(self, x, mean, var, gamma, beta, eps):
-        """Batch norm with given (running) statistics."""
+    def batch_norm_eval(self, x, mean, var, gamma, beta, eps, relu=False, residual=None):
+        """Batch norm with given (running) statistics, ``relu(bn(x) + residual)`` with the
+        optional parts, in two kernels (per-channel scale and shift, then the output pass)."""
         x, mean, var = self._c(x), self._c(mean), self._c(var)
+        residual = self._bn_residual(residual, x)
         N, C, L = self._ncl(x.shape)
         dt = x.dtype
         g, b, affine = self._affine(gamma, beta, dt)
@@ -976,26 +995,44 @@ class CUDABackend(Backend):
         if C:
             self._launch1d(nk.bn_eval_params, C, mean, var, g, b, scale, shift, C, float(eps),
                            affine)
-        return self._bn_apply(x, scale, shift)
+        return self._bn_apply(x, scale, shift, relu, residual)
 
-    def batch_norm_backward(self, gy, x, gamma, mean, invstd):
-        """``(gx, ggamma, gbeta)`` of training-mode batch norm (two fused kernels)."""
+    def _bn_backward(self, gy, y, x, gamma, mean, invstd, want_masked):
+        """Both backward kernels; with ``y`` (not None) gy is masked by ``y > 0`` as it is
+        read.  Returns ``(gx, ggamma, gbeta, gm)``, gm the masked gy when ``want_masked``."""
         gy, x, mean, invstd = self._c(gy), self._c(x), self._c(mean), self._c(invstd)
+        masked = y is not None
+        y = self._c(y) if masked else self._dummy(x.dtype)
         N, C, L = self._ncl(x.shape)
         dt = x.dtype
         gsum, gdot = self.empty((C,), dt), self.empty((C,), dt)
         gx = self.empty(x.shape, dt)
+        want_gm = bool(masked and want_masked)
+        gm = self.empty(x.shape, gy.dtype) if want_gm else None
         if C == 0:
-            return gx, gdot, gsum
+            return gx, gdot, gsum, gm
         nk.bn_bwd_reduce[min(C, 65535), red_block(N * L), self.stream](
-            self._flat(gy), self._flat(x), mean, invstd, gsum, gdot, N, C, L)
+            self._flat(gy), self._flat(x), mean, invstd, gsum, gdot, N, C, L,
+            self._flat(y), masked)
         affine = gamma is not None
         g = self._c(gamma) if affine else self._dummy(dt)
         n = N * C * L
         if n:
             self._launch1d(nk.bn_bwd_apply, n, self._flat(gy), self._flat(x), mean, invstd, g,
-                           gsum, gdot, self._flat(gx), n, C, L, float(N * L), affine)
-        return gx, gdot, gsum
+                           gsum, gdot, self._flat(gx), n, C, L, float(N * L), affine,
+                           self._flat(y), masked,
+                           self._flat(gm) if want_gm else self._dummy(gy.dtype), want_gm)
+        return gx, gdot, gsum, gm
+
+    def batch_norm_backward(self, gy, x, gamma, mean, invstd):
+        """``(gx, ggamma, gbeta)`` of training-mode batch norm (two fused kernels)."""
+        return self._bn_backward(gy, None, x, gamma, mean, invstd, False)[:3]
+
+    def batch_norm_relu_backward(self, gy, y, x, gamma, mean, invstd, want_masked):
+        """``(gx, ggamma, gbeta, gm)`` of ``y = relu(batch_norm_train(x) + residual)`` (see
+        the base class) in the same two kernels as batch_norm_backward: both mask gy by
+        ``y > 0`` as they read it, and the second also writes gm when ``want_masked``."""
+        return self._bn_backward(gy, y, x, gamma, mean, invstd, want_masked)
 
     def lrn(self, x, size, alpha, beta, k):
         """Local response norm across channels; returns ``(y, scale)``."""

@@ -326,11 +326,18 @@ def bn_stats(x, mean, var, invstd, N, C, L, eps, gamma, beta, has_affine, scale,
 
 
 @cuda.jit(cache=True)
-def bn_apply(x, y, scale, shift, n, C, L):
-    """y = x * scale[c] + shift[c] for the (N, C, L) layout (scale/shift precomputed per channel)."""
+def bn_apply(x, y, scale, shift, n, C, L, res, has_res, relu):
+    """y = x * scale[c] + shift[c] for the (N, C, L) layout (scale/shift precomputed per
+    channel); with has_res, + res (same layout); then with relu, max(., 0) keeping NaN."""
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
         c = (i // L) % C
-        y[i] = x[i] * scale[c] + shift[c]
+        v = x[i] * scale[c] + shift[c]
+        if has_res:
+            v += res[i]
+        if relu and v <= 0:  # elementwise._relu's rule: NaN is not <= 0, so it is kept
+            y[i] = 0
+        else:
+            y[i] = v
 
 
 @cuda.jit(cache=True)
@@ -345,8 +352,9 @@ def bn_eval_params(mean, var, gamma, beta, scale, shift, C, eps, has_affine):
 
 
 @cuda.jit(cache=True)
-def bn_bwd_reduce(gy, x, mean, invstd, gsum, gdot, N, C, L):
-    """Block per channel: gsum = sum(gy), gdot = sum(gy * xhat) in float64."""
+def bn_bwd_reduce(gy, x, mean, invstd, gsum, gdot, N, C, L, y, masked):
+    """Block per channel: gsum = sum(g), gdot = sum(g * xhat) in float64, where g = gy, or
+    with masked, g = gy where y > 0 else 0 (the gradient through a fused relu's output y)."""
     sh = cuda.shared.array(RED_MAX, float64)
     t = cuda.threadIdx.x
     nt = cuda.blockDim.x
@@ -358,6 +366,8 @@ def bn_bwd_reduce(gy, x, mean, invstd, gsum, gdot, N, C, L):
         for j in range(t, count, nt):
             nidx = j // L
             k = (nidx * C + c) * L + (j - nidx * L)
+            if masked and not y[k] > 0:
+                continue
             g = float64(gy[k])
             s += g
             d += g * (x[k] - mu)
@@ -369,14 +379,24 @@ def bn_bwd_reduce(gy, x, mean, invstd, gsum, gdot, N, C, L):
 
 
 @cuda.jit(cache=True)
-def bn_bwd_apply(gy, x, mean, invstd, gamma, gsum, gdot, gx, n, C, L, count, has_affine):
-    """gx = gamma * invstd / M * (M * gy - gsum - xhat * gdot)."""
+def bn_bwd_apply(gy, x, mean, invstd, gamma, gsum, gdot, gx, n, C, L, count, has_affine, y,
+                 masked, gm, want_gm):
+    """gx = gamma * invstd / M * (M * g - gsum - xhat * gdot), g as in bn_bwd_reduce (gy, or
+    with masked, gy where y > 0 else 0); with want_gm, also gm = g (in gy's dtype)."""
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
         c = (i // L) % C
-        g = gamma[c] if has_affine else 1.0
+        gam = gamma[c] if has_affine else 1.0
         inv = float64(invstd[c])
         xhat = (x[i] - mean[c]) * inv
-        gx[i] = g * inv / count * (count * float64(gy[i]) - gsum[c] - xhat * gdot[c])
+        gi = 0.0
+        if masked and not y[i] > 0:
+            if want_gm:
+                gm[i] = 0
+        else:
+            gi = float64(gy[i])
+            if want_gm:
+                gm[i] = gy[i]
+        gx[i] = gam * inv / count * (count * gi - gsum[c] - xhat * gdot[c])
 
 
 # --- local response norm across channels of an (N, C, L) view ------------------------

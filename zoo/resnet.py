@@ -1,6 +1,7 @@
 """ResNet-18 (He, Zhang, Ren and Sun, 2015) with torchvision's parameter names."""
 
 import minigrad.nn as nn
+from minigrad.nn.layers import bn_relu
 
 
 def conv3x3(in_planes, out_planes, stride=1):
@@ -42,12 +43,11 @@ class BasicBlock(nn.Module):
 
     def forward(self, x):
         """Block output ``(N, planes, H/stride, W/stride)``."""
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        out = bn_relu(self.bn1, self.relu, self.conv1(x))
+        identity = None
         if self.residual:
             identity = x if self.downsample is None else self.downsample(x)
-            out = out + identity
-        return self.relu(out)
+        return bn_relu(self.bn2, self.relu, self.conv2(out), identity)
 
     def trace_shapes(self, shape, visit):
         """Shape propagation for :mod:`zoo.flops`."""
@@ -123,7 +123,7 @@ class ResNet(nn.Module):
 
     def forward(self, x):
         """Logits ``(N, num_classes)``."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(bn_relu(self.bn1, self.relu, self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(self.flatten(self.avgpool(x)))
 

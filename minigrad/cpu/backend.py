@@ -603,20 +603,25 @@ class CPUBackend(Backend):
 
         return norm.layer_norm_backward(g, x, weight, mean, rstd)
 
-    def batch_norm_train(self, x, gamma, beta, eps):
+    def batch_norm_train(self, x, gamma, beta, eps, relu=False, residual=None):
         from . import norm
 
-        return norm.batch_norm_train(x, gamma, beta, eps)
+        return norm.batch_norm_train(x, gamma, beta, eps, relu, residual)
 
-    def batch_norm_eval(self, x, mean, var, gamma, beta, eps):
+    def batch_norm_eval(self, x, mean, var, gamma, beta, eps, relu=False, residual=None):
         from . import norm
 
-        return norm.batch_norm_eval(x, mean, var, gamma, beta, eps)
+        return norm.batch_norm_eval(x, mean, var, gamma, beta, eps, relu, residual)
 
     def batch_norm_backward(self, gy, x, gamma, mean, invstd):
         from . import norm
 
         return norm.batch_norm_backward(gy, x, gamma, mean, invstd)
+
+    def batch_norm_relu_backward(self, gy, y, x, gamma, mean, invstd, want_masked):
+        from . import norm
+
+        return norm.batch_norm_relu_backward(gy, y, x, gamma, mean, invstd, want_masked)
 
     def lrn(self, x, size, alpha, beta, k):
         from . import norm

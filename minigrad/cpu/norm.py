@@ -32,12 +32,150 @@ def _vec(v, c, dtype, fill):
     return np.ascontiguousarray(np.asarray(v, dtype=dtype).reshape(c))
 
 
+# --- the output pass and the gradient's mask, shared by both layouts -------------
+# Each takes its flags as literals (the dispatchers below), so that every combination
+# compiles to its own branch-free loop.
+
+@njit(cache=True, inline="always", fastmath=_FM)
+def _out_val(v, r, has_res, relu):
+    """v (+ r), rectified with NaN kept as F.relu does."""
+    if has_res:
+        v = v + r
+    if relu:
+        v = v if (v > 0 or v != v) else 0.0
+    return v
+
+
+@njit(cache=True, inline="always", fastmath=_FM)
+def _out_row_as(xr, rr, yr, scale, shift, has_res, relu):
+    for j in range(xr.size):
+        yr[j] = _out_val(xr[j] * scale + shift, rr[j], has_res, relu)
+
+
+@njit(cache=True, inline="always")
+def _out_row(xr, rr, yr, scale, shift, has_res, relu):
+    """yr = relu?(xr * scale + shift (+ rr)) for one channel's row (NCHW layout)."""
+    if has_res and relu:
+        _out_row_as(xr, rr, yr, scale, shift, True, True)
+    elif has_res:
+        _out_row_as(xr, rr, yr, scale, shift, True, False)
+    elif relu:
+        _out_row_as(xr, rr, yr, scale, shift, False, True)
+    else:
+        _out_row_as(xr, rr, yr, scale, shift, False, False)
+
+
+@njit(cache=True, inline="always", fastmath=_FM)
+def _out_pixel_as(xr, rr, yr, scale, shift, has_res, relu):
+    for ch in range(xr.size):
+        yr[ch] = _out_val(xr[ch] * scale[ch] + shift[ch], rr[ch], has_res, relu)
+
+
+@njit(cache=True, inline="always")
+def _out_pixel(xr, rr, yr, scale, shift, has_res, relu):
+    """yr = relu?(xr * scale + shift (+ rr)) for one pixel's channels (channels-last)."""
+    if has_res and relu:
+        _out_pixel_as(xr, rr, yr, scale, shift, True, True)
+    elif has_res:
+        _out_pixel_as(xr, rr, yr, scale, shift, True, False)
+    elif relu:
+        _out_pixel_as(xr, rr, yr, scale, shift, False, True)
+    else:
+        _out_pixel_as(xr, rr, yr, scale, shift, False, False)
+
+
+# The backward's mask: with a fused ReLU (``masked``) the gradient of the sum is gy where the
+# output y > 0, else 0; ``write`` also stores it (the residual's gradient).
+
+@njit(cache=True, inline="always")
+def _masked(g, yv, masked):
+    if masked:
+        return g if yv > 0 else 0.0
+    return g
+
+
+@njit(cache=True, inline="always", fastmath=_FM)
+def _sums_row_as(gr, xr, yr, mu, masked):
+    s = 0.0
+    sx = 0.0
+    for j in range(gr.size):
+        g = np.float64(_masked(gr[j], yr[j], masked))
+        s += g
+        sx += g * (xr[j] - mu)
+    return s, sx
+
+
+@njit(cache=True, inline="always")
+def _sums_row(gr, xr, yr, mu, masked):
+    """(sum g, sum g * (x - mu)) over one channel's row, g = gy (masked by y > 0)."""
+    if masked:
+        return _sums_row_as(gr, xr, yr, mu, True)
+    return _sums_row_as(gr, xr, yr, mu, False)
+
+
+@njit(cache=True, inline="always", fastmath=_FM)
+def _grad_row_as(gr, xr, yr, gxr, gmr, k, m, mean_g, mu, coef, masked, write):
+    for j in range(gr.size):
+        g = _masked(gr[j], yr[j], masked)
+        gxr[j] = k * (m * g - mean_g - (xr[j] - mu) * coef)
+        if write:
+            gmr[j] = g
+
+
+@njit(cache=True, inline="always")
+def _grad_row(gr, xr, yr, gxr, gmr, k, m, mean_g, mu, coef, masked, write):
+    """One channel's row of gx (and of the masked gy when ``write``)."""
+    if write:
+        _grad_row_as(gr, xr, yr, gxr, gmr, k, m, mean_g, mu, coef, True, True)
+    elif masked:
+        _grad_row_as(gr, xr, yr, gxr, gmr, k, m, mean_g, mu, coef, True, False)
+    else:
+        _grad_row_as(gr, xr, yr, gxr, gmr, k, m, mean_g, mu, coef, False, False)
+
+
+@njit(cache=True, inline="always", fastmath=_FM)
+def _sums_pixel_as(gr, xr, yr, mu, ps, psx, masked):
+    for ch in range(gr.size):
+        g = _masked(gr[ch], yr[ch], masked)
+        ps[ch] += g
+        psx[ch] += g * (xr[ch] - mu[ch])
+
+
+@njit(cache=True, inline="always")
+def _sums_pixel(gr, xr, yr, mu, ps, psx, masked):
+    """ps += g, psx += g * (x - mu) over one pixel's channels (channels-last)."""
+    if masked:
+        _sums_pixel_as(gr, xr, yr, mu, ps, psx, True)
+    else:
+        _sums_pixel_as(gr, xr, yr, mu, ps, psx, False)
+
+
+@njit(cache=True, inline="always", fastmath=_FM)
+def _grad_pixel_as(gr, xr, yr, gxr, gmr, a, b, d, mu, masked, write):
+    for ch in range(gr.size):
+        g = _masked(gr[ch], yr[ch], masked)
+        gxr[ch] = a[ch] * g + b[ch] * (xr[ch] - mu[ch]) + d[ch]
+        if write:
+            gmr[ch] = g
+
+
+@njit(cache=True, inline="always")
+def _grad_pixel(gr, xr, yr, gxr, gmr, a, b, d, mu, masked, write):
+    """One pixel's channels of gx (and of the masked gy when ``write``; channels-last)."""
+    if write:
+        _grad_pixel_as(gr, xr, yr, gxr, gmr, a, b, d, mu, True, True)
+    elif masked:
+        _grad_pixel_as(gr, xr, yr, gxr, gmr, a, b, d, mu, True, False)
+    else:
+        _grad_pixel_as(gr, xr, yr, gxr, gmr, a, b, d, mu, False, False)
+
+
 # --- batch norm on channels-last storage --------------------------------------
 # x is viewed as a dense (M, C) matrix (M = N*H*W); each thread reduces a block
 # of rows into its own row of partial sums (float64), then the sums are combined.
 
 @njit(cache=True, parallel=True, fastmath=_FM)
-def _bn_train_cl(x, gamma, beta, eps, y, mean_out, var_out, invstd_out, nt):
+def _bn_train_cl(x, gamma, beta, eps, y, mean_out, var_out, invstd_out, nt, res, has_res, relu):
     m, c = x.shape
     chunk = (m + nt - 1) // nt
     part = np.zeros((nt, c), np.float64)
@@ -72,12 +210,11 @@ def _bn_train_cl(x, gamma, beta, eps, y, mean_out, var_out, invstd_out, nt):
         invstd_out[ch] = inv
     for t in prange(nt):
         for i in range(t * chunk, min(m, (t + 1) * chunk)):
-            for ch in range(c):
-                y[i, ch] = x[i, ch] * scale[ch] + shift[ch]
+            _out_pixel(x[i], res[i], y[i], scale, shift, has_res, relu)
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
-def _bn_eval_cl(x, mean, var, gamma, beta, eps, y):
+def _bn_eval_cl(x, mean, var, gamma, beta, eps, y, res, has_res, relu):
     m, c = x.shape
     scale = np.empty(c, x.dtype)
     shift = np.empty(c, x.dtype)
@@ -86,12 +223,11 @@ def _bn_eval_cl(x, mean, var, gamma, beta, eps, y):
         scale[ch] = gamma[ch] * inv
         shift[ch] = beta[ch] - mean[ch] * gamma[ch] * inv
     for i in prange(m):
-        for ch in range(c):
-            y[i, ch] = x[i, ch] * scale[ch] + shift[ch]
+        _out_pixel(x[i], res[i], y[i], scale, shift, has_res, relu)
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
-def _bn_backward_cl(gy, x, gamma, mean, invstd, gx, ggamma, gbeta, nt):
+def _bn_backward_cl(gy, x, gamma, mean, invstd, gx, ggamma, gbeta, nt, y, masked, gm, write):
     m, c = x.shape
     chunk = (m + nt - 1) // nt
     psg = np.zeros((nt, c), np.float64)
@@ -101,10 +237,7 @@ def _bn_backward_cl(gy, x, gamma, mean, invstd, gx, ggamma, gbeta, nt):
         mu[ch] = mean[ch]
     for t in prange(nt):
         for i in range(t * chunk, min(m, (t + 1) * chunk)):
-            for ch in range(c):
-                g = gy[i, ch]
-                psg[t, ch] += g
-                psgx[t, ch] += g * (x[i, ch] - mu[ch])
+            _sums_pixel(gy[i], x[i], y[i], mu, psg[t], psgx[t], masked)
     a = np.empty(c, x.dtype)      # gx = a*gy + b*(x - mu) + d
     bcoef = np.empty(c, x.dtype)
     d = np.empty(c, x.dtype)
@@ -124,8 +257,7 @@ def _bn_backward_cl(gy, x, gamma, mean, invstd, gx, ggamma, gbeta, nt):
         d[ch] = -k * sg
     for t in prange(nt):
         for i in range(t * chunk, min(m, (t + 1) * chunk)):
-            for ch in range(c):
-                gx[i, ch] = a[ch] * gy[i, ch] + bcoef[ch] * (x[i, ch] - mu[ch]) + d[ch]
+            _grad_pixel(gy[i], x[i], y[i], gx[i], gm[i], a, bcoef, d, mu, masked, write)
 
 
 def _is_cl(x):
@@ -147,7 +279,7 @@ def _new_cl(shape, dtype):
 # --- batch norm --------------------------------------------------------------
 
 @njit(cache=True, parallel=True, fastmath=_FM)
-def _bn_train(x, gamma, beta, eps, y, mean_out, var_out, invstd_out):
+def _bn_train(x, gamma, beta, eps, y, mean_out, var_out, invstd_out, res, has_res, relu):
     n, c, l = x.shape
     m = n * l
     for ch in prange(c):
@@ -166,27 +298,25 @@ def _bn_train(x, gamma, beta, eps, y, mean_out, var_out, invstd_out):
         scale = gamma[ch] * inv
         shift = beta[ch] - mu * scale
         for i in range(n):
-            for j in range(l):
-                y[i, ch, j] = x[i, ch, j] * scale + shift
+            _out_row(x[i, ch], res[i, ch], y[i, ch], scale, shift, has_res, relu)
         mean_out[ch] = mu
         var_out[ch] = var
         invstd_out[ch] = inv
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
-def _bn_eval(x, mean, var, gamma, beta, eps, y):
+def _bn_eval(x, mean, var, gamma, beta, eps, y, res, has_res, relu):
     n, c, l = x.shape
     for ch in prange(c):
         inv = 1.0 / np.sqrt(np.float64(var[ch]) + eps)
         scale = gamma[ch] * inv
         shift = beta[ch] - mean[ch] * scale
         for i in range(n):
-            for j in range(l):
-                y[i, ch, j] = x[i, ch, j] * scale + shift
+            _out_row(x[i, ch], res[i, ch], y[i, ch], scale, shift, has_res, relu)
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
-def _bn_backward(gy, x, gamma, mean, invstd, gx, ggamma, gbeta):
+def _bn_backward(gy, x, gamma, mean, invstd, gx, ggamma, gbeta, y, masked, gm, write):
     n, c, l = x.shape
     m = n * l
     for ch in prange(c):
@@ -195,10 +325,9 @@ def _bn_backward(gy, x, gamma, mean, invstd, gx, ggamma, gbeta):
         sg = 0.0
         sgx = 0.0
         for i in range(n):
-            for j in range(l):
-                g = np.float64(gy[i, ch, j])
-                sg += g
-                sgx += g * (x[i, ch, j] - mu)
+            s, sx = _sums_row(gy[i, ch], x[i, ch], y[i, ch], mu, masked)
+            sg += s
+            sgx += sx
         sgxhat = sgx * inv
         ggamma[ch] = sgxhat
         gbeta[ch] = sg
@@ -206,72 +335,107 @@ def _bn_backward(gy, x, gamma, mean, invstd, gx, ggamma, gbeta):
         mean_g = sg
         coef = sgxhat * inv
         for i in range(n):
-            for j in range(l):
-                gx[i, ch, j] = k * (m * gy[i, ch, j] - mean_g - (x[i, ch, j] - mu) * coef)
+            _grad_row(gy[i, ch], x[i, ch], y[i, ch], gx[i, ch], gm[i, ch], k, m, mean_g, mu, coef,
+                      masked, write)
 
 
-def batch_norm_train(x, gamma, beta, eps):
-    """Training-mode batch norm over all axes but 1; returns ``(y, mean, var, invstd)`` (biased var)."""
+def _cl_copy(a):
+    """``a`` (N, C, H, W) as dense channels-last storage (itself when it already is)."""
+    return a if _is_cl(a) else np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+def _fused_cl(x):
+    """True when x takes the channels-last kernels."""
+    return _is_cl(x) and x.dtype in (np.float32, np.float64) and x.size
+
+
+def batch_norm_train(x, gamma, beta, eps, relu=False, residual=None):
+    """Training-mode batch norm over all axes but 1; returns ``(y, mean, var, invstd)`` (biased
+    var).  ``y = relu?(bn(x) + residual)`` with ``residual`` (x's shape) added and ``relu``
+    applied in the output pass (the backend's batch_norm_train)."""
     x = np.asarray(x)
     c = x.shape[1]
-    if _is_cl(x) and x.dtype in (np.float32, np.float64) and x.size:
+    has_res = residual is not None
+    if _fused_cl(x):
         y = _new_cl(x.shape, x.dtype)
+        res = _cl2(_cl_copy(np.asarray(residual, dtype=x.dtype))) if has_res else _cl2(x)
         mean = np.empty(c, x.dtype)
         var = np.empty(c, x.dtype)
         invstd = np.empty(c, x.dtype)
         _bn_train_cl(_cl2(x), _vec(gamma, c, x.dtype, 1.0), _vec(beta, c, x.dtype, 0.0), float(eps),
-                     _cl2(y), mean, var, invstd, numba.get_num_threads())
+                     _cl2(y), mean, var, invstd, numba.get_num_threads(), res, has_res, relu)
         return y, mean, var, invstd
     x = _float(x)
+    res = np.ascontiguousarray(np.asarray(residual, dtype=x.dtype)) if has_res else x
     g = _vec(gamma, c, x.dtype, 1.0)
     b = _vec(beta, c, x.dtype, 0.0)
     y = np.empty_like(x)
     mean = np.empty(c, x.dtype)
     var = np.empty(c, x.dtype)
     invstd = np.empty(c, x.dtype)
-    _bn_train(_ncl(x), g, b, float(eps), _ncl(y), mean, var, invstd)
+    _bn_train(_ncl(x), g, b, float(eps), _ncl(y), mean, var, invstd, _ncl(res), has_res, relu)
     return y, mean, var, invstd
 
 
-def batch_norm_eval(x, mean, var, gamma, beta, eps):
-    """Batch norm with the given per-channel statistics (inference mode)."""
+def batch_norm_eval(x, mean, var, gamma, beta, eps, relu=False, residual=None):
+    """Batch norm with the given per-channel statistics (inference mode); ``relu`` and
+    ``residual`` as in batch_norm_train."""
     x = np.asarray(x)
     c = x.shape[1]
-    if _is_cl(x) and x.dtype in (np.float32, np.float64) and x.size:
+    has_res = residual is not None
+    if _fused_cl(x):
         y = _new_cl(x.shape, x.dtype)
+        res = _cl2(_cl_copy(np.asarray(residual, dtype=x.dtype))) if has_res else _cl2(x)
         _bn_eval_cl(_cl2(x), _vec(mean, c, x.dtype, 0.0), _vec(var, c, x.dtype, 1.0),
-                    _vec(gamma, c, x.dtype, 1.0), _vec(beta, c, x.dtype, 0.0), float(eps), _cl2(y))
+                    _vec(gamma, c, x.dtype, 1.0), _vec(beta, c, x.dtype, 0.0), float(eps), _cl2(y),
+                    res, has_res, relu)
         return y
     x = _float(x)
+    res = np.ascontiguousarray(np.asarray(residual, dtype=x.dtype)) if has_res else x
     y = np.empty_like(x)
     _bn_eval(_ncl(x), _vec(mean, c, x.dtype, 0.0), _vec(var, c, x.dtype, 1.0),
-             _vec(gamma, c, x.dtype, 1.0), _vec(beta, c, x.dtype, 0.0), float(eps), _ncl(y))
+             _vec(gamma, c, x.dtype, 1.0), _vec(beta, c, x.dtype, 0.0), float(eps), _ncl(y),
+             _ncl(res), has_res, relu)
     return y
 
 
 def batch_norm_backward(gy, x, gamma, mean, invstd):
     """Gradients ``(gx, ggamma, gbeta)`` of training-mode batch norm, one pass per channel."""
+    return batch_norm_relu_backward(gy, None, x, gamma, mean, invstd, False)[:3]
+
+
+def batch_norm_relu_backward(gy, y, x, gamma, mean, invstd, want_masked):
+    """``(gx, ggamma, gbeta, gm)``: batch_norm_backward for ``gm = gy where y > 0 else 0``
+    (y None: gm = gy, unmasked), gm itself returned when ``want_masked`` (else None); gy is
+    read and masked in the same passes that compute gx."""
     x = np.asarray(x)
     c = x.shape[1]
-    if _is_cl(x) and x.dtype in (np.float32, np.float64) and x.size:
-        gy = np.asarray(gy, dtype=x.dtype)
-        if not _is_cl(gy):
-            gy = np.ascontiguousarray(gy.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    masked = y is not None
+    write = masked and want_masked
+    if _fused_cl(x):
+        gy = _cl_copy(np.asarray(gy, dtype=x.dtype))
+        yv = _cl_copy(np.asarray(y, dtype=x.dtype)) if masked else x
         gx = _new_cl(x.shape, x.dtype)
+        gm = _new_cl(x.shape, x.dtype) if write else gx
         ggamma = np.empty(c, x.dtype)
         gbeta = np.empty(c, x.dtype)
         _bn_backward_cl(_cl2(gy), _cl2(x), _vec(gamma, c, x.dtype, 1.0), _vec(mean, c, x.dtype, 0.0),
                         _vec(invstd, c, x.dtype, 1.0), _cl2(gx), ggamma, gbeta,
-                        numba.get_num_threads())
-        return gx, ggamma, gbeta
-    x = _float(x)
-    gy = np.ascontiguousarray(np.asarray(gy, dtype=x.dtype))
-    gx = np.empty_like(x)
-    ggamma = np.empty(c, x.dtype)
-    gbeta = np.empty(c, x.dtype)
-    _bn_backward(_ncl(gy), _ncl(x), _vec(gamma, c, x.dtype, 1.0), _vec(mean, c, x.dtype, 0.0),
-                 _vec(invstd, c, x.dtype, 1.0), _ncl(gx), ggamma, gbeta)
-    return gx, ggamma, gbeta
+                        numba.get_num_threads(), _cl2(yv), masked, _cl2(gm), write)
+    else:
+        x = _float(x)
+        gy = np.ascontiguousarray(np.asarray(gy, dtype=x.dtype))
+        yv = np.ascontiguousarray(np.asarray(y, dtype=x.dtype)) if masked else x
+        gx = np.empty_like(x)
+        gm = np.empty_like(x) if write else gx
+        ggamma = np.empty(c, x.dtype)
+        gbeta = np.empty(c, x.dtype)
+        _bn_backward(_ncl(gy), _ncl(x), _vec(gamma, c, x.dtype, 1.0), _vec(mean, c, x.dtype, 0.0),
+                     _vec(invstd, c, x.dtype, 1.0), _ncl(gx), ggamma, gbeta, _ncl(yv), masked,
+                     _ncl(gm), write)
+    if want_masked:
+        return gx, ggamma, gbeta, gm if masked else gy
+    return gx, ggamma, gbeta, None
 
 
 # --- local response norm -----------------------------------------------------

@@ -6,15 +6,15 @@ from ..ops.elementwise import gelu, leaky_relu, relu, sigmoid, tanh
 from ..ops.loss import cross_entropy, mse_loss, nll_loss
 from ..ops.matmul import linear
 from ..ops.embedding import embedding
-from ..ops.norm import batch_norm, layer_norm, local_response_norm
+from ..ops.norm import batch_norm, batch_norm_relu, layer_norm, local_response_norm
 from ..ops.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 from ..ops.shape import flatten
 from ..ops.shape import pad as _pad_pairs
 from ..ops.softmax import log_softmax, softmax
 
 __all__ = ["conv2d", "dropout", "relu", "leaky_relu", "gelu", "sigmoid", "tanh", "cross_entropy",
-           "mse_loss", "nll_loss", "linear", "batch_norm", "layer_norm", "local_response_norm",
-           "embedding", "adaptive_avg_pool2d", "avg_pool2d", "max_pool2d", "flatten", "log_softmax",
+           "mse_loss", "nll_loss", "linear", "batch_norm", "batch_norm_relu", "layer_norm",
+           "local_response_norm", "embedding", "adaptive_avg_pool2d", "avg_pool2d", "max_pool2d", "flatten", "log_softmax",
            "softmax", "pad"]
 
 

@@ -19,11 +19,14 @@ def _channel_shape(ndim, c):
 
 
 class BatchNormTrain(Function):
-    """Batch norm with batch statistics.  ``running``: None, or the arguments of the backend's
-    ``batch_norm_train_tracked`` after ``eps`` (running buffers, mixing factors, batch counter),
-    which it updates in place in the same call."""
+    """Batch norm with batch statistics, then optionally ``+ residual`` and a ReLU in the same
+    output pass (``relu``; the backward then masks the gradient by the saved output).
+    ``running``: None, or the arguments of the backend's ``batch_norm_train_tracked`` after
+    ``eps`` (running buffers, mixing factors, batch counter), which it updates in place in the
+    same call."""
 
-    def forward(self, x, gamma=None, beta=None, eps=1e-5, running=None):
+    def forward(self, x, gamma=None, beta=None, residual=None, eps=1e-5, running=None,
+                relu=False):
         """Output storage from input storage."""
         be = self.be
         c = x.shape[1]
@@ -32,26 +35,35 @@ class BatchNormTrain(Function):
         if beta is None:
             beta = be.full((c,), 0.0, x.dtype)
         if running is None:
-            y, mean, _, invstd = be.batch_norm_train(x, gamma, beta, eps)
+            y, mean, _, invstd = be.batch_norm_train(x, gamma, beta, eps, relu, residual)
         else:
-            y, mean, _, invstd = be.batch_norm_train_tracked(x, gamma, beta, eps, *running)
-        self.save(x, gamma, mean, invstd)
+            y, mean, _, invstd = be.batch_norm_train_tracked(x, gamma, beta, eps, *running,
+                                                             relu=relu, residual=residual)
+        self.save(x, gamma, mean, invstd, y if relu else None)
         return y
 
     def backward(self, g):
         """Gradients for the positional inputs."""
-        x, gamma, mean, invstd = self.saved
-        gx, ggamma, gbeta = self.be.batch_norm_backward(g, x, gamma, mean, invstd)
+        x, gamma, mean, invstd, y = self.saved
         need = self.needs_grad
+        want_res = len(need) > 3 and need[3]
+        if y is None:
+            gx, ggamma, gbeta = self.be.batch_norm_backward(g, x, gamma, mean, invstd)
+            gres = g
+        else:
+            gx, ggamma, gbeta, gres = self.be.batch_norm_relu_backward(g, y, x, gamma, mean,
+                                                                       invstd, want_res)
         return (gx if need[0] else None,
                 ggamma if len(need) > 1 and need[1] else None,
-                gbeta if len(need) > 2 and need[2] else None)
+                gbeta if len(need) > 2 and need[2] else None,
+                gres if want_res else None)
 
 
 class BatchNormEval(Function):
-    """Batch norm with given statistics: ``(x - mean) / sqrt(var + eps) * gamma + beta``."""
+    """Batch norm with given statistics: ``(x - mean) / sqrt(var + eps) * gamma + beta``, then
+    optionally ``+ residual`` and a ReLU in the same pass."""
 
-    def forward(self, x, mean, var, gamma=None, beta=None, eps=1e-5):
+    def forward(self, x, mean, var, gamma=None, beta=None, residual=None, eps=1e-5, relu=False):
         """Output storage from input storage."""
         be = self.be
         c = x.shape[1]
@@ -60,13 +72,16 @@ class BatchNormEval(Function):
         if beta is None:
             beta = be.full((c,), 0.0, x.dtype)
         self.eps = eps
-        self.save(x, mean, var, gamma)
-        return be.batch_norm_eval(x, mean, var, gamma, beta, eps)
+        y = be.batch_norm_eval(x, mean, var, gamma, beta, eps, relu, residual)
+        self.save(x, mean, var, gamma, y if relu else None)
+        return y
 
     def backward(self, g):
         """Gradients for the positional inputs."""
-        x, mean, var, gamma = self.saved
+        x, mean, var, gamma, y = self.saved
         be = self.be
+        if y is not None:
+            g = be.activation_grad("relu", y, g)
         cs = _channel_shape(len(x.shape), x.shape[1])
         invstd = be.scalar("pow", be.scalar("add", be.astype(var, x.dtype), self.eps), -0.5)
         need = self.needs_grad
@@ -80,7 +95,7 @@ class BatchNormEval(Function):
             ggamma = be.sum(be.binary("mul", g, xhat), axes, False)
         if len(need) > 4 and need[4]:
             gbeta = be.sum(g, axes, False)
-        return gx, None, None, ggamma, gbeta
+        return gx, None, None, ggamma, gbeta, (g if len(need) > 5 and need[5] else None)
 
 
 class LocalResponseNorm(Function):
@@ -111,11 +126,24 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     return batch_norm_counted(x, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
+def batch_norm_relu(x, running_mean=None, running_var=None, weight=None, bias=None,
+                    training=False, momentum=0.1, eps=1e-5, residual=None):
+    """``relu(batch_norm(x, ...) + residual)`` (``residual`` None: ``relu(batch_norm(x,
+    ...))``) as one op: the sum and the ReLU are applied in batch norm's output pass and the
+    gradient is masked inside its backward, so neither makes a pass of its own over the
+    activations.  The arguments are ``batch_norm``'s; the result is the same."""
+    return batch_norm_counted(x, running_mean, running_var, weight, bias, training, momentum, eps,
+                              relu=True, residual=residual)
+
+
 def batch_norm_counted(x, running_mean=None, running_var=None, weight=None, bias=None,
-                       training=False, momentum=0.1, eps=1e-5, num_batches_tracked=None):
+                       training=False, momentum=0.1, eps=1e-5, num_batches_tracked=None,
+                       relu=False, residual=None):
     """``batch_norm``, plus (in training mode) ``num_batches_tracked`` (a scalar int64 tensor,
     or None) += 1 in place, in the same backend call as the running statistics: what a
-    BatchNorm module's training step does."""
+    BatchNorm module's training step does.  ``residual`` (a tensor of x's shape, or None) is
+    added to the output and ``relu`` rectifies the sum, in the same op: ``relu(batch_norm(x)
+    + residual)`` without the two extra passes over the activations."""
     if x.ndim < 2:
         raise ValueError(f"batch_norm: input must have at least 2 dimensions (N, C, ...), got {x.shape}")
     if x.dtype.kind != "f":
@@ -125,6 +153,14 @@ def batch_norm_counted(x, running_mean=None, running_var=None, weight=None, bias
                     ("running_var", running_var)):
         if t is not None and tuple(t.shape) != (c,):
             raise ValueError(f"batch_norm: {name} shape {tuple(t.shape)} != ({c},) for input {x.shape}")
+    if residual is not None:
+        if tuple(residual.shape) != tuple(x.shape):
+            raise ValueError(f"batch_norm: residual shape {tuple(residual.shape)} != input shape "
+                             f"{tuple(x.shape)}")
+        if residual.dtype != x.dtype:   # the sum promotes: not this op's output dtype
+            y = batch_norm_counted(x, running_mean, running_var, weight, bias, training,
+                                   momentum, eps, num_batches_tracked) + residual
+            return y.relu() if relu else y
     if training:
         count = x.numel() // c
         if count <= 1:
@@ -139,10 +175,11 @@ def batch_norm_counted(x, running_mean=None, running_var=None, weight=None, bias
             running = (None if running_mean is None else running_mean.data,
                        None if running_var is None else running_var.data,
                        1.0 - m, m, m * count / (count - 1), counter)
-        return BatchNormTrain.apply(x, weight, bias, eps=eps, running=running)
+        return BatchNormTrain.apply(x, weight, bias, residual, eps=eps, running=running, relu=relu)
     if running_mean is None or running_var is None:
         raise ValueError("batch_norm: eval mode needs running_mean and running_var")
-    return BatchNormEval.apply(x, running_mean.detach(), running_var.detach(), weight, bias, eps=eps)
+    return BatchNormEval.apply(x, running_mean.detach(), running_var.detach(), weight, bias,
+                               residual, eps=eps, relu=relu)
 
 
 def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):

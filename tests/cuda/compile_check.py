@@ -106,10 +106,14 @@ def cases():
     for T, t in ((A, f32), (D, f64)):
         out.append((f"bn_stats {t}", nk.bn_stats, (T, T, T, T, i64, i64, i64, f64, T, T, b1, T, T,
                                                     T, T, t, t, t, b1, b1, I64, b1)))
-    out.append(("bn_apply", nk.bn_apply, (A, A, A, A, i64, i64, i64)))
+    for T, t in ((A, f32), (D, f64)):
+        out.append((f"bn_apply {t}", nk.bn_apply, (T, T, T, T, i64, i64, i64, T, b1, b1)))
     out.append(("bn_eval_params", nk.bn_eval_params, (A, A, A, A, A, A, i64, f64, b1)))
-    out.append(("bn_bwd_reduce", nk.bn_bwd_reduce, (A, A, A, A, A, A, i64, i64, i64)))
-    out.append(("bn_bwd_apply", nk.bn_bwd_apply, (A, A, A, A, A, A, A, A, i64, i64, i64, f64, b1)))
+    for T, t in ((A, f32), (D, f64)):
+        out.append((f"bn_bwd_reduce {t}", nk.bn_bwd_reduce,
+                    (T, T, T, T, T, T, i64, i64, i64, T, b1)))
+        out.append((f"bn_bwd_apply {t}", nk.bn_bwd_apply,
+                    (T, T, T, T, T, T, T, T, i64, i64, i64, f64, b1, T, b1, T, b1)))
     out.append(("lrn_fwd", nk.lrn_fwd, (A, A, A, i64, i64, i64, i64, f64, f64, f64)))
     out.append(("lrn_bwd", nk.lrn_bwd, (A, A, A, A, A, i64, i64, i64, i64, f64, f64)))
     out.append(("dropout", nk.dropout_mask_kernel, (A, i64, u64, u64, f64, f32)))

@@ -479,6 +479,160 @@ def test_batch_norm_train_tracked_buffers_of_another_dtype(be, cpu):
         assert got.dtype == np.float64
 
 
+
+# --- batch norm with a fused residual add and relu --------------------------------------
+
+_BN_SHAPE = (3, 4, 2, 5)
+
+
+def _bn_tol(dtype):
+    return 1e-4 if dtype == np.float32 else 1e-10
+
+
+def _bn_residual(be, kind, shape, dtype):
+    """(device residual or None, its float64 values): "contiguous", or "transposed" (a
+    non-contiguous device view); one element is NaN, which relu must keep."""
+    if kind is None:
+        return None, 0.0
+    r = rand(*shape).astype(dtype)
+    r[0, 1, 0, 2] = np.nan
+    if kind == "contiguous":
+        return be.from_numpy(r), r.astype(np.float64)
+    dev = be.from_numpy(np.ascontiguousarray(r.T)).T
+    assert tuple(dev.shape) == shape and not dev.is_c_contiguous()
+    return dev, r.astype(np.float64)
+
+
+def _affine_params(be, C, dtype, affine):
+    """(device gamma, device beta, float64 gamma, float64 beta) (None/ones/zeros without)."""
+    if not affine:
+        return None, None, np.ones(C), np.zeros(C)
+    g, b = rand(C).astype(dtype), rand(C).astype(dtype)
+    return be.from_numpy(g), be.from_numpy(b), g.astype(np.float64), b.astype(np.float64)
+
+
+def _check_relu_output(got, want, relu, tol):
+    close(got, want, tol)
+    if relu:   # exact zeros (no negatives) where the sum is negative; NaN kept
+        assert np.all((got >= 0) | np.isnan(got))
+        assert np.all(got[want < -1e-3] == 0)
+        assert np.isnan(got).sum() == np.isnan(want).sum()
+
+
+# Each value of each argument at least once, every (residual, relu) pair (the simulator is slow).
+_FUSED_CASES = [(np.float32, True, None, True), (np.float64, False, None, False),
+                (np.float32, False, "contiguous", True), (np.float64, True, "contiguous", False),
+                (np.float64, True, "transposed", True), (np.float32, False, "transposed", False)]
+
+
+@pytest.mark.parametrize("dtype, affine, residual, relu", _FUSED_CASES)
+def test_batch_norm_train_fused_relu_residual(be, dtype, affine, residual, relu):
+    """y = relu(bn(x) + residual) in the output pass; the statistics are unchanged."""
+    x = (rand(*_BN_SHAPE) * 2 + 1).astype(dtype)
+    C = x.shape[1]
+    g, b, g64, b64 = _affine_params(be, C, dtype, affine)
+    res, r64 = _bn_residual(be, residual, x.shape, dtype)
+    y, mean, var, inv = be.batch_norm_train(be.from_numpy(x), g, b, 1e-5, relu, res)
+    ry, rm, rv, ri = ref.batch_norm(x, g64, b64, 1e-5)
+    want = ry + r64
+    if relu:
+        want = np.maximum(want, 0.0)
+    got = be.to_numpy(y)
+    assert got.dtype == dtype and got.shape == x.shape
+    tol = _bn_tol(dtype)
+    _check_relu_output(got, want, relu, tol)
+    _, pm, pv, pi = be.batch_norm_train(be.from_numpy(x), g, b, 1e-5)
+    for got_stat, want_stat, plain in ((mean, rm, pm), (var, rv, pv), (inv, ri, pi)):
+        close(be.to_numpy(got_stat), want_stat, tol)
+        np.testing.assert_array_equal(be.to_numpy(got_stat), be.to_numpy(plain))
+
+
+@pytest.mark.parametrize("dtype, affine, residual, relu", _FUSED_CASES)
+def test_batch_norm_eval_fused_relu_residual(be, dtype, affine, residual, relu):
+    """Eval mode: y = relu((x - mean) / sqrt(var + eps) * gamma + beta + residual)."""
+    x = rand(*_BN_SHAPE).astype(dtype)
+    C = x.shape[1]
+    mean, var = rand(C).astype(dtype), (rand(C) ** 2 + 0.5).astype(dtype)
+    g, b, g64, b64 = _affine_params(be, C, dtype, affine)
+    res, r64 = _bn_residual(be, residual, x.shape, dtype)
+    y = be.batch_norm_eval(be.from_numpy(x), be.from_numpy(mean), be.from_numpy(var), g, b,
+                           1e-5, relu, res)
+    shape = (1, C, 1, 1)
+    m64, v64 = mean.astype(np.float64).reshape(shape), var.astype(np.float64).reshape(shape)
+    want = ((x - m64) / np.sqrt(v64 + 1e-5) * g64.reshape(shape) + b64.reshape(shape) + r64)
+    if relu:
+        want = np.maximum(want, 0.0)
+    got = be.to_numpy(y)
+    assert got.dtype == dtype
+    _check_relu_output(got, want, relu, _bn_tol(dtype))
+
+
+def test_batch_norm_train_tracked_fused_relu_residual(be):
+    """The tracked statistics kernel with a residual and relu: the same y as the untracked
+    call and the same running buffers and count as without them; running buffers of another
+    dtype (the base class's separate updates) pass relu and residual through too."""
+    x = rand(*_BN_SHAPE) * 2 + 1
+    C = x.shape[1]
+    r = rand(*_BN_SHAPE)
+    outs = []
+    for fused in (False, True):
+        for buf_dtype in (np.float32, np.float64):
+            rm = be.from_numpy(np.zeros(C, buf_dtype))
+            rv = be.from_numpy(np.ones(C, buf_dtype))
+            counter = be.from_numpy(np.array([3], np.int64))
+            kw = dict(relu=True, residual=be.from_numpy(r)) if fused else {}
+            y, *_ = be.batch_norm_train_tracked(be.from_numpy(x), None, None, 1e-5, rm, rv,
+                                                0.9, 0.1, 0.1, counter, **kw)
+            outs.append([be.to_numpy(a) for a in (y, rm, rv, counter)])
+    want_y = np.maximum(ref.batch_norm(x, np.ones(C), np.zeros(C), 1e-5)[0] + r, 0.0)
+    y_untracked = be.to_numpy(be.batch_norm_train(be.from_numpy(x), None, None, 1e-5, True,
+                                                  be.from_numpy(r))[0])
+    for i in (2, 3):
+        close(outs[i][0], want_y, 1e-4)
+        np.testing.assert_array_equal(outs[i][0], y_untracked)
+        for got, want in zip(outs[i][1:], outs[i - 2][1:]):
+            np.testing.assert_array_equal(got, want)
+        assert outs[i][3][0] == 4
+
+
+@pytest.mark.parametrize("shape, dtype, affine, want_masked", [
+    ((6, 4), np.float32, True, True), ((6, 4), np.float64, False, False),
+    (_BN_SHAPE, np.float64, True, True), (_BN_SHAPE, np.float32, False, True),
+    (_BN_SHAPE, np.float32, True, False)])
+def test_batch_norm_relu_backward(be, shape, dtype, affine, want_masked):
+    """Gradients from the fused forward's output y: gy masked by y > 0 (y exactly 0, -0,
+    negative or NaN: masked), then the plain batch-norm backward; gm is the masked gy
+    exactly, and gx / ggamma / gbeta equal batch_norm_backward's for it exactly."""
+    x = (rand(*shape) * 2 + 1).astype(dtype)
+    C = shape[1]
+    g, _, g64, _ = _affine_params(be, C, dtype, affine)
+    yd, mean, _, inv = be.batch_norm_train(be.from_numpy(x), g, None, 1e-5, True,
+                                           be.from_numpy(rand(*shape).astype(dtype)))
+    y = be.to_numpy(yd)
+    flat = y.reshape(-1)
+    flat[:4] = (0.0, -0.0, -1.5, np.nan)
+    flat[4] = 2.0
+    assert (y > 0).any() and (y == 0).any()
+    gy = rand(*shape).astype(dtype)
+    gm_want = np.where(y > 0, gy, 0).astype(dtype)
+    gx, gg, gb, gm = be.batch_norm_relu_backward(be.from_numpy(gy), be.from_numpy(y),
+                                                 be.from_numpy(x), g, mean, inv, want_masked)
+    rx, rg, rb = ref.batch_norm_grads(x, g64, gm_want, 1e-5)
+    tol = _bn_tol(dtype)
+    for got, want in ((gx, rx), (gg, rg), (gb, rb)):
+        assert be.to_numpy(got).dtype == dtype
+        close(be.to_numpy(got), want, tol)
+    if want_masked:
+        gm = be.to_numpy(gm)
+        assert gm.dtype == dtype
+        np.testing.assert_array_equal(gm, gm_want)
+    else:
+        assert gm is None
+    plain = be.batch_norm_backward(be.from_numpy(gm_want), be.from_numpy(x), g, mean, inv)
+    for got, want in zip((gx, gg, gb), plain):
+        np.testing.assert_array_equal(be.to_numpy(got), be.to_numpy(want))
+
+
 def test_lrn(be):
     x = rand(2, 6, 3, 2).astype(np.float64)
     size, alpha, beta, k = 3, 1e-2, 0.75, 2.0
