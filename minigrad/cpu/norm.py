@@ -171,37 +171,66 @@ def _grad_pixel(gr, xr, yr, gxr, gmr, a, b, d, mu, masked, write):
 
 
 # --- batch norm on channels-last storage --------------------------------------
-# x is viewed as a dense (M, C) matrix (M = N*H*W); each thread reduces a block
-# of rows into its own row of partial sums (float64), then the sums are combined.
+# x is viewed as a dense (M, C) matrix (M = N*H*W); each thread reduces its share of the
+# rows into its own row of partial sums (float64), then the sums are combined.  The forward's
+# statistics take one pass over memory: blocks of rows, each summed and then (from L2) its
+# squared deviations taken, merged as they go (_merge_stats).
+
+# Bytes of x per block of rows in _bn_train_cl's statistics pass: a block is read from memory
+# once for its sums and again from L2 for its squared deviations.
+STATS_BLOCK_BYTES = 1 << 18
+
+
+@njit(cache=True, inline="always")
+def _merge_stats(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
+    """(mean_a, m2_a) += the group (n_b, mean_b, m2_b) by Chan et al.'s update: the means and
+    sums of squared deviations of two groups of n_a and n_b rows give those of their union."""
+    n = n_a + n_b
+    f = n_b / n
+    g = n_a * f
+    for ch in range(mean_a.size):
+        d = mean_b[ch] - mean_a[ch]
+        mean_a[ch] += d * f
+        m2_a[ch] += m2_b[ch] + d * d * g
+
 
 @njit(cache=True, parallel=True, fastmath=_FM)
 def _bn_train_cl(x, gamma, beta, eps, y, mean_out, var_out, invstd_out, nt, res, has_res, relu):
     m, c = x.shape
     chunk = (m + nt - 1) // nt
-    part = np.zeros((nt, c), np.float64)
+    rows = max(1, STATS_BLOCK_BYTES // (c * x.itemsize))
+    mean_t = np.zeros((nt, c), np.float64)
+    m2_t = np.zeros((nt, c), np.float64)
     for t in prange(nt):
-        for i in range(t * chunk, min(m, (t + 1) * chunk)):
+        bmean = np.empty(c, np.float64)
+        bm2 = np.empty(c, np.float64)
+        i0 = t * chunk
+        i1 = min(m, i0 + chunk)
+        for b0 in range(i0, i1, rows):
+            b1 = min(i1, b0 + rows)
+            bmean[:] = 0.0
+            for i in range(b0, b1):
+                xr = x[i]
+                for ch in range(c):
+                    bmean[ch] += xr[ch]
             for ch in range(c):
-                part[t, ch] += x[i, ch]
+                bmean[ch] /= b1 - b0
+            bm2[:] = 0.0
+            for i in range(b0, b1):
+                xr = x[i]
+                for ch in range(c):
+                    d = xr[ch] - bmean[ch]
+                    bm2[ch] += d * d
+            _merge_stats(b0 - i0, mean_t[t], m2_t[t], b1 - b0, bmean, bm2)
     mu = np.zeros(c, np.float64)
+    m2 = np.zeros(c, np.float64)
     for t in range(nt):
-        for ch in range(c):
-            mu[ch] += part[t, ch]
-    for ch in range(c):
-        mu[ch] /= m
-    part[:, :] = 0.0
-    for t in prange(nt):
-        for i in range(t * chunk, min(m, (t + 1) * chunk)):
-            for ch in range(c):
-                d = x[i, ch] - mu[ch]
-                part[t, ch] += d * d
+        _merge_stats(min(m, t * chunk), mu, m2, max(0, min(m, (t + 1) * chunk) - t * chunk),
+                     mean_t[t], m2_t[t])
     scale = np.empty(c, x.dtype)
     shift = np.empty(c, x.dtype)
     for ch in range(c):
-        ss = 0.0
-        for t in range(nt):
-            ss += part[t, ch]
-        var = ss / m
+        var = m2[ch] / m
         inv = 1.0 / np.sqrt(var + eps)
         scale[ch] = gamma[ch] * inv
         shift[ch] = beta[ch] - mu[ch] * gamma[ch] * inv
