@@ -269,15 +269,15 @@ def test_batch_norm_channels_last_matches_nchw(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_batch_norm_channels_last_statistics_by_blocks(dtype):
-    """Channels-last statistics come from blocks of rows (norm.STATS_BLOCK_BYTES of x each,
-    read once from memory) merged by Chan's update: with 2 channels and 80,000 rows, each
-    thread's 40,000 rows make 2 blocks (float32) or 3 (float64), the last one partial.  The
-    mean and variance are float64 NumPy's, with the mean far from zero and the blocks' means
-    far apart (a ramp along H), so that the merge's cross term matters."""
+    """Channels-last statistics come from blocks of norm.SUM_ROWS rows (each read once from
+    memory) merged by Chan's update: with 2 channels and 79,600 rows, each thread's 39,800
+    rows make 622 blocks, the last one partial.  The mean and variance are float64 NumPy's,
+    with the mean far from zero and the blocks' means far apart (a ramp along H), so that
+    the merge's cross term matters."""
     rng = np.random.default_rng(9)
     ramp = np.linspace(0.0, 10.0, 200).reshape(1, 1, 200, 1)
-    x = (rng.standard_normal((2, 2, 200, 200)) * 0.01 + 1000.0 + ramp).astype(dtype)
-    assert x.shape[0] * 200 * 200 // 2 > norm.STATS_BLOCK_BYTES // (2 * x.itemsize)
+    x = (rng.standard_normal((2, 2, 200, 199)) * 0.01 + 1000.0 + ramp).astype(dtype)
+    assert (x.size // 2 // 2) % norm.SUM_ROWS
     y, mean, var, invstd = norm.batch_norm_train(cl(x), None, None, 1e-5)
     xd = x.astype(np.float64)
     np.testing.assert_allclose(mean, xd.mean(axis=(0, 2, 3)), rtol=1e-7)

@@ -3,7 +3,7 @@
 The batch-norm and LRN kernels view their input as ``(N, C, L)`` (``L`` = product of the
 spatial dimensions, 1 for ``(N, C)`` input), layer norm as ``(rows, D)``; each kernel runs
 one ``parallel=True`` Numba loop and accumulates sums in float64 whatever the storage dtype
-(float32 or float64).
+(float32 or float64; the channels-last kernels over partial sums of SUM_ROWS rows).
 """
 
 import numba
@@ -173,12 +173,15 @@ def _grad_pixel(gr, xr, yr, gxr, gmr, a, b, d, mu, masked, write):
 # --- batch norm on channels-last storage --------------------------------------
 # x is viewed as a dense (M, C) matrix (M = N*H*W); each thread reduces its share of the
 # rows into its own row of partial sums (float64), then the sums are combined.  The forward's
-# statistics take one pass over memory: blocks of rows, each summed and then (from L2) its
-# squared deviations taken, merged as they go (_merge_stats).
+# statistics take one pass over memory: blocks of SUM_ROWS rows, each summed and then (from
+# L1) its squared deviations taken, merged as they go (_merge_stats).
 
-# Bytes of x per block of rows in _bn_train_cl's statistics pass: a block is read from memory
-# once for its sums and again from L2 for its squared deviations.
-STATS_BLOCK_BYTES = 1 << 18
+# Rows per block in the channels-last kernels' sums: a block is summed in the storage dtype
+# (its statistics in the forward: the sum, then, from L1, the squared deviations from the
+# block's mean), and the blocks' results are combined in float64.  Float64 sums updated at
+# every row kept these passes busy with conversions, loads and stores (BENCHMARKS_perf.md,
+# change 158).
+SUM_ROWS = 64
 
 
 @njit(cache=True, inline="always")
@@ -198,16 +201,15 @@ def _merge_stats(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
 def _bn_train_cl(x, gamma, beta, eps, y, mean_out, var_out, invstd_out, nt, res, has_res, relu):
     m, c = x.shape
     chunk = (m + nt - 1) // nt
-    rows = max(1, STATS_BLOCK_BYTES // (c * x.itemsize))
     mean_t = np.zeros((nt, c), np.float64)
     m2_t = np.zeros((nt, c), np.float64)
     for t in prange(nt):
-        bmean = np.empty(c, np.float64)
-        bm2 = np.empty(c, np.float64)
+        bmean = np.empty(c, x.dtype)
+        bm2 = np.empty(c, x.dtype)
         i0 = t * chunk
         i1 = min(m, i0 + chunk)
-        for b0 in range(i0, i1, rows):
-            b1 = min(i1, b0 + rows)
+        for b0 in range(i0, i1, SUM_ROWS):
+            b1 = min(i1, b0 + SUM_ROWS)
             bmean[:] = 0.0
             for i in range(b0, b1):
                 xr = x[i]
@@ -265,8 +267,17 @@ def _bn_backward_cl(gy, x, gamma, mean, invstd, gx, ggamma, gbeta, nt, y, masked
     for ch in range(c):
         mu[ch] = mean[ch]
     for t in prange(nt):
-        for i in range(t * chunk, min(m, (t + 1) * chunk)):
-            _sums_pixel(gy[i], x[i], y[i], mu, psg[t], psgx[t], masked)
+        s = np.empty(c, x.dtype)
+        sx = np.empty(c, x.dtype)
+        i1 = min(m, (t + 1) * chunk)
+        for b0 in range(t * chunk, i1, SUM_ROWS):
+            s[:] = 0.0
+            sx[:] = 0.0
+            for i in range(b0, min(i1, b0 + SUM_ROWS)):
+                _sums_pixel(gy[i], x[i], y[i], mu, s, sx, masked)
+            for ch in range(c):
+                psg[t, ch] += s[ch]
+                psgx[t, ch] += sx[ch]
     a = np.empty(c, x.dtype)      # gx = a*gy + b*(x - mu) + d
     bcoef = np.empty(c, x.dtype)
     d = np.empty(c, x.dtype)
