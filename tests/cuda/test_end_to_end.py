@@ -349,3 +349,26 @@ def test_train_steps_match_the_cpu():
         states[dev] = model.state_dict()
     for k, want in states["cpu"].items():
         np.testing.assert_allclose(states["cuda"][k], want, rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_resnet_block_with_fused_batch_norm_relu_matches_the_cpu():
+    """A ResNet BasicBlock with a projection shortcut: its two batch norms run fused with the
+    ReLU, the second also with the residual add (F.batch_norm_relu), forward and backward;
+    outputs, input gradient, parameter gradients and running statistics as on the CPU."""
+    from zoo.resnet import BasicBlock
+
+    xc, xg = pair(2, 2, 4, 4)
+    outs, blocks = {}, {}
+    for dev, x in (("cpu", xc), ("cuda", xg)):
+        mg.manual_seed(5)
+        blocks[dev] = BasicBlock(2, 3, stride=2).to(dev)
+        outs[dev] = blocks[dev](x)
+        (outs[dev] * outs[dev]).sum().backward()
+    check(outs["cpu"], outs["cuda"], [(xc, xg)])
+    cpu_params = dict(blocks["cpu"].named_parameters())
+    for name, p in blocks["cuda"].named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), cpu_params[name].grad.numpy(), rtol=1e-4,
+                                   atol=1e-4, err_msg=name)
+    want = blocks["cpu"].state_dict()
+    for k, v in blocks["cuda"].state_dict().items():
+        np.testing.assert_allclose(v, want[k], rtol=1e-5, atol=1e-6, err_msg=k)
