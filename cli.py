@@ -594,9 +594,10 @@ def _small_gemm_state():
 
 
 def _cache_stamp_state():
-    from minigrad.cpu import cache_stamp
+    from minigrad import cache_stamp
+    from minigrad.cpu import PACKAGE_DIR
 
-    return (f"{cache_stamp.status()} (stale kernels are dropped when minigrad/cpu changes; "
+    return (f"{cache_stamp.status(PACKAGE_DIR)} (stale kernels are dropped when minigrad/cpu changes; "
             "MINIGRAD_CACHE_STAMP=0 turns this off)")
 
 

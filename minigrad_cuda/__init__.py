@@ -94,10 +94,9 @@ def _factory():
     # Small tensors legitimately launch small grids; Numba would warn on every such launch.
     config.CUDA_LOW_OCCUPANCY_WARNINGS = False
     if not is_simulator():   # kernels are cached on disk (cache=True): drop stale ones first
-        from minigrad.cpu import cache_stamp
+        from minigrad import cache_stamp
 
-        cache_stamp.check(package_dir=os.path.dirname(os.path.abspath(__file__)),
-                          probe=_cache_probe)
+        cache_stamp.check(os.path.dirname(os.path.abspath(__file__)), _cache_probe)
     from .backend import CUDABackend
 
     return CUDABackend()

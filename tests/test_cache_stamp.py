@@ -1,4 +1,4 @@
-"""minigrad.cpu.cache_stamp: stale cached kernels are dropped when a helper module changes.
+"""minigrad.cache_stamp: stale cached kernels are dropped when a helper module changes.
 
 The end-to-end test builds a copy of the package with a cached kernel that inlines a helper
 from another module, changes only the helper, and runs the kernel again in a fresh process:
@@ -14,7 +14,8 @@ import sys
 
 import pytest
 
-from minigrad.cpu import cache_stamp
+from minigrad import cache_stamp
+from minigrad.cpu import PACKAGE_DIR as CPU, cache_probe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,27 +46,27 @@ def test_check_drops_only_the_changed_modules_files(tmp_path, monkeypatch):
         (tmp_path / name).write_text("x")
     stamp = tmp_path / cache_stamp.STAMP_NAME
     # no stamp yet: every module counts as changed
-    assert "3 cached kernel files dropped" in cache_stamp.check(str(tmp_path))
+    assert "3 cached kernel files dropped" in cache_stamp.check(CPU, cache_probe, str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["conv.cpython-311.pyc", cache_stamp.STAMP_NAME]
-    assert json.loads(stamp.read_text()) == cache_stamp.module_digests()
+    assert json.loads(stamp.read_text()) == cache_stamp.module_digests(CPU)
     for name in files:
         (tmp_path / name).write_text("x")
-    assert cache_stamp.check(str(tmp_path)) == "cache matches the sources"
-    assert cache_stamp.status() == "cache matches the sources"
+    assert cache_stamp.check(CPU, cache_probe, str(tmp_path)) == "cache matches the sources"
+    assert cache_stamp.status(CPU) == "cache matches the sources"
     assert all((tmp_path / name).exists() for name in files)
     # a stamp that disagrees on one module: only that module's kernels go
-    old = cache_stamp.module_digests()
+    old = cache_stamp.module_digests(CPU)
     old["winograd"] = "an older digest"
     stamp.write_text(json.dumps(old))
-    assert "1 cached kernel files dropped" in cache_stamp.check(str(tmp_path))
+    assert "1 cached kernel files dropped" in cache_stamp.check(CPU, cache_probe, str(tmp_path))
     assert not (tmp_path / "winograd._bwd-9.py311.nbi").exists()
     assert (tmp_path / "conv._fwd-1.py311.nbi").exists()
     stamp.write_text("not json")
-    assert "2 cached kernel files dropped" in cache_stamp.check(str(tmp_path))
+    assert "2 cached kernel files dropped" in cache_stamp.check(CPU, cache_probe, str(tmp_path))
     monkeypatch.setenv("MINIGRAD_CACHE_STAMP", "0")
     stamp.write_text("{}")
     (tmp_path / "conv._fwd-1.py311.nbi").write_text("x")
-    assert cache_stamp.check(str(tmp_path)).startswith("off")
+    assert cache_stamp.check(CPU, cache_probe, str(tmp_path)).startswith("off")
     assert (tmp_path / "conv._fwd-1.py311.nbi").exists()
 
 
@@ -80,16 +81,16 @@ def test_check_of_another_package_uses_its_sources_and_state(tmp_path, monkeypat
     (pkg / "nn.py").write_text("from ._common import f\n")
     (pkg / "_common.py").write_text("f = 1\n")
     (cache / "nn.bn_stats-288.py312.nbi").write_text("x")
-    cpu_status = cache_stamp.status()
+    cpu_status = cache_stamp.status(CPU)
     assert cache_stamp.status(str(pkg)) == "not checked"
-    cache_stamp.check(str(cache), package_dir=str(pkg))
+    cache_stamp.check(str(pkg), None, str(cache))
     assert cache_stamp.status(str(pkg)) == "2 changed modules: 1 cached kernel files dropped"
-    assert cache_stamp.status() == cpu_status
+    assert cache_stamp.status(CPU) == cpu_status
     digests = json.loads((cache / cache_stamp.STAMP_NAME).read_text())
     assert digests == cache_stamp.module_digests(str(pkg)) and sorted(digests) == ["_common", "nn"]
     (cache / "nn.bn_stats-288.py312.nbi").write_text("x")
     (pkg / "_common.py").write_text("f = 2\n")   # a helper the kernel's module imports
-    assert "1 cached kernel files dropped" in cache_stamp.check(str(cache), package_dir=str(pkg))
+    assert "1 cached kernel files dropped" in cache_stamp.check(str(pkg), None, str(cache))
     assert not (cache / "nn.bn_stats-288.py312.nbi").exists()
 
 

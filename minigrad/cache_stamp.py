@@ -1,19 +1,21 @@
-"""Drop the CPU kernels' Numba cache when any source file of this package has changed.
+"""Drop a kernel package's Numba cache when any source file of that package has changed.
 
 Numba checks a cached kernel against the source file that defines it, and nothing else.
-Most kernels here inline helpers from other modules of the package (``blas.gemm_rm``,
-``channel_tf``'s transforms, ``kernels.crop_padded``, ...): after one of those modules
-changes, kernels loaded from the cache keep running the old helper until their own file
-changes too.  That happened while measuring (BENCHMARKS_perf.md, change 78), and it
-happens to anyone who edits a helper, or pulls a change to one, with a warm cache.
+Most CPU kernels inline helpers from other modules of ``minigrad.cpu`` (``blas.gemm_rm``,
+``channel_tf``'s transforms, ``kernels.crop_padded``, ...), and the CUDA kernels of
+``minigrad_cuda`` device functions from ``_common``: after one of those modules changes,
+kernels loaded from the cache keep running the old helper until their own file changes too.
+That happened while measuring (BENCHMARKS_perf.md, change 78), and it happens to anyone who
+edits a helper, or pulls a change to one, with a warm cache.
 
-:func:`check` (run once, when ``minigrad.cpu`` is imported, before any kernel is loaded)
-hashes each module of the package together with the package modules it imports, directly or
-not (``from .blas import ...``, ``from . import channel_tf``), and compares the hashes with a
-stamp kept next to the cache files.  For each module whose hash differs it deletes that
-module's cache files (``<module>.*.nbi``, ``.nbc``) and then writes the new stamp, so those
-kernels recompile once against the current sources; the other modules keep their cache.
-``MINIGRAD_CACHE_STAMP=0`` in the environment turns this off.
+:func:`check` (run by each kernel package before any of its kernels is loaded: ``minigrad.cpu``
+when imported, ``minigrad_cuda`` when its backend is created) hashes each module of the package
+together with the package modules it imports, directly or not (``from .blas import ...``,
+``from . import channel_tf``), and compares the hashes with a stamp kept next to the cache
+files.  For each module whose hash differs it deletes that module's cache files
+(``<module>.*.nbi``, ``.nbc``) and then writes the new stamp, so those kernels recompile once
+against the current sources; the other modules keep their cache.  ``MINIGRAD_CACHE_STAMP=0``
+in the environment turns this off.
 """
 
 import glob
@@ -23,7 +25,6 @@ import os
 import re
 
 STAMP_NAME = "minigrad_sources.stamp"
-_HERE = os.path.dirname(os.path.abspath(__file__))
 _status = {}   # package folder -> what check() did there
 
 
@@ -31,7 +32,7 @@ _IMPORT_FROM = re.compile(r"^\s*from \.(\w+) import", re.M)
 _IMPORT_NAMES = re.compile(r"^\s*from \. import ([\w ,]+)", re.M)
 
 
-def module_digests(folder=_HERE):
+def module_digests(folder):
     """{module name: SHA-256 of its source and of every package module it imports,
     directly or through others} for the ``*.py`` files in ``folder``."""
     sources = {}
@@ -60,15 +61,11 @@ def module_digests(folder=_HERE):
     return digests
 
 
-def _probe():
-    """A function of this package, for asking Numba where the package's cache lives."""
-
-
-def cache_folder(package_dir=_HERE, probe=_probe):
-    """Where Numba keeps the cache files of the kernels in ``package_dir`` (this package by
-    default; ``probe``: a function defined in that folder): its ``__pycache__`` when that is
-    writable and NUMBA_CACHE_DIR is unset (asked without importing Numba), else wherever
-    Numba's own lookup says."""
+def cache_folder(package_dir, probe):
+    """Where Numba keeps the cache files of the kernels in ``package_dir`` (``probe``: a
+    function defined in that folder): its ``__pycache__`` when that is writable and
+    NUMBA_CACHE_DIR is unset (asked without importing Numba), else wherever Numba's own lookup
+    says."""
     if not os.environ.get("NUMBA_CACHE_DIR"):
         in_tree = os.path.join(package_dir, "__pycache__")
         try:
@@ -81,10 +78,10 @@ def cache_folder(package_dir=_HERE, probe=_probe):
     return CompileResultCacheImpl(probe).locator.get_cache_path()
 
 
-def check(folder=None, package_dir=_HERE, probe=_probe):
-    """Delete stale cached kernels (see the module docstring); returns what it did (also kept
-    for ``status(package_dir)``).  The defaults check this package; the CUDA backend passes
-    its own folder and a function defined there."""
+def check(package_dir, probe, folder=None):
+    """Delete the stale cached kernels of the package in ``package_dir`` (see the module
+    docstring; ``probe``: a function defined there, ``folder``: its cache folder when known);
+    returns what it did, also kept for ``status(package_dir)``."""
     _status[package_dir] = _check(folder, package_dir, probe)
     return _status[package_dir]
 
@@ -126,7 +123,7 @@ def _check(folder, package_dir, probe):
         return f"not checked ({e.strerror or e})"
 
 
-def status(package_dir=_HERE):
-    """One line on what :func:`check` did for ``package_dir`` (this package by default) in
-    this process (for ``cli.py info``)."""
+def status(package_dir):
+    """One line on what :func:`check` did for ``package_dir`` in this process (for
+    ``cli.py info``)."""
     return _status.get(package_dir, "not checked")
