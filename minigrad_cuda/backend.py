@@ -264,12 +264,7 @@ class CUDABackend(Backend):
     def mix_into_(self, dst, keep, src, take):
         """``dst = keep * dst + take * src`` in place (one kernel; ``src`` converted to
         ``dst``'s dtype first when they differ)."""
-        src = self._c(src)
-        if tuple(src.shape) != tuple(dst.shape):
-            raise ValueError(f"mix_into_: src shape {tuple(src.shape)} != dst shape "
-                             f"{tuple(dst.shape)}")
-        if np.dtype(src.dtype) != np.dtype(dst.dtype):
-            src = self.astype(src, dst.dtype)
+        src = self._conformed(src, dst, "mix_into_: src", "dst")
         n = _prod(dst.shape)
         if n:
             self._launch1d(ew.mix_kernel, n, self._flat(dst), np_scalar(keep, dst.dtype),
@@ -918,17 +913,22 @@ class CUDABackend(Backend):
         b = self._c(beta) if beta is not None else self.full((C,), 0, dtype)
         return g, b, True
 
+    def _conformed(self, a, ref, name, ref_name):
+        """``a`` as a C-contiguous device array of ``ref``'s dtype, once it is checked to have
+        ``ref``'s shape (a ValueError naming both shapes otherwise)."""
+        a = self._c(a)
+        if tuple(a.shape) != tuple(ref.shape):
+            raise ValueError(f"{name} shape {tuple(a.shape)} != {ref_name} shape "
+                             f"{tuple(ref.shape)}")
+        if np.dtype(a.dtype) != np.dtype(ref.dtype):
+            a = self.astype(a, ref.dtype)
+        return a
+
     def _bn_residual(self, residual, x):
         """``residual`` as a C-contiguous device array of x's shape and dtype (or None)."""
         if residual is None:
             return None
-        residual = self._c(residual)
-        if tuple(residual.shape) != tuple(x.shape):
-            raise ValueError(f"batch norm: residual of shape {tuple(residual.shape)} for "
-                             f"input of shape {tuple(x.shape)}")
-        if np.dtype(residual.dtype) != np.dtype(x.dtype):
-            residual = self.astype(residual, x.dtype)
-        return residual
+        return self._conformed(residual, x, "batch norm: residual", "input")
 
     def _bn_apply(self, x, scale, shift, relu=False, residual=None):
         """One pass: ``y = x * scale[c] + shift[c]`` (+ residual, then relu if asked)."""

@@ -52,19 +52,6 @@ def _out_row_as(xr, rr, yr, scale, shift, has_res, relu):
         yr[j] = _out_val(xr[j] * scale + shift, rr[j], has_res, relu)
 
 
-@njit(cache=True, inline="always")
-def _out_row(xr, rr, yr, scale, shift, has_res, relu):
-    """yr = relu?(xr * scale + shift (+ rr)) for one channel's row (NCHW layout)."""
-    if has_res and relu:
-        _out_row_as(xr, rr, yr, scale, shift, True, True)
-    elif has_res:
-        _out_row_as(xr, rr, yr, scale, shift, True, False)
-    elif relu:
-        _out_row_as(xr, rr, yr, scale, shift, False, True)
-    else:
-        _out_row_as(xr, rr, yr, scale, shift, False, False)
-
-
 @njit(cache=True, inline="always", fastmath=_FM)
 def _out_pixel_as(xr, rr, yr, scale, shift, has_res, relu):
     for ch in range(xr.size):
@@ -72,16 +59,18 @@ def _out_pixel_as(xr, rr, yr, scale, shift, has_res, relu):
 
 
 @njit(cache=True, inline="always")
-def _out_pixel(xr, rr, yr, scale, shift, has_res, relu):
-    """yr = relu?(xr * scale + shift (+ rr)) for one pixel's channels (channels-last)."""
+def _out_pass(body, xr, rr, yr, scale, shift, has_res, relu):
+    """``body`` (_out_row_as: one channel's row, NCHW, scalar scale and shift; _out_pixel_as:
+    one pixel's channels, channels-last) with the flags as literals:
+    yr = relu?(xr * scale + shift (+ rr))."""
     if has_res and relu:
-        _out_pixel_as(xr, rr, yr, scale, shift, True, True)
+        body(xr, rr, yr, scale, shift, True, True)
     elif has_res:
-        _out_pixel_as(xr, rr, yr, scale, shift, True, False)
+        body(xr, rr, yr, scale, shift, True, False)
     elif relu:
-        _out_pixel_as(xr, rr, yr, scale, shift, False, True)
+        body(xr, rr, yr, scale, shift, False, True)
     else:
-        _out_pixel_as(xr, rr, yr, scale, shift, False, False)
+        body(xr, rr, yr, scale, shift, False, False)
 
 
 # The backward's mask: with a fused ReLU (``masked``) the gradient of the sum is gy where the
@@ -241,7 +230,7 @@ def _bn_train_cl(x, gamma, beta, eps, y, mean_out, var_out, invstd_out, nt, res,
         invstd_out[ch] = inv
     for t in prange(nt):
         for i in range(t * chunk, min(m, (t + 1) * chunk)):
-            _out_pixel(x[i], res[i], y[i], scale, shift, has_res, relu)
+            _out_pass(_out_pixel_as, x[i], res[i], y[i], scale, shift, has_res, relu)
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
@@ -254,7 +243,7 @@ def _bn_eval_cl(x, mean, var, gamma, beta, eps, y, res, has_res, relu):
         scale[ch] = gamma[ch] * inv
         shift[ch] = beta[ch] - mean[ch] * gamma[ch] * inv
     for i in prange(m):
-        _out_pixel(x[i], res[i], y[i], scale, shift, has_res, relu)
+        _out_pass(_out_pixel_as, x[i], res[i], y[i], scale, shift, has_res, relu)
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
@@ -338,7 +327,7 @@ def _bn_train(x, gamma, beta, eps, y, mean_out, var_out, invstd_out, res, has_re
         scale = gamma[ch] * inv
         shift = beta[ch] - mu * scale
         for i in range(n):
-            _out_row(x[i, ch], res[i, ch], y[i, ch], scale, shift, has_res, relu)
+            _out_pass(_out_row_as, x[i, ch], res[i, ch], y[i, ch], scale, shift, has_res, relu)
         mean_out[ch] = mu
         var_out[ch] = var
         invstd_out[ch] = inv
@@ -352,7 +341,7 @@ def _bn_eval(x, mean, var, gamma, beta, eps, y, res, has_res, relu):
         scale = gamma[ch] * inv
         shift = beta[ch] - mean[ch] * scale
         for i in range(n):
-            _out_row(x[i, ch], res[i, ch], y[i, ch], scale, shift, has_res, relu)
+            _out_pass(_out_row_as, x[i, ch], res[i, ch], y[i, ch], scale, shift, has_res, relu)
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
