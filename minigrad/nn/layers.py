@@ -68,7 +68,7 @@ class Sequential(Module):
         i = 0
         while i < len(mods):
             m = mods[i]
-            if i + 1 < len(mods) and isinstance(m, _BatchNorm) and can_fuse_bn_relu(m, mods[i + 1]):
+            if i + 1 < len(mods) and can_fuse_bn_relu(m, mods[i + 1]):
                 x = m.forward_relu(x)
                 i += 2
             else:
