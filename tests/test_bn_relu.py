@@ -293,3 +293,28 @@ def test_sequential_keeps_hooks_and_overridden_forwards():
     assert seen == [0.0]
     assert layers.can_fuse_bn_relu(nn.BatchNorm2d(3), nn.ReLU())
     assert not layers.can_fuse_bn_relu(nn.BatchNorm2d(3), nn.LeakyReLU())
+
+
+@pytest.mark.parametrize("want_masked", [False, True])
+def test_channels_last_backward_same_for_either_gradient_layout(want_masked):
+    """x channels-last: gy channels-last is masked inside the batch-norm passes, gy NCHW (as a
+    max-pool's backward gives) while it is transposed; the results are the same."""
+    rng = np.random.default_rng(10)
+    x = _cl(rng.standard_normal((3, 5, 4, 6)).astype(np.float32))
+    gamma = rng.uniform(0.5, 1.5, 5).astype(np.float32)
+    beta = rng.standard_normal(5).astype(np.float32)
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+    y, mean, _, invstd = cpu_norm.batch_norm_train(x, gamma, beta, EPS, True, None)
+    got_cl = cpu_norm.batch_norm_relu_backward(_cl(gy), y, x, gamma, mean, invstd, want_masked)
+    got_nchw = cpu_norm.batch_norm_relu_backward(gy, y, x, gamma, mean, invstd, want_masked)
+    assert cpu_norm._is_cl(got_cl[0]) and cpu_norm._is_cl(got_nchw[0])
+    for a, b in zip(got_cl[:3], got_nchw[:3]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    if want_masked:
+        np.testing.assert_array_equal(got_cl[3], np.where(y > 0, gy, 0))
+        np.testing.assert_array_equal(got_nchw[3], np.where(y > 0, gy, 0))
+    else:
+        assert got_cl[3] is None and got_nchw[3] is None
+    _, egx, egg, egb, _ = _reference(x, gamma, beta, None, gy)
+    for a, e in zip(got_nchw[:3], (egx, egg, egb)):
+        np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-4)

@@ -10,6 +10,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from . import kernels
+
 # reassociation (vectorised reductions), contraction and fast pow; NaN/inf semantics kept
 _FM = {"reassoc", "contract", "nsz", "arcp", "afn"}
 
@@ -442,8 +444,17 @@ def batch_norm_relu_backward(gy, y, x, gamma, mean, invstd, want_masked):
     masked = y is not None
     write = masked and want_masked
     if _fused_cl(x):
-        gy = _cl_copy(np.asarray(gy, dtype=x.dtype))
+        gy = np.asarray(gy, dtype=x.dtype)
         yv = _cl_copy(np.asarray(y, dtype=x.dtype)) if masked else x
+        if masked and not _is_cl(gy):
+            # gy in another layout (a max-pool's backward gives NCHW): mask it while it is
+            # transposed, one parallel pass, instead of a transposing copy and a masked read
+            gm = np.empty(yv.transpose(0, 2, 3, 1).shape, dtype=x.dtype)
+            kernels.relu_grad_cl_nchw(yv.transpose(0, 2, 3, 1), gy, gm)
+            gx, ggamma, gbeta, _ = batch_norm_relu_backward(gm.transpose(0, 3, 1, 2), None, x,
+                                                            gamma, mean, invstd, False)
+            return gx, ggamma, gbeta, gm.transpose(0, 3, 1, 2) if want_masked else None
+        gy = _cl_copy(gy)
         gx = _new_cl(x.shape, x.dtype)
         gm = _new_cl(x.shape, x.dtype) if write else gx
         ggamma = np.empty(c, x.dtype)
