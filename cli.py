@@ -597,7 +597,8 @@ def _cache_stamp_state():
     from minigrad import cache_stamp
     from minigrad.cpu import PACKAGE_DIR
 
-    return (f"{cache_stamp.status(PACKAGE_DIR)} (stale kernels are dropped when minigrad/cpu changes; "
+    return (f"{cache_stamp.status(PACKAGE_DIR)} "
+            "(stale kernels are dropped when minigrad/cpu changes; "
             "MINIGRAD_CACHE_STAMP=0 turns this off)")
 
 

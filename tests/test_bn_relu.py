@@ -51,7 +51,8 @@ def test_train_matches_numpy(dtype, x_cl, res_kind, affine):
     rs = None
     if res_kind is not None:
         rs = rng.standard_normal(shape).astype(dtype)
-        rs = {"nchw": rs, "cl": _cl(rs), "view": rs.transpose(0, 1, 3, 2).copy().transpose(0, 1, 3, 2)}[res_kind]
+        view = rs.transpose(0, 1, 3, 2).copy().transpose(0, 1, 3, 2)
+        rs = {"nchw": rs, "cl": _cl(rs), "view": view}[res_kind]
     x = mg.tensor(_cl(xs) if x_cl else xs, requires_grad=True)
     r = None if rs is None else mg.tensor(rs, requires_grad=True)
     w = mg.tensor(gamma, requires_grad=True) if affine else None
@@ -203,13 +204,14 @@ def test_residual_of_another_dtype_promotes_as_the_unfused_sum():
 
 def test_bad_residual_shape_names_both_shapes():
     x = mg.zeros((2, 3, 4, 4))
-    with pytest.raises(ValueError, match=r"residual shape \(2, 3, 4, 5\) != input shape \(2, 3, 4, 4\)"):
+    with pytest.raises(ValueError,
+                       match=r"residual shape \(2, 3, 4, 5\) != input shape \(2, 3, 4, 4\)"):
         F.batch_norm_relu(x, None, None, training=True, residual=mg.zeros((2, 3, 4, 5)))
 
 
 def test_bn_relu_fuses_only_without_hooks_and_with_a_plain_relu():
-    """nn.layers.bn_relu (ResNet's blocks): the fused op, or the modules' calls when a hook or another
-    activation is attached; all three give the model's output."""
+    """nn.layers.bn_relu (ResNet's blocks): the fused op, or the modules' calls when a hook or
+    another activation is attached; all three give the model's output."""
     rng = np.random.default_rng(7)
     bn, relu = nn.BatchNorm2d(3), nn.ReLU()
     x = mg.tensor(rng.standard_normal((2, 3, 4, 4)).astype(np.float32))

@@ -14,8 +14,8 @@ from ..ops.softmax import log_softmax, softmax
 
 __all__ = ["conv2d", "dropout", "relu", "leaky_relu", "gelu", "sigmoid", "tanh", "cross_entropy",
            "mse_loss", "nll_loss", "linear", "batch_norm", "batch_norm_relu", "layer_norm",
-           "local_response_norm", "embedding", "adaptive_avg_pool2d", "avg_pool2d", "max_pool2d", "flatten", "log_softmax",
-           "softmax", "pad"]
+           "local_response_norm", "embedding", "adaptive_avg_pool2d", "avg_pool2d", "max_pool2d",
+           "flatten", "log_softmax", "softmax", "pad"]
 
 
 def pad(input, pad, mode="constant", value=0.0):  # noqa: A002
