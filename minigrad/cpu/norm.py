@@ -375,9 +375,18 @@ def _cl_copy(a):
     return a if _is_cl(a) else np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
 
 
-def _fused_cl(x):
+def _cl_kernels(x):
     """True when x takes the channels-last kernels."""
     return _is_cl(x) and x.dtype in (np.float32, np.float64) and x.size
+
+
+def _like_x(a, x, cl):
+    """``a`` (x's shape) in x's dtype and in the layout of the kernels x takes (channels-last
+    when ``cl``, else C-contiguous); None gives x itself, a placeholder the kernels ignore."""
+    if a is None:
+        return x
+    a = np.asarray(a, dtype=x.dtype)
+    return _cl_copy(a) if cl else np.ascontiguousarray(a)
 
 
 def batch_norm_train(x, gamma, beta, eps, relu=False, residual=None):
@@ -387,9 +396,9 @@ def batch_norm_train(x, gamma, beta, eps, relu=False, residual=None):
     x = np.asarray(x)
     c = x.shape[1]
     has_res = residual is not None
-    if _fused_cl(x):
+    if _cl_kernels(x):
         y = _new_cl(x.shape, x.dtype)
-        res = _cl2(_cl_copy(np.asarray(residual, dtype=x.dtype))) if has_res else _cl2(x)
+        res = _cl2(_like_x(residual, x, True))
         mean = np.empty(c, x.dtype)
         var = np.empty(c, x.dtype)
         invstd = np.empty(c, x.dtype)
@@ -397,7 +406,7 @@ def batch_norm_train(x, gamma, beta, eps, relu=False, residual=None):
                      _cl2(y), mean, var, invstd, numba.get_num_threads(), res, has_res, relu)
         return y, mean, var, invstd
     x = _float(x)
-    res = np.ascontiguousarray(np.asarray(residual, dtype=x.dtype)) if has_res else x
+    res = _like_x(residual, x, False)
     g = _vec(gamma, c, x.dtype, 1.0)
     b = _vec(beta, c, x.dtype, 0.0)
     y = np.empty_like(x)
@@ -414,15 +423,15 @@ def batch_norm_eval(x, mean, var, gamma, beta, eps, relu=False, residual=None):
     x = np.asarray(x)
     c = x.shape[1]
     has_res = residual is not None
-    if _fused_cl(x):
+    if _cl_kernels(x):
         y = _new_cl(x.shape, x.dtype)
-        res = _cl2(_cl_copy(np.asarray(residual, dtype=x.dtype))) if has_res else _cl2(x)
+        res = _cl2(_like_x(residual, x, True))
         _bn_eval_cl(_cl2(x), _vec(mean, c, x.dtype, 0.0), _vec(var, c, x.dtype, 1.0),
                     _vec(gamma, c, x.dtype, 1.0), _vec(beta, c, x.dtype, 0.0), float(eps), _cl2(y),
                     res, has_res, relu)
         return y
     x = _float(x)
-    res = np.ascontiguousarray(np.asarray(residual, dtype=x.dtype)) if has_res else x
+    res = _like_x(residual, x, False)
     y = np.empty_like(x)
     _bn_eval(_ncl(x), _vec(mean, c, x.dtype, 0.0), _vec(var, c, x.dtype, 1.0),
              _vec(gamma, c, x.dtype, 1.0), _vec(beta, c, x.dtype, 0.0), float(eps), _ncl(y),
@@ -443,9 +452,9 @@ def batch_norm_relu_backward(gy, y, x, gamma, mean, invstd, want_masked):
     c = x.shape[1]
     masked = y is not None
     write = masked and want_masked
-    if _fused_cl(x):
+    if _cl_kernels(x):
         gy = np.asarray(gy, dtype=x.dtype)
-        yv = _cl_copy(np.asarray(y, dtype=x.dtype)) if masked else x
+        yv = _like_x(y, x, True)
         if masked and not _is_cl(gy):
             # gy in another layout (a max-pool's backward gives NCHW): mask it while it is
             # transposed, one parallel pass, instead of a transposing copy and a masked read
@@ -464,8 +473,8 @@ def batch_norm_relu_backward(gy, y, x, gamma, mean, invstd, want_masked):
                         numba.get_num_threads(), _cl2(yv), masked, _cl2(gm), write)
     else:
         x = _float(x)
-        gy = np.ascontiguousarray(np.asarray(gy, dtype=x.dtype))
-        yv = np.ascontiguousarray(np.asarray(y, dtype=x.dtype)) if masked else x
+        gy = _like_x(gy, x, False)
+        yv = _like_x(y, x, False)
         gx = np.empty_like(x)
         gm = np.empty_like(x) if write else gx
         ggamma = np.empty(c, x.dtype)
