@@ -76,6 +76,42 @@ def test_sgemm_blocked_shapes(m, n, k, transa, transb, beta):
     _check(m, n, k, transa, transb, beta, pad=2, seed=m + n + k)
 
 
+@pytest.mark.parametrize("m,n,k,transb", [
+    (254, 128, 300, False),   # two MC blocks (240 + 14 rows: a 2-row edge strip), two KC blocks
+    (500, 70, 40, False),     # three MC blocks; a column panel short of NR
+    (12, 32, 5, False),       # one whole strip
+    (13, 33, 257, True),      # edges everywhere, B packed too
+    (241, 64, 600, True),     # one row past an MC block, three KC blocks
+])
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_sgemm_packed_transposed_a(m, n, k, transb, beta):
+    """PACK_A (a transposed A copied into strips first) gives sgemm's unpacked bits: the same
+    micro-kernel sums in the same order; both match float64."""
+    rng = np.random.default_rng(m * n + k)
+    a, b, c, A, B, C, lda, ldb, ldc = _operands(rng, m, n, k, True, transb, 3)
+    expected = A.T.astype(np.float64) @ (B.T if transb else B) + beta * C.astype(np.float64)
+    results = []
+    for pack in (False, True):
+        out = c.copy()
+        small_gemm.sgemm(True, transb, m, n, k, a[1:], lda, b[1:], ldb, beta, out[1:], ldc,
+                         pack_a=pack)
+        results.append(out)
+    np.testing.assert_array_equal(results[0], results[1])
+    got = results[1][1:].reshape(m, n + 3)[:, :n]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max() * 4)
+    assert results[1][0] == c[0]                      # nothing before C is written
+
+
+def test_packs_a_rule():
+    """Whole products pack a transposed A only with rows >= PACK_A_MIN_LD apart and at least
+    PACK_A_MIN_N columns; never an untransposed one."""
+    ld, n = small_gemm.PACK_A_MIN_LD, small_gemm.PACK_A_MIN_N
+    assert small_gemm.packs_a(True, n, ld)
+    assert not small_gemm.packs_a(True, n - 1, ld)
+    assert not small_gemm.packs_a(True, n, ld - 1)
+    assert not small_gemm.packs_a(False, n, ld)
+
+
 @njit(cache=True)
 def _via_gemm_rm(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc):
     gemm_rm(transa, transb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc)

@@ -99,12 +99,15 @@ if small_gemm.SUPPORTED:
     _sgemm_openblas = njit(inline="always")(_make_impl(_sgemm, np.float32))
 
     @njit(inline="always")
-    def _sgemm_either(small, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    def _sgemm_either(small, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                      pack_a=False):
         """float32 gemm_rm in small_gemm when ``small`` (and alpha is 1, its switch is on
-        and A's rows do not alias in L1: small_gemm.a_rows_alias), else in OpenBLAS."""
+        and A's rows do not alias in L1: small_gemm.a_rows_alias), else in OpenBLAS;
+        ``pack_a``: small_gemm packs a transposed A first (small_gemm.PACK_A)."""
         if (small and alpha == 1.0 and small_gemm.switch_on()
                 and not small_gemm.a_rows_alias(transa, lda)):
-            small_gemm.sgemm_entry(np.int32(transa), np.int32(transb), m, n, k, a.ctypes,
+            code = small_gemm.PACK_A if (pack_a and transa) else (1 if transa else 0)
+            small_gemm.sgemm_entry(np.int32(code), np.int32(transb), m, n, k, a.ctypes,
                                    lda, b.ctypes, ldb, np.float32(beta), c.ctypes, ldc)
         else:
             _sgemm_openblas(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
@@ -134,13 +137,29 @@ def _gemm_rm_select_overload(small, transa, transb, m, n, k, alpha, a, lda, b, l
     return None
 
 
-@njit(inline="always")
 def gemm_rm_whole(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     """gemm_rm for a whole product or a thread's share of one (kernels.gemm_threads,
     conv1x1_cl), not an im2col tile: small_gemm where ``small_gemm.preferred_whole`` says
-    so, else OpenBLAS; jitted code only."""
-    gemm_rm_select(small_gemm.preferred_whole(transa, transb, m, n, k), transa, transb, m, n,
-                   k, alpha, a, lda, b, ldb, beta, c, ldc)
+    so (packing a transposed A first where ``small_gemm.packs_a`` does), else OpenBLAS;
+    jitted code only."""
+    raise NotImplementedError("gemm_rm_whole is callable from njit code only")
+
+
+@overload(gemm_rm_whole, jit_options={"cache": True})
+def _gemm_rm_whole_overload(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    if not isinstance(c, types.Array):
+        return None
+    if c.dtype == types.float32 and small_gemm.SUPPORTED:
+        def impl(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+            _sgemm_either(small_gemm.preferred_whole(transa, transb, m, n, k), transa, transb,
+                          m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                          small_gemm.packs_a(transa, n, lda))
+        return impl
+    if c.dtype in (types.float32, types.float64):
+        def impl_blas(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+            gemm_rm_blas(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        return impl_blas
+    return None
 
 
 def gemm_rm_blas(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):

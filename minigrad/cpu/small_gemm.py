@@ -97,15 +97,35 @@ def enabled():
     return bool(_switch.value)
 
 
-@intrinsic
-def switch_on(typingctx):
-    """The switch's current value in jitted code (read at run time, not compiled in)."""
-    def codegen(context, builder, signature, args):
-        flag = builder.module.globals.get(_SWITCH_SYMBOL)
-        if flag is None:
-            flag = ir.GlobalVariable(builder.module, ir.IntType(32), _SWITCH_SYMBOL)
-        return builder.icmp_signed("!=", builder.load(flag), ir.Constant(ir.IntType(32), 0))
-    return types.boolean(), codegen
+def _switch_reader(symbol):
+    """An intrinsic that reads the C int ``symbol`` when the compiled code runs (True when
+    nonzero), so flipping it needs no recompilation."""
+    @intrinsic
+    def read(typingctx):
+        def codegen(context, builder, signature, args):
+            flag = builder.module.globals.get(symbol)
+            if flag is None:
+                flag = ir.GlobalVariable(builder.module, ir.IntType(32), symbol)
+            return builder.icmp_signed("!=", builder.load(flag), ir.Constant(ir.IntType(32), 0))
+        return types.boolean(), codegen
+    return read
+
+
+switch_on = _switch_reader(_SWITCH_SYMBOL)
+switch_on.__doc__ = "The switch's current value in jitted code (read at run time, not compiled in)."
+
+_PACK_A_SYMBOL = "minigrad_small_gemm_pack_a"
+_pack_a = ctypes.c_int32(1)
+_llvm.add_symbol(_PACK_A_SYMBOL, ctypes.addressof(_pack_a))
+pack_a_on = _switch_reader(_PACK_A_SYMBOL)
+
+
+def set_pack_a(on):
+    """Turn PACK_A (a transposed A packed before the product, where the caller asks for it)
+    on or off, process-wide and at run time, for paired timing; on by default.  Returns the
+    new state."""
+    _pack_a.value = 1 if on else 0
+    return bool(_pack_a.value)
 
 
 def _splat(builder, vt, x):
@@ -302,10 +322,59 @@ def _pack_b(transb, b, ldb, k0, kc, j0, nb, bp):
                 bp[base + p * NR + jj] = 0.0
 
 
+# A transposed (A[i, p] at a[p*lda + i]) is read in place one MR-row strip at a time: each
+# reduction step's MR values lie lda elements after the last step's, so a strip of KC steps
+# spans KC*lda*4 bytes (768 KB for a Linear layer's weight gradient with 768 outputs), one TLB
+# page per step and, for lda a multiple of 256, a few L1 sets.  PACK_A (the transa code the
+# callers pass) has sgemm copy blocks of MC rows of op(A) into contiguous strips first,
+# reading a's rows in order.  Chosen by the caller (``packs_a``, for whole products only):
+# one thread, Intel Xeon with AVX-512 (BENCHMARKS_perf.md, change 159), 1024 x 256 by 2048
+# ran 1.23x faster, 768 x 256 by 2048 1.08x, 1152 x 128 by 512 1.08x; 128 x 256 by 2048
+# (lda 128) 0.94x and 576 x 64 by 512 (two column panels) 0.72x.  Inside the im2col tiles and
+# Winograd products, where A comes from cache, it was neutral or lost (the 128->256 3x3
+# stride-2 conv row 0.96x), so they do not ask for it.
+PACK_A = 2
+MC = 240
+PACK_A_MIN_LD = 256
+PACK_A_MIN_N = 4 * NR
+
+
 @njit(inline="always")
-def _sgemm_views(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc):
+def packs_a(transa, n, lda):
+    """True when a whole product (blas.gemm_rm_whole) with A transposed is run on a packed
+    copy of A (see PACK_A): A's rows at least PACK_A_MIN_LD elements apart, at least
+    PACK_A_MIN_N columns to reuse each strip over."""
+    return transa and lda >= PACK_A_MIN_LD and n >= PACK_A_MIN_N
+
+
+@njit(inline="always")
+def _pack_a_t(a, lda, k0, kc, ib, mb, apt):
+    """apt <- rows ib .. ib+mb-1 of op(A) = a's transpose over reduction steps k0 .. k0+kc-1,
+    as strips of MR rows (the last one _tile_rows wide, zero-padded): strip s at s*MR*kc,
+    step p's values at p*width.  Reads a's rows (reduction steps) in order."""
+    full = mb // MR
+    for p in range(kc):
+        src = a[(k0 + p) * lda + ib:]
+        for s in range(full):
+            dst = apt[s * MR * kc + p * MR:]
+            row = src[s * MR:]
+            for ii in range(MR):
+                dst[ii] = row[ii]
+    if full * MR < mb:
+        r = mb - full * MR
+        w = _tile_rows(r)
+        for p in range(kc):
+            src = a[(k0 + p) * lda + ib + full * MR:]
+            dst = apt[full * MR * kc + p * w:]
+            for ii in range(w):
+                dst[ii] = src[ii] if ii < r else 0.0
+
+
+@njit(inline="always")
+def _sgemm_views(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc, packa):
     """sgemm on 1-D float32 views; inlined (at Numba IR level) into the one compiled entry
     point, _sgemm_c, so that its code is compiled and optimised once."""
+    packa = packa and transa
     if transa:
         ars, acs = 1, lda
     else:
@@ -314,6 +383,7 @@ def _sgemm_views(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc):
     packb = transb or n % NR != 0 or n > NC
     bp = np.empty(kcmax * ((min(n, NC) + NR - 1) // NR) * NR if packb else 1, np.float32)
     ap = np.empty(kcmax * MR, np.float32)
+    apt = np.empty(kcmax * (min(m, MC) + MR) if packa else 1, np.float32)
     edge = np.empty(MR * NR, np.float32)
     if k == 0:
         for i in range(m):
@@ -327,37 +397,43 @@ def _sgemm_views(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc):
             nb = min(NC, n - jb)
             if packb:
                 _pack_b(transb, b, ldb, k0, kc, jb, nb, bp)
-            for i0 in range(0, m, MR):
-                r = min(MR, m - i0)
-                mr = _tile_rows(r)
-                if r == mr:
-                    asrc, aoff, sr, sc = a, i0 * ars + k0 * acs, ars, acs
-                else:
-                    # the last rows, zero-padded to the next tile height
-                    for p in range(kc):
-                        for ii in range(mr):
-                            i = i0 + ii
-                            ap[p * mr + ii] = a[i * ars + (k0 + p) * acs] if i < m else 0.0
-                    asrc, aoff, sr, sc = ap, 0, 1, mr
-                for jp in range((nb + NR - 1) // NR):
-                    j0 = jb + jp * NR
-                    if packb:
-                        bsrc, boff, brs = bp, jp * kc * NR, NR
+            for ib in range(0, m, MC if packa else m):
+                mb = min(MC, m - ib) if packa else m - ib
+                if packa:
+                    _pack_a_t(a, lda, k0, kc, ib, mb, apt)
+                for i0 in range(ib, ib + mb, MR):
+                    r = min(MR, m - i0)
+                    mr = _tile_rows(r)
+                    if packa:
+                        asrc, aoff, sr, sc = apt, (i0 - ib) * kc, 1, mr
+                    elif r == mr:
+                        asrc, aoff, sr, sc = a, i0 * ars + k0 * acs, ars, acs
                     else:
-                        bsrc, boff, brs = b, k0 * ldb + j0, ldb
-                    if r == mr and j0 + NR <= n:
-                        _tile(mr, kc, asrc, aoff, sr, sc, bsrc, boff, brs, c, i0 * ldc + j0,
-                              ldc, bet)
-                    else:
-                        _tile(mr, kc, asrc, aoff, sr, sc, bsrc, boff, brs, edge, 0, NR,
-                              np.float32(0.0))
-                        for ii in range(r):
-                            for jj in range(min(NR, n - j0)):
-                                o = (i0 + ii) * ldc + j0 + jj
-                                if bet == 0:
-                                    c[o] = edge[ii * NR + jj]
-                                else:
-                                    c[o] = bet * c[o] + edge[ii * NR + jj]
+                        # the last rows, zero-padded to the next tile height
+                        for p in range(kc):
+                            for ii in range(mr):
+                                i = i0 + ii
+                                ap[p * mr + ii] = a[i * ars + (k0 + p) * acs] if i < m else 0.0
+                        asrc, aoff, sr, sc = ap, 0, 1, mr
+                    for jp in range((nb + NR - 1) // NR):
+                        j0 = jb + jp * NR
+                        if packb:
+                            bsrc, boff, brs = bp, jp * kc * NR, NR
+                        else:
+                            bsrc, boff, brs = b, k0 * ldb + j0, ldb
+                        if r == mr and j0 + NR <= n:
+                            _tile(mr, kc, asrc, aoff, sr, sc, bsrc, boff, brs, c, i0 * ldc + j0,
+                                  ldc, bet)
+                        else:
+                            _tile(mr, kc, asrc, aoff, sr, sc, bsrc, boff, brs, edge, 0, NR,
+                                  np.float32(0.0))
+                            for ii in range(r):
+                                for jj in range(min(NR, n - j0)):
+                                    o = (i0 + ii) * ldc + j0 + jj
+                                    if bet == 0:
+                                        c[o] = edge[ii * NR + jj]
+                                    else:
+                                        c[o] = bet * c[o] + edge[ii * NR + jj]
 
 
 @njit(cache=True)
@@ -463,11 +539,12 @@ def _extents(transa, transb, m, n, k, lda, ldb, ldc):
 
 def _sgemm_c(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc):
     ta, tb = transa != 0, transb != 0
+    packa = transa == PACK_A and pack_a_on()
     if m == 0 or n == 0:
         return
     asize, bsize, csize = _extents(ta, tb, m, n, k, lda, ldb, ldc)
     _sgemm_views(ta, tb, m, n, k, carray(a, max(asize, 1)), lda, carray(b, max(bsize, 1)), ldb,
-                 beta, carray(c, csize), ldc)
+                 beta, carray(c, csize), ldc, packa)
 
 
 _compiled = None
@@ -481,10 +558,11 @@ def _entry():
     return _compiled
 
 
-def sgemm(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc):
+def sgemm(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc, pack_a=False):
     """Row-major C[m, n] = op(A) @ op(B) + beta * C on 1-D float32 arrays (as blas.gemm_rm
     with alpha 1): each array starts at its matrix's top-left element, lda/ldb/ldc are row
-    strides in elements; C is not read when beta is 0.  Single-threaded.  Jitted kernels
+    strides in elements; C is not read when beta is 0.  Single-threaded.  ``pack_a``: with
+    transa, copy A into contiguous strips first (PACK_A).  Jitted kernels
     reach the same code through blas.gemm_rm; this is the entry for Python callers."""
     m, n, k, lda, ldb, ldc = (int(v) for v in (m, n, k, lda, ldb, ldc))
     if min(m, n, k) < 0:
@@ -503,7 +581,8 @@ def sgemm(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc):
     if m == 0 or n == 0:
         return
     f32p = ctypes.POINTER(ctypes.c_float)
-    _entry().ctypes(int(bool(transa)), int(bool(transb)), m, n, k, a.ctypes.data_as(f32p), lda,
+    code = PACK_A if (pack_a and transa) else int(bool(transa))
+    _entry().ctypes(code, int(bool(transb)), m, n, k, a.ctypes.data_as(f32p), lda,
                     b.ctypes.data_as(f32p), ldb, float(beta), c.ctypes.data_as(f32p), ldc)
 
 
