@@ -14,8 +14,9 @@ gradient already gathered for that input; its backward must then return that inp
 gradient *plus* the addend, so that a kernel can fold the sum into a pass it makes
 anyway (CPU convolution: the copy-out of dX) instead of a separate add.  An addend is
 only read, except where ``self.grad_addend_writable`` is True for it: it is then the
-``.grad`` array autograd made for a leaf (never one the user assigned), which backward
-may update in place and return, as PyTorch accumulates ``.grad`` in place.
+``.grad`` array autograd made for a leaf (never one the user assigned), or a pending sum
+no other object refers to, which backward may update in place and return, as PyTorch
+accumulates ``.grad`` in place.
 """
 
 import contextlib
@@ -196,12 +197,17 @@ def _addend_of(parent, grads):
     """``(addend, into_leaf, writable)``: the gradient gathered so far for ``parent``, for a
     backward that adds it into its own result (the pending sum in ``grads``, else a plain
     leaf's stored ``.grad``); whether it is that ``.grad`` (the sum then replaces it); and
-    whether the backward may add into it in place (only a ``.grad`` array autograd made)."""
+    whether the backward may add into it in place: a ``.grad`` array autograd made, or (with
+    PENDING_ADDENDS_WRITABLE) a pending sum that ``grads`` alone refers to and that owns its
+    memory."""
     if parent is None or not parent.requires_grad:
         return None, False, False
     pending = grads.get(id(parent))
     if pending is not None:
-        return pending, False, False
+        # held by grads and this local variable: one reference more than _UNSHARED
+        writable = (PENDING_ADDENDS_WRITABLE and references(pending) <= _UNSHARED + 1
+                    and parent.be.owns_memory(pending))
+        return pending, False, writable
     if parent._ctx is None and not parent._graph_freed and parent._grad is not None:
         stored = parent._grad.data
         if stored.shape == parent.shape and stored.dtype == parent.dtype:
@@ -223,6 +229,11 @@ def _grad_addends(ctx, grads):
         addends[i], into_leaf[i], writable[i] = _addend_of(parent, grads)
     return tuple(addends), into_leaf, tuple(writable)
 
+
+# A backward that takes gradient addends (grad_addend_inputs) may add in place into a pending
+# gradient sum that nothing but autograd refers to (a fresh array some other backward returned),
+# as it may into a leaf's .grad; False hands it every pending sum read-only.
+PENDING_ADDENDS_WRITABLE = True
 
 # A leaf keeps the gradient array a backward made for it, as PyTorch does, when nothing
 # else refers to that array; otherwise .grad is a copy.

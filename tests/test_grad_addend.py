@@ -329,3 +329,81 @@ def test_another_leafs_gradient_assigned_as_grad_is_only_read(shape, layout, gro
     mg.conv2d(xm, wm, stride=s, padding=p, groups=groups).backward(mg.tensor(gy))
     np.testing.assert_array_equal(others_array, 2.0)
     np.testing.assert_allclose(xm.grad.numpy(), 2.0 + 2 * dx, rtol=1e-5, atol=1e-4)
+
+
+def _writable_flags_seen(monkeypatch, keep_other):
+    """Backward of sum(conv(x) * gy) + sum(x) where the second term's gradient reaches x
+    first as a fresh array from a backward (kept by the test too when ``keep_other``): the
+    conv's addends' writable flags, the gradient of x and the array handed over."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 8, 9, 9))
+    w = rng.standard_normal((16, 8, 3, 3))
+    gy = rng.standard_normal((2, 16, 9, 9))
+    other = rng.standard_normal(x.shape)
+    handed = []
+
+    class FreshGradient(Function):
+        """Identity in a (b only orders the graph) whose backward returns a new array."""
+
+        def forward(self, a, b):
+            return a
+
+        def backward(self, grad):
+            fresh = other.copy()
+            if keep_other:
+                handed.append(fresh)
+            return fresh, None
+
+    flags = []
+    plain_backward = Conv2d.backward
+
+    def recording_backward(self, grad):
+        flags.append(self.grad_addend_writable[0])
+        return plain_backward(self, grad)
+
+    xm = mg.tensor(x, requires_grad=True)
+    with monkeypatch.context() as patch:
+        patch.setattr(Conv2d, "backward", recording_backward)
+        y = mg.conv2d(xm, mg.tensor(w), padding=1)
+        z = FreshGradient.apply(xm, y)
+        ((y * mg.tensor(gy)).sum() + z.sum()).backward()
+    np.testing.assert_allclose(xm.grad.numpy(), _dx(x, w, gy, 1, 1) + other, rtol=1e-10,
+                               atol=1e-10)
+    return flags, handed, other
+
+
+def test_pending_sum_nothing_else_holds_is_writable(monkeypatch):
+    """A pending gradient only autograd refers to is handed over writable (the conv may add
+    into it); switched off by PENDING_ADDENDS_WRITABLE, read-only."""
+    from minigrad import autograd
+
+    flags, _, _ = _writable_flags_seen(monkeypatch, keep_other=False)
+    assert flags == [True]
+    monkeypatch.setattr(autograd, "PENDING_ADDENDS_WRITABLE", False)
+    flags, _, _ = _writable_flags_seen(monkeypatch, keep_other=False)
+    assert flags == [False]
+
+
+def test_pending_sum_held_elsewhere_is_only_read(monkeypatch):
+    """A pending gradient another object refers to is read-only, and stays unchanged."""
+    flags, handed, other = _writable_flags_seen(monkeypatch, keep_other=True)
+    assert flags == [False]
+    np.testing.assert_array_equal(handed[0], other)
+
+
+def test_pending_sum_shared_by_two_inputs_reaches_only_one():
+    """Add's backward hands one array to both of its inputs; a conv that later receives it as
+    one input's addend (writable only once the other input's node has consumed it) must not
+    change the other input's gradient."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 4, 6, 6))
+    w = rng.standard_normal((4, 4, 3, 3))
+    a = mg.tensor(x, requires_grad=True)
+    b = mg.tensor(x[:, ::-1].copy(), requires_grad=True)
+    ha, hb = a * 1.0, b * 1.0
+    out = ((ha + hb) * 2.0).sum() + mg.conv2d(ha, mg.tensor(w), padding=1).sum()
+    out.backward()
+    twos = np.full((2, 4, 6, 6), 2.0)
+    gconv = reference.conv2d_grads(x, w, np.ones((2, 4, 6, 6)), (1, 1), (1, 1), (1, 1))[0]
+    np.testing.assert_allclose(a.grad.numpy(), twos + gconv, rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(b.grad.numpy(), twos)

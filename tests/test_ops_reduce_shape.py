@@ -154,6 +154,55 @@ def test_getitem_out_of_range():
         mg.zeros(3, 4)[5]
 
 
+@pytest.mark.parametrize("indexes", [
+    (np.s_[:, :3], np.s_[:, 3:6], np.s_[:, 6:]),             # a fused QKV output split in three
+    (np.s_[1:], np.s_[:, ::2], np.s_[...]),                   # overlapping slices
+    (np.s_[np.array([0, 0, 2])], np.s_[1:3], np.s_[0]),       # repeated rows add up
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_slices_of_one_tensor_sum_their_gradients(indexes, dtype):
+    """Several indexings of one tensor: each later GetItem adds its gradient into the one
+    already gathered (GetItem's addend, in place when autograd allows); equal to the float64
+    sum of the scatters, for a leaf and through a non-leaf, over two backward calls."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 9)).astype(dtype)
+    ws = [rng.standard_normal(x[i].shape).astype(dtype) for i in indexes]
+    expected = np.zeros((3, 9))
+    for i, w in zip(indexes, ws):
+        np.add.at(expected, i, w.astype(np.float64))
+    tol = 1e-6 if dtype == np.float32 else 1e-12
+    for through in (False, True):
+        xm = mg.tensor(x, requires_grad=True)
+        for _ in range(2):
+            h = xm * 1.0 if through else xm
+            total = sum(((h[i] * mg.tensor(w)).sum() for i, w in zip(indexes, ws)), mg.tensor(0.0))
+            total.backward()
+        assert xm.grad.dtype == dtype
+        np.testing.assert_allclose(xm.grad.numpy(), 2 * expected, rtol=tol, atol=tol)
+
+
+def test_getitem_addend_held_elsewhere_is_only_read():
+    """index_add_into adds into a copy unless told it may write; a gradient array a user
+    keeps (a leaf's .grad they assigned) is not changed."""
+    from minigrad.cpu.backend import CPUBackend
+
+    base = np.arange(12.0).reshape(3, 4)
+    kept = base.copy()
+    out = CPUBackend().index_add_into(base, np.s_[:, 1], np.ones(3), False)
+    np.testing.assert_array_equal(base, kept)
+    np.testing.assert_array_equal(out[:, 1], kept[:, 1] + 1)
+    assert CPUBackend().index_add_into(base, np.s_[0], np.ones(4), True) is base
+    np.testing.assert_array_equal(base[0], kept[0] + 1)
+
+    x = mg.tensor(np.zeros((2, 3)), requires_grad=True)
+    assigned = np.full((2, 3), 5.0)
+    x.grad = mg.tensor(assigned)
+    x.grad.data = assigned
+    (x[0].sum() + x[:, 1].sum()).backward()
+    np.testing.assert_array_equal(assigned, np.full((2, 3), 5.0))
+    np.testing.assert_array_equal(x.grad.numpy(), [[6, 7, 6], [5, 6, 5]])
+
+
 @given(shape=hnp.array_shapes(min_dims=1, max_dims=3, max_side=3), seed=st.integers(0, 50),
        data=st.data())
 def test_pad(shape, seed, data):

@@ -390,6 +390,20 @@ class CPUBackend(Backend):
             out[index] = g
         return out
 
+    # CPU-only extension used by ops.shape.GetItem when present: its gradient added into the
+    # gradient already gathered for the indexed array instead of into fresh zeros.
+    def index_add_into(self, base, index, g, in_place):
+        """``base`` (an array of the indexed shape and of g's dtype) plus g at ``index``
+        (repeated array indices add up, as in index_add): added into base itself when
+        ``in_place``, else into a copy of it; returns the sum."""
+        out = base if in_place else base.copy()
+        items = index if isinstance(index, tuple) else (index,)
+        if any(isinstance(i, np.ndarray) for i in items):
+            np.add.at(out, index, g)
+        else:
+            out[index] += g
+        return out
+
     def pad(self, x, pads, value):
         return np.pad(x, pads, mode="constant", constant_values=value)
 
