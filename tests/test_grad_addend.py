@@ -84,9 +84,10 @@ def test_two_consumers_sum_and_the_addend_is_only_read(shape, other_layout, monk
     np.testing.assert_array_equal(other, kept)
 
 
-def _addends_seen(op, monkeypatch, xm, other, gy, layer):
+def _addends_seen(op, monkeypatch, xm, other, gy, layer, hand_over=None, record=None):
     """Backward of sum(layer(xm) * gy) + sum(xm), where the second term's gradient reaches
-    xm first as the array ``other`` itself (not a copy): the addends ``op`` received."""
+    xm first as the array ``other`` itself (not a copy; or what ``hand_over()`` returns):
+    what ``record(node)`` gives for each ``op`` node's backward (default: its addend)."""
 
     class PassThrough(Function):
         """Identity in a (b only orders the graph) whose backward hands back ``other``."""
@@ -95,13 +96,13 @@ def _addends_seen(op, monkeypatch, xm, other, gy, layer):
             return a
 
         def backward(self, grad):
-            return other, None
+            return (other if hand_over is None else hand_over()), None
 
     seen = []
     plain_backward = op.backward
 
     def recording_backward(self, grad):
-        seen.append(self.grad_addends[0])
+        seen.append(self.grad_addends[0] if record is None else record(self))
         return plain_backward(self, grad)
 
     with monkeypatch.context() as patch:
@@ -334,7 +335,7 @@ def test_another_leafs_gradient_assigned_as_grad_is_only_read(shape, layout, gro
 def _writable_flags_seen(monkeypatch, keep_other):
     """Backward of sum(conv(x) * gy) + sum(x) where the second term's gradient reaches x
     first as a fresh array from a backward (kept by the test too when ``keep_other``): the
-    conv's addends' writable flags, the gradient of x and the array handed over."""
+    conv's addends' writable flags, the arrays handed over, and what they were copied from."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 8, 9, 9))
     w = rng.standard_normal((16, 8, 3, 3))
@@ -342,31 +343,16 @@ def _writable_flags_seen(monkeypatch, keep_other):
     other = rng.standard_normal(x.shape)
     handed = []
 
-    class FreshGradient(Function):
-        """Identity in a (b only orders the graph) whose backward returns a new array."""
-
-        def forward(self, a, b):
-            return a
-
-        def backward(self, grad):
-            fresh = other.copy()
-            if keep_other:
-                handed.append(fresh)
-            return fresh, None
-
-    flags = []
-    plain_backward = Conv2d.backward
-
-    def recording_backward(self, grad):
-        flags.append(self.grad_addend_writable[0])
-        return plain_backward(self, grad)
+    def fresh_copy():
+        fresh = other.copy()
+        if keep_other:
+            handed.append(fresh)
+        return fresh
 
     xm = mg.tensor(x, requires_grad=True)
-    with monkeypatch.context() as patch:
-        patch.setattr(Conv2d, "backward", recording_backward)
-        y = mg.conv2d(xm, mg.tensor(w), padding=1)
-        z = FreshGradient.apply(xm, y)
-        ((y * mg.tensor(gy)).sum() + z.sum()).backward()
+    flags = _addends_seen(Conv2d, monkeypatch, xm, other, gy,
+                          lambda t: mg.conv2d(t, mg.tensor(w), padding=1), hand_over=fresh_copy,
+                          record=lambda node: node.grad_addend_writable[0])
     np.testing.assert_allclose(xm.grad.numpy(), _dx(x, w, gy, 1, 1) + other, rtol=1e-10,
                                atol=1e-10)
     return flags, handed, other
