@@ -130,3 +130,26 @@ def test_single_blas_holds_scipys_and_numpys_openblas_to_one_thread():
     finally:
         for (_, set_), n in zip(controls, before):
             set_(n)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nt", [2, 3])
+@pytest.mark.parametrize("transb", [False, True])
+def test_weight_gradient_split_along_the_reduction(dtype, nt, transb):
+    """A transposed, B the bigger operand and a reduction of at least SPLIT_K_MIN_RATIO times
+    A's rows (dY^T @ x of a Linear layer with more inputs than outputs): the threads share the
+    reduction (an odd length here) and their partial products are summed, bias included."""
+    rng = np.random.default_rng(6)
+    M, N = 40, 300
+    K = kernels.SPLIT_K_MIN_RATIO * M + 7
+    g = rng.standard_normal((K, M)).astype(dtype)
+    x = rng.standard_normal((K, N)).astype(dtype)
+    bias = rng.standard_normal(N).astype(dtype)
+    ref = g.T.astype(np.float64) @ x.astype(np.float64) + bias
+    out = np.full((M, N), np.nan, dtype)
+    with _single_blas:
+        kernels.gemm_threads(g, True, np.ascontiguousarray(x.T) if transb else x, transb, bias,
+                             True, out, nt)
+    np.testing.assert_allclose(out, ref, **tol(dtype))
+    # the same product through the backend (the weight gradient's call)
+    np.testing.assert_allclose(CPUBackend().matmul(g.T, x), ref - bias, **tol(dtype))

@@ -109,12 +109,22 @@ def gemm(a, b):
     return np.dot(a, b)
 
 
+# gemm_threads splits the reduction instead of the columns when A is read transposed, B is the
+# bigger operand and the reduction is at least SPLIT_K_MIN_RATIO times A's rows (a weight
+# gradient dY^T @ x with more inputs than outputs): each thread then reads half of both
+# operands' rows in order, and the partial products are summed.  Paired, the transformer
+# block's fc2 weight gradient (256 x 1024 summed over 2048 tokens) ran 1.25x faster than split
+# by columns (BENCHMARKS_perf.md, change 162).
+SPLIT_K_MIN_RATIO = 4
+
+
 @njit(parallel=True, cache=True)
 def gemm_threads(a, transa, b, transb, bias, has_bias, out, nt):
     """out (M x N) = op(a) @ op(b) (+ bias on every row when has_bias), op(x) being x or,
     with trans*, x's transpose; a, b, out C-contiguous 2-D floats of one dtype.  The
     product is split between nt threads along M when a is the bigger operand, else along N
-    (each thread then reads half of the big one), and each thread calls
+    (each thread then reads half of the big one) or, for weight-gradient shapes
+    (SPLIT_K_MIN_RATIO), along the reduction, and each thread calls
     ``blas.gemm_rm_whole`` (small_gemm's wide tile where its rule prefers the shape, else
     single-threaded OpenBLAS: the caller holds conv._single_blas).  (OpenBLAS's own
     threads compete with the OpenMP workers that spin after every Numba parallel region.)"""
@@ -126,6 +136,9 @@ def gemm_threads(a, transa, b, transb, bias, has_bias, out, nt):
     bf = b.reshape(-1)
     of = out.reshape(-1)
     by_rows = a.size >= b.size
+    if transa and not by_rows and nt > 1 and K >= SPLIT_K_MIN_RATIO * M:
+        _gemm_split_k(af, lda, bf, transb, ldb, bias, has_bias, of, M, N, K, nt)
+        return
     for t in prange(nt):
         if by_rows:
             r0 = M * t // nt
@@ -145,6 +158,29 @@ def gemm_threads(a, transa, b, transb, bias, has_bias, out, nt):
                 bb = bias[c0:c1]
                 for j in range(c1 - c0):
                     row[j] += bb[j]
+
+
+@njit(inline="always")
+def _gemm_split_k(af, lda, bf, transb, ldb, bias, has_bias, of, M, N, K, nt):
+    """gemm_threads' product with A transposed, split along the reduction: thread t sums
+    steps K*t/nt .. K*(t+1)/nt - 1 into out (t = 0) or a partial product, which are then
+    added into out by rows (with the bias)."""
+    parts = np.empty((nt - 1, M * N), dtype=of.dtype)
+    for t in prange(nt):
+        k0 = K * t // nt
+        k1 = K * (t + 1) // nt
+        dst = of if t == 0 else parts[t - 1]
+        gemm_rm_whole(True, transb, M, N, k1 - k0, 1.0, af[k0 * lda:], lda,
+                      bf[k0 if transb else k0 * ldb:], ldb, 0.0, dst, N)
+    for i in prange(M):
+        row = of[i * N:(i + 1) * N]
+        for u in range(nt - 1):
+            src = parts[u, i * N:(i + 1) * N]
+            for j in range(N):
+                row[j] += src[j]
+        if has_bias:
+            for j in range(N):
+                row[j] += bias[j]
 
 
 @njit(parallel=True, cache=True)
