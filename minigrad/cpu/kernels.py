@@ -112,9 +112,9 @@ def gemm(a, b):
 # gemm_threads splits the reduction instead of the columns when A is read transposed, B is the
 # bigger operand and the reduction is at least SPLIT_K_MIN_RATIO times A's rows (a weight
 # gradient dY^T @ x with more inputs than outputs): each thread then reads half of both
-# operands' rows in order, and the partial products are summed.  Paired, the transformer
-# block's fc2 weight gradient (256 x 1024 summed over 2048 tokens) ran 1.25x faster than split
-# by columns (BENCHMARKS_perf.md, change 162).
+# operands' rows in order, and the partial products are summed.  The transformer block's fc2
+# weight gradient (256 x 1024 summed over 2048 tokens) ran 1.26x faster than split by columns,
+# old and new code in alternating processes (BENCHMARKS_perf.md, change 162).
 SPLIT_K_MIN_RATIO = 4
 
 
