@@ -101,6 +101,37 @@ def test_scalar_ops_and_reverse():
         check_grad(fn, [x])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["nchw", "channels-last", "strided"])
+def test_large_tensor_times_number_equals_numpy_bitwise(dtype, layout):
+    """Big float tensors times a number take the CPU backend's two-thread kernel (dense
+    storage in either order) or NumPy (a strided view): the same bits as NumPy either way,
+    in both operand orders, for -0.0, NaN, infinities, an int and a number that overflows
+    float32; the result keeps x's storage order; the gradient is g times the number."""
+    from minigrad.cpu.backend import CPUBackend
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((8, 16, 32, 32)).astype(dtype)
+    x.reshape(-1)[:4] = [0.0, -0.0, np.nan, np.inf]
+    if layout == "channels-last":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    elif layout == "strided":
+        x = x[:, ::2]
+    be = CPUBackend()
+    with np.errstate(all="ignore"):
+        for s in (0.125, -3, -0.0, float("nan"), float("inf"), 1e300, 2 ** 60):
+            ref = x * s
+            for reverse in (False, True):
+                out = be.scalar("mul", x, s, reverse=reverse)
+                assert out.dtype == ref.dtype == dtype
+                np.testing.assert_array_equal(out, ref)
+    if layout == "channels-last":
+        assert be.scalar("mul", x, 0.5).transpose(0, 2, 3, 1).flags.c_contiguous
+    t = mg.tensor(np.ascontiguousarray(x), requires_grad=True)
+    (t * 0.25).backward(mg.tensor(np.ones(x.shape, dtype)))
+    np.testing.assert_array_equal(t.grad.numpy(), np.full(x.shape, 0.25, dtype))
+
+
 @pytest.mark.parametrize("scalar", [np.float64(0.5), np.float32(0.5), np.int64(3), 0.5])
 def test_numpy_scalars_keep_the_tensor_dtype(scalar):
     """NumPy scalars act as Python numbers, as in PyTorch: float32 * np.float64(0.5) stays

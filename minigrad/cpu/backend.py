@@ -297,6 +297,16 @@ class CPUBackend(Backend):
         if op in _COMPARE:
             out = _COMPARE[op](s, x) if reverse else _COMPARE[op](x, s)
             return out.astype(x.dtype if x.dtype.kind != "b" else np.float32)
+        if (op == "mul" and x.size >= _RELU_KERNEL_MIN and x.dtype in (np.float32, np.float64)
+                and (type(s) is float or (type(s) is int and abs(s) < 2 ** 53))):
+            # a tensor scaled by a number (attention scores, loss scaling): both cores, as
+            # NumPy's float32 product (s rounded to x's dtype first, NumPy 2's rule for a
+            # Python number; np.multiply is one thread)
+            order = _storage_order(x)
+            if order is not None:
+                with np.errstate(all="ignore"):
+                    factor = x.dtype.type(s)
+                return _flat_map(lambda v, out: kernels.scale_flat(v, factor, out), order, x)
         fn = _BINARY[op]
         with np.errstate(all="ignore"):
             out = fn(s, x) if reverse else fn(x, s)

@@ -22,6 +22,13 @@ def add_flat(a, b, out):
         out[i] = a[i] + b[i]
 
 
+@pjit()
+def scale_flat(x, s, out):
+    """out = x * s (flat contiguous arrays of one dtype, s a scalar of that dtype)."""
+    for i in prange(x.size):
+        out[i] = x[i] * s
+
+
 @pjit(fastmath=True)
 def relu_grad(y, g, out):
     """out = g where y > 0 else 0 (flat contiguous arrays)."""
