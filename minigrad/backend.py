@@ -160,6 +160,12 @@ class Backend:
         """Zeros of ``shape`` with ``g`` added at ``index`` (the backward of ``getitem``)."""
         raise NotImplementedError
 
+    def index_add_into(self, base, index, g, in_place):
+        """``base`` (the gradient already gathered for an indexed array, of g's dtype) plus g
+        at ``index``; a backend may add into base itself when ``in_place``.  Default: a new
+        array, ``base + index_add(base.shape, index, g)``."""
+        return self.binary("add", base, self.index_add(base.shape, index, g))
+
     def pad(self, x, pads, value):
         """Constant padding; ``pads`` is one ``(before, after)`` pair per axis."""
         raise NotImplementedError

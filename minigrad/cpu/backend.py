@@ -193,6 +193,12 @@ def _result_dtype(a):
     return a.dtype if a.dtype.kind == "f" else np.dtype(np.float32)
 
 
+def _array_indexed(index):
+    """True when ``index`` holds an integer or boolean array (NumPy's advanced indexing)."""
+    items = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, np.ndarray) for i in items)
+
+
 def _one_per_row(shape, index):
     """For index == (arange(n), cols) into an (n, c) array with every col in [-c, c): cols
     as int64 in [0, c) (each row gets one entry, so an index_add is a plain write); else
@@ -393,22 +399,17 @@ class CPUBackend(Backend):
             kernels.one_per_row(cols, vals, out)
             return out
         out = np.zeros(shape, dtype=g.dtype)
-        items = index if isinstance(index, tuple) else (index,)
-        if any(isinstance(i, np.ndarray) for i in items):
+        if _array_indexed(index):
             np.add.at(out, index, g)
         else:
             out[index] = g
         return out
 
-    # CPU-only extension used by ops.shape.GetItem when present: its gradient added into the
-    # gradient already gathered for the indexed array instead of into fresh zeros.
     def index_add_into(self, base, index, g, in_place):
-        """``base`` (an array of the indexed shape and of g's dtype) plus g at ``index``
-        (repeated array indices add up, as in index_add): added into base itself when
-        ``in_place``, else into a copy of it; returns the sum."""
+        """``base`` plus g at ``index`` (repeated array indices add up, as in index_add):
+        added into base itself when ``in_place``, else into a copy of it."""
         out = base if in_place else base.copy()
-        items = index if isinstance(index, tuple) else (index,)
-        if any(isinstance(i, np.ndarray) for i in items):
+        if _array_indexed(index):
             np.add.at(out, index, g)
         else:
             out[index] += g

@@ -373,8 +373,8 @@ def _pack_a_t(a, lda, k0, kc, ib, mb, apt):
 @njit(inline="always")
 def _sgemm_views(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc, packa):
     """sgemm on 1-D float32 views; inlined (at Numba IR level) into the one compiled entry
-    point, _sgemm_c, so that its code is compiled and optimised once."""
-    packa = packa and transa
+    point, _sgemm_c, so that its code is compiled and optimised once.  ``packa`` (given only
+    with transa): op(A) is packed into strips first (PACK_A)."""
     if transa:
         ars, acs = 1, lda
     else:

@@ -49,9 +49,9 @@ class GetItem(Function):
     """Basic slicing and integer-array indexing.
 
     The gradient is g placed at the index in zeros of x's shape; when x already has a
-    gradient gathered (several slices of one tensor, as a fused QKV projection's three) and
-    the backend can (``index_add_into``), g is added at the index into that gradient instead:
-    in place when autograd allows, else into a copy of it."""
+    gradient gathered (several slices of one tensor, as a fused QKV projection's three), g is
+    added at the index into that gradient instead (``index_add_into``: on the CPU in place
+    when autograd allows, else into a copy of it)."""
 
     grad_addend_inputs = (0,)
 
@@ -61,12 +61,11 @@ class GetItem(Function):
 
     def backward(self, g):
         addend, writable = self.grad_addend(0)
-        into = getattr(self.be, "index_add_into", None)
         if addend is None:
             return (self.be.index_add(self.x_shape, self.index, g),)
-        if into is None or addend.dtype != g.dtype or tuple(addend.shape) != tuple(self.x_shape):
+        if addend.dtype != g.dtype or tuple(addend.shape) != tuple(self.x_shape):
             return (self.be.binary("add", addend, self.be.index_add(self.x_shape, self.index, g)),)
-        return (into(addend, self.index, g, writable),)
+        return (self.be.index_add_into(addend, self.index, g, writable),)
 
 
 class Pad(Function):

@@ -372,3 +372,20 @@ def test_resnet_block_with_fused_batch_norm_relu_matches_the_cpu():
     want = blocks["cpu"].state_dict()
     for k, v in blocks["cuda"].state_dict().items():
         np.testing.assert_allclose(v, want[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_slices_of_one_tensor_sum_their_gradients():
+    """Several indexings of one tensor (a fused QKV projection's slices, repeated array
+    indices): each later GetItem's gradient is added into the one already gathered
+    (Backend.index_add_into's default on CUDA), through a non-leaf, as on the CPU."""
+    xc, xg = pair(4, 9)
+
+    def run(x):
+        h = x * 1.5
+        return (h[:, :3].sum() * 2 + h[:, 3:].sum() * 3 + h[np.array([0, 0, 2])].sum()
+                + h[1:, ::2].sum())
+
+    outs = [run(x) for x in (xc, xg)]
+    for out in outs:
+        out.backward()
+    check(outs[0], outs[1], [(xc, xg)])
