@@ -448,10 +448,13 @@ MIN_CHANNELS = 16
 # layer4 at batch 2, both paths take the same time: benchmarks/bench_winograd.py).
 MIN_TILES = 8
 # The whole-batch kernels run when tiles * (C + K) * WHOLE_BATCH_RATIO <= C * K, i.e. for
-# C = K when there are at most 8*C tiles.  Measured f+b time, blocked over whole, batch 32 /
-# batch 128 (BENCHMARKS_perf.md, change 80): 64->64 at 32x32 0.76 / 0.66, 128->128 at
-# 16x16 0.90 / 0.83, 256->256 at 8x8 1.17 / 1.06, 512->512 at 4x4 1.53 / 1.18.
-WHOLE_BATCH_RATIO = 1 / 16
+# C = K when there are at most 16*C tiles.  History (BENCHMARKS_perf.md): change 80 (AMD Zen 4,
+# before F(4x4, 3x3)) lowered it from 1/32 to 1/16 when the blocked kernels won on 128->128 at
+# 16x16, batch 32 (f+b blocked over whole 0.90).  With both variants on F(4x4, 3x3) the whole
+# batch won that layer on the Intel host of session 40: 1.152x (60 pairs, quartiles
+# 1.099-1.215), so it is back at 1/32 (change 164).  The stride-2 variant kept the same
+# effective ratio: whole-batch there lost 0.922x on 64->128 at 32x32, batch 32.
+WHOLE_BATCH_RATIO = 1 / 32
 # Bytes of one thread's transformed tiles (V and M of a block) the tile count aims at.
 _BLOCK_BYTES = 1 << 20
 _MIN_TB = 128
@@ -543,16 +546,13 @@ def _whole(ntiles, C, K, ratio):
     return ratio * ntiles * (C + K) <= C * K
 
 
-def _whole_layer(N, C, K, OH, OW, npos=16):
+def _whole_layer(N, C, K, OH, OW):
     """_whole for a layer, counted in 2x2 output tiles whatever the tile size (so that
-    tile_size, forward and backward agree).  The stride-2 variant's blocked kernels hold half
-    as many tiles per block (_MIN_TB_S2), so they read U twice as often: it takes the
-    whole-batch kernels up to twice as many tiles (half the ratio).  Measured, channels-last,
-    batch 128, whole-batch against blocked: 128->256 at 16x16 1.29x faster (2048 tiles: whole
-    with half the ratio, blocked with the full one), 64->128 at 32x32 0.80x (8192: blocked
-    either way)."""
-    ratio = WHOLE_BATCH_RATIO / 2 if npos == 25 else WHOLE_BATCH_RATIO
-    return _whole(N * ((OH + 1) // 2) * ((OW + 1) // 2), C, K, ratio)
+    tile_size, forward and backward agree).  All variants share WHOLE_BATCH_RATIO.  Measured
+    for the stride-2 one, channels-last, batch 128, whole-batch against blocked: 128->256 at
+    16x16 1.29x faster (2048 tiles: whole), 64->128 at 32x32 0.80x (8192: blocked); batch 32,
+    64->128 at 32x32 (2048 tiles: blocked) whole-batch 0.922x (session 40)."""
+    return _whole(N * ((OH + 1) // 2) * ((OW + 1) // 2), C, K, WHOLE_BATCH_RATIO)
 
 
 class _Scratch(threading.local):
@@ -588,7 +588,7 @@ def forward(xcl, U, b, ph, pw, OH, OW, y4):
     ts = _tile_of(npos)
     dt = xcl.dtype
     ntiles = N * ((OH + ts - 1) // ts) * ((OW + ts - 1) // ts)
-    if _whole_layer(N, C, K, OH, OW, npos):
+    if _whole_layer(N, C, K, OH, OW):
         _fwd_whole(xcl, U, b, ph, pw, OH, OW, nt, y4,
                    _positions("v", 1, ntiles * C, dt, npos)[0],
                    _positions("m", 1, ntiles * K, dt, npos)[0])
@@ -611,7 +611,7 @@ def backward(xcl, gycl, U, ph, pw, need_x, need_w, gx4, addf):
     tpi = th * tw
     Hq, Wq = _padded_extent(th, H, ph, npos), _padded_extent(tw, W, pw, npos)
     need_x, need_w = bool(need_x), bool(need_w)
-    if _whole_layer(N, C, K, OH, OW, npos):
+    if _whole_layer(N, C, K, OH, OW):
         Q = N * tpi
         du = _scratch.get("du", npos * C * K if need_w else 1, dt).reshape(1, -1)
         _bwd_whole(xcl, gycl, U, ph, pw, nt, need_x, need_w, gx4, addf, du.reshape(-1),
