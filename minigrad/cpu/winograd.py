@@ -448,7 +448,7 @@ MIN_CHANNELS = 16
 # layer4 at batch 2, both paths take the same time: benchmarks/bench_winograd.py).
 MIN_TILES = 8
 # The whole-batch kernels run when tiles * (C + K) * WHOLE_BATCH_RATIO <= C * K, i.e. for
-# C = K when there are at most 16*C tiles.  History (BENCHMARKS_perf.md): change 80 (AMD Zen 4,
+# C = K when there are at most 16*C tiles.  History (BENCHMARKS_perf.md): change 80 (AMD Zen 3,
 # before F(4x4, 3x3)) lowered it from 1/32 to 1/16 when the blocked kernels won on 128->128 at
 # 16x16, batch 32 (f+b blocked over whole 0.90).  With both variants on F(4x4, 3x3) the whole
 # batch won that layer on the Intel host of session 40: 1.152x (60 pairs, quartiles
