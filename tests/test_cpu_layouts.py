@@ -8,7 +8,7 @@ NCHW references for float32 and float64 and for both input layouts.
 import numpy as np
 import pytest
 
-from minigrad.cpu import conv, conv3x3_rows, norm, small_gemm
+from minigrad.cpu import conv, conv3x3_rows, kernels, norm, small_gemm
 from minigrad.cpu.backend import CPUBackend
 from test_cpu_conv_pool_kernels import ref_conv, ref_conv_grads
 
@@ -512,13 +512,14 @@ def test_backward_reuses_the_forward_copy_of_x(layout, conf, monkeypatch):
 @pytest.mark.parametrize("rows, cols", [(1, 1), (7, 3), (12800, 16), (3001, 65)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_column_sums_both_compilations(rows, cols, dtype):
-    """_sum_rows (the bias gradient of channels-last dY) in its serial and parallel
-    compilations, with row counts that do not split evenly between the threads."""
+    """kernels.sum_rows (the bias gradient of channels-last dY, the backend's sums over leading
+    axes) in its serial and parallel compilations, with row counts that do not split evenly
+    between the threads."""
     import numba
 
     a = np.random.default_rng(rows).standard_normal(rows * cols).astype(dtype)
     ref = a.reshape(rows, cols).astype(np.float64).sum(axis=0)
-    for kernel in (conv._sum_rows.serial, conv._sum_rows.parallel):
+    for kernel in (kernels.sum_rows.serial, kernels.sum_rows.parallel):
         out = np.empty(cols, dtype)
         kernel(a, rows, cols, out, numba.get_num_threads())
         np.testing.assert_allclose(out, ref, rtol=1e-5 if dtype == np.float32 else 1e-12,

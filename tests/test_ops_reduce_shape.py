@@ -1,5 +1,6 @@
 """Reductions and shape ops: forward vs NumPy float64, gradients vs central differences."""
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -220,3 +221,69 @@ def test_concatenate_stack():
     check_grad(lambda x, y: mg.stack([x, y], 1), [a, b])
     with pytest.raises(ValueError, match=r"\(2, 3\), \(3, 3\)"):
         mg.cat([mg.tensor(a), mg.zeros(3, 3)], 1)
+
+
+@st.composite
+def big_leading_sum(draw):
+    """A C-contiguous array large enough for the threaded leading-axis sum, with its leading
+    axes (1 to ndim-1 of them)."""
+    cols = draw(st.sampled_from([16, 33, 64, 256, 768]))
+    rows = draw(st.integers(-(-(1 << 16) // cols), 4096))
+    split = draw(st.sampled_from([(rows,), (2, -(-rows // 2)), (-(-rows // 4), 4)]))
+    tail = draw(st.sampled_from([(cols,), (1, cols)] + ([(cols // 16, 16)] if cols % 16 == 0 else [])))
+    return split + tail, len(split)
+
+
+@pytest.mark.skipif(numba.get_num_threads() < 2, reason="the threaded sum needs two threads")
+@given(case=big_leading_sum(), dtype=st.sampled_from([np.float32, np.float64]),
+       keep=st.booleans(), seed=st.integers(0, 50))
+def test_leading_axis_sums_on_all_threads(case, dtype, keep, seed):
+    """Sums over leading axes of big arrays (a Linear layer's bias gradient) run in bands of
+    rows on all threads, in float64: within half an ulp of the float64 sum (plus float64's own
+    summation error), the same with either axis order and through sum_to_shape."""
+    from minigrad.cpu import backend as cpu_backend, kernels
+
+    shape, k = case
+    x = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+    calls = []
+    real = kernels.sum_rows
+    be = cpu_backend.CPUBackend()
+    axes = tuple(range(k))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernels, "sum_rows", lambda *a: (calls.append(a[1]), real(*a)))
+        got = be.sum(x, axes, keep)
+    assert calls, "the threaded sum was not used"
+    want = x.astype(np.float64).sum(axes, keepdims=keep)
+    assert got.shape == want.shape and got.dtype == x.dtype
+    rows = int(np.prod(shape[:k]))
+    tol = (np.finfo(dtype).eps / 2 * np.abs(want)
+           + rows * np.finfo(np.float64).eps * np.abs(x).astype(np.float64).sum(axes, keepdims=keep))
+    assert np.all(np.abs(got - want) <= tol)
+    np.testing.assert_array_equal(be.sum(x, tuple(reversed(axes)), keep), got)
+    assert be.sum_to_shape(x, shape[k:]).shape == shape[k:]
+    np.testing.assert_array_equal(be.sum_to_shape(x, shape[k:]), got.reshape(shape[k:]))
+
+
+def test_small_or_strided_sums_stay_with_numpy(monkeypatch):
+    """Small arrays, views that are not C-contiguous, integer arrays and sums over trailing
+    axes are NumPy's sums."""
+    from minigrad.cpu import backend as cpu_backend, kernels
+
+    monkeypatch.setattr(kernels, "sum_rows", None)   # would raise if reached
+    be = cpu_backend.CPUBackend()
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal((512, 256)).astype(np.float32)
+    for x, axes in [(big[:100], (0,)), (big[:, ::2], (0,)), (big.T, (0,)), (big, (1,)),
+                    (big, None), (big.astype(np.int64), (0,)), (big[:, :8].copy(), (0,))]:
+        np.testing.assert_array_equal(be.sum(x, axes, False), np.sum(x, axis=axes))
+
+
+def test_linear_bias_gradient_of_many_rows():
+    """The bias gradient of a Linear layer over 4096 rows (the threaded sum) against float64."""
+    rng = np.random.default_rng(3)
+    x = mg.tensor(rng.standard_normal((4096, 64)).astype(np.float32))
+    lin = mg.nn.Linear(64, 48)
+    g = rng.standard_normal((4096, 48)).astype(np.float32)
+    lin(x).backward(mg.tensor(g))
+    np.testing.assert_allclose(lin.bias.grad.numpy(), g.astype(np.float64).sum(0), rtol=1e-5,
+                               atol=1e-4)

@@ -74,6 +74,44 @@ def _threads_gemm_ok(a, b):
     return USE_GEMM_THREADS and a.dtype == b.dtype and a.dtype.char in _NO_BIAS
 
 
+# Sums over the leading axes of at least this many elements (a Linear layer's bias gradient, a
+# broadcast bias's) run on all threads, accumulated in float64 (kernels.sum_rows); NumPy sums a
+# leading axis on one thread in the array's dtype.  Bias gradients of the bench's transformer
+# block (2048 tokens) by 256 / 768 / 1024 outputs, from memory: 127 / 280 / 320 us -> 60 / 140
+# / 182 us, and float32 errors 20x smaller (BENCHMARKS_perf.md, change 165).
+_PARALLEL_SUM_MIN = 1 << 16
+# ...with at least this many sums (columns): fewer make each row's loop too short.
+_PARALLEL_SUM_MIN_COLUMNS = 16
+
+
+def _leading_axes(x, axes):
+    """k when ``axes`` (an int, a tuple or None) names exactly x's first k axes, k < x.ndim;
+    else 0."""
+    if axes is None or x.ndim < 2:
+        return 0
+    t = tuple(sorted(a % x.ndim for a in (axes if isinstance(axes, tuple) else (axes,))))
+    return len(t) if t == tuple(range(len(t))) and len(t) < x.ndim else 0
+
+
+def _sums_rows_in_parallel(x, k):
+    """True when x summed over its first k axes goes to kernels.sum_rows: a C-contiguous
+    float32/float64 array of at least _PARALLEL_SUM_MIN elements, at least
+    _PARALLEL_SUM_MIN_COLUMNS sums, two rows or more per thread, more than one thread."""
+    nt = numba.get_num_threads()
+    rows = math.prod(x.shape[:k])
+    return (nt > 1 and x.dtype.char in _NO_BIAS and x.flags.c_contiguous
+            and x.size >= _PARALLEL_SUM_MIN and x.size >= _PARALLEL_SUM_MIN_COLUMNS * rows
+            and rows >= 2 * nt)
+
+
+def _sum_leading(x, k, keepdims):
+    """x summed over its first k axes (see _sums_rows_in_parallel) by kernels.sum_rows."""
+    rows = math.prod(x.shape[:k])
+    out = np.empty(x.shape[k:], dtype=x.dtype)
+    kernels.sum_rows(x.reshape(-1), rows, out.size, out.reshape(-1), numba.get_num_threads())
+    return out.reshape((1,) * k + x.shape[k:]) if keepdims else out
+
+
 def _gemm_operand(x):
     """(C-contiguous data, transposed) for 2-D x: x itself, x.T (a transposed view of a
     C-contiguous array, so no copy), or a contiguous copy."""
@@ -366,6 +404,9 @@ class CPUBackend(Backend):
 
     # --- reductions ----------------------------------------------------
     def sum(self, x, axes, keepdims):
+        lead = _leading_axes(x, axes)
+        if lead and _sums_rows_in_parallel(x, lead):
+            return _sum_leading(x, lead, keepdims)
         return np.asarray(np.sum(x, axis=axes, keepdims=keepdims))
 
     def max(self, x, axes, keepdims):
@@ -375,6 +416,8 @@ class CPUBackend(Backend):
         lead = x.ndim - len(shape)
         axes = tuple(range(lead)) + tuple(
             lead + i for i, n in enumerate(shape) if n == 1 and x.shape[lead + i] != 1)
+        if axes and axes == tuple(range(len(axes))) and _sums_rows_in_parallel(x, len(axes)):
+            return _sum_leading(x, len(axes), True).reshape(shape)
         out = np.sum(x, axis=axes, keepdims=True) if axes else x
         return np.asarray(out).reshape(shape)
 

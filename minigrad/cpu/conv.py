@@ -67,7 +67,7 @@ from . import (conv1x1_cl, conv1x1_nchw, conv3x3_cl, conv3x3_rows, conv_direct_c
 from .addend import nchw_foldable, writable_in_place
 from ._jit import pjit
 from .blas import gemm_rm
-from .kernels import add_flat, crop_padded
+from .kernels import add_flat, crop_padded, sum_rows
 from .prefetch import prefetch
 from .small_gemm import _transpose_block
 
@@ -920,33 +920,6 @@ def _bwd_cols(xp, wd, krsc, RSCd, RSCw, gyf, gy_nchw, K, R, S, sh, sw, dh, dw, p
             q0 += tp
         if gpad:
             crop_padded(gxpf, n_a, n_b, H, W, C, Hp, Wp, ph, pw, gxflat, addf)
-
-
-@pjit()
-def _sum_rows(a, rows, cols, out, nt):
-    """out[j] = sum_i a[i*cols + j] (column sums of a row-major matrix, float64 accumulation).
-
-    Each thread sums into a fresh array, which LLVM knows aliases nothing, so the row loop
-    vectorises (3.4-5.3x faster than summing into rows of ``part``: BENCHMARKS_perf.md,
-    change 76)."""
-    part = np.zeros((nt, cols), np.float64)
-    chunk = (rows + nt - 1) // nt
-    for t in prange(nt):
-        acc = np.zeros(cols, np.float64)
-        for i in range(t * chunk, min(rows, (t + 1) * chunk)):
-            row = a[i * cols:(i + 1) * cols]
-            for j in range(cols):
-                acc[j] += row[j]
-        # an element loop, not part[t] = acc: Numba compiles an array assignment with its
-        # shape-mismatch error, whose message formatting took 3.7 s of this kernel's 6.0 s
-        # cold compile (BENCHMARKS_perf.md, change 83)
-        for j in range(cols):
-            part[t, j] = acc[j]
-    for j in range(cols):
-        s = 0.0
-        for t in range(nt):
-            s += part[t, j]
-        out[j] = s
 
 
 @pjit(fastmath={"reassoc"})
@@ -1985,7 +1958,7 @@ def _bias_grad_any(gy, dt):
     if gy.size == 0:
         gb[...] = 0
     elif is_channels_last(gy):
-        _sum_rows(gy.transpose(0, 2, 3, 1).reshape(-1), N * OH * OW, K, gb, numba.get_num_threads())
+        sum_rows(gy.transpose(0, 2, 3, 1).reshape(-1), N * OH * OW, K, gb, numba.get_num_threads())
     else:
         _bias_grad(np.ascontiguousarray(gy).reshape(N, K, OH * OW), gb)
     return gb

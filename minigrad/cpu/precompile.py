@@ -56,15 +56,16 @@ def _scalar(name):
 
 
 def dispatchers(module):
-    """``{name: Numba dispatcher}`` of a module's kernels; a ``pjit`` kernel gives two
-    entries, ``name.parallel`` and ``name.serial``."""
+    """``{name: Numba dispatcher}`` of the kernels a module defines (not those it imports); a
+    ``pjit`` kernel gives two entries, ``name.parallel`` and ``name.serial``."""
     from numba.core.registry import CPUDispatcher
 
     found = {}
     for name, obj in vars(module).items():
         if isinstance(obj, CPUDispatcher) and obj.__module__ == module.__name__:
             found[name] = obj
-        elif isinstance(getattr(obj, "parallel", None), CPUDispatcher):
+        elif (isinstance(getattr(obj, "parallel", None), CPUDispatcher)
+              and obj.py_func.__module__ == module.__name__):
             found[name + ".parallel"] = obj.parallel
             found[name + ".serial"] = obj.serial
     return found
