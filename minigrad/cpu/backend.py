@@ -416,9 +416,7 @@ class CPUBackend(Backend):
         lead = x.ndim - len(shape)
         axes = tuple(range(lead)) + tuple(
             lead + i for i, n in enumerate(shape) if n == 1 and x.shape[lead + i] != 1)
-        if axes and axes == tuple(range(len(axes))) and _sums_rows_in_parallel(x, len(axes)):
-            return _sum_leading(x, len(axes), True).reshape(shape)
-        out = np.sum(x, axis=axes, keepdims=True) if axes else x
+        out = self.sum(x, axes, True) if axes else x
         return np.asarray(out).reshape(shape)
 
     # --- shape ---------------------------------------------------------

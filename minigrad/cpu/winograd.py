@@ -541,18 +541,16 @@ def transform_weights(w, dt, npos=16):
     return U
 
 
-def _whole(ntiles, C, K, ratio):
-    """Whole-batch variant when the transformed weight matrices outweigh the tiles."""
-    return ratio * ntiles * (C + K) <= C * K
-
-
 def _whole_layer(N, C, K, OH, OW):
-    """_whole for a layer, counted in 2x2 output tiles whatever the tile size (so that
-    tile_size, forward and backward agree).  All variants share WHOLE_BATCH_RATIO.  Measured
-    for the stride-2 one, channels-last, batch 128, whole-batch against blocked: 128->256 at
-    16x16 1.29x faster (2048 tiles: whole), 64->128 at 32x32 0.80x (8192: blocked); batch 32,
-    64->128 at 32x32 (2048 tiles: blocked) whole-batch 0.922x (session 40)."""
-    return _whole(N * ((OH + 1) // 2) * ((OW + 1) // 2), C, K, WHOLE_BATCH_RATIO)
+    """True when the layer runs the whole-batch kernels: the transformed weight matrices
+    outweigh the tiles (WHOLE_BATCH_RATIO), tiles counted as 2x2 output tiles whatever the
+    tile size (so that tile_size, forward and backward agree).  All variants share the ratio.
+    Measured for the stride-2 one, channels-last, batch 128, whole-batch against blocked:
+    128->256 at 16x16 1.29x faster (2048 tiles: whole), 64->128 at 32x32 0.80x (8192:
+    blocked); batch 32, 64->128 at 32x32 (2048 tiles: blocked) whole-batch 0.922x (session
+    40)."""
+    ntiles = N * ((OH + 1) // 2) * ((OW + 1) // 2)
+    return WHOLE_BATCH_RATIO * ntiles * (C + K) <= C * K
 
 
 class _Scratch(threading.local):
