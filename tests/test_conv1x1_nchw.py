@@ -196,6 +196,29 @@ def test_leaf_gradient_accumulates_in_place_over_calls():
     assert np.shares_memory(xm.grad.numpy(), storage)
 
 
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[3]])   # stride 2, in place, grouped
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_streaming_operands_changes_no_value(case, dtype, monkeypatch):
+    """STREAM_OPERANDS (reading dY and the sampled x once before the GEMMs, chosen by the host's
+    CPU vendor) only moves data into the cache: both settings give bitwise the same gradients."""
+    N, C, H, W, K, stride = case
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((K, C, 1, 1)).astype(dtype)
+    y, saved = conv.conv2d_saving(x, w, None, stride, (0, 0), (1, 1), True)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    grads = []
+    for stream in (False, True):
+        monkeypatch.setattr(conv1x1_nchw, "STREAM_OPERANDS", stream)
+        grads.append(conv.conv2d_backward(x, w, gy, stride, (0, 0), (1, 1), True, True, False,
+                                          saved=saved)[:2])
+    for a, b in zip(*grads):
+        np.testing.assert_array_equal(a, b)
+    gxr, gwr = ref_grads(x.astype(np.float64), w.astype(np.float64), gy.astype(np.float64), stride)
+    np.testing.assert_allclose(grads[0][0], gxr, **tol(dtype))
+    np.testing.assert_allclose(grads[0][1], gwr, **tol(dtype))
+
+
 def test_switch_off_gives_the_same_values(monkeypatch):
     rng = np.random.default_rng(12)
     x = rng.standard_normal((4, 8, 8, 8))

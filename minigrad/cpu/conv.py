@@ -1859,7 +1859,7 @@ def _conv1x1_nchw_backward(x, w, gy, stride, need_x, need_w, saved, gx_addend, a
     with _single_blas, _dynamic_schedule():
         conv1x1_nchw.backward(x, xs, have_xs, np.ascontiguousarray(w, dtype=dt).reshape(-1), gy,
                               sh, sw, g, bool(need_x), bool(need_w), mode, gx, gwacc, gw, addf,
-                              nt)
+                              conv1x1_nchw.STREAM_OPERANDS, nt)
     gw = gw.reshape(K, C, 1, 1) if need_w else None
     return (gx if need_x else None), gw, fused
 

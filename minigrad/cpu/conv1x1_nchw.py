@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from .blas import gemm_rm
-from .prefetch import stream_in
+from .prefetch import cpu_vendor, stream_in
 from .stride2_lanes import add_to_even_8, add_to_even_16, take_even_8, take_even_16
 
 # Fewest GEMM columns (pixels) per work unit: images with fewer output pixels are
@@ -254,19 +254,26 @@ DX_WRITE = 0       # gx is a fresh array: gx = dX (+ addf when addf is not empty
 DX_ADD_IN_PLACE = 1   # gx holds the gradient gathered so far: gx += dX at the sampled pixels
 
 
+# backward's stream_in passes over each work unit's dY and sampled x (or x itself, stride 1)
+# before its GEMMs.  NCHW 1x1 stride-2 64->128 row: 1.08-1.10x with them on an AMD Zen 4 host
+# (BENCHMARKS_perf.md, change 127) and 1.03x on a Zen 5 (session 30); on the Intel Xeon of
+# sessions 36-41 the row ran 1.023-1.027x faster without them (four paired runs, change 166).
+STREAM_OPERANDS = cpu_vendor() != "GenuineIntel"
+
 # Elements of dW per work unit when backward sums its per-thread partial sums.
 _SUM_BLOCK = 8192
 
 
 @njit(parallel=True, cache=True)
 def backward(x, xs, have_xs, wf, gy, sh, sw, g, need_x, need_w, x_mode, gx, gwacc, gw, addf,
-             nt):
+             stream, nt):
     """Gradients of ``forward``: gw (K*C,) gets dW (a (K, C) matrix), summed from per-thread
     partial sums in gwacc (nt, K*C), scratch space the caller need not initialise; gx
     (N, C, H, W) C-contiguous gets dX as x_mode says.
 
     ``gy`` (N, K, OH, OW) C-contiguous.  ``xs``: the forward's kept sampled input when
-    ``have_xs`` (grouped by the same g), else it is gathered again from x."""
+    ``have_xs`` (grouped by the same g), else it is gathered again from x.  ``stream``:
+    STREAM_OPERANDS (only where the operands sit in memory, never what is computed)."""
     N, C, H, W = x.shape
     K = gy.shape[1]
     OH, OW = gy.shape[2], gy.shape[3]
@@ -290,17 +297,20 @@ def backward(x, xs, have_xs, wf, gy, sh, sw, g, need_x, need_w, x_mode, gx, gwac
         G = (n_b - n_a) * P
         if g == 1:
             gyg = gyf[n_a * K * P:]
-            sink[t] += stream_in(gyf[n_a * K * P:n_b * K * P])
+            if stream:
+                sink[t] += stream_in(gyf[n_a * K * P:n_b * K * P])
         else:
             gyg = gbuf[t]
             _group_rows(gyf, n_a, n_b, K, P, gyg)
         if need_w:
             if in_place:
                 src = xf[n_a * C * P:]
-                sink[t] += stream_in(xf[n_a * C * P:n_b * C * P])
+                if stream:
+                    sink[t] += stream_in(xf[n_a * C * P:n_b * C * P])
             elif have_xs:
                 src = xs[n_a * C * P:]
-                sink[t] += stream_in(xs[n_a * C * P:n_b * C * P])
+                if stream:
+                    sink[t] += stream_in(xs[n_a * C * P:n_b * C * P])
             else:
                 src = xbuf[t]
                 _gather(x, n_a, n_b, sh, sw, OH, OW, src)

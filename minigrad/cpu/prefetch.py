@@ -6,6 +6,8 @@ on cached data first (an im2col copy) overlaps that wait with work.  A prefetch 
 faults and never changes a value, only where a line is cached.
 """
 
+import functools
+
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -54,8 +56,24 @@ def stream_in(a):
     (rows a kilobyte or more apart, one panel at a time) and would wait on each line.  The
     caller keeps the sum somewhere (a per-thread sink), or the compiler drops the loop.  On
     the NCHW 1x1 stride-2 64->128 backward, dY and the sampled x read this way before the
-    two GEMMs: 1.08-1.11x after PyTorch's call (BENCHMARKS_perf.md, change 127)."""
+    two GEMMs: 1.08-1.11x after PyTorch's call on an AMD Zen 4 host (BENCHMARKS_perf.md,
+    change 127); on an Intel Xeon the row ran 1.02-1.03x faster without it (change 166), so
+    conv1x1_nchw.STREAM_OPERANDS turns it off on Intel hosts."""
     s = a.dtype.type(0)
     for i in range(a.size):
         s += a[i]
     return s
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_vendor():
+    """The host CPU's vendor string as Linux reports it ("GenuineIntel", "AuthenticAMD"), or ""
+    where /proc/cpuinfo does not say."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
