@@ -14,7 +14,7 @@ import scipy.special
 from ..autograd import references as _references
 from ..backend import Backend
 from . import gelu as gelu_kernels
-from . import kernels, small_gemm
+from . import kernels, small_gemm, strided
 
 
 def _c(x):
@@ -439,10 +439,15 @@ class CPUBackend(Backend):
             out = np.empty(shape, dtype=g.dtype)
             kernels.one_per_row(cols, vals, out)
             return out
-        out = np.zeros(shape, dtype=g.dtype)
         if _array_indexed(index):
+            out = np.zeros(shape, dtype=g.dtype)
             np.add.at(out, index, g)
-        else:
+            return out
+        out = np.empty(shape, dtype=g.dtype)
+        if not strided.update(out, np.zeros((), dtype=g.dtype), False):
+            out[...] = 0
+        view = out[index]
+        if not (isinstance(view, np.ndarray) and strided.update(view, g, False)):
             out[index] = g
         return out
 
@@ -452,7 +457,9 @@ class CPUBackend(Backend):
         out = base if in_place else base.copy()
         if _array_indexed(index):
             np.add.at(out, index, g)
-        else:
+            return out
+        view = out[index]
+        if not (isinstance(view, np.ndarray) and strided.update(view, g, True)):
             out[index] += g
         return out
 
