@@ -84,21 +84,22 @@ def test_merged_axes():
     assert strided.merged_axes(a.shape, a.strides, g.strides) == (
         (16, 128, 256), [(393216, 3072, 4), (131072, 4, 512)])
     c = np.empty((16, 128, 256), np.float32)
-    assert strided.merged_axes(a.shape, a.strides, c.strides) == ((2048, 256), [(3072, 4), (1024, 4)])
+    assert strided.merged_axes(a.shape, a.strides, c.strides) == (
+        (2048, 256), [(3072, 4), (1024, 4)])
     assert strided.merged_axes((1, 5, 1), (40, 8, 8)) == ((5,), [(8,)])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_qkv_slices_gradient(dtype):
-    """The transformer block's case, at its size (past MIN_ELEMENTS): three last-axis slices
+    """The transformer block's case, at a size past MIN_ELEMENTS: three last-axis slices
     of one tensor, one of them used through a transpose; the gradient equals NumPy's
     scatter of the three, and the backend's index_add writes zeros elsewhere."""
     rng = np.random.default_rng(0)
     x = mg.tensor(rng.standard_normal((8, 128, 3 * 64)).astype(dtype), requires_grad=True)
     q, k, v = x[..., :64], x[..., 64:128], x[..., 128:]
     gs = [rng.standard_normal((8, 128, 64)).astype(dtype) for _ in range(3)]
-    ((q * mg.tensor(gs[0])).sum() + (k.transpose(-1, -2) * mg.tensor(gs[1].transpose(0, 2, 1))).sum()
-     + (v * mg.tensor(gs[2])).sum()).backward()
+    k_t = k.transpose(-1, -2) * mg.tensor(gs[1].transpose(0, 2, 1))
+    ((q * mg.tensor(gs[0])).sum() + k_t.sum() + (v * mg.tensor(gs[2])).sum()).backward()
     np.testing.assert_array_equal(x.grad.numpy(), np.concatenate(gs, axis=-1))
     out = CPUBackend().index_add((8, 128, 192), (Ellipsis, slice(64, 128)), gs[1])
     want = np.zeros((8, 128, 192), dtype)
