@@ -13,6 +13,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from .conv import _next_pixel   # the odometer step from row (a, b, c) to the next
+
 # Below this many elements NumPy's one-thread loop is kept (a parallel region's start costs
 # more than the loop).
 MIN_ELEMENTS = 1 << 16
@@ -96,13 +98,7 @@ def _update_flat(df, ds, sf, ss, shape, blocks, pieces, add):
                         df[o + k * ds[3]] += sf[p + k * ss[3]]
                     else:
                         df[o + k * ds[3]] = sf[p + k * ss[3]]
-            c += 1
-            if c == C:
-                c = 0
-                b += 1
-                if b == B:
-                    b = 0
-                    a += 1
+            a, b, c = _next_pixel(a, b, c, B, C)
 
 
 def _flat(a, strides):
