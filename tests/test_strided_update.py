@@ -105,3 +105,15 @@ def test_qkv_slices_gradient(dtype):
     want = np.zeros((8, 128, 192), dtype)
     want[..., 64:128] = gs[1]
     np.testing.assert_array_equal(out, want)
+
+
+def test_index_add_with_a_list_index():
+    """A list in the index is NumPy's index array (out[index] a copy, not a view): the backend
+    leaves it to NumPy, past the kernel's threshold too."""
+    be = CPUBackend()
+    g = np.ones((2, strided.MIN_ELEMENTS), np.float32)
+    want = np.zeros((4, strided.MIN_ELEMENTS), np.float32)
+    want[[0, 2]] = 1
+    np.testing.assert_array_equal(be.index_add(want.shape, ([0, 2],), g), want)
+    np.testing.assert_array_equal(
+        be.index_add_into(np.zeros_like(want), ([0, 2],), g, True), want)

@@ -231,6 +231,13 @@ def _result_dtype(a):
     return a.dtype if a.dtype.kind == "f" else np.dtype(np.float32)
 
 
+def _view_at(out, index):
+    """out[index] when that is a view into out's memory, else None (a scalar, or a copy where
+    the index holds a list NumPy treats as an index array)."""
+    view = out[index]
+    return view if isinstance(view, np.ndarray) and np.may_share_memory(view, out) else None
+
+
 def _array_indexed(index):
     """True when ``index`` holds an integer or boolean array (NumPy's advanced indexing)."""
     items = index if isinstance(index, tuple) else (index,)
@@ -446,8 +453,8 @@ class CPUBackend(Backend):
         out = np.empty(shape, dtype=g.dtype)
         if not strided.update(out, np.zeros((), dtype=g.dtype), False):
             out[...] = 0
-        view = out[index]
-        if not (isinstance(view, np.ndarray) and strided.update(view, g, False)):
+        view = _view_at(out, index)
+        if view is None or not strided.update(view, g, False):
             out[index] = g
         return out
 
@@ -458,8 +465,8 @@ class CPUBackend(Backend):
         if _array_indexed(index):
             np.add.at(out, index, g)
             return out
-        view = out[index]
-        if not (isinstance(view, np.ndarray) and strided.update(view, g, True)):
+        view = _view_at(out, index)
+        if view is None or not strided.update(view, g, True):
             out[index] += g
         return out
 
