@@ -18,7 +18,8 @@ def _slice(draw, n):
 
 @st.composite
 def view_cases(draw):
-    """(base shape, basic index, axes of the source's storage order, dtype, add)."""
+    """(base shape, basic index, a Random for the source's storage order and values, dtype,
+    add)."""
     ndim = draw(st.integers(1, 4))
     shape = tuple(draw(st.lists(st.integers(1, 6), min_size=ndim, max_size=ndim)))
     index = []
@@ -117,3 +118,12 @@ def test_index_add_with_a_list_index():
     np.testing.assert_array_equal(be.index_add(want.shape, ([0, 2],), g), want)
     np.testing.assert_array_equal(
         be.index_add_into(np.zeros_like(want), ([0, 2],), g, True), want)
+
+
+def test_flat_view_ends_at_the_last_element():
+    """_flat spans exactly the view's memory (the base's values are their own offsets)."""
+    base = np.arange(4 * 6 * 10, dtype=np.float64).reshape(4, 6, 10)
+    for view in (base[..., 3:7], base[1:, ::2, 5:], base.transpose(2, 0, 1)[2:]):
+        flat = strided._flat(view)
+        assert (flat[0], flat[-1]) == (view.min(), view.max())
+        assert flat.size == view.max() - view.min() + 1

@@ -101,9 +101,9 @@ def _update_flat(df, ds, sf, ss, shape, blocks, pieces, add):
             a, b, c = _next_pixel(a, b, c, B, C)
 
 
-def _flat(a, strides):
+def _flat(a):
     """a's memory from its first element to its last as a 1-D array (strides >= 0)."""
-    span = 1 + sum((n - 1) * s for n, s in zip(a.shape, strides))
+    span = 1 + sum((n - 1) * s for n, s in zip(a.shape, a.strides)) // a.itemsize
     return np.lib.stride_tricks.as_strided(a, (span,), (a.itemsize,), writeable=a.flags.writeable)
 
 
@@ -130,7 +130,7 @@ def update(dst, src, add):
     ss = np.array((0,) * pad + ss, dtype=np.int64) // size
     rows = shape[0] * shape[1] * shape[2]
     pieces = max(1, min(shape[3] // _MIN_PIECE, -(-_MIN_UNITS // rows)))
-    _update_flat(_flat(dst, dst.strides), ds, _flat(src, src.strides), ss,
+    _update_flat(_flat(dst), ds, _flat(src), ss,
                  np.array(shape, dtype=np.int64),
                  min(rows, max(_MIN_UNITS, 4 * numba.get_num_threads())), pieces, add)
     return True
