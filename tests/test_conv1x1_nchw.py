@@ -219,6 +219,61 @@ def test_streaming_operands_changes_no_value(case, dtype, monkeypatch):
     np.testing.assert_allclose(grads[0][1], gwr, **tol(dtype))
 
 
+# Shapes on which the GEMMs are gemm_stream's own (one image per unit, products small_gemm
+# takes): a stride-2 layer as ResNet-18's first downsampling one, and stride 1 read in place.
+PREFETCH_CASES = [(5, 64, 32, 32, 128, (2, 2)), (4, 64, 16, 16, 128, (1, 1))]
+
+
+@pytest.mark.parametrize("case", PREFETCH_CASES)
+@pytest.mark.parametrize("need", ["both", "x only", "w only"])
+@pytest.mark.parametrize("into_grad", [False, True])
+def test_prefetching_changes_no_value(case, need, into_grad, monkeypatch):
+    """PREFETCH_NEXT (each thread a run of images, each GEMM prefetching the memory it reads
+    next) against one image at a time without it: y and dX bitwise the same, dW (summed over
+    threads in another grouping) to float32 rounding; both against the float64 reference."""
+    N, C, H, W, K, stride = case
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((K, C, 1, 1)).astype(np.float32)
+    need_x, need_w = need != "w only", need != "x only"
+    assert conv1x1_nchw.schedule(N, 1, 2) == (1, 3 if N == 5 else 2)
+    results = []
+    for on in (False, True):
+        monkeypatch.setattr(conv1x1_nchw, "PREFETCH_NEXT", on)
+        y, saved = conv.conv2d_saving(x, w, None, stride, (0, 0), (1, 1), True)
+        gy = np.random.default_rng(5).standard_normal(y.shape).astype(np.float32)
+        addend = np.full(x.shape, 0.25, np.float32) if into_grad else None
+        gx, gw = conv.conv2d_backward(x, w, gy, stride, (0, 0), (1, 1), need_x, need_w, False,
+                                      saved=saved, gx_addend=addend,
+                                      addend_writable=into_grad)[:2]
+        results.append((y, gx, gw))
+    (y0, gx0, gw0), (y1, gx1, gw1) = results
+    np.testing.assert_array_equal(y0, y1)
+    gxr, gwr = ref_grads(x.astype(np.float64), w.astype(np.float64), gy.astype(np.float64),
+                         stride)
+    np.testing.assert_allclose(y1, ref_forward(x.astype(np.float64), w.astype(np.float64), None,
+                                               stride, *y1.shape[2:]), **tol(np.float32))
+    if need_x:
+        np.testing.assert_array_equal(gx0, gx1)
+        np.testing.assert_allclose(gx1, gxr + (0.25 if into_grad else 0), **tol(np.float32))
+    else:
+        assert gx0 is None and gx1 is None
+    if need_w:
+        np.testing.assert_allclose(gw1, gw0, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(gw1, gwr, rtol=1e-4, atol=2e-3)
+    else:
+        assert gw0 is None and gw1 is None
+
+
+def test_schedule(monkeypatch):
+    """Runs of images with a known next one only for one image per work unit."""
+    assert conv1x1_nchw.schedule(32, 1, 2) == (1, 16)
+    assert conv1x1_nchw.schedule(33, 1, 2) == (1, 17)
+    assert conv1x1_nchw.schedule(32, 4, 2) == (0, 1)
+    monkeypatch.setattr(conv1x1_nchw, "PREFETCH_NEXT", False)
+    assert conv1x1_nchw.schedule(32, 1, 2) == (0, 1)
+
+
 def test_switch_off_gives_the_same_values(monkeypatch):
     rng = np.random.default_rng(12)
     x = rng.standard_normal((4, 8, 8, 8))

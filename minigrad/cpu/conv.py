@@ -176,10 +176,14 @@ _single_blas = _BlasThreads()
 
 class _dynamic_schedule:
     """Numba prange loops hand out one iteration at a time while active (load balance
-    on a machine where other processes take turns on the cores)."""
+    on a machine where other processes take turns on the cores); ``chunk`` iterations at a
+    time when given (conv1x1_nchw.schedule: contiguous runs whose next unit a thread knows)."""
+
+    def __init__(self, chunk=1):
+        self._chunk = chunk
 
     def __enter__(self):
-        self._prev = numba.set_parallel_chunksize(1)
+        self._prev = numba.set_parallel_chunksize(self._chunk)
         return self
 
     def __exit__(self, *exc):
@@ -1821,9 +1825,10 @@ def _conv1x1_nchw(x, w, bb, sh, sw, OH, OW, box, keep_x):
     keep = box is not None and keep_x and not conv1x1_nchw.reads_x_in_place(sh, sw, g)
     xs = np.empty(N * C * OH * OW if keep else 0, dtype=dt)
     y = np.empty((N, K, OH, OW), dtype=dt)
-    with _single_blas, _dynamic_schedule():
+    ahead, chunk = conv1x1_nchw.schedule(N, g, nt)
+    with _single_blas, _dynamic_schedule(chunk):
         conv1x1_nchw.forward(x, np.ascontiguousarray(w, dtype=dt).reshape(-1), bb, sh, sw, OH,
-                             OW, g, keep, xs, y, nt, conv1x1_nchw.FILL_Y_FIRST)
+                             OW, g, keep, xs, y, nt, conv1x1_nchw.FILL_Y_FIRST, ahead)
     if keep:
         box.x_sampled, box.sampled_group = xs, g
     return y
@@ -1856,10 +1861,11 @@ def _conv1x1_nchw_backward(x, w, gy, stride, need_x, need_w, saved, gx_addend, a
         addf = gx_addend.reshape(-1) if fused else _EMPTY[dt.char]
     gwacc = np.empty((nt, K * C if need_w else 1), dtype=dt)
     gw = np.empty(K * C if need_w else 1, dtype=dt)
-    with _single_blas, _dynamic_schedule():
+    ahead, chunk = conv1x1_nchw.schedule(N, g, nt)
+    with _single_blas, _dynamic_schedule(chunk):
         conv1x1_nchw.backward(x, xs, have_xs, np.ascontiguousarray(w, dtype=dt).reshape(-1), gy,
                               sh, sw, g, bool(need_x), bool(need_w), mode, gx, gwacc, gw, addf,
-                              conv1x1_nchw.STREAM_OPERANDS, nt)
+                              conv1x1_nchw.STREAM_OPERANDS, nt, ahead)
     gw = gw.reshape(K, C, 1, 1) if need_w else None
     return (gx if need_x else None), gw, fused
 

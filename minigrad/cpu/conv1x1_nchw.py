@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from .blas import gemm_rm
+from .gemm_stream import gemm_stream
 from .prefetch import cpu_vendor, stream_in
 from .stride2_lanes import add_to_even_8, add_to_even_16, take_even_8, take_even_16
 
@@ -194,12 +195,15 @@ FILL_Y_FIRST = False
 
 
 @njit(parallel=True, cache=True)
-def forward(x, wf, b, sh, sw, OH, OW, g, keep, xs, y, nt, fill_first):
+def forward(x, wf, b, sh, sw, OH, OW, g, keep, xs, y, nt, fill_first, prefetch):
     """y (N, K, OH, OW) = 1x1 conv of x (N, C, H, W), both C-contiguous, with wf (K*C,)
     (w as a (K, C) matrix), plus b (K,) (zeros for no bias).  With ``keep``, the sampled input
     is written to xs (N*C*P, grouped g images at a time) for the backward; stride 1
-    with g == 1 reads x in place and writes nothing there.  ``fill_first``: FILL_Y_FIRST."""
-    N, C = x.shape[0], x.shape[1]
+    with g == 1 reads x in place and writes nothing there.  ``fill_first``: FILL_Y_FIRST.
+    ``prefetch`` (from ``schedule``): when positive (one image per work unit), the GEMM of
+    image n prefetches image n + prefetch's x, the thread's next unit; 0 prefetches nothing.
+    Prefetching never changes a value."""
+    N, C, H, W = x.shape
     K = b.shape[0]
     P = OH * OW
     ngroups = (N + g - 1) // g
@@ -223,15 +227,17 @@ def forward(x, wf, b, sh, sw, OH, OW, g, keep, xs, y, nt, fill_first):
             _gather(x, n_a, n_b, sh, sw, OH, OW, src)
         if g == 1:
             out = yf[n_a * K * P:n_b * K * P]
+            nx = min(n_a + prefetch, N - 1)
+            lx = C * H * W if (prefetch > 0 and n_a + prefetch < N) else 0
             if fill_first:
                 for k in range(K):
                     bk = b[k]
                     row = out[k * P:(k + 1) * P]
                     for p in range(P):
                         row[p] = bk
-                gemm_rm(False, False, K, P, C, 1.0, wf, C, src, P, 1.0, out, P)
-            else:
-                gemm_rm(False, False, K, P, C, 1.0, wf, C, src, P, 0.0, out, P)
+            _gemm(prefetch > 0, False, False, K, P, C, wf, C, src, P, 1.0 if fill_first else 0.0, out,
+                  P, xbuf[t], xf, nx * C * H * W, lx, xf, 0, 0)
+            if not fill_first:
                 for k in range(K if has_b else 0):
                     bk = b[k]
                     row = out[k * P:(k + 1) * P]
@@ -249,6 +255,17 @@ def forward(x, wf, b, sh, sw, OH, OW, g, keep, xs, y, nt, fill_first):
                         d[p] = s[p] + bk
 
 
+@njit(inline="always")
+def _gemm(prefetch, transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc, bp, pf1, s1, l1, pf2,
+          s2, l2):
+    """gemm_stream with its two prefetch streams when ``prefetch``, else plain gemm_rm."""
+    if prefetch:
+        gemm_stream(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc, bp, pf1, s1, l1, pf2,
+                    s2, l2)
+    else:
+        gemm_rm(transa, transb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc)
+
+
 # How backward writes dX (its x_mode argument).
 DX_WRITE = 0       # gx is a fresh array: gx = dX (+ addf when addf is not empty)
 DX_ADD_IN_PLACE = 1   # gx holds the gradient gathered so far: gx += dX at the sampled pixels
@@ -260,20 +277,39 @@ DX_ADD_IN_PLACE = 1   # gx holds the gradient gathered so far: gx += dX at the s
 # sessions 36-41 the row ran 1.023-1.027x faster without them (four paired runs, change 166).
 STREAM_OPERANDS = cpu_vendor() != "GenuineIntel"
 
+# With one image per work unit, forward's and backward's GEMMs prefetch the memory the thread
+# reads next (gemm_stream), each thread taking a contiguous run of images so that its next one
+# is known: the NCHW 1x1 stride-2 64->128 kernels 1.15-1.17x faster on the Intel Xeon of
+# sessions 36-43 than one image at a time without prefetching (BENCHMARKS_perf.md, change 168).
+PREFETCH_NEXT = True
+
+
+def schedule(N, g, nt):
+    """(prefetch, chunk) for forward and backward on N images in units of g: with
+    PREFETCH_NEXT and one image per unit, each thread takes a run of ceil(N / nt) images
+    (Numba's chunk size) and prefetches the next image of its run (prefetch 1); else units
+    go out one at a time (chunk 1, for load balance) and nothing is prefetched (0)."""
+    if PREFETCH_NEXT and g == 1:
+        return 1, -(-N // nt)
+    return 0, 1
+
 # Elements of dW per work unit when backward sums its per-thread partial sums.
 _SUM_BLOCK = 8192
 
 
 @njit(parallel=True, cache=True)
 def backward(x, xs, have_xs, wf, gy, sh, sw, g, need_x, need_w, x_mode, gx, gwacc, gw, addf,
-             stream, nt):
+             stream, nt, prefetch):
     """Gradients of ``forward``: gw (K*C,) gets dW (a (K, C) matrix), summed from per-thread
     partial sums in gwacc (nt, K*C), scratch space the caller need not initialise; gx
     (N, C, H, W) C-contiguous gets dX as x_mode says.
 
     ``gy`` (N, K, OH, OW) C-contiguous.  ``xs``: the forward's kept sampled input when
     ``have_xs`` (grouped by the same g), else it is gathered again from x.  ``stream``:
-    STREAM_OPERANDS (only where the operands sit in memory, never what is computed)."""
+    STREAM_OPERANDS; ``prefetch`` (from ``schedule``): when positive (one image per work
+    unit), the dW GEMM of image n prefetches its dX rows in gx, the dX GEMM image n +
+    prefetch's dY and sampled x.  Both only move data into the cache, never change what is
+    computed."""
     N, C, H, W = x.shape
     K = gy.shape[1]
     OH, OW = gy.shape[2], gy.shape[3]
@@ -284,6 +320,7 @@ def backward(x, xs, have_xs, wf, gy, sh, sw, g, need_x, need_w, x_mode, gx, gwac
     xbuf = np.empty((nt, C * g * P if need_xs else 0), dtype=x.dtype)
     gbuf = np.empty((nt, K * g * P if g > 1 else 0), dtype=x.dtype)
     dbuf = np.empty((nt, C * g * P if (need_x and not in_place) else 0), dtype=x.dtype)
+    bpack = np.empty((nt, C * P if (need_w and g == 1) else 0), dtype=x.dtype)  # packed B
     xf = x.reshape(-1)
     gyf = gy.reshape(-1)
     gxf = gx.reshape(-1)
@@ -302,6 +339,17 @@ def backward(x, xs, have_xs, wf, gy, sh, sw, g, need_x, need_w, x_mode, gx, gwac
         else:
             gyg = gbuf[t]
             _group_rows(gyf, n_a, n_b, K, P, gyg)
+        # PREFETCH_NEXT's streams (lengths 0: none): this image's dX rows (the dW GEMM), the
+        # next image's dY and sampled x (the dX GEMM, or the dW GEMM without dX)
+        pf = prefetch > 0 and g == 1
+        nx = min(n_a + prefetch, N - 1)
+        more = pf and n_a + prefetch < N
+        l_dx = C * HW if (pf and need_x) else 0
+        l_dy = K * P if more else 0
+        s_x, l_x = nx * C * P, C * P if (more and need_w and not in_place and have_xs) else 0
+        if more and need_w and not have_xs:
+            s_x, l_x = nx * C * HW, C * HW   # x itself, gathered again or read in place
+        sampled = xs if have_xs else xf
         if need_w:
             if in_place:
                 src = xf[n_a * C * P:]
@@ -314,8 +362,14 @@ def backward(x, xs, have_xs, wf, gy, sh, sw, g, need_x, need_w, x_mode, gx, gwac
             else:
                 src = xbuf[t]
                 _gather(x, n_a, n_b, sh, sw, OH, OW, src)
-            gemm_rm(False, True, K, C, G, 1.0, gyg, G, src, G, 1.0 if started[t] else 0.0,
-                    gwacc[t], C)
+            sampled = xs if have_xs else xf
+            beta = 1.0 if started[t] else 0.0
+            if need_x:
+                _gemm(pf, False, True, K, C, G, gyg, G, src, G, beta, gwacc[t], C, bpack[t], gxf,
+                      n_a * C * HW, l_dx, gxf, 0, 0)
+            else:
+                _gemm(pf, False, True, K, C, G, gyg, G, src, G, beta, gwacc[t], C, bpack[t], gyf,
+                      nx * K * P, l_dy, sampled, s_x, l_x)
             started[t] = True
         if not need_x:
             continue
@@ -329,10 +383,16 @@ def backward(x, xs, have_xs, wf, gy, sh, sw, g, need_x, need_w, x_mode, gx, gwac
                 for j in range(C * HW):
                     out[j] = src[j]
                 beta = 1.0
-            gemm_rm(True, False, C, P, K, 1.0, wf, C, gyg, G, beta, out, P)
+            _gemm(pf, True, False, C, P, K, wf, C, gyg, G, beta, out, P, bpack[t], gyf,
+                  nx * K * P, l_dy, xf, s_x, l_x if need_w else 0)
             continue
         d = dbuf[t]
-        gemm_rm(True, False, C, G, K, 1.0, wf, C, gyg, G, 0.0, d, G)
+        if need_w:
+            _gemm(pf, True, False, C, G, K, wf, C, gyg, G, 0.0, d, G, bpack[t], gyf, nx * K * P,
+                  l_dy, sampled, s_x, l_x)
+        else:
+            _gemm(pf, True, False, C, G, K, wf, C, gyg, G, 0.0, d, G, bpack[t], gxf,
+                  n_a * C * HW, l_dx, gyf, nx * K * P, l_dy)
         for i in range(n_b - n_a):
             base = (n_a + i) * C * HW
             if x_mode == DX_WRITE:

@@ -14,6 +14,19 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 
+def emit_prefetch(builder, ptr, locality=3):
+    """LLVM IR in ``builder``: prefetch the line at ``ptr`` (any pointer), to read it;
+    ``locality`` 3 keeps it in every cache level, 2 in L2 and below (not L1)."""
+    i8p = ir.IntType(8).as_pointer()
+    i32 = ir.IntType(32)
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+        "llvm.prefetch." + i8p.intrinsic_name)    # p0i8 (typed) or p0 (opaque pointers)
+    # read, the given temporal locality, data cache
+    builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0),
+                      ir.Constant(i32, locality), ir.Constant(i32, 1)])
+
+
 @intrinsic
 def prefetch(typingctx, arr, i):
     """Prefetch the cache line holding arr[i] (1-D array) into all cache levels, to read it."""
@@ -22,14 +35,7 @@ def prefetch(typingctx, arr, i):
     def codegen(context, builder, signature, args):
         a, idx = args
         data = context.make_array(signature.args[0])(context, builder, a).data
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-            "llvm.prefetch." + i8p.intrinsic_name)    # p0i8 (typed) or p0 (opaque pointers)
-        addr = builder.bitcast(builder.gep(data, [idx]), i8p)
-        # read, highest temporal locality (keep in every level), data cache
-        builder.call(fn, [addr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        emit_prefetch(builder, builder.gep(data, [idx]))
         return context.get_dummy_value()
 
     return sig, codegen

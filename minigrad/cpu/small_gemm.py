@@ -44,6 +44,8 @@ from numba import carray, cfunc, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .prefetch import emit_prefetch
+
 
 def _host_lanes():
     """float32 lanes of the FMA vectors the micro-kernel uses on this host: 16 with AVX-512,
@@ -144,13 +146,28 @@ def _make_micro_kernel(mr):
     return kernel
 
 
-def _micro_kernel_codegen(rows):
+def _make_stream_kernel(mr):
+    """The micro-kernel of mr rows that also prefetches a side stream: its last three
+    arguments (pf, pfoff, pfstep) ask for one prefetch a reduction step, of pf[pfoff +
+    p*pfstep] at step p (see _micro_kernel_codegen)."""
+    @intrinsic
+    def kernel(typingctx, kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, beta, pf, pfoff,
+               pfstep):
+        sig = types.void(types.intp, a, types.intp, types.intp, types.intp, b, types.intp,
+                         types.intp, c, types.intp, types.intp, types.float32, pf, types.intp,
+                         types.intp)
+        return sig, _micro_kernel_codegen(mr, stream=True)
+    return kernel
+
+
+def _micro_kernel_codegen(rows, stream=False):
     """Code generator of a rows x NR micro-kernel: C[i, j] = beta * C[i, j] + sum_p A[i, p] *
     B[p, j] (C not read when beta is 0), with A[i, p] = a[aoff + i*ars + p*acs],
     B[p, j] = b[boff + p*brs + j] and C[i, j] = c[coff + i*ldc + j]; all three float32,
-    kc >= 0 steps."""
+    kc >= 0 steps.  With ``stream``, step p also prefetches pf[pfoff + p*pfstep] into L2
+    (three more arguments): memory the caller reads next arrives while the tile computes."""
     def codegen(context, builder, signature, args):
-        kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, beta = args
+        kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, beta = args[:12]
         f32, i64 = ir.FloatType(), ir.IntType(64)
         vt = ir.VectorType(f32, _VW)
         nv = NR // _VW
@@ -181,6 +198,8 @@ def _micro_kernel_codegen(rows):
         builder.cbranch(builder.icmp_signed("<", p, kc), body, done)
 
         builder.position_at_end(body)
+        if stream:
+            _prefetch_step(context, builder, signature, args, p)
         brow = builder.gep(B, [builder.mul(p, brs)])
         bv = [builder.load(builder.bitcast(builder.gep(brow, [ir.Constant(i64, j * _VW)]),
                                            vt.as_pointer()), align=4) for j in range(nv)]
@@ -215,6 +234,15 @@ def _micro_kernel_codegen(rows):
     return codegen
 
 
+def _prefetch_step(context, builder, signature, args, p):
+    """Emit a prefetch of pf[pfoff + p*pfstep] (the stream kernel's last three arguments)
+    into L2 (locality 2: not L1, which holds the tile's operands)."""
+    pf, pfoff, pfstep = args[12:15]
+    data = context.make_array(signature.args[12])(context, builder, pf).data
+    emit_prefetch(builder, builder.gep(data, [builder.add(pfoff, builder.mul(p, pfstep))]),
+                  locality=2)
+
+
 # The MR-row micro-kernel, and two shorter ones for the last rows of A when m is not a
 # multiple of MR (m = 64, 128 or 256 leave 4 or 8 rows on the wide tile): without them
 # those rows ran a whole MR-row tile on zero padding, through a scalar copy-out
@@ -223,6 +251,9 @@ EDGE_MR = (MR // 3, 2 * MR // 3)
 _micro_kernel = _make_micro_kernel(MR)
 _micro_kernel_e0 = _make_micro_kernel(EDGE_MR[0])
 _micro_kernel_e1 = _make_micro_kernel(EDGE_MR[1])
+_stream_kernel = _make_stream_kernel(MR)
+_stream_kernel_e0 = _make_stream_kernel(EDGE_MR[0])
+_stream_kernel_e1 = _make_stream_kernel(EDGE_MR[1])
 
 
 @njit(inline="always")
@@ -234,6 +265,20 @@ def _tile(mr, kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, beta):
         _micro_kernel_e1(kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, beta)
     else:
         _micro_kernel_e0(kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, beta)
+
+
+@njit(inline="always")
+def tile_stream(mr, kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, beta, pf, pfoff, pfstep):
+    """_tile's micro-kernel that also prefetches pf[pfoff + p*pfstep] at each step p (for
+    gemm_stream's drivers; mr is MR or one of EDGE_MR)."""
+    if mr == MR:
+        _stream_kernel(kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, beta, pf, pfoff, pfstep)
+    elif mr == EDGE_MR[1]:
+        _stream_kernel_e1(kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, beta, pf, pfoff,
+                          pfstep)
+    else:
+        _stream_kernel_e0(kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, beta, pf, pfoff,
+                          pfstep)
 
 
 @njit(inline="always")
