@@ -279,21 +279,27 @@ DX_ADD_IN_PLACE = 1   # gx holds the gradient gathered so far: gx += dX at the s
 STREAM_OPERANDS = cpu_vendor() != "GenuineIntel"
 
 # With one image per work unit, forward's and backward's GEMMs prefetch the memory the thread
-# reads next (gemm_stream), each thread taking a contiguous run of images so that its next one
-# is known: the NCHW 1x1 stride-2 64->128 kernels 1.15-1.17x faster on the Intel Xeon of
+# reads next (gemm_stream), the threads taking contiguous runs of images so that the next one
+# is known: the NCHW 1x1 stride-2 64->128 kernels 1.14-1.17x faster on the Intel Xeon of
 # sessions 36-43 than one image at a time without prefetching (BENCHMARKS_perf.md, change 168).
 PREFETCH_NEXT = True
+# Runs of images per thread while prefetching (Numba hands out runs, not single images, then):
+# 4 runs of 4 images each at batch 32 kept the gain of one run per thread (1.139x against
+# 1.135x, paired, and 1.199x against 1.204x after a PyTorch call each) and bound the imbalance
+# when another process holds a core for a while to one run.
+RUNS_PER_THREAD = 4
 
 
 def schedule(N, g, nt):
     """(prefetch, chunk) for forward and backward on N images in units of g: with
-    PREFETCH_NEXT and one image per unit, each thread takes a run of ceil(N / nt) images
-    (Numba's chunk size) and prefetches the next image of its run (prefetch 1); else units
-    go out one at a time (chunk 1, for load balance) and nothing is prefetched (0).  Units of
+    PREFETCH_NEXT and one image per unit, the images go out in runs of ceil(N / (nt *
+    RUNS_PER_THREAD)) (Numba's chunk size) and each GEMM prefetches the next image of its run
+    (prefetch 1); else units go out one at a time (chunk 1, for load balance) and nothing is
+    prefetched (0).  Units of
     several images (small images, grouped) ran no faster with prefetching (128->256 at 16x16,
     stride 2: 1.014x; 256->512 at 8x8: 0.994x; 256->256 at 8x8, stride 1: 0.986x)."""
     if PREFETCH_NEXT and g == 1:
-        return 1, -(-N // nt)
+        return 1, max(1, -(-N // (nt * RUNS_PER_THREAD)))
     return 0, 1
 
 # Elements of dW per work unit when backward sums its per-thread partial sums.
