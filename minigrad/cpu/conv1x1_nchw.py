@@ -295,9 +295,9 @@ def schedule(N, g, nt):
     PREFETCH_NEXT and one image per unit, the images go out in runs of ceil(N / (nt *
     RUNS_PER_THREAD)) (Numba's chunk size) and each GEMM prefetches the next image of its run
     (prefetch 1); else units go out one at a time (chunk 1, for load balance) and nothing is
-    prefetched (0).  Units of
-    several images (small images, grouped) ran no faster with prefetching (128->256 at 16x16,
-    stride 2: 1.014x; 256->512 at 8x8: 0.994x; 256->256 at 8x8, stride 1: 0.986x)."""
+    prefetched (0).  Units of several images (small images, grouped) ran no faster with
+    prefetching (128->256 at 16x16, stride 2: 1.014x; 256->512 at 8x8: 0.994x; 256->256 at
+    8x8, stride 1: 0.986x)."""
     if PREFETCH_NEXT and g == 1:
         return 1, max(1, -(-N // (nt * RUNS_PER_THREAD)))
     return 0, 1
@@ -348,8 +348,8 @@ def backward(x, xs, have_xs, wf, gy, sh, sw, g, need_x, need_w, x_mode, gx, gwac
         else:
             gyg = gbuf[t]
             _group_rows(gyf, n_a, n_b, K, P, gyg)
-        # PREFETCH_NEXT's streams (lengths 0: none): this image's dX rows (the dW GEMM), the
-        # next image's dY and sampled x (the dX GEMM, or the dW GEMM without dX)
+        # the prefetch streams (lengths 0: none): this image's dX rows (the dW GEMM), the next
+        # image's dY and sampled x (the dX GEMM, or the dW GEMM without dX)
         pf = prefetch > 0 and g == 1
         nx = min(n_a + prefetch, N - 1)
         more = pf and n_a + prefetch < N
@@ -371,7 +371,6 @@ def backward(x, xs, have_xs, wf, gy, sh, sw, g, need_x, need_w, x_mode, gx, gwac
             else:
                 src = xbuf[t]
                 _gather(x, n_a, n_b, sh, sw, OH, OW, src)
-            sampled = xs if have_xs else xf
             beta = 1.0 if started[t] else 0.0
             if need_x:
                 _gemm(pf, False, True, K, C, G, gyg, G, src, G, beta, gwacc[t], C, bpack[t], gxf,
