@@ -355,10 +355,11 @@ def backward(x, xs, have_xs, wf, gy, sh, sw, g, need_x, need_w, x_mode, gx, gwac
         more = pf and n_a + prefetch < N
         l_dx = C * HW if (pf and need_x) else 0
         l_dy = K * P if more else 0
-        s_x, l_x = nx * C * P, C * P if (more and need_w and not in_place and have_xs) else 0
-        if more and need_w and not have_xs:
-            s_x, l_x = nx * C * HW, C * HW   # x itself, gathered again or read in place
+        # what the next dW GEMM reads: the kept sampled x, or x itself (gathered again or read
+        # in place)
         sampled = xs if have_xs else xf
+        per_image = C * P if have_xs else C * HW
+        s_x, l_x = (nx * per_image, per_image) if (more and need_w) else (0, 0)
         if need_w:
             if in_place:
                 src = xf[n_a * C * P:]
@@ -392,7 +393,7 @@ def backward(x, xs, have_xs, wf, gy, sh, sw, g, need_x, need_w, x_mode, gx, gwac
                     out[j] = src[j]
                 beta = 1.0
             _gemm(pf, True, False, C, P, K, wf, C, gyg, G, beta, out, P, bpack[t], gyf,
-                  nx * K * P, l_dy, xf, s_x, l_x if need_w else 0)
+                  nx * K * P, l_dy, sampled, s_x, l_x)
             continue
         d = dbuf[t]
         if need_w:

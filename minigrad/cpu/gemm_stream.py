@@ -86,7 +86,7 @@ def _gemm_stream_overload(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc,
     if c.dtype == types.float32 and small_gemm.SUPPORTED:
         def impl(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc, bp, pf1, s1, l1, pf2,
                  s2, l2):
-            if not usable(transa, transb, m, n, k, lda) or m == 0:
+            if not usable(transa, transb, m, n, k, lda):
                 gemm_rm(transa, transb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc)
             elif transb:
                 small_gemm._pack_b(True, b, ldb, 0, k, 0, n, bp)
