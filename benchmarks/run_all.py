@@ -73,8 +73,9 @@ def time_pair(row, mg_fn, torch_fn, repeat, warmup=2, ref_fn=None):
     Alternating puts both under the same background load and clock speed, so the ratio
     does not drift with the machine the way two long blocks of runs do (seen here: the
     same LeNet code timed 8.1-11.6 ms in three consecutive runs).  Calls shorter than
-    ``SHORT_CALL_S`` run in turns (``turn_calls``): each framework first runs untimed calls
-    for ``SETTLE_S``, then its timed calls.  The first calls after the other framework ran
+    ``SHORT_CALL_S`` (each framework's fastest warm-up call) run in turns: each framework
+    first runs untimed calls for at least ``SETTLE_S`` (``_settle``), then its timed calls
+    (``turn_calls``).  The first calls after the other framework ran
     are slow for both and settle over about 10 ms, not one call: on the 1x1 stride-2
     64->128 row, minigrad's calls 1-6 after PyTorch's took 2.20, 1.81, 1.75, 1.58, 1.55,
     1.50 ms and its later ones 1.42-1.52 ms; PyTorch's channels-last CIFAR stem 3.01, 2.42,
@@ -111,25 +112,43 @@ def _time_row(row, mg_fn, torch_fn, repeat, warmup):
         row["minigrad_s"] = timeit(mg_fn, repeat, warmup)
         return row
     mg_times, torch_times = [], []
-    call_s = [0.0, 0.0]
+    # each framework's call time: its fastest warm-up call.  (The first call of a row loads
+    # kernels and builds oneDNN primitives, 20-250 ms for 2 ms calls; the mean of the warm-up
+    # calls made short calls look long, and their turns settled for 1-4 calls instead of
+    # SETTLE_S: BENCHMARKS_perf.md, session 44.)
+    call_s = [np.inf, np.inf]
     for _ in range(warmup):
         for i, fn in enumerate((mg_fn, torch_fn)):
             t0 = time.perf_counter()
             fn()
-            call_s[i] += (time.perf_counter() - t0) / warmup
+            call_s[i] = min(call_s[i], time.perf_counter() - t0)
     # without warm-up calls to go by, every call counts as a long one (strict alternation)
     turns = [turn_calls(c if warmup else SHORT_CALL_S, repeat) for c in call_s]
     timed = ((mg_fn, mg_times, turns[0]), (torch_fn, torch_times, turns[1]))
     while len(mg_times) < repeat or len(torch_times) < repeat:
         for fn, times, (untimed, counted) in timed:
-            for k in range(untimed + counted):
+            _settle(fn, untimed)
+            for _ in range(counted):
                 t1 = time.perf_counter()
                 fn()
-                if k >= untimed:
-                    times.append(time.perf_counter() - t1)
+                times.append(time.perf_counter() - t1)
     row["minigrad_s"] = statistics.median(mg_times[:repeat])
     row["torch_s"] = statistics.median(torch_times[:repeat])
     return row
+
+
+def _settle(fn, untimed):
+    """A turn's untimed calls: at least ``untimed`` (none for a long call), and more until
+    SETTLE_S has passed since the turn began (at most MAX_SETTLE_CALLS in all), so that the
+    turn settles for SETTLE_S even when the warm-up calls overstated the call time (the
+    second warm-up call, which follows the other framework's, ran 1.5-2x the settled time)."""
+    if untimed == 0:
+        return
+    end = time.perf_counter() + SETTLE_S
+    k = 0
+    while k < MAX_SETTLE_CALLS and (k < untimed or time.perf_counter() < end):
+        fn()
+        k += 1
 
 
 def turn_calls(call_s, repeat):

@@ -26,6 +26,7 @@ def test_time_pair_alternates_turns_and_takes_medians(monkeypatch):
         return (2, 3) if call_s < 0.001 else (1, 2)
 
     monkeypatch.setattr(run_all, "turn_calls", turns)
+    monkeypatch.setattr(run_all, "SETTLE_S", 0.0)     # the untimed calls turn_calls asks for
     row = run_all.time_pair({"workload": "w"}, a, b, repeat=4, warmup=1)
     # one warm-up pair, then turns of untimed + timed calls until both have 4 timed calls
     assert calls == ["a", "b"] + (["a"] * 5 + ["b"] * 3) * 2
@@ -41,6 +42,56 @@ def test_time_pair_alternates_turns_and_takes_medians(monkeypatch):
     assert calls == ["a", "b"] + (["a"] * 3 + ["b"]) * 3
     row = run_all.time_pair({}, a, None, repeat=3, warmup=0)
     assert "torch_s" not in row and row["minigrad_s"] >= 0
+
+
+def test_turns_follow_the_fastest_warm_up_call(monkeypatch):
+    """A row's first call (kernels loaded, primitives built) does not make a short call count
+    as a long one: the turns come from each framework's fastest warm-up call."""
+    first = {"a": True, "b": True}
+
+    def call(name, slow_s):
+        def fn():
+            if first[name]:
+                first[name] = False
+                time.sleep(slow_s)
+        return fn
+
+    seen = []
+
+    def turns(call_s, repeat):
+        seen.append(call_s)
+        return (1, 2)
+
+    monkeypatch.setattr(run_all, "turn_calls", turns)
+    run_all.time_pair({}, call("a", 0.2), call("b", 0.2), repeat=2, warmup=2)
+    assert len(seen) == 2 and max(seen) < 0.05
+
+
+def test_turns_settle_for_settle_s_whatever_the_estimate(monkeypatch):
+    """A turn's untimed calls last at least SETTLE_S, even when turn_calls (from an
+    overstated call time) asked for fewer; at least as many as it asked for; at most
+    MAX_SETTLE_CALLS; none for a long call."""
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(0.001)
+
+    monkeypatch.setattr(run_all, "SETTLE_S", 0.02)
+    t0 = time.perf_counter()
+    run_all._settle(fn, 1)
+    assert time.perf_counter() - t0 >= 0.02 and 2 <= len(calls) <= 21
+    calls.clear()
+    monkeypatch.setattr(run_all, "SETTLE_S", 0.0)
+    run_all._settle(fn, 3)
+    assert len(calls) == 3
+    calls.clear()
+    run_all._settle(fn, 0)
+    assert calls == []
+    monkeypatch.setattr(run_all, "SETTLE_S", 10.0)
+    monkeypatch.setattr(run_all, "MAX_SETTLE_CALLS", 5)
+    run_all._settle(fn, 1)
+    assert len(calls) == 5
 
 
 def test_turns_settle_for_a_time_then_time_calls():
@@ -111,6 +162,7 @@ def test_read_probe_reports_a_rate_for_each_size(monkeypatch):
 
 def test_reference_call_is_timed_around_the_row_and_used_for_it(monkeypatch):
     monkeypatch.setattr(run_all, "REF_SETTLE_S", 0.0)
+    monkeypatch.setattr(run_all, "SETTLE_S", 0.0)
     monkeypatch.setattr(run_all, "turn_calls", lambda call_s, repeat: (1, 2))
     calls = []
 
