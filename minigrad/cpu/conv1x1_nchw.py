@@ -13,9 +13,10 @@ the matching scatter, both without transposing anything.  (The channels-last GEM
 path had to transpose the sampled pixels into (pixels, C) rows first, and wrote dX
 channels-last.)  The output and dX are NCHW-contiguous.
 
-Small images (P under _MIN_COLUMNS) are handled g at a time: their Xs are laid side by
-side into one (C x g*P) matrix so that the GEMMs get enough columns; the forward's
-kept copy of Xs uses that grouped layout (``group`` records g).
+Small images (P under _MIN_COLUMNS, or under _MIN_PREFETCH_COLUMNS while PREFETCH_NEXT is
+on) are handled g at a time: their Xs are laid side by side into one (C x g*P) matrix so that
+the GEMMs get enough columns; the forward's kept copy of Xs uses that grouped layout
+(``group`` records g).
 
 One parallel region per call; each work unit (g images) runs single-threaded BLAS,
 as the other GEMM paths do (the caller holds ``conv._single_blas``).
@@ -34,11 +35,20 @@ from .stride2_lanes import add_to_even_8, add_to_even_16, take_even_8, take_even
 # grouped.  Per-image GEMMs of 512x256 by 256x16 ran at 65-74% of the single-thread
 # peak against 87-91% for 64 or more columns (BENCHMARKS_perf.md, change 72).
 _MIN_COLUMNS = 256
+# ...but with PREFETCH_NEXT, images of at least this many output pixels go one per unit, so
+# that their GEMMs prefetch the next image: on the Intel Xeon of sessions 36-44, 128->256 at
+# 16x16 stride 2 (64 pixels) 1.06-1.11x, 128->128 at 16x16 stride 2 1.13x and 256->256 at 8x8
+# stride 1 1.16x faster than in groups of four; 256->512 at 8x8 stride 2 (16 pixels, groups of
+# four instead of eight) 0.99x, so smaller images stay grouped (BENCHMARKS_perf.md, change 169).
+_MIN_PREFETCH_COLUMNS = 64
 
 
 def group_size(N, P, nt):
-    """Images per work unit: enough for _MIN_COLUMNS GEMM columns, while leaving at
-    least two work units per thread."""
+    """Images per work unit: one from _MIN_PREFETCH_COLUMNS output pixels while PREFETCH_NEXT
+    is on; otherwise enough for _MIN_COLUMNS GEMM columns, while leaving at least two work
+    units per thread."""
+    if PREFETCH_NEXT and P >= _MIN_PREFETCH_COLUMNS:
+        return 1
     g = max(1, -(-_MIN_COLUMNS // max(P, 1)))
     return int(max(1, min(g, N // (2 * nt))))
 
