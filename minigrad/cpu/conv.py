@@ -62,7 +62,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import (conv1x1_cl, conv1x1_nchw, conv3x3_cl, conv3x3_rows, conv_direct_cl,
+from . import (conv1x1_cl, conv1x1_cl_units, conv1x1_nchw, conv3x3_cl, conv3x3_rows, conv_direct_cl,
                conv_direct_rows, small_gemm, winograd)
 from .addend import nchw_foldable, writable_in_place
 from ._jit import pjit
@@ -1753,6 +1753,8 @@ def _conv2d(x, w, b, stride, padding, dilation, box, keep_x):
         return _conv1x1_nchw(x, w, bb, sh, sw, OH, OW, box, keep_x)
     if _whole_1x1(w, (ph, pw), N * OH * OW):
         return _conv1x1_cl(x, w, b, bb, sh, sw, OH, OW, box, keep_x)
+    if _cl_units_1x1(x, w, (sh, sw), (ph, pw), OH * OW, dt):
+        return _conv1x1_cl_units(x, w, b, sh, sw, OH, OW, box, keep_x)
     shift = _use_shift(N, C, H, W, K, R, S, (sh, sw), (ph, pw), (dh, dw))
     krsc = _GEMM_PATH != "chunked" and not shift and (
         _big_weights(w, dt) or (R == 1 and S == 1))
@@ -1868,6 +1870,80 @@ def _conv1x1_nchw_backward(x, w, gy, stride, need_x, need_w, saved, gx_addend, a
                               conv1x1_nchw.STREAM_OPERANDS, nt, ahead)
     gw = gw.reshape(K, C, 1, 1) if need_w else None
     return (gx if need_x else None), gw, fused
+
+
+# Strided unpadded 1x1 convolutions of channels-last input with at least
+# conv1x1_cl_units.MIN_PIXELS output pixels an image (and more pixels in the batch than
+# _whole_1x1 takes) run one image per work unit, their GEMMs prefetching the next image
+# (conv1x1_cl_units; BENCHMARKS_perf.md, change 170).  False: the im2col tiles.
+USE_CL_UNITS_1X1 = True
+
+
+def _cl_units_1x1(x, w, stride, padding, P, dt):
+    """True when conv1x1_cl_units computes this convolution: w 1x1, no padding, a stride, x
+    dense channels-last in dtype dt, P >= MIN_PIXELS output pixels an image, enough channels
+    for the GEMM paths, and not a convolution _whole_1x1 takes."""
+    return (USE_CL_UNITS_1X1 and _GEMM_PATH != "chunked" and w.shape[2] == 1
+            and w.shape[3] == 1 and tuple(padding) == (0, 0) and tuple(stride) != (1, 1)
+            and x.dtype == dt and is_channels_last(x) and P >= conv1x1_cl_units.MIN_PIXELS
+            and x.shape[1] * w.shape[0] > _DIRECT_MAX_CK
+            and not _whole_1x1(w, padding, x.shape[0] * P))
+
+
+def _conv1x1_cl_units(x, w, b, sh, sw, OH, OW, box, keep_x):
+    """Forward of conv1x1_cl_units: y NCHW-shaped, stored channels-last; keeps the sampled
+    rows of x in ``box`` (sampled_group 0: conv1x1_cl_units' (N, P, C) layout)."""
+    N, C = x.shape[0], x.shape[1]
+    K = w.shape[0]
+    dt = x.dtype
+    P = OH * OW
+    xs = np.empty(N * P * C, dtype=dt)
+    y = np.empty((N, OH, OW, K), dtype=dt)
+    bb = np.ascontiguousarray(b, dtype=dt) if b is not None else np.zeros(K, dtype=dt)
+    nt = numba.get_num_threads()
+    ahead, chunk = conv1x1_nchw.schedule(N, 1, nt)
+    with _single_blas, _dynamic_schedule(chunk):
+        conv1x1_cl_units.forward(x.transpose(0, 2, 3, 1), _weights_rsck(w, dt), bb,
+                                 b is not None, sh, sw, OH, OW, xs, y.reshape(-1), ahead)
+    if box is not None and keep_x:
+        box.x_sampled, box.sampled_group = xs, 0
+    return y.transpose(0, 3, 1, 2)
+
+
+def _conv1x1_cl_units_backward(x, w, gy, stride, need_x, need_w, saved, gx_addend,
+                               addend_writable):
+    """(gx, gw, folded) of conv1x1_cl_units: gx NCHW-shaped, stored channels-last (gx_addend
+    itself when that is channels-last and may be written in place), gw (K, C, 1, 1); folded
+    when gx includes gx_addend."""
+    sh, sw = int(stride[0]), int(stride[1])
+    N, C, H, W = x.shape
+    K = w.shape[0]
+    dt = x.dtype
+    OH, OW = gy.shape[2], gy.shape[3]
+    P = OH * OW
+    gyf = _cl_contig(np.asarray(gy, dtype=dt)).reshape(-1)
+    xs = saved.x_sampled if saved is not None else None
+    have_xs = (xs is not None and saved.sampled_group == 0 and xs.dtype == dt
+               and xs.size == N * P * C)
+    addf = _cl_flat(gx_addend, x.shape, dt) if (need_x and gx_addend is not None) else         _EMPTY[dt.char]
+    if addf.size > 0 and writable_in_place(gx_addend, addend_writable, x, gy):
+        gx, gxf, mode = gx_addend, addf, conv1x1_cl_units.DX_ADD_IN_PLACE
+        addk = _EMPTY[dt.char]
+    else:
+        gx4 = np.empty((N, H, W, C) if need_x else (1, 1, 1, 1), dtype=dt)
+        gx, gxf, mode = gx4.transpose(0, 3, 1, 2), gx4.reshape(-1), conv1x1_cl_units.DX_WRITE
+        addk = addf
+    nt = numba.get_num_threads()
+    gwacc = np.empty((nt, K * C if need_w else 1), dtype=dt)
+    gw = np.empty(K * C if need_w else 1, dtype=dt)
+    ahead, chunk = conv1x1_nchw.schedule(N, 1, nt)
+    with _single_blas, _dynamic_schedule(chunk):
+        conv1x1_cl_units.backward(x.transpose(0, 2, 3, 1), xs if have_xs else _EMPTY[dt.char],
+                                  have_xs, np.ascontiguousarray(w, dtype=dt).reshape(-1), gyf,
+                                  sh, sw, OH, OW, bool(need_x), bool(need_w), mode, gxf, addk,
+                                  gwacc, gw, nt, ahead)
+    return (gx if need_x else None), (gw.reshape(K, C, 1, 1) if need_w else None), \
+        bool(need_x) and addf.size > 0
 
 
 # Other unpadded 1x1 convolutions with few output pixels (channels-last input above all:
@@ -1992,6 +2068,14 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
         gx, gw, folded = _conv1x1_nchw_backward(x, w, gy, stride, need_x, need_w, saved,
                                                 gx_addend, addend_writable)
         gb = _bias_grad_any(np.asarray(gy, dtype=dt), dt) if need_b else None
+    elif (need_x or need_w) and x.size and np.size(gy) and \
+            _cl_units_1x1(x, w, _pairs(stride, padding, dilation)[0],
+                          _pairs(stride, padding, dilation)[1], gy.shape[2] * gy.shape[3], dt):
+        gx, gw, folded = _conv1x1_cl_units_backward(x, w, gy, _pairs(stride, padding,
+                                                                     dilation)[0],
+                                                    need_x, need_w, saved, gx_addend,
+                                                    addend_writable)
+        gb = _bias_grad_any(gy, dt) if need_b else None
     elif (need_x or need_w) and conv3x3_cl.applies(x, w, gy, *_pairs(stride, padding, dilation)):
         gx, gw, folded = _conv3x3_cl_backward(x, w, gy, need_x, need_w, wf, saved, gx_addend,
                                               addend_writable)

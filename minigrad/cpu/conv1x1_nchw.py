@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 from .blas import gemm_rm
-from .gemm_stream import gemm_stream
+from .gemm_stream import gemm_stream_if as _gemm
 from .prefetch import cpu_vendor, stream_in
 from .stride2_lanes import add_to_even_8, add_to_even_16, take_even_8, take_even_16
 
@@ -264,17 +264,6 @@ def forward(x, wf, b, sh, sw, OH, OW, g, keep, xs, y, nt, fill_first, prefetch):
                     d = yf[((n_a + i) * K + k) * P:]
                     for p in range(P):
                         d[p] = s[p] + bk
-
-
-@njit(inline="always")
-def _gemm(prefetch, transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc, bp, pf1, s1, l1, pf2,
-          s2, l2):
-    """gemm_stream with its two prefetch streams when ``prefetch``, else plain gemm_rm."""
-    if prefetch:
-        gemm_stream(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc, bp, pf1, s1, l1, pf2,
-                    s2, l2)
-    else:
-        gemm_rm(transa, transb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc)
 
 
 # How backward writes dX (its x_mode argument).

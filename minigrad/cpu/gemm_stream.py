@@ -101,3 +101,15 @@ def _gemm_stream_overload(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc,
               s2, l2):
         gemm_rm(transa, transb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc)
     return plain
+
+
+@njit(inline="always")
+def gemm_stream_if(prefetch, transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc, bp, pf1, s1,
+                   l1, pf2, s2, l2):
+    """gemm_stream with its two prefetch streams when ``prefetch``, else plain gemm_rm (alpha
+    1): the switch of the kernels that prefetch only when told to (jitted code only)."""
+    if prefetch:
+        gemm_stream(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc, bp, pf1, s1, l1, pf2,
+                    s2, l2)
+    else:
+        gemm_rm(transa, transb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc)
