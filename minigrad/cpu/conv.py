@@ -1925,7 +1925,9 @@ def _conv1x1_cl_units_backward(x, w, gy, stride, need_x, need_w, saved, gx_adden
     xs = saved.x_sampled if saved is not None else None
     have_xs = (xs is not None and saved.sampled_group == 0 and xs.dtype == dt
                and xs.size == N * P * C)
-    addf = _cl_flat(gx_addend, x.shape, dt) if (need_x and gx_addend is not None) else         _EMPTY[dt.char]
+    addf = _EMPTY[dt.char]
+    if need_x and gx_addend is not None:
+        addf = _cl_flat(gx_addend, x.shape, dt)
     if addf.size > 0 and writable_in_place(gx_addend, addend_writable, x, gy):
         gx, gxf, mode = gx_addend, addf, conv1x1_cl_units.DX_ADD_IN_PLACE
         addk = _EMPTY[dt.char]
