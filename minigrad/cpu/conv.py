@@ -2066,17 +2066,15 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
     gx has the layout of the path (channels-last storage on the GEMM paths, NCHW on the
     NCHW 1x1 path)."""
     dt = _float_dtype(x.dtype)
+    st, pd = _pairs(stride, padding, dilation)[:2]
     if (need_x or need_w) and x.size and np.size(gy) and _nchw_1x1(x, w, padding, dt):
         gx, gw, folded = _conv1x1_nchw_backward(x, w, gy, stride, need_x, need_w, saved,
                                                 gx_addend, addend_writable)
         gb = _bias_grad_any(np.asarray(gy, dtype=dt), dt) if need_b else None
     elif (need_x or need_w) and x.size and np.size(gy) and \
-            _cl_units_1x1(x, w, _pairs(stride, padding, dilation)[0],
-                          _pairs(stride, padding, dilation)[1], gy.shape[2] * gy.shape[3], dt):
-        gx, gw, folded = _conv1x1_cl_units_backward(x, w, gy, _pairs(stride, padding,
-                                                                     dilation)[0],
-                                                    need_x, need_w, saved, gx_addend,
-                                                    addend_writable)
+            _cl_units_1x1(x, w, st, pd, gy.shape[2] * gy.shape[3], dt):
+        gx, gw, folded = _conv1x1_cl_units_backward(x, w, gy, st, need_x, need_w, saved,
+                                                    gx_addend, addend_writable)
         gb = _bias_grad_any(gy, dt) if need_b else None
     elif (need_x or need_w) and conv3x3_cl.applies(x, w, gy, *_pairs(stride, padding, dilation)):
         gx, gw, folded = _conv3x3_cl_backward(x, w, gy, need_x, need_w, wf, saved, gx_addend,
