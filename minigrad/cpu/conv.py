@@ -31,6 +31,9 @@ Paths (measurements in BENCHMARKS_perf.md):
 * **NCHW 1x1** (unpadded 1x1 convs of NCHW-contiguous input; ``conv1x1_nchw.py``): per-image
   GEMMs on the planes, Y (K x OH*OW) = W (K x C) @ x[n, :, ::sh, ::sw]; the only GEMM path
   whose output and dX are NCHW-contiguous (nothing of x is transposed).
+* **channels-last strided 1x1** (unpadded, strided 1x1 convs of channels-last input with at
+  least 256 output pixels an image; ``conv1x1_cl_units.py``): per-image GEMMs Y[n] (OH*OW x
+  K) = x[n, ::sh, ::sw, :] @ W^T on runs of images, each GEMM prefetching the next image.
 * **3x3 few-channel** (float32, 3x3, stride 1, padding 1, at most 3 input channels, AVX-512
   hosts): a network's first layer without a column matrix.  Forward (``conv3x3_rows.py``;
   a multiple of 64 output channels, widths a multiple of 4): groups of 4 pixels x 64
