@@ -65,8 +65,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import (conv1x1_cl, conv1x1_cl_units, conv1x1_nchw, conv3x3_cl, conv3x3_rows, conv_direct_cl,
-               conv_direct_rows, small_gemm, winograd)
+from . import (conv1x1_cl, conv1x1_cl_units, conv1x1_nchw, conv3x3_cl, conv3x3_rows,
+               conv_direct_cl, conv_direct_rows, small_gemm, winograd)
 from .addend import nchw_foldable, writable_in_place
 from ._jit import pjit
 from .blas import gemm_rm

@@ -37,9 +37,10 @@ from .stride2_lanes import add_to_even_8, add_to_even_16, take_even_8, take_even
 _MIN_COLUMNS = 256
 # ...but with PREFETCH_NEXT, images of at least this many output pixels go one per unit, so
 # that their GEMMs prefetch the next image: on the Intel Xeon of sessions 36-44, 128->256 at
-# 16x16 stride 2 (64 pixels) 1.06-1.11x, 128->128 at 16x16 stride 2 1.13x and 256->256 at 8x8
-# stride 1 1.16x faster than in groups of four; 256->512 at 8x8 stride 2 (16 pixels, groups of
-# four instead of eight) 0.99x, so smaller images stay grouped (BENCHMARKS_perf.md, change 169).
+# 16x16 stride 2 (64 pixels) 1.06-1.11x, 128->128 at 16x16 stride 2 1.13-1.16x and 256->256 at
+# 8x8 stride 1 1.16-1.17x faster than in groups of four; 256->512 at 8x8 stride 2 (16 pixels,
+# groups of four instead of eight) 0.99x, so smaller images stay grouped (BENCHMARKS_perf.md,
+# change 169).
 _MIN_PREFETCH_COLUMNS = 64
 
 
