@@ -31,29 +31,31 @@ def _share(total, t, parts):
 
 
 @njit(cache=True)
-def _gather_rows(xf, q0, q1, H, W, C, sh, sw, OH, OW, xs):
-    """xs[q] = x[n, oh*sh, ow*sw, :] for q in [q0, q1), q = (n*OH + oh)*OW + ow; xf is x
-    (N, H, W, C) flat, xs (Q x C) flat."""
+def _gather_rows(xf, q0, q1, H, W, C, sh, sw, OH, OW, xs, base):
+    """xs[q - base] = x[n, oh*sh, ow*sw, :] for q in [q0, q1), q = (n*OH + oh)*OW + ow; xf is
+    x (N, H, W, C) flat, xs (rows x C) flat (conv1x1_cl_units gathers one image, base n*OH*OW,
+    into a buffer of its own)."""
     for q in range(q0, q1):
         n = q // (OH * OW)
         p = q - n * OH * OW
         oh = p // OW
         ow = p - oh * OW
         src = xf[((n * H + oh * sh) * W + ow * sw) * C:]
-        d = xs[q * C:(q + 1) * C]
+        d = xs[(q - base) * C:(q - base + 1) * C]
         for c in range(C):
             d[c] = src[c]
 
 
 @njit(cache=True)
-def _scatter_add_rows(dxs, q0, q1, H, W, C, sh, sw, OH, OW, gxf):
-    """gx[n, oh*sh, ow*sw, :] += dxs[q] for q in [q0, q1) (the adjoint of _gather_rows)."""
+def _scatter_add_rows(dxs, q0, q1, H, W, C, sh, sw, OH, OW, gxf, base):
+    """gx[n, oh*sh, ow*sw, :] += dxs[q - base] for q in [q0, q1) (the adjoint of
+    _gather_rows)."""
     for q in range(q0, q1):
         n = q // (OH * OW)
         p = q - n * OH * OW
         oh = p // OW
         ow = p - oh * OW
-        src = dxs[q * C:(q + 1) * C]
+        src = dxs[(q - base) * C:(q - base + 1) * C]
         d = gxf[((n * H + oh * sh) * W + ow * sw) * C:]
         for c in range(C):
             d[c] += src[c]
@@ -71,7 +73,7 @@ def forward(x, sh, sw, OH, OW, gathered, xs, w, b, has_b, y, parts):
     for t in prange(parts):
         q0, q1 = _share(Q, t, parts)
         if gathered:
-            _gather_rows(xf, q0, q1, H, W, C, sh, sw, OH, OW, xs)
+            _gather_rows(xf, q0, q1, H, W, C, sh, sw, OH, OW, xs, 0)
         gemm_rm_whole(False, True, q1 - q0, K, C, 1.0, xs[q0 * C:], C, w, C, 0.0, y[q0 * K:],
                       K)
         if has_b:
@@ -106,5 +108,5 @@ def backward(xs, w, gy, sh, sw, OH, OW, need_x, need_w, accumulate, gw, gx, dxs,
             else:
                 gemm_rm_whole(False, False, q1 - q0, C, K, 1.0, gy[q0 * K:], K, w, C, 0.0,
                               dxs[q0 * C:], C)
-                _scatter_add_rows(dxs, q0, q1, H, W, C, sh, sw, OH, OW, gxf)
+                _scatter_add_rows(dxs, q0, q1, H, W, C, sh, sw, OH, OW, gxf, 0)
 

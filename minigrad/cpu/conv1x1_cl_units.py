@@ -20,6 +20,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from .conv1x1_cl import _gather_rows, _scatter_add_rows
 from .conv1x1_nchw import _sum_partials
 from .gemm_stream import gemm_stream_if
 
@@ -32,28 +33,6 @@ MIN_PIXELS = 256
 # How backward writes dX (its x_mode argument).
 DX_WRITE = 0          # gx is this call's own: each image's rows are zeroed, or copied from addf
 DX_ADD_IN_PLACE = 1   # gx holds the gradient so far: dX is added at the pixels read
-
-
-@njit(cache=True)
-def _gather(xf, n, H, W, C, sh, sw, OH, OW, xs):
-    """xs (P*C,) = image n's rows x[n, oh*sh, ow*sw, :] in pixel order; xf is x flat."""
-    for oh in range(OH):
-        for ow in range(OW):
-            src = xf[((n * H + oh * sh) * W + ow * sw) * C:]
-            d = xs[(oh * OW + ow) * C:]
-            for c in range(C):
-                d[c] = src[c]
-
-
-@njit(cache=True)
-def _scatter_add(d, gxf, n, H, W, C, sh, sw, OH, OW):
-    """gx[n, oh*sh, ow*sw, :] += d's row of pixel (oh, ow); gxf is gx flat."""
-    for oh in range(OH):
-        for ow in range(OW):
-            dst = gxf[((n * H + oh * sh) * W + ow * sw) * C:]
-            src = d[(oh * OW + ow) * C:]
-            for c in range(C):
-                dst[c] += src[c]
 
 
 @njit(parallel=True, cache=True)
@@ -69,7 +48,7 @@ def forward(x, wt, b, has_b, sh, sw, OH, OW, xs, y, prefetch):
     bp = np.empty(1, dtype=x.dtype)   # gemm_stream packs no operand here
     for n in prange(N):
         src = xs[n * P * C:(n + 1) * P * C]
-        _gather(xf, n, H, W, C, sh, sw, OH, OW, src)
+        _gather_rows(xf, n * P, (n + 1) * P, H, W, C, sh, sw, OH, OW, src, n * P)
         out = y[n * P * K:(n + 1) * P * K]
         lx = HWC if (prefetch > 0 and n + prefetch < N) else 0
         gemm_stream_if(prefetch > 0, False, False, P, K, C, src, C, wt, K, 0.0, out, K, bp, xf,
@@ -95,7 +74,7 @@ def backward(x, xs, have_xs, w, gy, sh, sw, OH, OW, need_x, need_w, x_mode, gx, 
     P = OH * OW
     HWC = H * W * C
     xf = x.reshape(-1)
-    xbuf = np.empty((nt, 0 if have_xs else P * C), dtype=x.dtype)
+    xbuf = np.empty((nt, P * C if (need_w and not have_xs) else 0), dtype=x.dtype)
     dbuf = np.empty((nt, P * C if need_x else 0), dtype=x.dtype)
     bp = np.empty(1, dtype=x.dtype)
     started = np.zeros(nt, dtype=np.bool_)
@@ -105,14 +84,14 @@ def backward(x, xs, have_xs, w, gy, sh, sw, OH, OW, need_x, need_w, x_mode, gx, 
         more = pf and n + prefetch < N
         nx = min(n + prefetch, N - 1)
         dy = gy[n * P * K:(n + 1) * P * K]
-        if have_xs:
-            src = xs[n * P * C:(n + 1) * P * C]
-        else:
-            src = xbuf[t]
-            _gather(xf, n, H, W, C, sh, sw, OH, OW, src)
         l_dy = P * K if more else 0
         l_xs = P * C if (more and have_xs and need_w) else 0
         if need_w:
+            if have_xs:
+                src = xs[n * P * C:(n + 1) * P * C]
+            else:
+                src = xbuf[t]
+                _gather_rows(xf, n * P, (n + 1) * P, H, W, C, sh, sw, OH, OW, src, n * P)
             beta = 1.0 if started[t] else 0.0
             if need_x:
                 gemm_stream_if(pf, True, False, K, C, P, dy, K, src, C, beta, gwacc[t], C, bp,
@@ -135,6 +114,6 @@ def backward(x, xs, have_xs, w, gy, sh, sw, OH, OW, need_x, need_w, x_mode, gx, 
             else:
                 for j in range(HWC):
                     dst[j] = 0.0
-        _scatter_add(d, gx, n, H, W, C, sh, sw, OH, OW)
+        _scatter_add_rows(d, n * P, (n + 1) * P, H, W, C, sh, sw, OH, OW, gx, n * P)
     if need_w:
         _sum_partials(gwacc, started, gw)
