@@ -1757,7 +1757,7 @@ def _conv2d(x, w, b, stride, padding, dilation, box, keep_x):
     if _whole_1x1(w, (ph, pw), N * OH * OW):
         return _conv1x1_cl(x, w, b, bb, sh, sw, OH, OW, box, keep_x)
     if _cl_units_1x1(x, w, (sh, sw), (ph, pw), OH * OW, dt):
-        return _conv1x1_cl_units(x, w, b, sh, sw, OH, OW, box, keep_x)
+        return _conv1x1_cl_units(x, w, bb, b is not None, sh, sw, OH, OW, box, keep_x)
     shift = _use_shift(N, C, H, W, K, R, S, (sh, sw), (ph, pw), (dh, dw))
     krsc = _GEMM_PATH != "chunked" and not shift and (
         _big_weights(w, dt) or (R == 1 and S == 1))
@@ -1893,21 +1893,21 @@ def _cl_units_1x1(x, w, stride, padding, P, dt):
             and not _whole_1x1(w, padding, x.shape[0] * P))
 
 
-def _conv1x1_cl_units(x, w, b, sh, sw, OH, OW, box, keep_x):
-    """Forward of conv1x1_cl_units: y NCHW-shaped, stored channels-last; keeps the sampled
-    rows of x in ``box`` (sampled_group 0: conv1x1_cl_units' (N, P, C) layout)."""
+def _conv1x1_cl_units(x, w, bb, has_b, sh, sw, OH, OW, box, keep_x):
+    """Forward of conv1x1_cl_units (bb: the bias, zeros for none): y NCHW-shaped, stored
+    channels-last; keeps the sampled rows of x in ``box`` (sampled_group 0:
+    conv1x1_cl_units' (N, P, C) layout)."""
     N, C = x.shape[0], x.shape[1]
     K = w.shape[0]
     dt = x.dtype
     P = OH * OW
     xs = np.empty(N * P * C, dtype=dt)
     y = np.empty((N, OH, OW, K), dtype=dt)
-    bb = np.ascontiguousarray(b, dtype=dt) if b is not None else np.zeros(K, dtype=dt)
     nt = numba.get_num_threads()
     ahead, chunk = conv1x1_nchw.schedule(N, 1, nt)
     with _single_blas, _dynamic_schedule(chunk):
-        conv1x1_cl_units.forward(x.transpose(0, 2, 3, 1), _weights_rsck(w, dt), bb,
-                                 b is not None, sh, sw, OH, OW, xs, y.reshape(-1), ahead)
+        conv1x1_cl_units.forward(x.transpose(0, 2, 3, 1), _weights_rsck(w, dt), bb, has_b,
+                                 sh, sw, OH, OW, xs, y.reshape(-1), ahead)
     if box is not None and keep_x:
         box.x_sampled, box.sampled_group = xs, 0
     return y.transpose(0, 3, 1, 2)
