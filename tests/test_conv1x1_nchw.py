@@ -303,12 +303,12 @@ def test_switch_off_gives_the_same_values(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("stride,W", [((2, 2), 32), ((2, 2), 31), ((2, 2), 16), ((2, 2), 15),
-                                      ((1, 2), 32), ((3, 2), 16), ((2, 2), 95), ((2, 3), 48),
-                                      ((3, 1), 16)])
+                                      ((2, 2), 8), ((2, 2), 7), ((1, 2), 32), ((3, 2), 16),
+                                      ((2, 2), 95), ((2, 3), 48), ((3, 1), 16)])
 def test_gather_and_scatter_match_numpy(dtype, stride, W):
     """The stride gather and the dX scatter give NumPy's strided views, for a unit of one
     image and of two, with x's data not 64-byte aligned.  Widths 32 and 16 (16 and 8 sampled
-    pixels) at column stride 2 take the vector shuffles (stride2_lanes), 31 and 15 the
+    pixels) at column stride 2 take the vector shuffles (stride2_lanes), 31, 15, 8 and 7 the
     fixed-width copies (conv1x1_nchw.FIXED_ROW_WIDTHS), odd widths the scatter's
     single-element stores; the rest the general loops."""
     sh, sw = stride
@@ -317,7 +317,8 @@ def test_gather_and_scatter_match_numpy(dtype, stride, W):
     count = N * C * H * W
     x = rng.standard_normal(count + 1).astype(dtype)[1:].reshape(N, C, H, W)  # unaligned
     OH, OW = (H - 1) // sh + 1, (W - 1) // sw + 1
-    assert (sw == 2 and OW in conv1x1_nchw.FIXED_ROW_WIDTHS) == (W in (32, 31, 16, 15) and sw == 2)
+    assert (sw == 2 and OW in conv1x1_nchw.FIXED_ROW_WIDTHS) == (W in (32, 31, 16, 15, 8, 7)
+                                                                and sw == 2)
     assert conv1x1_nchw.pairs_apply(sw, OW, W) == (W in (32, 16) and sw == 2)   # any row stride
     P = OH * OW
     sampled = x[:, :, ::sh, ::sw]

@@ -61,10 +61,12 @@ def reads_x_in_place(sh, sw, g):
     return sh == 1 and sw == 1 and g == 1
 
 
-# Rows of FIXED_ROW_WIDTHS sampled pixels at stride 2 (ResNet's 1x1 stride-2 layers on 32x32
-# and 16x16 input) are copied by loops whose length is known when compiled: the same loops
-# with a run-time width of 16 ran the gather 2.0-2.5x slower (BENCHMARKS_perf.md, change 129).
-FIXED_ROW_WIDTHS = (16, 8)
+# Rows of FIXED_ROW_WIDTHS sampled pixels at stride 2 (ResNet's 1x1 stride-2 layers on 32x32,
+# 16x16 and 8x8 input) are copied by loops whose length is known when compiled: the same loops
+# with a run-time width of 16 ran the gather 2.0-2.5x slower (BENCHMARKS_perf.md, change 129);
+# with one of 4, 2.3x (gather) and 1.7x (scatter) slower, and the 256->512 8x8 row 1.036x
+# (change 171).
+FIXED_ROW_WIDTHS = (16, 8, 4)
 
 
 @njit(cache=True, inline="always")
@@ -118,6 +120,8 @@ def _gather(x, n_a, n_b, sh, sw, OH, OW, xs):
         _gather_rows(x, n_a, n_b, sh, 2, OH, FIXED_ROW_WIDTHS[0], xs, False)
     elif sw == 2 and OW == FIXED_ROW_WIDTHS[1]:
         _gather_rows(x, n_a, n_b, sh, 2, OH, FIXED_ROW_WIDTHS[1], xs, False)
+    elif sw == 2 and OW == FIXED_ROW_WIDTHS[2]:
+        _gather_rows(x, n_a, n_b, sh, 2, OH, FIXED_ROW_WIDTHS[2], xs, False)
     else:
         _gather_rows(x, n_a, n_b, sh, sw, OH, OW, xs, False)
 
@@ -146,6 +150,8 @@ def _scatter_add(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base):
         _scatter_add_rows(d, G, i, C, OH, FIXED_ROW_WIDTHS[0], sh, 2, H, W, gxf, base, 0)
     elif sw == 2 and OW == FIXED_ROW_WIDTHS[1]:
         _scatter_add_rows(d, G, i, C, OH, FIXED_ROW_WIDTHS[1], sh, 2, H, W, gxf, base, 0)
+    elif sw == 2 and OW == FIXED_ROW_WIDTHS[2]:
+        _scatter_add_rows(d, G, i, C, OH, FIXED_ROW_WIDTHS[2], sh, 2, H, W, gxf, base, 0)
     else:
         _scatter_add_rows(d, G, i, C, OH, OW, sh, sw, H, W, gxf, base, 1)
 
