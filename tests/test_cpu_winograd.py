@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import minigrad as mg
-from minigrad.cpu import conv, conv3x3_rows, conv_direct_cl, conv_direct_rows, winograd
+from minigrad.cpu import (conv, conv3x3_rows, conv_direct_cl, conv_direct_rows, small_gemm,
+                          winograd)
 
 import reference
 from gradcheck import numeric_grad
@@ -255,6 +256,44 @@ def test_winograd_stride2_float32_error_close_to_im2col(monkeypatch, whole):
     for e_wino, e_gemm in zip(errs[True], errs[False]):
         assert e_wino < 1e-6
         assert e_wino <= 4 * e_gemm + 1e-7
+
+
+@pytest.mark.parametrize("stride,K", [(1, 64), (2, 128)])
+def test_winograd_blocked_products_in_small_gemm(monkeypatch, stride, K):
+    """With SMALL_GEMM_BLOCKS the blocked forward's products (64 x K by 64 here, under
+    small_gemm.preferred's size) run in small_gemm: y stays within float32 rounding of the
+    OpenBLAS products' y and of the float64 reference, for F(4x4, 3x3) and the stride-2
+    variant."""
+    if small_gemm.LANES != 16:
+        pytest.skip("small_gemm's AVX-512 tile is not available on this CPU")
+    monkeypatch.setattr(winograd, "WHOLE_BATCH_RATIO", 1e30)   # the blocked kernels
+    x, w, _, args = _layer(7, 64, K, stride)
+    yr = reference.conv2d(x, w, None, *args)
+    seen = []
+    real = winograd._fwd
+    monkeypatch.setattr(winograd, "_fwd", lambda *a: seen.append(a[-1]) or real(*a))
+    ys = {}
+    for small in (True, False):
+        monkeypatch.setattr(winograd, "SMALL_GEMM_BLOCKS", small)
+        ys[small] = conv.conv2d(x, w, None, *args)
+        assert seen[-1] is small
+    scale = np.abs(yr).max()
+    assert np.abs(ys[True] - yr).max() < 1e-5 * scale
+    np.testing.assert_allclose(ys[True], ys[False], rtol=0, atol=1e-5 * scale)
+
+
+def test_winograd_small_blocks_rule(monkeypatch):
+    """_small_blocks: float32, K a multiple of small_gemm.NR, at least 64 input channels, the
+    AVX-512 tile, SMALL_GEMM_BLOCKS on."""
+    monkeypatch.setattr(winograd, "SMALL_GEMM_BLOCKS", True)
+    wide = small_gemm.LANES == 16
+    assert winograd._small_blocks(64, 128, np.float32) == wide
+    assert winograd._small_blocks(64, 64, np.float32) == wide
+    assert not winograd._small_blocks(32, 128, np.float32)
+    assert not winograd._small_blocks(64, 48, np.float32)
+    assert not winograd._small_blocks(64, 128, np.float64)
+    monkeypatch.setattr(winograd, "SMALL_GEMM_BLOCKS", False)
+    assert not winograd._small_blocks(64, 128, np.float32)
 
 
 @pytest.mark.parametrize("N,C,K,H,R,stride,dil", [

@@ -62,9 +62,10 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import channel_tf, winograd_weights
-from .blas import gemm_rm
+from . import channel_tf, small_gemm, winograd_weights
+from .blas import gemm_rm, gemm_rm_select
 from .kernels import crop_padded
+from .prefetch import cpu_vendor
 
 
 def _transforms(BT, AT):
@@ -229,14 +230,18 @@ def _grad_out_block(gf, OH, OW, K, tpi, tw, t0, tb, m, moff, ms, npos):
 
 
 @njit(cache=True)
-def _fwd_block(xf, H, W, C, Uf, K, b, ph, pw, OH, OW, tpi, tw, t0, tb, v, m, yf, npos):
-    """Tiles t0 .. t0+tb-1 of _fwd (one thread's work unit)."""
+def _fwd_block(xf, H, W, C, Uf, K, b, ph, pw, OH, OW, tpi, tw, t0, tb, v, m, yf, npos, small):
+    """Tiles t0 .. t0+tb-1 of _fwd (one thread's work unit); ``small``: _small_blocks."""
     vs = _pos_stride(tb * C, v.itemsize)
     ms = _pos_stride(tb * K, m.itemsize)
     _input_block(xf, H, W, C, tpi, tw, ph, pw, t0, tb, v, 0, vs, npos)
     for pos in range(npos):
-        gemm_rm(False, True, tb, K, C, 1.0, v[pos * vs:], C, Uf[pos * K * C:], C,
-                0.0, m[pos * ms:], K)
+        if small:
+            gemm_rm_select(True, False, True, tb, K, C, 1.0, v[pos * vs:], C, Uf[pos * K * C:],
+                           C, 0.0, m[pos * ms:], K)
+        else:
+            gemm_rm(False, True, tb, K, C, 1.0, v[pos * vs:], C, Uf[pos * K * C:], C,
+                    0.0, m[pos * ms:], K)
     _output_block(m, 0, ms, K, b, yf, OH, OW, tpi, tw, t0, tb, npos)
 
 
@@ -260,9 +265,10 @@ def _output_block(m, moff, ms, K, b, yf, OH, OW, tpi, tw, t0, tb, npos):
 
 
 @njit(parallel=True, cache=True)
-def _fwd(x, U, b, ph, pw, OH, OW, TB, nt, y, vbuf, mbuf):
+def _fwd(x, U, b, ph, pw, OH, OW, TB, nt, y, vbuf, mbuf, small):
     """y (N, OH, OW, K) = Winograd conv of x (N, H, W, C) with U (npos, K, C), plus b (K,): the
-    variant by U's size (16: F(2x2, 3x3), 36: F(4x4, 3x3), 25: its stride-2 form)."""
+    variant by U's size (16: F(2x2, 3x3), 36: F(4x4, 3x3), 25: its stride-2 form); ``small``:
+    the products run in small_gemm (_small_blocks)."""
     N, H, W, C = x.shape
     npos, K = U.shape[0], U.shape[1]
     ts = _tile_of(npos)
@@ -277,7 +283,7 @@ def _fwd(x, U, b, ph, pw, OH, OW, TB, nt, y, vbuf, mbuf):
         t = numba.get_thread_id()
         t0 = bi * TB
         _fwd_block(xf, H, W, C, Uf, K, b, ph, pw, OH, OW, tpi, tw, t0, min(TB, ntiles - t0),
-                   vbuf[t], mbuf[t], yf, npos)
+                   vbuf[t], mbuf[t], yf, npos, small)
 
 
 @njit(cache=True)
@@ -480,6 +486,24 @@ MAX_CHANNELS_F43_WHOLE = 512
 # Its blocks hold 64 tiles or more: f+b of 64->64 at 32x32, batch 32, with 32 / 64 / 128 /
 # 256 tiles: 31.7 / 27.1 / 31.2 / 34.4 ms (128->128 at 16x16: 35.5 / 32.9 / 32.1 / 31.9).
 _MIN_TB_F43 = 64
+# The blocked forward's products (tb x K by C, tb = 64 tiles for 64-channel input) fall below
+# small_gemm.preferred's 2^20 multiply-adds, measured on the AMD Zen 4 host of change 117,
+# so they ran in single-threaded OpenBLAS.  On the Intel Xeon of sessions 36-45 small_gemm's
+# tile ran 64 x 128 by 64 at 122 against 102 GFLOP/s (one thread, in cache) and the blocked
+# forwards of 64->64 at 32x32 (F(4x4, 3x3)) and 64->128 at 32x32 stride 2 1.21-1.25x faster at
+# batch 32 and 128 (BENCHMARKS_perf.md, change 172).  True: those products run in small_gemm
+# where _small_blocks says so.
+SMALL_GEMM_BLOCKS = cpu_vendor() == "GenuineIntel"
+
+
+def _small_blocks(C, K, dt):
+    """True when the blocked forward's products run in small_gemm: SMALL_GEMM_BLOCKS, float32
+    on a CPU with small_gemm's AVX-512 tile (where this was measured), K a whole number of its
+    column panels and a reduction of at least 64 channels (as small_gemm.preferred asks)."""
+    return (SMALL_GEMM_BLOCKS and small_gemm.LANES == 16 and np.dtype(dt) == np.float32
+            and K % small_gemm.NR == 0 and C >= 64)
+
+
 # 3x3 stride-2 layers take the 25-position variant (1.44x fewer multiply-adds than im2col).
 # MINIGRAD_WINOGRAD_S2=0 sends them back to the im2col path.
 USE_S2 = os.environ.get("MINIGRAD_WINOGRAD_S2", "1") != "0"
@@ -593,7 +617,8 @@ def forward(xcl, U, b, ph, pw, OH, OW, y4):
         return
     TB = _tile_count(ntiles, C, K, xcl.itemsize, nt, npos)
     _fwd(xcl, U, b, ph, pw, OH, OW, TB, nt, y4,
-         _positions("v", nt, TB * C, dt, npos), _positions("m", nt, TB * K, dt, npos))
+         _positions("v", nt, TB * C, dt, npos), _positions("m", nt, TB * K, dt, npos),
+         _small_blocks(C, K, dt))
 
 
 def backward(xcl, gycl, U, ph, pw, need_x, need_w, gx4, addf):
