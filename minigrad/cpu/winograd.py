@@ -490,7 +490,7 @@ _MIN_TB_F43 = 64
 # small_gemm.preferred's 2^20 multiply-adds, measured on the AMD Zen 4 host of change 117,
 # so they ran in single-threaded OpenBLAS.  On the Intel Xeon of sessions 36-45 small_gemm's
 # tile ran 64 x 128 by 64 at 122 against 102 GFLOP/s (one thread, in cache) and the blocked
-# forwards of 64->64 at 32x32 (F(4x4, 3x3)) and 64->128 at 32x32 stride 2 1.21-1.25x faster at
+# forwards of 64->64 at 32x32 (F(4x4, 3x3)) and 64->128 at 32x32 stride 2 1.21-1.32x faster at
 # batch 32 and 128 (BENCHMARKS_perf.md, change 172).  True: those products run in small_gemm
 # where _small_blocks says so.
 SMALL_GEMM_BLOCKS = cpu_vendor() == "GenuineIntel"
