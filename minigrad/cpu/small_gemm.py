@@ -482,6 +482,14 @@ def _sgemm_views(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc, packa):
 
 
 @njit(cache=True)
+def wide_tile_fits(n, k):
+    """True when the wide (AVX-512) tile is available and takes an n-column product with a
+    reduction of k as ``preferred`` asks, size aside: whole 32-column panels, a reduction of at
+    least 64, B's blocks of KC rows at most 512 KB."""
+    return _VW == 16 and n % NR == 0 and k >= 64 and n * min(k, KC) <= _WIDE_MAX_B_BLOCK
+
+
+@njit(cache=True)
 def preferred(transa, transb, m, n, k):
     """True for the shapes on which sgemm beat single-threaded OpenBLAS on this host's tile.
 
@@ -498,8 +506,7 @@ def preferred(transa, transb, m, n, k):
     at most 32, and 32-column products with reductions of at most 128 or at most 64 rows
     (the stem's transposed weight gradient, 64 x 32 summed over 512 pixels: change 96)."""
     if _VW == 16:
-        return (n % NR == 0 and k >= 64 and m * n * k >= (1 << 20)
-                and n * min(k, KC) <= _WIDE_MAX_B_BLOCK)
+        return wide_tile_fits(n, k) and m * n * k >= (1 << 20)
     if transb:
         return transa and n <= NR
     if transa and m * n <= 4096:

@@ -497,11 +497,11 @@ SMALL_GEMM_BLOCKS = cpu_vendor() == "GenuineIntel"
 
 
 def _small_blocks(C, K, dt):
-    """True when the blocked forward's products run in small_gemm: SMALL_GEMM_BLOCKS, float32
-    on a CPU with small_gemm's AVX-512 tile (where this was measured), K a whole number of its
-    column panels and a reduction of at least 64 channels (as small_gemm.preferred asks)."""
-    return (SMALL_GEMM_BLOCKS and small_gemm.LANES == 16 and np.dtype(dt) == np.float32
-            and K % small_gemm.NR == 0 and C >= 64)
+    """True when the blocked forward's products run in small_gemm: SMALL_GEMM_BLOCKS, float32,
+    and small_gemm's AVX-512 tile (where this was measured) taking K columns by C channels
+    (small_gemm.wide_tile_fits: preferred's rule without its size floor)."""
+    return (SMALL_GEMM_BLOCKS and np.dtype(dt) == np.float32
+            and small_gemm.wide_tile_fits(K, C))
 
 
 # 3x3 stride-2 layers take the 25-position variant (1.44x fewer multiply-adds than im2col).
