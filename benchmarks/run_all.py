@@ -60,7 +60,8 @@ def timeit(fn, repeat, warmup=2):
 
 def time_pair(row, mg_fn, torch_fn, repeat, warmup=2, ref_fn=None):
     """Time minigrad and PyTorch in alternating blocks; fills ``row["minigrad_s"]`` and
-    (when ``torch_fn`` is given) ``row["torch_s"]`` with the medians of ``repeat`` calls.
+    (when ``torch_fn`` is given) ``row["torch_s"]`` with the medians of ``repeat`` calls, and
+    ``row["minigrad_quartiles_s"]`` / ``row["torch_quartiles_s"]`` with their quartiles.
 
     ``ref_fn``: a reference call (the sgemm of ``sgemm_call``) timed REF_CALLS times just
     before and just after the row; the median of those goes to ``row["ref_s"]``.  A row's
@@ -132,9 +133,19 @@ def _time_row(row, mg_fn, torch_fn, repeat, warmup):
                 t1 = time.perf_counter()
                 fn()
                 times.append(time.perf_counter() - t1)
-    row["minigrad_s"] = statistics.median(mg_times[:repeat])
-    row["torch_s"] = statistics.median(torch_times[:repeat])
+    for key, times in (("minigrad", mg_times[:repeat]), ("torch", torch_times[:repeat])):
+        row[key + "_s"] = statistics.median(times)
+        row[key + "_quartiles_s"] = quartiles(times)
     return row
+
+
+def quartiles(times):
+    """(first, third) quartile of ``times``, kept in the JSON beside each median so that a row's
+    spread within the run can be told from its drift between runs."""
+    if len(times) < 2:
+        return (times[0], times[0]) if times else (float("nan"), float("nan"))
+    q1, _, q3 = statistics.quantiles(times, n=4)
+    return q1, q3
 
 
 def _settle(fn, untimed):

@@ -32,6 +32,10 @@ def test_time_pair_alternates_turns_and_takes_medians(monkeypatch):
     assert calls == ["a", "b"] + (["a"] * 5 + ["b"] * 3) * 2
     assert seen[0] < 0.001 <= 0.002 <= seen[1]        # each framework's own call time
     assert row["torch_s"] > row["minigrad_s"] and row["torch_s"] >= 0.002
+    for key in ("minigrad", "torch"):
+        q1, q3 = row[key + "_quartiles_s"]
+        assert q1 <= row[key + "_s"] <= q3
+    assert row["torch_quartiles_s"][0] >= 0.002 > row["minigrad_quartiles_s"][1]
     monkeypatch.undo()
     calls.clear()
     monkeypatch.setattr(run_all, "SHORT_CALL_S", 0.0005)   # b is now a long call
@@ -42,6 +46,11 @@ def test_time_pair_alternates_turns_and_takes_medians(monkeypatch):
     assert calls == ["a", "b"] + (["a"] * 3 + ["b"]) * 3
     row = run_all.time_pair({}, a, None, repeat=3, warmup=0)
     assert "torch_s" not in row and row["minigrad_s"] >= 0
+
+
+def test_quartiles():
+    assert run_all.quartiles([4.0, 1.0, 3.0, 2.0, 5.0]) == (1.5, 4.5)
+    assert run_all.quartiles([2.0]) == (2.0, 2.0)
 
 
 def test_turns_follow_the_fastest_warm_up_call(monkeypatch):
