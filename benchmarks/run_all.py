@@ -60,8 +60,9 @@ def timeit(fn, repeat, warmup=2):
 
 def time_pair(row, mg_fn, torch_fn, repeat, warmup=2, ref_fn=None):
     """Time minigrad and PyTorch in alternating blocks; fills ``row["minigrad_s"]`` and
-    (when ``torch_fn`` is given) ``row["torch_s"]`` with the medians of ``repeat`` calls, and
-    ``row["minigrad_quartiles_s"]`` / ``row["torch_quartiles_s"]`` with their quartiles.
+    (when ``torch_fn`` is given) ``row["torch_s"]`` with the medians of ``repeat`` calls; with a
+    ``torch_fn``, also ``row["minigrad_quartiles_s"]`` / ``row["torch_quartiles_s"]`` with their
+    quartiles (a minigrad-only row keeps its median alone).
 
     ``ref_fn``: a reference call (the sgemm of ``sgemm_call``) timed REF_CALLS times just
     before and just after the row; the median of those goes to ``row["ref_s"]``.  A row's
