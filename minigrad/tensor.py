@@ -1,5 +1,6 @@
 """``Tensor``: an n-dimensional array on a device that records differentiable ops."""
 
+import math
 import numbers
 import weakref
 
@@ -110,7 +111,7 @@ class Tensor:
 
     def numel(self):
         """Number of elements."""
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.data.shape)
 
     def __len__(self):
         if not self.shape:

@@ -90,6 +90,71 @@ def test_no_grad():
         y.sum().backward()
 
 
+def test_no_grad_and_enable_grad_nest_and_restore_on_errors():
+    x = mg.tensor([1.0], requires_grad=True)
+    with mg.no_grad():
+        with mg.enable_grad():
+            assert mg.is_grad_enabled() and (x * 2).requires_grad
+        assert not mg.is_grad_enabled()
+        with pytest.raises(ZeroDivisionError):
+            with mg.enable_grad():
+                1 / 0
+        assert not mg.is_grad_enabled()
+    assert mg.is_grad_enabled()
+
+
+def test_no_grad_as_a_decorator_of_a_recursive_function():
+    @mg.no_grad()
+    def depth(n):
+        assert not mg.is_grad_enabled()
+        return 0 if n == 0 else 1 + depth(n - 1)
+
+    @mg.enable_grad()
+    def with_grad():
+        return mg.is_grad_enabled()
+
+    assert depth(3) == 3 and mg.is_grad_enabled()
+    with mg.no_grad():
+        assert with_grad() and not mg.is_grad_enabled()
+
+
+class _SeesGradMode(mg.Function):
+    """Identity that records whether graph recording was on in its backward."""
+
+    seen = []
+
+    def forward(self, x):
+        return x
+
+    def backward(self, g):
+        _SeesGradMode.seen.append(mg.is_grad_enabled())
+        if g.size == 0:
+            raise ValueError("empty gradient")
+        return g
+
+
+def test_backward_runs_without_recording_and_restores_the_mode():
+    x = mg.tensor([1.0, 2.0], requires_grad=True)
+    _SeesGradMode.seen.clear()
+    _SeesGradMode.apply(x).sum().backward()
+    assert _SeesGradMode.seen == [False] and mg.is_grad_enabled()
+    np.testing.assert_array_equal(x.grad.numpy(), [1.0, 1.0])
+    empty = mg.tensor(np.zeros(0), requires_grad=True)
+    with pytest.raises(ValueError, match="empty gradient"):
+        _SeesGradMode.apply(empty).sum().backward()
+    assert mg.is_grad_enabled()
+    with mg.no_grad():
+        with mg.enable_grad():
+            _SeesGradMode.apply(x).sum().backward()
+        assert not mg.is_grad_enabled()
+
+
+def test_numel_counts_elements():
+    assert mg.tensor(np.zeros((2, 3, 4))).numel() == 24
+    assert mg.tensor(np.zeros((0, 3))).numel() == 0
+    assert mg.tensor(1.5).numel() == 1
+
+
 def test_graph_is_freed_after_backward():
     x = mg.tensor(np.ones(1000), requires_grad=True)
     hidden = x * 2

@@ -5,6 +5,7 @@ GEMM, softmax, norms, losses and optimizer updates call Numba kernels in the
 sibling modules.  Kernels receive contiguous arrays (``_c`` makes them so).
 """
 
+import importlib
 import math
 
 import numba
@@ -53,9 +54,21 @@ _RELU_KERNEL_MIN = 1 << 16
 
 
 def _single_blas():
-    from .conv import _single_blas as ctx
+    return _lazy("conv")._single_blas
 
-    return ctx
+
+_LAZY = {}
+
+
+def _lazy(name):
+    """The submodule ``minigrad.cpu.<name>``, imported on its first use, so that ``import
+    minigrad`` does not import every kernel module.  After that a dictionary lookup: an import
+    statement inside a method runs importlib's Python code on every call."""
+    module = _LAZY.get(name)
+    if module is None:
+        module = importlib.import_module("." + name, __package__)
+        _LAZY[name] = module
+    return module
 
 
 # Bigger GEMMs are split between the Numba threads, each on one BLAS thread
@@ -548,12 +561,12 @@ class CPUBackend(Backend):
 
     # --- convolution and pooling ----------------------------------------
     def conv2d(self, x, w, b, stride, padding, dilation):
-        from . import conv
+        conv = _lazy("conv")
 
         return conv.conv2d(x, w, b, stride, padding, dilation)
 
     def conv2d_backward(self, x, w, gy, stride, padding, dilation, need_x, need_w, need_b):
-        from . import conv
+        conv = _lazy("conv")
 
         return conv.conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b)
 
@@ -561,7 +574,7 @@ class CPUBackend(Backend):
     # GEMM layout of the weights and, when the weights need a gradient, the channels-last
     # (padded) copy of x it made; the backward reuses both instead of redoing them.
     def conv2d_saving(self, x, w, b, stride, padding, dilation, keep_x):
-        from . import conv
+        conv = _lazy("conv")
 
         return conv.conv2d_saving(x, w, b, stride, padding, dilation, keep_x)
 
@@ -570,7 +583,7 @@ class CPUBackend(Backend):
         """conv2d_backward reusing what conv2d_saving kept; with ``gx_addend``, gx is dX
         plus that array (added while dX is copied out where the path allows; with
         ``addend_writable`` possibly into gx_addend itself, which is then returned)."""
-        from . import conv
+        conv = _lazy("conv")
 
         return conv.conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
                                     saved=saved, gx_addend=gx_addend,
@@ -581,7 +594,7 @@ class CPUBackend(Backend):
     # convolution per channel.
     def depthwise_conv2d(self, x, w, b, stride, padding, dilation):
         """Depthwise convolution of x (N, C, H, W) with w (K, 1, R, S), K a multiple of C."""
-        from . import depthwise
+        depthwise = _lazy("depthwise")
 
         return depthwise.conv2d(x, w, b, stride, padding, dilation)
 
@@ -590,34 +603,34 @@ class CPUBackend(Backend):
         """Gradients ``(gx, gw, gb)`` of depthwise_conv2d; entries not needed are None.  With
         ``gx_addend``, gx includes it (added during dX's copy-out; in place when
         ``addend_writable``)."""
-        from . import depthwise
+        depthwise = _lazy("depthwise")
 
         return depthwise.conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w,
                                          need_b, gx_addend, addend_writable)
 
     def max_pool2d(self, x, kernel, stride, padding):
-        from . import pool
+        pool = _lazy("pool")
 
         return pool.max_pool2d(x, kernel, stride, padding)
 
     def max_pool2d_backward(self, gy, argmax, x_shape):
-        from . import pool
+        pool = _lazy("pool")
 
         return pool.max_pool2d_backward(gy, argmax, x_shape)
 
     def avg_pool2d(self, x, kernel, stride, padding, count_include_pad):
-        from . import pool
+        pool = _lazy("pool")
 
         return pool.avg_pool2d(x, kernel, stride, padding, count_include_pad)
 
     def avg_pool2d_backward(self, gy, x_shape, kernel, stride, padding, count_include_pad):
-        from . import pool
+        pool = _lazy("pool")
 
         return pool.avg_pool2d_backward(gy, x_shape, kernel, stride, padding, count_include_pad)
 
     # --- fused layers ---------------------------------------------------
     def log_softmax(self, x, axis):
-        from . import loss
+        loss = _lazy("loss")
 
         def rows(x2, out):
             if x2.dtype == np.float32 and x2.size:
@@ -627,7 +640,7 @@ class CPUBackend(Backend):
         return _along_rows(rows, axis, x)
 
     def log_softmax_backward(self, y, gy, axis, addend=None):
-        from . import loss
+        loss = _lazy("loss")
 
         def rows(y2, g2, *a2, out):
             a2 = a2[0] if a2 else np.empty((0, 0), dtype=y2.dtype)
@@ -640,7 +653,7 @@ class CPUBackend(Backend):
     def softmax(self, x, axis):
         if x.dtype != np.float32 or x.size == 0:
             return super().softmax(x, axis)
-        from . import loss
+        loss = _lazy("loss")
 
         return _along_rows(lambda x2, out: loss.softmax_f32(x2, loss.threads_for(x2), out),
                            axis, x)
@@ -648,84 +661,84 @@ class CPUBackend(Backend):
     def softmax_backward(self, y, gy, axis):
         if y.dtype.char not in _NO_BIAS or y.size == 0:
             return super().softmax_backward(y, gy, axis)
-        from . import loss
+        loss = _lazy("loss")
 
         return _along_rows(
             lambda y2, g2, out: loss.softmax_backward_rows(y2, g2, loss.threads_for(y2), out),
             axis, y, gy)
 
     def softmax_cross_entropy(self, logits, labels, label_smoothing):
-        from . import loss
+        loss = _lazy("loss")
 
         return loss.softmax_cross_entropy(logits, labels, label_smoothing)
 
     def softmax_cross_entropy_backward(self, probs, labels, label_smoothing, gloss):
-        from . import loss
+        loss = _lazy("loss")
 
         return loss.softmax_cross_entropy_backward(probs, labels, label_smoothing, gloss)
 
     def log_softmax_nll_backward(self, logp, labels, gloss, addend=None, addend_writable=False):
-        from . import loss
+        loss = _lazy("loss")
 
         return loss.log_softmax_nll_backward(logp, labels, gloss, addend, addend_writable)
 
     def layer_norm(self, x, weight, bias, eps):
         if x.dtype.char not in _NO_BIAS:
             return super().layer_norm(x, weight, bias, eps)
-        from . import norm
+        norm = _lazy("norm")
 
         return norm.layer_norm(x, weight, bias, eps)
 
     def layer_norm_backward(self, g, x, weight, mean, rstd):
         if x.dtype.char not in _NO_BIAS:
             return super().layer_norm_backward(g, x, weight, mean, rstd)
-        from . import norm
+        norm = _lazy("norm")
 
         return norm.layer_norm_backward(g, x, weight, mean, rstd)
 
     def batch_norm_train(self, x, gamma, beta, eps, relu=False, residual=None):
-        from . import norm
+        norm = _lazy("norm")
 
         return norm.batch_norm_train(x, gamma, beta, eps, relu, residual)
 
     def batch_norm_eval(self, x, mean, var, gamma, beta, eps, relu=False, residual=None):
-        from . import norm
+        norm = _lazy("norm")
 
         return norm.batch_norm_eval(x, mean, var, gamma, beta, eps, relu, residual)
 
     def batch_norm_backward(self, gy, x, gamma, mean, invstd):
-        from . import norm
+        norm = _lazy("norm")
 
         return norm.batch_norm_backward(gy, x, gamma, mean, invstd)
 
     def batch_norm_relu_backward(self, gy, y, x, gamma, mean, invstd, want_masked):
-        from . import norm
+        norm = _lazy("norm")
 
         return norm.batch_norm_relu_backward(gy, y, x, gamma, mean, invstd, want_masked)
 
     def lrn(self, x, size, alpha, beta, k):
-        from . import norm
+        norm = _lazy("norm")
 
         return norm.lrn(x, size, alpha, beta, k)
 
     def lrn_backward(self, x, y, scale, gy, size, alpha, beta, k):
-        from . import norm
+        norm = _lazy("norm")
 
         return norm.lrn_backward(x, y, scale, gy, size, alpha, beta, k)
 
     def dropout_mask(self, shape, p, seed, dtype):
-        from . import random
+        random = _lazy("random")
 
         return random.dropout_mask(shape, p, seed, dtype)
 
     # --- optimizers ------------------------------------------------------
     def sgd_step_(self, p, g, buf, lr, momentum, dampening, nesterov, weight_decay, first):
-        from . import optim
+        optim = _lazy("optim")
 
         optim.sgd_step_(p, g, buf, lr, momentum, dampening, nesterov, weight_decay, first)
 
     def adam_step_(self, p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled):
-        from . import optim
+        optim = _lazy("optim")
 
         optim.adam_step_(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled)
 

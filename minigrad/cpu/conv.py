@@ -2069,42 +2069,37 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
     gx has the layout of the path (channels-last storage on the GEMM paths, NCHW on the
     NCHW 1x1 path)."""
     dt = _float_dtype(x.dtype)
-    st, pd = _pairs(stride, padding, dilation)[:2]
-    if (need_x or need_w) and x.size and np.size(gy) and _nchw_1x1(x, w, padding, dt):
+    st, pd, dl = conf = _pairs(stride, padding, dilation)
+    if (need_x or need_w) and x.size and gy.size and _nchw_1x1(x, w, padding, dt):
         gx, gw, folded = _conv1x1_nchw_backward(x, w, gy, stride, need_x, need_w, saved,
                                                 gx_addend, addend_writable)
         gb = _bias_grad_any(np.asarray(gy, dtype=dt), dt) if need_b else None
-    elif (need_x or need_w) and x.size and np.size(gy) and \
+    elif (need_x or need_w) and x.size and gy.size and \
             _cl_units_1x1(x, w, st, pd, gy.shape[2] * gy.shape[3], dt):
         gx, gw, folded = _conv1x1_cl_units_backward(x, w, gy, st, need_x, need_w, saved,
                                                     gx_addend, addend_writable)
         gb = _bias_grad_any(gy, dt) if need_b else None
-    elif (need_x or need_w) and conv3x3_cl.applies(x, w, gy, *_pairs(stride, padding, dilation)):
+    elif (need_x or need_w) and conv3x3_cl.applies(x, w, gy, *conf):
         gx, gw, folded = _conv3x3_cl_backward(x, w, gy, need_x, need_w, wf, saved, gx_addend,
                                               addend_writable)
         gb = _bias_grad_any(gy, dt) if need_b else None
-    elif (need_x or need_w) and conv3x3_rows.applies(x, w, gy,
-                                                     *_pairs(stride, padding, dilation)):
+    elif (need_x or need_w) and conv3x3_rows.applies(x, w, gy, *conf):
         gx, gw, folded = conv3x3_rows.backward(x, w, gy, need_x, need_w, gx_addend,
                                                addend_writable)
         gb = _bias_grad_any(gy, dt) if need_b else None
-    elif (need_x or need_w) and conv_direct_cl.backward_applies(
-            x, w, gy, *_pairs(stride, padding, dilation), need_x):
-        gx, gw, folded = _direct_cl_backward(x, w, gy, _pairs(stride, padding, dilation)[1],
-                                             need_x, need_w, wf, saved, gx_addend,
+    elif (need_x or need_w) and conv_direct_cl.backward_applies(x, w, gy, *conf, need_x):
+        gx, gw, folded = _direct_cl_backward(x, w, gy, pd, need_x, need_w, wf, saved, gx_addend,
                                              addend_writable)
         gb = _bias_grad_any(gy, dt) if need_b else None
-    elif need_w and conv_direct_rows.backward_applies(x, w, gy, *_pairs(stride, padding, dilation),
-                                                     need_x):
-        gx, gw, folded = None, _direct_rows_backward(x, w, gy, _pairs(stride, padding, dilation)[1],
-                                                     saved), False
+    elif need_w and conv_direct_rows.backward_applies(x, w, gy, *conf, need_x):
+        gx, gw, folded = None, _direct_rows_backward(x, w, gy, pd, saved), False
         gb = _bias_grad_any(gy, dt) if need_b else None
     else:
         addf = _EMPTY[dt.char] if gx_addend is None or not need_x else \
             _cl_flat(gx_addend, x.shape, dt)
         writable = addf.size > 0 and writable_in_place(gx_addend, addend_writable, x, gy)
-        gx, gw, gb, folded = _conv2d_backward(x, w, gy, stride, padding, dilation, need_x,
-                                              need_w, need_b, wf, saved, addf, writable)
+        gx, gw, gb, folded = _conv2d_backward(x, w, gy, conf, dt, need_x, need_w, need_b, wf,
+                                              saved, addf, writable)
     if gx_addend is not None and gx is not None and not folded:
         _add_into(gx, gx_addend)
     return gx, gw, gb
@@ -2180,12 +2175,12 @@ def _add_into(gx, a):
         np.add(gx, a, out=gx, casting="unsafe")
 
 
-def _conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b, wf, saved,
-                     addf, addf_writable):
-    """conv2d_backward's work; also returns whether gx already includes ``addf`` (with
+def _conv2d_backward(x, w, gy, conf, dt, need_x, need_w, need_b, wf, saved, addf,
+                     addf_writable):
+    """conv2d_backward's work (``conf``: the int pairs of stride, padding and dilation; ``dt``:
+    the float dtype computed in); also returns whether gx already includes ``addf`` (with
     ``addf_writable``, gx may be addf's own storage, updated in place)."""
-    (sh, sw), (ph, pw), (dh, dw) = _pairs(stride, padding, dilation)
-    dt = _float_dtype(x.dtype)
+    (sh, sw), (ph, pw), (dh, dw) = conf
     N, C, H, W = x.shape
     K, _, R, S = w.shape
     gy = np.asarray(gy, dtype=dt)

@@ -110,41 +110,44 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
         raise ValueError(f"conv2d: groups must be a positive int, got {groups!r}")
     groups = int(groups)
-    if x.ndim != 4:
-        raise ValueError(f"conv2d: input must be 4-D (N, C, H, W), got shape {x.shape}")
-    if weight.ndim != 4:
-        raise ValueError(f"conv2d: weight must be 4-D (out, in, kH, kW), got shape {weight.shape}")
-    if x.dtype.kind != "f":
-        raise TypeError(f"conv2d: input must be floating point, got {x.dtype}; convert with .float()")
-    if x.dtype != weight.dtype:
-        raise TypeError(f"conv2d: input dtype {x.dtype} differs from weight dtype {weight.dtype}")
-    if x.shape[1] % groups or weight.shape[0] % groups:
+    xshape, wshape, xdtype = x.shape, weight.shape, x.dtype
+    if len(xshape) != 4:
+        raise ValueError(f"conv2d: input must be 4-D (N, C, H, W), got shape {xshape}")
+    if len(wshape) != 4:
+        raise ValueError(f"conv2d: weight must be 4-D (out, in, kH, kW), got shape {wshape}")
+    if xdtype.kind != "f":
+        raise TypeError(
+            f"conv2d: input must be floating point, got {xdtype}; convert with .float()")
+    if xdtype != weight.dtype:
+        raise TypeError(f"conv2d: input dtype {xdtype} differs from weight dtype {weight.dtype}")
+    if xshape[1] % groups or wshape[0] % groups:
         raise ValueError(
-            f"conv2d: groups={groups} must divide the input channels of {x.shape} and the "
-            f"output channels of weight {weight.shape}")
-    if x.shape[1] != weight.shape[1] * groups:
+            f"conv2d: groups={groups} must divide the input channels of {xshape} and the "
+            f"output channels of weight {wshape}")
+    if xshape[1] != wshape[1] * groups:
         raise ValueError(
-            f"conv2d: input {x.shape} has {x.shape[1]} channels but weight {weight.shape} "
-            f"with groups={groups} expects {weight.shape[1] * groups}")
-    if bias is not None and bias.shape != (weight.shape[0],):
-        raise ValueError(f"conv2d: bias shape {bias.shape} != ({weight.shape[0]},)")
-    kernel = weight.shape[2:]
+            f"conv2d: input {xshape} has {xshape[1]} channels but weight {wshape} "
+            f"with groups={groups} expects {wshape[1] * groups}")
+    if bias is not None and bias.shape != (wshape[0],):
+        raise ValueError(f"conv2d: bias shape {bias.shape} != ({wshape[0]},)")
+    kernel = wshape[2:]
     stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
     if min(stride) < 1 or min(dilation) < 1:
         raise ValueError(f"conv2d: stride {stride} and dilation {dilation} must be positive")
     padding = resolve_padding(padding, kernel, stride, dilation)
     if min(padding) < 0:
         raise ValueError(f"conv2d: padding {padding} must be non-negative")
-    for axis, size, k, p, d in zip("HW", x.shape[2:], kernel, padding, dilation):
+    for size, k, p, d in zip(xshape[2:], kernel, padding, dilation):
         if d * (k - 1) + 1 > size + 2 * p:
             raise ValueError(
-                f"conv2d: kernel {tuple(kernel)} (dilation {dilation}) is larger than the padded "
-                f"input {x.shape[2] + 2 * padding[0]}x{x.shape[3] + 2 * padding[1]} of input {x.shape}")
+                f"conv2d: kernel {tuple(kernel)} (dilation {dilation}) is larger than the "
+                f"padded input {xshape[2] + 2 * padding[0]}x{xshape[3] + 2 * padding[1]} of "
+                f"input {xshape}")
     conf = dict(stride=stride, padding=padding, dilation=dilation)
     args = (x, weight) if bias is None else (x, weight, bias)
     if groups == 1:
         return Conv2d.apply(*args, **conf)
-    if groups == x.shape[1] and hasattr(x.be, "depthwise_conv2d"):
+    if groups == xshape[1] and hasattr(x.be, "depthwise_conv2d"):
         return DepthwiseConv2d.apply(*args, **conf)
     from .shape import concatenate
 
