@@ -2069,7 +2069,8 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, need_x, need_w, need_b,
     gx has the layout of the path (channels-last storage on the GEMM paths, NCHW on the
     NCHW 1x1 path)."""
     dt = _float_dtype(x.dtype)
-    st, pd, dl = conf = _pairs(stride, padding, dilation)
+    conf = _pairs(stride, padding, dilation)
+    st, pd = conf[0], conf[1]
     if (need_x or need_w) and x.size and gy.size and _nchw_1x1(x, w, padding, dt):
         gx, gw, folded = _conv1x1_nchw_backward(x, w, gy, stride, need_x, need_w, saved,
                                                 gx_addend, addend_writable)
