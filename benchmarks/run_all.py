@@ -10,7 +10,9 @@ PyTorch in alternating turns (``time_pair``) so that both see the same machine. 
 only when importable (``pip install torch==2.13.0``; benchmark-only, never a dependency).
 The OpenBLAS core type in the environment is printed: OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE
 as set on these machines halve sgemm speed, and a benchmark may unset both in its own
-command (say so when recording numbers).
+command (say so when recording numbers).  The table ends with the CPU-speed targets checked
+against the run's rows (``benchmarks/targets.py``); ``--json`` writes the rows and those
+checks atomically.
 """
 
 import argparse
@@ -31,7 +33,9 @@ import minigrad as mg  # noqa: E402
 import minigrad.nn as nn  # noqa: E402
 import minigrad.nn.functional as F  # noqa: E402
 import minigrad.optim as optim  # noqa: E402
-from benchmarks import read_bandwidth  # noqa: E402
+from minigrad.io import write_file_atomic  # noqa: E402
+from benchmarks import read_bandwidth, targets  # noqa: E402
+from benchmarks.targets import SGEMM_FLOPS, SGEMM_N, sgemm_fraction  # noqa: E402
 
 try:
     import torch
@@ -256,8 +260,6 @@ def others_load(start, wall):
     return max(0.0, (total - start[0]) - (own - start[1])) / max(wall, 1e-9)
 
 
-SGEMM_N = 2048
-SGEMM_FLOPS = 2 * SGEMM_N ** 3
 
 
 def sgemm_call():
@@ -664,8 +666,7 @@ def format_table(rows, sgemm):
             continue
         ms, ts = r["minigrad_s"], r.get("torch_s")
         gf = f"{r['flops'] / ms / 1e9:.0f}" if "flops" in r else ""
-        ceiling = SGEMM_FLOPS / r["ref_s"] / 1e9 if "ref_s" in r else sgemm
-        pct = f"{100 * r['flops'] / ms / 1e9 / ceiling:.0f}%" if "flops" in r else ""
+        pct = f"{100 * sgemm_fraction(r, sgemm):.0f}%" if "flops" in r else ""
         unit = "s" if ms > 0.5 else "ms"
         scale = 1 if unit == "s" else 1e3
         ratio = f"{ts / ms:.2f}x" if ts else ""
@@ -745,17 +746,26 @@ def main(argv=None):
     load1 = loadavg()
     others = others_load(cpu0, time.perf_counter() - wall0)
     print(format_table(rows, sgemm))
+    checks = targets.check(rows, sgemm)
+    print()
+    print(targets.format_checks(checks))
     print(f"sgemm at the end of the run: {sgemm_end:.0f} GFLOP/s; load average at the end {load1:.2f}; "
           f"other processes kept {others:.2f} cores busy on average during the run; "
           f"read bandwidth at the end {read_bandwidth.describe(reads1)}"
           + ("  (LOADED MACHINE: numbers not representative)" if others > 0.25 else ""))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"sgemm_gflops": sgemm, "sgemm_gflops_end": sgemm_end, "openblas_coretype": core,
-                       "openblas_l2_size": l2, "openblas_core_in_use": cores, "load_start": load0,
-                       "load_end": load1, "others_cores": others, "read_gbps_start": reads0,
-                       "read_gbps_end": reads1, "rows": rows}, fh, indent=1)
+        write_json(args.json, {
+            "sgemm_gflops": sgemm, "sgemm_gflops_end": sgemm_end, "openblas_coretype": core,
+            "openblas_l2_size": l2, "openblas_core_in_use": cores, "load_start": load0,
+            "load_end": load1, "others_cores": others, "read_gbps_start": reads0,
+            "read_gbps_end": reads1, "rows": rows, "targets": checks})
     return rows
+
+
+def write_json(path, obj):
+    """Write ``obj`` as JSON to ``path`` atomically (a temporary file beside it, then a
+    rename), so that an interrupted run never leaves a truncated file."""
+    write_file_atomic(path, json.dumps(obj, indent=1).encode())
 
 
 if __name__ == "__main__":

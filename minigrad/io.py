@@ -18,6 +18,7 @@ flushed and fsync'ed, then ``os.replace``-d over the destination.
 """
 
 import hashlib
+import io as _bytes_io
 import json
 import math
 import os
@@ -129,13 +130,24 @@ def save(obj, path, metadata=None):
     meta[_STRUCT_KEY] = structure
     meta[_SHA_KEY] = _digest(structure, tensors)
     payload = st_save(tensors, metadata=meta)
+    write_file_atomic(path, payload, what="save")
+    return path
+
+
+def write_file_atomic(path, data, what="write_file_atomic"):
+    """Write the bytes ``data`` to ``path`` atomically: a temporary file in the destination
+    directory is written, flushed and fsync'ed, then renamed over ``path`` (and the directory
+    fsync'ed), so that a reader sees the old file or the whole new one, never a part.
+    ``what`` names the caller in the error for a missing directory."""
+    path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"save: directory {directory!r} for {path!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+        raise FileNotFoundError(f"{what}: directory {directory!r} for {path!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                               dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(payload)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -154,6 +166,16 @@ def save(obj, path, metadata=None):
     except OSError:
         pass
     return path
+
+
+def save_figure(fig, path, **savefig_kwargs):
+    """Save the matplotlib figure ``fig`` to ``path`` atomically (``write_file_atomic``), in
+    the format its extension names (PNG without one); ``savefig_kwargs`` go to
+    ``fig.savefig`` (``dpi=...``).  Returns the path."""
+    buffer = _bytes_io.BytesIO()
+    fmt = os.path.splitext(os.fspath(path))[1][1:].lower() or "png"
+    fig.savefig(buffer, format=fmt, **savefig_kwargs)
+    return write_file_atomic(path, buffer.getvalue(), what="save_figure")
 
 
 def _read(path):

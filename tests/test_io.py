@@ -162,3 +162,36 @@ def test_resume_is_bit_identical(tmp_path, opt_name):
     for (k, a), (_, b) in zip(ref_model.state_dict().items(), model.state_dict().items()):
         np.testing.assert_array_equal(a, b, err_msg=k)
     assert sched.get_last_lr() == ref_sched.get_last_lr()
+
+
+def test_write_file_atomic_replaces_whole_and_leaves_no_temporary(tmp_path):
+    from minigrad.io import write_file_atomic
+
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"old contents")
+    assert write_file_atomic(str(path), b"new") == str(path)
+    assert path.read_bytes() == b"new"
+    with pytest.raises(TypeError):
+        write_file_atomic(str(path), "text, not bytes")
+    assert path.read_bytes() == b"new"             # a failed write leaves the old file
+    assert sorted(os.listdir(tmp_path)) == ["out.bin"]
+    with pytest.raises(FileNotFoundError, match="no_such_dir"):
+        write_file_atomic(str(tmp_path / "no_such_dir" / "f"), b"x")
+
+
+def test_save_figure_writes_the_format_of_the_extension(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from minigrad.io import save_figure
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    png, svg = tmp_path / "a.png", tmp_path / "a.svg"
+    save_figure(fig, png, dpi=50)
+    save_figure(fig, svg)
+    plt.close(fig)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in svg.read_bytes()[:1000]
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "a.svg"]

@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 
+from minigrad.io import save_figure, write_file_atomic
 from minigrad.summary import layer_grad_norms
 
 __all__ = ["run", "compare_residual", "GradFlowResult", "layer_grad_norms", "plot",
@@ -228,7 +229,7 @@ def plot(results, out_png, title=None):
     fig.tight_layout()
     folder = os.path.dirname(os.path.abspath(out_png))
     os.makedirs(folder, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
+    save_figure(fig, out_png, dpi=120)
     plt.close(fig)
     return out_png
 
@@ -286,8 +287,7 @@ def main(argv=None):
                 out_png=a.out, residual=not a.plain, seed=a.seed, lr=a.lr, **extra)
         data = r.to_dict()
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(data, f, indent=2)
+        write_file_atomic(a.json, json.dumps(data, indent=2).encode())
     return 0
 
 

@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 import minigrad as mg
+from minigrad.io import save_figure
 
 CHECKPOINT_FORMAT = 1
 
@@ -537,6 +538,6 @@ def plot_metrics(metrics_path, out_path):
     ax2.legend()
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
     return out_path
