@@ -749,6 +749,7 @@ def main(argv=None):
     checks = targets.check(rows, sgemm)
     print()
     print(targets.format_checks(checks))
+    print()
     print(f"sgemm at the end of the run: {sgemm_end:.0f} GFLOP/s; load average at the end {load1:.2f}; "
           f"other processes kept {others:.2f} cores busy on average during the run; "
           f"read bandwidth at the end {read_bandwidth.describe(reads1)}"
