@@ -260,8 +260,6 @@ def others_load(start, wall):
     return max(0.0, (total - start[0]) - (own - start[1])) / max(wall, 1e-9)
 
 
-
-
 def sgemm_call():
     """A function computing one NumPy float32 GEMM SGEMM_N^3 (the machine's BLAS ceiling)."""
     a = np.random.default_rng(0).standard_normal((SGEMM_N, SGEMM_N)).astype(np.float32)
