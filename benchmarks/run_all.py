@@ -705,6 +705,10 @@ def main(argv=None):
     parser.add_argument("--against", choices=("torch", "none"), default="torch",
                         help="reference framework (default torch when installed; none = --no-torch)")
     args = parser.parse_args(argv)
+    names = [name.strip() for name in args.only.split(",")]
+    for name in names:
+        if name not in WORKLOADS:
+            parser.error(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
     global torch
     if args.no_torch or args.against == "none":
         torch = None
@@ -730,10 +734,7 @@ def main(argv=None):
           f"load average at start {load0:.2f}; read bandwidth (two threads) {read_bandwidth.describe(reads0)}",
           flush=True)
     rows = []
-    for name in args.only.split(","):
-        name = name.strip()
-        if name not in WORKLOADS:
-            parser.error(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
+    for name in names:
         new = WORKLOADS[name](args.repeat)
         rows.extend(new)
         for r in new:

@@ -94,3 +94,17 @@ def test_bench_json_is_written_whole_and_replaces_the_old_file(tmp_path):
     assert json.loads(path.read_text()) == {"rows": [{"workload": "w", "q": [1.0, 2.0]}],
                                             "targets": []}
     assert os.listdir(tmp_path) == ["bench.json"]
+
+
+def test_an_unknown_workload_is_refused_before_anything_is_timed(monkeypatch, capsys):
+    def no_timing(*a, **k):
+        raise AssertionError("timed before the arguments were checked")
+
+    monkeypatch.setattr(run_all, "sgemm_rate", no_timing)
+    try:
+        run_all.main(["--only", "lenet,nope"])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("main accepted an unknown workload")
+    assert "unknown workload 'nope'" in capsys.readouterr().err
